@@ -1,0 +1,364 @@
+//! The `XBackend` API (gateway.networking.x-k8s.io/v1alpha1): Rust types the CRD
+//! in `crds/` is generated from. Schema rules mirror upstream Gateway API v1.6
+//! with the deliberate differences listed in docs/api.md.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "gateway.networking.x-k8s.io";
+pub const VERSION: &str = "v1alpha1";
+pub const KIND: &str = "XBackend";
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+/// At most this many entries in `status.ancestors` (shared by all controllers).
+pub const MAX_ANCESTORS: usize = 32;
+
+pub const DNS1123_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+pub const DNS1123_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+pub const GROUP_PATTERN: &str = r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+pub const KIND_PATTERN: &str = r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$";
+pub const CONTROLLER_NAME_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/[A-Za-z0-9\/\-._~%!$&'()*+,;=:]+$";
+
+/// XBackend names a destination outside the cluster that a Gateway connects to
+/// as a client. HTTPRoutes reference it from `backendRefs` (group
+/// gateway.networking.x-k8s.io, kind XBackend) instead of an ExternalName Service.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "gateway.networking.x-k8s.io",
+    version = "v1alpha1",
+    kind = "XBackend",
+    plural = "xbackends",
+    shortname = "xbackend",
+    category = "gateway-api",
+    namespaced,
+    status = "XBackendStatus",
+    printcolumn = r#"{"name":"Hostname","type":"string","jsonPath":".spec.externalHostname.hostname"}"#,
+    printcolumn = r#"{"name":"Port","type":"integer","jsonPath":".spec.port.port"}"#,
+    printcolumn = r#"{"name":"Protocol","type":"string","jsonPath":".spec.protocol"}"#,
+    printcolumn = r#"{"name":"TLS","type":"string","jsonPath":".spec.tls.mode"}"#,
+    printcolumn = r#"{"name":"Accepted","type":"string","description":"Accepted condition of each ancestor entry, for any controller","jsonPath":".status.ancestors[*].conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "self.type == 'ExternalHostname' ? has(self.externalHostname) : !has(self.externalHostname)"
+).message("externalHostname must be set when type is ExternalHostname and must be unset otherwise"))]
+pub struct XBackendSpec {
+    /// Type of the destination. ExternalHostname, the only type today, is a DNS
+    /// name outside the cluster given in `externalHostname`.
+    #[serde(rename = "type")]
+    pub type_: BackendType,
+
+    /// Port the Gateway connects to on the destination.
+    pub port: BackendPort,
+
+    /// The external DNS name to connect to. Required when type is
+    /// ExternalHostname and must be unset otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_hostname: Option<ExternalHostnameBackend>,
+
+    /// Protocol the Gateway speaks to the destination. Unset means the protocol
+    /// of the route or listener. One of TCP, HTTP, HTTP2, HTTP11, H2C, MCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<BackendProtocol>,
+
+    /// TLS the Gateway uses towards the destination. An ExternalHostname backend
+    /// without TLS sends traffic in clear text across networks you do not
+    /// control: the controller reports it with a Warning event, and rejects it
+    /// when started with --require-tls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackendTls>,
+}
+
+/// Kind of destination.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendType {
+    /// A fully qualified DNS name outside the cluster.
+    ExternalHostname,
+}
+
+/// The port to connect to.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct BackendPort {
+    /// Optional name of the port: empty or a DNS label (lowercase letters,
+    /// digits and '-', starting and ending with a letter or digit, at most 63
+    /// characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = Rule::new("size(self) == 0 || format.dns1123Label().validate(self) == null")
+        .message("port name must be empty or a DNS label (lowercase letters, digits and '-', at most 63 characters)"))]
+    pub name: Option<String>,
+
+    /// Port number, 1 to 65535.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+/// An external destination given by DNS name.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct ExternalHostnameBackend {
+    /// Fully qualified DNS name of the destination: lowercase RFC 1123, no
+    /// wildcard, no trailing dot. IP addresses and in-cluster names
+    /// (cluster.local and its subdomains) are rejected: route in-cluster
+    /// traffic to a Service instead.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS1123_SUBDOMAIN))]
+    #[x_kube(
+        validation = Rule::new("!isIP(self) && !self.matches('(^|[.])[0-9]+$')")
+            .message("hostname must not be an IP address (nor end in an all-numeric label)"),
+        validation = Rule::new("self != 'cluster.local' && !self.endsWith('.cluster.local')")
+            .message("hostname must not be cluster.local or end with .cluster.local: use a Service for in-cluster destinations"),
+    )]
+    pub hostname: String,
+}
+
+/// Protocol spoken to the destination.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendProtocol {
+    /// Plain TCP.
+    #[serde(rename = "TCP")]
+    Tcp,
+    /// HTTP, version negotiated (ALPN) or the implementation's default.
+    #[serde(rename = "HTTP")]
+    Http,
+    /// HTTP/2.
+    #[serde(rename = "HTTP2")]
+    Http2,
+    /// HTTP/1.1.
+    #[serde(rename = "HTTP11")]
+    Http11,
+    /// HTTP/2 over clear text.
+    #[serde(rename = "H2C")]
+    H2c,
+    /// Model Context Protocol.
+    #[serde(rename = "MCP")]
+    Mcp,
+}
+
+/// TLS towards the destination.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "self.mode == 'ClientAndServer' ? has(self.clientCertificateRef) : !has(self.clientCertificateRef)"
+).message("clientCertificateRef must be set if and only if mode is ClientAndServer"))]
+pub struct BackendTls {
+    /// None (clear text), ServerOnly (verify the server), or ClientAndServer
+    /// (mutual TLS with `clientCertificateRef`).
+    pub mode: TlsMode,
+
+    /// Secret of type kubernetes.io/tls with the client certificate and key
+    /// (`tls.crt`, `tls.key`). Required when mode is ClientAndServer and must be
+    /// unset otherwise. A Secret in another namespace needs a ReferenceGrant
+    /// there that allows XBackends from this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_ref: Option<SecretObjectReference>,
+
+    /// How the server's certificate is verified. Only `hostname` set means the
+    /// system CA bundle (wellKnownCACertificates: System).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<TlsValidation>,
+}
+
+/// TLS mode towards the destination.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsMode {
+    /// No TLS: clear text.
+    None,
+    /// TLS, verifying the server's certificate.
+    ServerOnly,
+    /// Mutual TLS: verify the server and present `clientCertificateRef`.
+    ClientAndServer,
+}
+
+/// Reference to a Secret, optionally in another namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SecretObjectReference {
+    /// API group of the referent; empty for the core group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253), regex(pattern = GROUP_PATTERN), extend("default" = ""))]
+    pub group: Option<String>,
+    /// Kind of the referent. Only Secret is supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = KIND_PATTERN), extend("default" = "Secret"))]
+    pub kind: Option<String>,
+    /// Name of the referent.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Namespace of the referent; the XBackend's namespace when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS1123_LABEL))]
+    pub namespace: Option<String>,
+}
+
+/// Reference to an object in the XBackend's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct LocalObjectReference {
+    /// API group of the referent; empty for the core group.
+    #[schemars(length(max = 253), regex(pattern = GROUP_PATTERN))]
+    pub group: String,
+    /// Kind of the referent. Only ConfigMap (group "") is supported, with the
+    /// bundle in key `ca.crt`.
+    #[schemars(length(min = 1, max = 63), regex(pattern = KIND_PATTERN))]
+    pub kind: String,
+    /// Name of the referent.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Verification of the server certificate.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "!(has(self.caCertificateRefs) && size(self.caCertificateRefs) > 0 && has(self.wellKnownCACertificates) && self.wellKnownCACertificates != '')"
+).message("caCertificateRefs and wellKnownCACertificates must not both be set"))]
+pub struct TlsValidation {
+    /// ConfigMaps (key `ca.crt`) holding the CA certificates that sign the
+    /// server certificate. Must not be combined with wellKnownCACertificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
+    pub ca_certificate_refs: Option<Vec<LocalObjectReference>>,
+
+    /// A well-known CA set; `System` means the Gateway's system trust store.
+    /// Must not be combined with caCertificateRefs. Unset together with
+    /// caCertificateRefs means System.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^(System|([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]))$"))]
+    pub well_known_ca_certificates: Option<String>,
+
+    /// Name sent as SNI and verified against the server certificate: a precise
+    /// lowercase DNS name, no wildcard, no trailing dot.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS1123_SUBDOMAIN))]
+    pub hostname: String,
+
+    /// When set, the server certificate must carry one of these names instead
+    /// of `hostname` (which is still sent as SNI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 5))]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
+    pub subject_alt_names: Option<Vec<SubjectAltName>>,
+}
+
+/// A name the server certificate must carry.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(
+    validation = Rule::new("!(self.type == 'Hostname' && (!has(self.hostname) || self.hostname == ''))")
+        .message("subjectAltNames entry of type Hostname must set hostname"),
+    validation = Rule::new("!(self.type != 'Hostname' && has(self.hostname) && self.hostname != '')")
+        .message("subjectAltNames entry must not set hostname unless type is Hostname"),
+    validation = Rule::new("!(self.type == 'URI' && (!has(self.uri) || self.uri == ''))")
+        .message("subjectAltNames entry of type URI must set uri"),
+    validation = Rule::new("!(self.type != 'URI' && has(self.uri) && self.uri != '')")
+        .message("subjectAltNames entry must not set uri unless type is URI"),
+)]
+pub struct SubjectAltName {
+    /// Hostname or URI.
+    #[serde(rename = "type")]
+    pub type_: SubjectAltNameType,
+    /// DNS name (a leading `*.` wildcard is allowed) when type is Hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    pub hostname: Option<String>,
+    /// URI (RFC 3986, e.g. a SPIFFE ID) when type is URI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^(([^:/?#]+):)(//([^/?#]*))([^?#]*)(\?([^#]*))?(#(.*))?"))]
+    pub uri: Option<String>,
+}
+
+/// Kind of subject alternative name.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SubjectAltNameType {
+    /// A DNS name.
+    #[default]
+    Hostname,
+    /// A URI.
+    #[serde(rename = "URI")]
+    Uri,
+}
+
+/// Observed state, one entry per Gateway the XBackend is used behind.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct XBackendStatus {
+    /// One entry per (ancestor Gateway, controller): every Gateway that routes
+    /// to this XBackend, with the verdict of the controller that serves it. At
+    /// most 32 entries. Each controller writes only its own entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
+    pub ancestors: Option<Vec<AncestorStatus>>,
+}
+
+/// The XBackend's status as seen by one controller behind one Gateway.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AncestorStatus {
+    /// The Gateway this entry is about.
+    pub ancestor_ref: ParentReference,
+    /// The controller that wrote this entry (DOMAIN/PATH), e.g.
+    /// gateway.networking.x-k8s.io/xbackend-controller.
+    #[schemars(length(min = 1, max = 253), regex(pattern = CONTROLLER_NAME_PATTERN))]
+    pub controller_name: String,
+    /// Accepted (the spec is valid and allowed) and ResolvedRefs (every
+    /// referenced Secret and ConfigMap exists, is permitted and parses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Option<Vec<Condition>>,
+}
+
+/// Reference to a Gateway (or another parent resource).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentReference {
+    /// API group of the parent; gateway.networking.k8s.io when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253), regex(pattern = GROUP_PATTERN), extend("default" = "gateway.networking.k8s.io"))]
+    pub group: Option<String>,
+    /// Kind of the parent; Gateway when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = KIND_PATTERN), extend("default" = "Gateway"))]
+    pub kind: Option<String>,
+    /// Namespace of the parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS1123_LABEL))]
+    pub namespace: Option<String>,
+    /// Name of the parent.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Listener name within the parent (not used by this controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS1123_SUBDOMAIN))]
+    pub section_name: Option<String>,
+    /// Listener port within the parent (not used by this controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+}
+
+/// The CRD this project ships, exactly as `crds/` holds it.
+pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    let mut crd = XBackend::crd();
+    let mut value = serde_json::to_value(&crd).expect("a CRD serializes");
+    // schemars marks every Option as nullable; upstream's CRD is not, and a
+    // nullable field would let `tls: null` through CEL `has()` checks.
+    strip_nullable(&mut value);
+    crd = serde_json::from_value(value).expect("the CRD still deserializes");
+    crd
+}
+
+/// `crd()` as the YAML document written to crds/xbackends.yaml.
+pub fn crd_yaml() -> String {
+    let header = "# Generated by `xbackend-controller crd` from src/api.rs. Do not edit.\n";
+    format!("{header}{}", serde_yaml_ng::to_string(&crd()).expect("a CRD serializes to YAML"))
+}
+
+fn strip_nullable(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            map.remove("nullable");
+            map.values_mut().for_each(strip_nullable);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nullable),
+        _ => {}
+    }
+}

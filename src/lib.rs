@@ -1,0 +1,11 @@
+//! xbackend-controller: validates Gateway API XBackends and reports their status
+//! per Gateway ancestor.
+
+pub mod api;
+pub mod conditions;
+pub mod decode;
+pub mod index;
+pub mod model;
+pub mod status;
+pub mod tls;
+pub mod validate;

@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", xbackend_controller::api::crd_yaml());
+}

@@ -1,0 +1,93 @@
+//! The plain data the index keeps of each watched kind, decoded leniently from
+//! API objects so that one malformed object never stops a watch.
+
+use std::collections::BTreeSet;
+
+use crate::api::XBackendSpec;
+
+/// Namespace and name of a namespaced object (empty namespace for cluster-scoped).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectRef { namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() { write!(f, "{}", self.name) } else { write!(f, "{}/{}", self.namespace, self.name) }
+    }
+}
+
+/// Route kinds whose backendRefs can point at an XBackend. One code path serves all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RouteKind {
+    Http,
+    Grpc,
+}
+
+impl RouteKind {
+    pub const ALL: [RouteKind; 2] = [RouteKind::Http, RouteKind::Grpc];
+    pub fn kind(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
+}
+
+/// What the index needs of a route: the Gateways it attaches to and the
+/// XBackends (in the route's own namespace) it sends or mirrors traffic to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    /// Gateways from parentRefs (group/kind defaults applied; other parent kinds dropped).
+    pub gateways: BTreeSet<ObjectRef>,
+    /// XBackends from rule backendRefs and requestMirror filters (rule- and
+    /// backendRef-level), only those in the route's namespace.
+    pub backends: BTreeSet<ObjectRef>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Gateway {
+    pub class_name: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GatewayClass {
+    pub controller_name: String,
+}
+
+/// ReferenceGrant `spec.from` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GrantFrom {
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+}
+
+/// ReferenceGrant `spec.to` entry; `name: None` allows every object of the kind.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GrantTo {
+    pub group: String,
+    pub kind: String,
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReferenceGrant {
+    pub from: Vec<GrantFrom>,
+    pub to: Vec<GrantTo>,
+}
+
+/// An XBackend as the index holds it. `spec` is Err(message) when the stored
+/// object does not decode (possible when the CRD's schema was not enforced).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backend {
+    pub generation: i64,
+    pub spec: Result<XBackendSpec, String>,
+}

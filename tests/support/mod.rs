@@ -1,0 +1,234 @@
+//! Test support: one real control plane (etcd + kube-apiserver from
+//! tests/controlplane) per test binary, a fresh namespace per test.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
+use kube::{Client, Config, ResourceExt};
+
+pub const CRD_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/xbackends.yaml");
+
+/// Which Gateway API CRDs the control plane installs at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Channel {
+    Standard,
+    Experimental,
+    None,
+}
+
+impl Channel {
+    fn flag(self) -> &'static str {
+        match self {
+            Channel::Standard => "standard",
+            Channel::Experimental => "experimental",
+            Channel::None => "none",
+        }
+    }
+}
+
+pub struct ControlPlane {
+    pub kubeconfig: PathBuf,
+    pub dir: PathBuf,
+    // Held so the child is not reaped early; it exits with this process
+    // (the control plane watches its parent).
+    _child: Mutex<Child>,
+}
+
+impl ControlPlane {
+    /// The control plane shared by every test of this binary.
+    pub fn shared(channel: Channel) -> &'static ControlPlane {
+        static CP: OnceLock<ControlPlane> = OnceLock::new();
+        let cp = CP.get_or_init(|| ControlPlane::start(channel));
+        cp
+    }
+
+    /// Starts a control plane in a new temporary folder.
+    pub fn start(channel: Channel) -> ControlPlane {
+        let bin = controlplane_binary();
+        let dir = tempdir("cp");
+        let log = std::fs::File::create(dir.join("controlplane.log")).expect("create log");
+        let mut child = Command::new(&bin)
+            .arg("--dir")
+            .arg(dir.join("state"))
+            .arg("--gateway-api-channel")
+            .arg(channel.flag())
+            // Test data is thrown away; fsync only slows the suite.
+            .arg("--unsafe-no-fsync")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read control plane stdout");
+        let Some(path) = line.trim().strip_prefix("KUBECONFIG=") else {
+            let log = std::fs::read_to_string(dir.join("controlplane.log")).unwrap_or_default();
+            let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            panic!("control plane did not start (stdout {line:?}); log tail:\n{tail}");
+        };
+        ControlPlane { kubeconfig: PathBuf::from(path), dir, _child: Mutex::new(child) }
+    }
+
+    /// A client with the control plane's cluster-admin identity.
+    pub async fn client(&self) -> Client {
+        client_from(&self.kubeconfig).await
+    }
+
+    /// A client for this test, plus a fresh namespace named after the test.
+    pub async fn namespace(&self, test: &str) -> (Client, String) {
+        let client = self.client().await;
+        let name = unique_name(test);
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+        }))
+        .unwrap();
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
+        (client, name)
+    }
+}
+
+pub async fn client_from(kubeconfig: &Path) -> Client {
+    let kc = Kubeconfig::read_from(kubeconfig).expect("read kubeconfig");
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig");
+    Client::try_from(config).expect("client")
+}
+
+/// A DNS-label name unique to this process and call, starting with `prefix`.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let clean: String = prefix
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(40)
+        .collect();
+    format!("{}-{}-{}", clean.trim_matches('-'), std::process::id() % 100_000, N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn tempdir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique_name(&format!("xbackend-{prefix}")));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Builds tests/controlplane once into target/, rebuilding only when its Go
+/// sources are newer than the binary.
+pub fn controlplane_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let src = repo_root().join("tests/controlplane");
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+        let bin = target.join("controlplane/controlplane");
+        // Test binaries run in parallel; one builds, the others wait on the lock file.
+        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        let lock = std::fs::File::create(target.join("controlplane/.build-lock")).unwrap();
+        lock.lock().expect("lock controlplane build");
+        if is_stale(&bin, &src) {
+            let status = Command::new("go")
+                .args(["build", "-C"])
+                .arg(&src)
+                .arg("-o")
+                .arg(&bin)
+                .arg(".")
+                .status()
+                .expect("run go build (is Go installed?)");
+            assert!(status.success(), "go build of tests/controlplane failed");
+        }
+        bin
+    })
+    .clone()
+}
+
+fn is_stale(bin: &Path, src: &Path) -> bool {
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else { return true };
+    let newest = std::fs::read_dir(src)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .max()
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    newest > built
+}
+
+/// Applies every document of a YAML stream with server-side apply (like
+/// `kubectl apply --server-side`), defaulting namespaced objects to `ns`.
+pub async fn apply_yaml(client: &Client, ns: Option<&str>, yaml: &str) -> Vec<DynamicObject> {
+    let discovery = Discovery::new(client.clone()).run().await.expect("discovery");
+    let mut out = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
+        let value = <serde_json::Value as serde::Deserialize>::deserialize(doc).expect("yaml");
+        if value.is_null() {
+            continue;
+        }
+        let obj: DynamicObject = serde_json::from_value(value).expect("object");
+        let (api, _) = dynamic_api(client, &discovery, &obj, ns);
+        let pp = PatchParams::apply("xbackend-tests").force();
+        out.push(api.patch(&obj.name_any(), &pp, &Patch::Apply(&obj)).await.unwrap_or_else(|e| panic!("apply {}: {e}", obj.name_any())));
+    }
+    out
+}
+
+pub fn dynamic_api(client: &Client, discovery: &Discovery, obj: &DynamicObject, ns: Option<&str>) -> (Api<DynamicObject>, ApiCapabilities) {
+    let tm = obj.types.as_ref().expect("apiVersion and kind");
+    let (group, version) = tm.api_version.split_once('/').unwrap_or(("", &tm.api_version));
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, &tm.kind);
+    let (ar, caps): (ApiResource, ApiCapabilities) = discovery.resolve_gvk(&gvk).unwrap_or_else(|| panic!("unknown kind {gvk:?}"));
+    let api = match caps.scope {
+        Scope::Cluster => Api::all_with(client.clone(), &ar),
+        Scope::Namespaced => {
+            let ns = obj.metadata.namespace.as_deref().or(ns).unwrap_or("default");
+            Api::namespaced_with(client.clone(), ns, &ar)
+        }
+    };
+    (api, caps)
+}
+
+/// Installs this project's XBackend CRD (crds/) and waits until it is served.
+pub async fn install_crd(client: &Client) {
+    let yaml = std::fs::read_to_string(CRD_PATH).expect("read crds/xbackends.yaml");
+    apply_yaml(client, None, &yaml).await;
+    wait_for_crd(client, "xbackends.gateway.networking.x-k8s.io").await;
+}
+
+pub async fn wait_for_crd(client: &Client, name: &str) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    eventually(Duration::from_secs(30), || async {
+        let crd = api.get(name).await.ok()?;
+        let established = crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
+        established.then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("CRD {name} not Established"));
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
