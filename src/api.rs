@@ -4,6 +4,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub const GROUP: &str = "gateway.networking.x-k8s.io";
@@ -72,7 +73,7 @@ pub struct XBackendSpec {
 }
 
 /// Kind of destination.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendType {
     /// A fully qualified DNS name outside the cluster.
     ExternalHostname,
@@ -113,7 +114,7 @@ pub struct ExternalHostnameBackend {
 }
 
 /// Protocol spoken to the destination.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendProtocol {
     /// Plain TCP.
     #[serde(rename = "TCP")]
@@ -160,7 +161,7 @@ pub struct BackendTls {
 }
 
 /// TLS mode towards the destination.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TlsMode {
     /// No TLS: clear text.
     None,
@@ -222,7 +223,9 @@ pub struct TlsValidation {
     /// A well-known CA set; `System` means the Gateway's system trust store.
     /// Must not be combined with caCertificateRefs. Unset together with
     /// caCertificateRefs means System.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // camelCase would spell it wellKnownCaCertificates; the API (and the CEL
+    // rule above) spell it with CA in capitals.
+    #[serde(default, rename = "wellKnownCACertificates", skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^(System|([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]))$"))]
     pub well_known_ca_certificates: Option<String>,
 
@@ -266,7 +269,7 @@ pub struct SubjectAltName {
 }
 
 /// Kind of subject alternative name.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum SubjectAltNameType {
     /// A DNS name.
     #[default]
@@ -301,7 +304,6 @@ pub struct AncestorStatus {
     /// Accepted (the spec is valid and allowed) and ResolvedRefs (every
     /// referenced Secret and ConfigMap exists, is permitted and parses).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 8))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Option<Vec<Condition>>,
 }
@@ -342,8 +344,55 @@ pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::
     // schemars marks every Option as nullable; upstream's CRD is not, and a
     // nullable field would let `tls: null` through CEL `has()` checks.
     strip_nullable(&mut value);
+    match_upstream_shape(&mut value);
     crd = serde_json::from_value(value).expect("the CRD still deserializes");
     crd
+}
+
+/// Closes the gaps between what kube-derive emits and upstream's kubebuilder
+/// output that the Rust types cannot express (docs/api.md lists what remains).
+fn match_upstream_shape(crd: &mut serde_json::Value) {
+    use serde_json::json;
+    crd["spec"]["names"]["listKind"] = json!("XBackendList");
+    let Some(schema) = crd.pointer_mut("/spec/versions/0/schema/openAPIV3Schema") else { return };
+    let Some(root) = schema.as_object_mut() else { return };
+    // kube-derive titles the root with the kind and describes it as a derived
+    // type; kubectl explain should show what an XBackend is instead.
+    root.remove("title");
+    let spec_doc = root.get("properties").and_then(|p| p.pointer("/spec/description")).cloned();
+    if let Some(doc) = spec_doc {
+        root.insert("description".into(), doc);
+    }
+    if let Some(props) = root.get_mut("properties").and_then(|p| p.as_object_mut()) {
+        props.insert(
+            "apiVersion".into(),
+            json!({"type": "string", "description": "APIVersion of this object: gateway.networking.x-k8s.io/v1alpha1."}),
+        );
+        props.insert("kind".into(), json!({"type": "string", "description": "Kind of this object: XBackend."}));
+        props.insert("metadata".into(), json!({"type": "object"}));
+        if let Some(spec) = props.get_mut("spec") {
+            spec["description"] = json!("Where the destination is and how the Gateway connects to it.");
+        }
+    }
+    // k8s-openapi's Condition schema has no validation; metav1.Condition's
+    // kubebuilder markers give these bounds, which upstream's CRD carries.
+    if let Some(cond) = schema.pointer_mut("/properties/status/properties/ancestors/items/properties/conditions/items/properties") {
+        let bounds = [
+            ("message", json!({"maxLength": 32768})),
+            ("observedGeneration", json!({"minimum": 0})),
+            ("reason", json!({"maxLength": 1024, "minLength": 1, "pattern": "^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"})),
+            ("status", json!({"enum": ["True", "False", "Unknown"]})),
+            (
+                "type",
+                json!({"maxLength": 316, "pattern": r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"}),
+            ),
+        ];
+        for (field, extra) in bounds {
+            if let (Some(target), Some(extra)) = (cond.get_mut(field).and_then(|f| f.as_object_mut()), extra.as_object()) {
+                target.extend(extra.clone());
+            }
+        }
+    }
 }
 
 /// `crd()` as the YAML document written to crds/xbackends.yaml.
