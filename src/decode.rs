@@ -1,19 +1,446 @@
 //! Lenient decoding of API objects (as JSON) into the index's model. Shared by
 //! the watches and `analyze`; an object that does not decode is reported, not fatal.
 
+use serde_json::Value;
+
+use crate::api::{self, GATEWAY_GROUP, XBackendSpec};
 use crate::index::{Kind, Object};
-use crate::model::ObjectRef;
+use crate::model::{
+    Backend, Gateway, GatewayClass, GrantFrom, GrantTo, ObjectRef, ReferenceGrant, Route, RouteKind,
+};
+
+/// Namespace given to namespaced objects that carry none, as `kubectl apply`
+/// would with the default context (only `analyze` input can lack one).
+pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Which index kind an apiVersion/kind pair is, if any.
 pub fn kind_of(api_version: &str, kind: &str) -> Option<Kind> {
-    let _ = (api_version, kind);
-    todo!()
+    let (group, version) = api_version.split_once('/')?;
+    if version.is_empty() {
+        return None;
+    }
+    if group == api::GROUP {
+        return (version == api::VERSION && kind == api::KIND).then_some(Kind::XBackend);
+    }
+    if group != GATEWAY_GROUP {
+        return None;
+    }
+    if let Some(route) = RouteKind::ALL.into_iter().find(|r| r.kind() == kind) {
+        return Some(Kind::Route(route));
+    }
+    match kind {
+        "Gateway" => Some(Kind::Gateway),
+        "GatewayClass" => Some(Kind::GatewayClass),
+        "ReferenceGrant" => Some(Kind::ReferenceGrant),
+        _ => None,
+    }
 }
 
 /// Decodes one object of `kind`. XBackends whose spec does not decode still
 /// return Ok (with `Backend.spec = Err(..)`) so they get an Invalid condition;
 /// Err means the object cannot be indexed at all (no name, not an object, ...).
-pub fn decode(kind: Kind, object: &serde_json::Value) -> Result<(ObjectRef, Object), String> {
-    let _ = (kind, object);
-    todo!()
+pub fn decode(kind: Kind, object: &Value) -> Result<(ObjectRef, Object), String> {
+    if !object.is_object() {
+        return Err("object is not a JSON object".to_string());
+    }
+    let name = match object.pointer("/metadata/name").and_then(Value::as_str) {
+        Some(name) if !name.is_empty() => name,
+        _ => return Err("object has no metadata.name".to_string()),
+    };
+    let namespace = match kind {
+        Kind::GatewayClass => "",
+        _ => match object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+        {
+            Some(ns) if !ns.is_empty() => ns,
+            _ => DEFAULT_NAMESPACE,
+        },
+    };
+    let key = ObjectRef::new(namespace, name);
+    let spec = object.get("spec").unwrap_or(&Value::Null);
+    let decoded = match kind {
+        Kind::Route(route_kind) => Object::Route(route_kind, decode_route(namespace, spec)),
+        Kind::Gateway => Object::Gateway(Gateway {
+            class_name: string_at(spec, "gatewayClassName"),
+        }),
+        Kind::GatewayClass => Object::GatewayClass(GatewayClass {
+            controller_name: string_at(spec, "controllerName"),
+        }),
+        Kind::ReferenceGrant => Object::ReferenceGrant(decode_grant(spec)),
+        Kind::XBackend => Object::XBackend(Backend {
+            generation: object
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0),
+            spec: decode_backend_spec(object.get("spec")),
+        }),
+    };
+    Ok((key, decoded))
+}
+
+/// The XBackend spec, or a message naming the first field that does not
+/// decode (as `spec.tls.mode: unknown variant ...`).
+pub fn decode_backend_spec(spec: Option<&Value>) -> Result<XBackendSpec, String> {
+    let spec = match spec {
+        None | Some(Value::Null) => return Err("spec is missing".to_string()),
+        Some(spec) => spec,
+    };
+    serde_path_to_error::deserialize::<_, XBackendSpec>(spec).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if path == "." {
+            format!("spec: {inner}")
+        } else {
+            format!("spec.{path}: {inner}")
+        }
+    })
+}
+
+fn string_at(value: &Value, field: &str) -> String {
+    value
+        .get(field)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn optional_string_at<'a>(value: &'a Value, field: &str) -> Option<&'a str> {
+    value.get(field).and_then(Value::as_str)
+}
+
+/// Iterates a JSON array field, treating anything that is not an array as empty.
+fn items<'a>(value: &'a Value, field: &str) -> impl Iterator<Item = &'a Value> {
+    value
+        .get(field)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
+/// HTTPRoute and GRPCRoute share the fields read here.
+fn decode_route(namespace: &str, spec: &Value) -> Route {
+    let mut route = Route::default();
+    for parent in items(spec, "parentRefs") {
+        let group = optional_string_at(parent, "group").unwrap_or(GATEWAY_GROUP);
+        let kind = optional_string_at(parent, "kind").unwrap_or("Gateway");
+        let name = optional_string_at(parent, "name").unwrap_or_default();
+        if group != GATEWAY_GROUP || kind != "Gateway" || name.is_empty() {
+            continue;
+        }
+        let parent_namespace = optional_string_at(parent, "namespace")
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or(namespace);
+        route
+            .gateways
+            .insert(ObjectRef::new(parent_namespace, name));
+    }
+    for rule in items(spec, "rules") {
+        mirror_targets(rule, namespace, &mut route);
+        for backend_ref in items(rule, "backendRefs") {
+            add_backend(backend_ref, namespace, &mut route);
+            mirror_targets(backend_ref, namespace, &mut route);
+        }
+    }
+    route
+}
+
+/// `filters[].requestMirror.backendRef` of a rule or of a backendRef.
+fn mirror_targets(holder: &Value, namespace: &str, route: &mut Route) {
+    for filter in items(holder, "filters") {
+        if let Some(backend_ref) = filter.pointer("/requestMirror/backendRef") {
+            add_backend(backend_ref, namespace, route);
+        }
+    }
+}
+
+/// Keeps a backendRef only when it is an XBackend in the route's namespace:
+/// GEP-4894 does not let routes use Backends of other namespaces.
+fn add_backend(backend_ref: &Value, namespace: &str, route: &mut Route) {
+    let group = optional_string_at(backend_ref, "group").unwrap_or_default();
+    let kind = optional_string_at(backend_ref, "kind").unwrap_or("Service");
+    let name = optional_string_at(backend_ref, "name").unwrap_or_default();
+    if group != api::GROUP || kind != api::KIND || name.is_empty() {
+        return;
+    }
+    match optional_string_at(backend_ref, "namespace") {
+        None => {}
+        Some(ns) if ns == namespace => {}
+        Some(_) => return,
+    }
+    route.backends.insert(ObjectRef::new(namespace, name));
+}
+
+fn decode_grant(spec: &Value) -> ReferenceGrant {
+    let from = items(spec, "from")
+        .map(|entry| GrantFrom {
+            group: string_at(entry, "group"),
+            kind: string_at(entry, "kind"),
+            namespace: string_at(entry, "namespace"),
+        })
+        .collect();
+    let to = items(spec, "to")
+        .map(|entry| GrantTo {
+            group: string_at(entry, "group"),
+            kind: string_at(entry, "kind"),
+            name: optional_string_at(entry, "name").map(str::to_string),
+        })
+        .collect();
+    ReferenceGrant { from, to }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn route(kind: RouteKind, value: Value) -> (ObjectRef, Route) {
+        match decode(Kind::Route(kind), &value) {
+            Ok((key, Object::Route(k, route))) if k == kind => (key, route),
+            other => panic!("not a route: {other:?}"),
+        }
+    }
+
+    fn refs(items: &[(&str, &str)]) -> std::collections::BTreeSet<ObjectRef> {
+        items
+            .iter()
+            .map(|(ns, name)| ObjectRef::new(*ns, *name))
+            .collect()
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(
+            kind_of("gateway.networking.k8s.io/v1", "HTTPRoute"),
+            Some(Kind::Route(RouteKind::Http))
+        );
+        assert_eq!(
+            kind_of("gateway.networking.k8s.io/v1beta1", "HTTPRoute"),
+            Some(Kind::Route(RouteKind::Http))
+        );
+        assert_eq!(
+            kind_of("gateway.networking.k8s.io/v1", "GRPCRoute"),
+            Some(Kind::Route(RouteKind::Grpc))
+        );
+        assert_eq!(
+            kind_of("gateway.networking.k8s.io/v1", "Gateway"),
+            Some(Kind::Gateway)
+        );
+        assert_eq!(
+            kind_of("gateway.networking.k8s.io/v1", "GatewayClass"),
+            Some(Kind::GatewayClass)
+        );
+        assert_eq!(
+            kind_of("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"),
+            Some(Kind::ReferenceGrant)
+        );
+        assert_eq!(
+            kind_of("gateway.networking.x-k8s.io/v1alpha1", "XBackend"),
+            Some(Kind::XBackend)
+        );
+        assert_eq!(
+            kind_of("gateway.networking.x-k8s.io/v1alpha2", "XBackend"),
+            None
+        );
+        assert_eq!(kind_of("gateway.networking.k8s.io/v1", "TCPRoute"), None);
+        assert_eq!(kind_of("v1", "Service"), None);
+        assert_eq!(kind_of("gateway.networking.k8s.io/", "Gateway"), None);
+        assert_eq!(kind_of("", ""), None);
+        assert_eq!(kind_of("networking.k8s.io/v1", "Gateway"), None);
+    }
+
+    #[test]
+    fn route_parents_defaults_and_filters() {
+        let (key, r) = route(
+            RouteKind::Http,
+            json!({
+                "metadata": {"name": "r", "namespace": "app"},
+                "spec": {"parentRefs": [
+                    {"name": "gw"},
+                    {"name": "gw", "sectionName": "https", "port": 443},
+                    {"name": "other", "namespace": "infra", "group": "gateway.networking.k8s.io", "kind": "Gateway"},
+                    {"name": "svc", "kind": "Service", "group": ""},
+                    {"name": "mesh", "group": "example.com", "kind": "Gateway"},
+                    {"name": ""},
+                    {"namespace": "x"},
+                    "garbage",
+                    42
+                ]}
+            }),
+        );
+        assert_eq!(key, ObjectRef::new("app", "r"));
+        assert_eq!(r.gateways, refs(&[("app", "gw"), ("infra", "other")]));
+        assert!(r.backends.is_empty());
+    }
+
+    #[test]
+    fn route_backends_from_rules_and_mirrors() {
+        for kind in RouteKind::ALL {
+            let mirror = |name: &str| json!({"type": "RequestMirror", "requestMirror": {"backendRef": {"group": "gateway.networking.x-k8s.io", "kind": "XBackend", "name": name}}});
+            let (_, r) = route(
+                kind,
+                json!({
+                    "metadata": {"name": "r", "namespace": "app"},
+                    "spec": {"rules": [
+                        {
+                            "filters": [mirror("rule-mirror")],
+                            "backendRefs": [
+                                {"group": "gateway.networking.x-k8s.io", "kind": "XBackend", "name": "main", "filters": [mirror("ref-mirror")]},
+                                {"group": "gateway.networking.x-k8s.io", "kind": "XBackend", "name": "same-ns", "namespace": "app"},
+                                {"group": "gateway.networking.x-k8s.io", "kind": "XBackend", "name": "other-ns", "namespace": "elsewhere"},
+                                {"name": "a-service", "port": 80},
+                                {"group": "gateway.networking.x-k8s.io", "kind": "Backend", "name": "wrong-kind"},
+                                {"kind": "XBackend", "name": "core-group"}
+                            ]
+                        },
+                        {"backendRefs": "not a list", "filters": [{"requestMirror": null}, {"requestMirror": {"backendRef": 3}}]},
+                        "garbage"
+                    ]}
+                }),
+            );
+            assert_eq!(
+                r.backends,
+                refs(&[
+                    ("app", "main"),
+                    ("app", "rule-mirror"),
+                    ("app", "ref-mirror"),
+                    ("app", "same-ns")
+                ]),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn never_panics_on_odd_shapes() {
+        let odd = [
+            json!(null),
+            json!([]),
+            json!("x"),
+            json!({}),
+            json!({"metadata": null}),
+            json!({"metadata": {"name": 5}}),
+            json!({"metadata": {"name": "n"}, "spec": []}),
+            json!({"metadata": {"name": "n"}, "spec": {"parentRefs": {}, "rules": [{"backendRefs": [{"filters": "x"}]}]}}),
+            json!({"metadata": {"name": "n", "generation": "7"}, "spec": {"from": 1, "to": [null]}}),
+        ];
+        for kind in [
+            Kind::Route(RouteKind::Http),
+            Kind::Gateway,
+            Kind::GatewayClass,
+            Kind::ReferenceGrant,
+            Kind::XBackend,
+        ] {
+            for value in &odd {
+                let _ = decode(kind, value);
+            }
+        }
+        assert!(decode(Kind::Gateway, &json!({"metadata": {}})).is_err());
+        assert!(decode(Kind::Gateway, &json!([])).is_err());
+    }
+
+    #[test]
+    fn namespace_defaults_and_cluster_scope() {
+        let (key, _) = decode(Kind::Gateway, &json!({"metadata": {"name": "gw"}})).unwrap();
+        assert_eq!(key, ObjectRef::new("default", "gw"));
+        let (key, object) = decode(
+            Kind::GatewayClass,
+            &json!({"metadata": {"name": "cls", "namespace": "ignored"}, "spec": {"controllerName": "example.com/c"}}),
+        )
+        .unwrap();
+        assert_eq!(key, ObjectRef::new("", "cls"));
+        assert_eq!(
+            object,
+            Object::GatewayClass(GatewayClass {
+                controller_name: "example.com/c".into()
+            })
+        );
+    }
+
+    #[test]
+    fn gateway_and_grant() {
+        let (_, gw) = decode(Kind::Gateway, &json!({"metadata": {"name": "gw", "namespace": "infra"}, "spec": {"gatewayClassName": "c"}})).unwrap();
+        assert_eq!(
+            gw,
+            Object::Gateway(Gateway {
+                class_name: "c".into()
+            })
+        );
+        let (key, grant) = decode(
+            Kind::ReferenceGrant,
+            &json!({"metadata": {"name": "g", "namespace": "certs"}, "spec": {
+                "from": [{"group": "gateway.networking.x-k8s.io", "kind": "XBackend", "namespace": "app"}],
+                "to": [{"group": "", "kind": "Secret"}, {"group": "", "kind": "Secret", "name": "client"}]
+            }}),
+        )
+        .unwrap();
+        assert_eq!(key, ObjectRef::new("certs", "g"));
+        assert_eq!(
+            grant,
+            Object::ReferenceGrant(ReferenceGrant {
+                from: vec![GrantFrom {
+                    group: api::GROUP.into(),
+                    kind: "XBackend".into(),
+                    namespace: "app".into()
+                }],
+                to: vec![
+                    GrantTo {
+                        group: "".into(),
+                        kind: "Secret".into(),
+                        name: None
+                    },
+                    GrantTo {
+                        group: "".into(),
+                        kind: "Secret".into(),
+                        name: Some("client".into())
+                    },
+                ],
+            })
+        );
+    }
+
+    #[test]
+    fn xbackend_spec_and_errors() {
+        let good = json!({
+            "metadata": {"name": "b", "namespace": "app", "generation": 3},
+            "spec": {"type": "ExternalHostname", "port": {"port": 443}, "externalHostname": {"hostname": "api.example.com"}, "unknownField": true}
+        });
+        let (key, object) = decode(Kind::XBackend, &good).unwrap();
+        assert_eq!(key, ObjectRef::new("app", "b"));
+        let Object::XBackend(backend) = object else {
+            panic!("not a backend")
+        };
+        assert_eq!(backend.generation, 3);
+        let spec = backend.spec.unwrap();
+        assert_eq!(spec.port.port, 443);
+
+        let bad = json!({
+            "metadata": {"name": "b", "namespace": "app"},
+            "spec": {"type": "ExternalHostname", "port": {"port": 443}, "tls": {"mode": "Sometimes"}}
+        });
+        let Ok((_, Object::XBackend(backend))) = decode(Kind::XBackend, &bad) else {
+            panic!("not decoded")
+        };
+        assert_eq!(backend.generation, 0);
+        let message = backend.spec.unwrap_err();
+        assert!(message.starts_with("spec.tls.mode: "), "{message}");
+
+        let wrong_type = json!({"metadata": {"name": "b"}, "spec": {"type": "ExternalHostname", "port": {"port": "443"}}});
+        let Ok((_, Object::XBackend(backend))) = decode(Kind::XBackend, &wrong_type) else {
+            panic!("not decoded")
+        };
+        assert!(backend.spec.unwrap_err().starts_with("spec.port.port: "));
+
+        let missing = json!({"metadata": {"name": "b"}, "spec": {"type": "ExternalHostname"}});
+        let Ok((_, Object::XBackend(backend))) = decode(Kind::XBackend, &missing) else {
+            panic!("not decoded")
+        };
+        assert!(backend.spec.unwrap_err().contains("port"));
+
+        let no_spec = json!({"metadata": {"name": "b"}});
+        let Ok((_, Object::XBackend(backend))) = decode(Kind::XBackend, &no_spec) else {
+            panic!("not decoded")
+        };
+        assert_eq!(backend.spec.unwrap_err(), "spec is missing");
+    }
 }

@@ -1,8 +1,9 @@
 //! In-memory index of the watched objects. Watches feed it (apply / delete /
 //! reset); each call returns the XBackends whose status may have changed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::api::{self, XBackendSpec};
 use crate::model::{Backend, Gateway, GatewayClass, ObjectRef, ReferenceGrant, Route, RouteKind};
 
 /// Every kind the index holds.
@@ -25,6 +26,18 @@ pub enum Object {
     XBackend(Backend),
 }
 
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Route(route_kind, _) => Kind::Route(*route_kind),
+            Object::Gateway(_) => Kind::Gateway,
+            Object::GatewayClass(_) => Kind::GatewayClass,
+            Object::ReferenceGrant(_) => Kind::ReferenceGrant,
+            Object::XBackend(_) => Kind::XBackend,
+        }
+    }
+}
+
 /// Objects an XBackend can reference by kind, watched by metadata only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RefKind {
@@ -32,65 +45,1558 @@ pub enum RefKind {
     ConfigMap,
 }
 
+/// True for the core API group, however a reference spells it.
+pub fn is_core_group(group: Option<&str>) -> bool {
+    matches!(group, None | Some("") | Some("core"))
+}
+
+/// The Secret an XBackend's `spec.tls.clientCertificateRef` names, when it
+/// names one (core group, kind Secret or unset); namespace defaults to the XBackend's.
+pub fn client_certificate_secret(backend: &ObjectRef, spec: &XBackendSpec) -> Option<ObjectRef> {
+    let reference = spec.tls.as_ref()?.client_certificate_ref.as_ref()?;
+    let is_secret = is_core_group(reference.group.as_deref())
+        && matches!(reference.kind.as_deref(), None | Some("Secret"));
+    is_secret.then(|| {
+        ObjectRef::new(
+            reference.namespace.as_deref().unwrap_or(&backend.namespace),
+            &reference.name,
+        )
+    })
+}
+
+/// The ConfigMaps (always in the XBackend's namespace) that
+/// `spec.tls.validation.caCertificateRefs` names, skipping other kinds.
+pub fn ca_certificate_config_maps(backend: &ObjectRef, spec: &XBackendSpec) -> Vec<ObjectRef> {
+    let refs = spec
+        .tls
+        .as_ref()
+        .and_then(|tls| tls.validation.as_ref())
+        .and_then(|v| v.ca_certificate_refs.as_ref());
+    refs.into_iter()
+        .flatten()
+        .filter(|r| is_core_group(Some(&r.group)) && r.kind == "ConfigMap")
+        .map(|r| ObjectRef::new(&backend.namespace, &r.name))
+        .collect()
+}
+
+/// Namespace of `spec.tls.clientCertificateRef` when it leaves the XBackend's
+/// namespace (of any kind: a grant there can change the verdict).
+fn cross_namespace_target(backend: &ObjectRef, spec: &XBackendSpec) -> Option<String> {
+    let namespace = spec
+        .tls
+        .as_ref()?
+        .client_certificate_ref
+        .as_ref()?
+        .namespace
+        .as_ref()?;
+    (*namespace != backend.namespace).then(|| namespace.clone())
+}
+
+type RouteKey = (RouteKind, ObjectRef);
+
+/// Plain maps of every kind plus reverse indexes, so each change finds the
+/// XBackends it affects without scanning.
 #[derive(Debug, Default)]
 pub struct Index {
-    // Filled in by the index work.
+    controller_name: String,
+
+    /// Only routes that reference at least one XBackend: the others cannot
+    /// make ancestors, and most routes point at Services.
+    routes: HashMap<RouteKey, Route>,
+    gateways: HashMap<ObjectRef, Gateway>,
+    /// Keyed by name (cluster-scoped).
+    classes: HashMap<String, GatewayClass>,
+    /// Ordered so the grants of one namespace are a contiguous range.
+    grants: BTreeMap<ObjectRef, ReferenceGrant>,
+    backends: BTreeMap<ObjectRef, Backend>,
+
+    /// XBackend (may not exist yet) -> routes with a backendRef to it.
+    routes_by_backend: HashMap<ObjectRef, BTreeSet<RouteKey>>,
+    /// Gateway (may not exist yet) -> routes with a parentRef to it.
+    routes_by_gateway: HashMap<ObjectRef, BTreeSet<RouteKey>>,
+    /// GatewayClass name -> existing Gateways of that class.
+    gateways_by_class: HashMap<String, BTreeSet<ObjectRef>>,
+    /// Secret -> XBackends whose clientCertificateRef names it.
+    backends_by_secret: HashMap<ObjectRef, BTreeSet<ObjectRef>>,
+    /// ConfigMap -> XBackends whose caCertificateRefs name it.
+    backends_by_config_map: HashMap<ObjectRef, BTreeSet<ObjectRef>>,
+    /// Namespace -> XBackends of other namespaces whose clientCertificateRef points there.
+    backends_by_target_namespace: HashMap<String, BTreeSet<ObjectRef>>,
+}
+
+fn insert_into<K: std::hash::Hash + Eq, V: Ord>(
+    map: &mut HashMap<K, BTreeSet<V>>,
+    key: K,
+    value: V,
+) {
+    map.entry(key).or_default().insert(value);
+}
+
+/// Removes `value` and drops the set once empty, so deleted objects leave nothing behind.
+fn remove_from<K: std::hash::Hash + Eq, V: Ord>(
+    map: &mut HashMap<K, BTreeSet<V>>,
+    key: &K,
+    value: &V,
+) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(value);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
 }
 
 impl Index {
     /// `controller_name` decides which GatewayClasses are ours.
     pub fn new(controller_name: impl Into<String>) -> Self {
-        let _ = controller_name.into();
-        todo!()
+        Index {
+            controller_name: controller_name.into(),
+            ..Index::default()
+        }
     }
 
     pub fn controller_name(&self) -> &str {
-        todo!()
+        &self.controller_name
     }
 
     /// Adds or replaces one object (cluster-scoped kinds use an empty namespace).
+    ///
+    /// An XBackend always returns itself, even unchanged: its status is not in
+    /// the index and may have been changed by someone else, and a reconcile
+    /// that finds nothing to change writes nothing.
     pub fn apply(&mut self, key: ObjectRef, object: Object) -> BTreeSet<ObjectRef> {
-        let _ = (key, object);
-        todo!()
+        self.put(key, Some(object), true)
     }
 
+    /// Removes one object. Deleting an XBackend returns itself, so the caller
+    /// can drop whatever it keeps per XBackend.
     pub fn delete(&mut self, kind: Kind, key: &ObjectRef) -> BTreeSet<ObjectRef> {
-        let _ = (kind, key);
-        todo!()
+        self.remove(kind, key)
     }
 
     /// Replaces every object of `kind` (a watch re-list): missing ones are deleted.
+    /// Objects of another kind in `objects` are ignored; unchanged objects
+    /// (XBackends included) affect nothing.
     pub fn reset(&mut self, kind: Kind, objects: Vec<(ObjectRef, Object)>) -> BTreeSet<ObjectRef> {
-        let _ = (kind, objects);
-        todo!()
+        let objects: BTreeMap<ObjectRef, Object> = objects
+            .into_iter()
+            .filter(|(_, o)| o.kind() == kind)
+            .collect();
+        let gone: Vec<ObjectRef> = self
+            .keys_of(kind)
+            .into_iter()
+            .filter(|key| !objects.contains_key(key))
+            .collect();
+        let mut affected = BTreeSet::new();
+        for key in gone {
+            affected.extend(self.remove(kind, &key));
+        }
+        for (key, object) in objects {
+            affected.extend(self.put(key, Some(object), false));
+        }
+        affected
     }
 
     /// XBackends that reference this Secret or ConfigMap.
     pub fn referencing(&self, kind: RefKind, key: &ObjectRef) -> BTreeSet<ObjectRef> {
-        let _ = (kind, key);
-        todo!()
+        let map = match kind {
+            RefKind::Secret => &self.backends_by_secret,
+            RefKind::ConfigMap => &self.backends_by_config_map,
+        };
+        map.get(key).cloned().unwrap_or_default()
     }
 
     /// DESIGN.md §3: this controller's Gateways behind routes to `backend`,
     /// sorted by namespace then name.
     pub fn ancestors(&self, backend: &ObjectRef) -> Vec<ObjectRef> {
-        let _ = backend;
-        todo!()
+        let mut ancestors = BTreeSet::new();
+        for route_key in self.routes_by_backend.get(backend).into_iter().flatten() {
+            // GEP-4894: a route never makes ancestors for another namespace's XBackend.
+            if route_key.1.namespace != backend.namespace {
+                continue;
+            }
+            if let Some(route) = self.routes.get(route_key) {
+                ancestors.extend(
+                    route
+                        .gateways
+                        .iter()
+                        .filter(|gw| self.is_our_gateway(gw))
+                        .cloned(),
+                );
+            }
+        }
+        ancestors.into_iter().collect()
     }
 
     pub fn backend(&self, key: &ObjectRef) -> Option<&Backend> {
-        let _ = key;
-        todo!()
+        self.backends.get(key)
     }
 
     pub fn backend_keys(&self) -> Vec<ObjectRef> {
-        todo!()
+        self.backends.keys().cloned().collect()
     }
 
     /// True when a ReferenceGrant in `to.namespace` lets XBackends from
     /// `from_namespace` reference the object (`group`, `kind`, `to.name`).
-    pub fn grant_permits(&self, from_namespace: &str, group: &str, kind: &str, to: &ObjectRef) -> bool {
-        let _ = (from_namespace, group, kind, to);
-        todo!()
+    pub fn grant_permits(
+        &self,
+        from_namespace: &str,
+        group: &str,
+        kind: &str,
+        to: &ObjectRef,
+    ) -> bool {
+        let same_group =
+            |a: &str, b: &str| a == b || (is_core_group(Some(a)) && is_core_group(Some(b)));
+        self.grants_in(&to.namespace).any(|grant| {
+            let from_ok = grant.from.iter().any(|f| {
+                f.group == api::GROUP && f.kind == api::KIND && f.namespace == from_namespace
+            });
+            let to_ok = grant.to.iter().any(|t| {
+                same_group(&t.group, group)
+                    && t.kind == kind
+                    && t.name.as_ref().is_none_or(|n| *n == to.name)
+            });
+            from_ok && to_ok
+        })
+    }
+
+    fn grants_in<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a ReferenceGrant> + 'a {
+        self.grants
+            .range(ObjectRef::new(namespace, "")..)
+            .take_while(move |(key, _)| key.namespace == namespace)
+            .map(|(_, grant)| grant)
+    }
+
+    /// A Gateway counts only if it exists and its GatewayClass is ours.
+    fn is_our_gateway(&self, gateway: &ObjectRef) -> bool {
+        self.gateways
+            .get(gateway)
+            .is_some_and(|gw| self.is_our_class(&gw.class_name))
+    }
+
+    fn is_our_class(&self, class_name: &str) -> bool {
+        self.classes
+            .get(class_name)
+            .is_some_and(|c| c.controller_name == self.controller_name)
+    }
+
+    fn keys_of(&self, kind: Kind) -> Vec<ObjectRef> {
+        match kind {
+            Kind::Route(route_kind) => self
+                .routes
+                .keys()
+                .filter(|(k, _)| *k == route_kind)
+                .map(|(_, key)| key.clone())
+                .collect(),
+            Kind::Gateway => self.gateways.keys().cloned().collect(),
+            Kind::GatewayClass => self
+                .classes
+                .keys()
+                .map(|name| ObjectRef::new("", name))
+                .collect(),
+            Kind::ReferenceGrant => self.grants.keys().cloned().collect(),
+            Kind::XBackend => self.backends.keys().cloned().collect(),
+        }
+    }
+
+    fn remove(&mut self, kind: Kind, key: &ObjectRef) -> BTreeSet<ObjectRef> {
+        match kind {
+            Kind::Route(route_kind) => self.put_route(route_kind, key.clone(), None),
+            Kind::Gateway => self.put_gateway(key.clone(), None),
+            Kind::GatewayClass => self.put_class(&key.name, None),
+            Kind::ReferenceGrant => self.put_grant(key.clone(), None),
+            Kind::XBackend => {
+                self.put_backend(key.clone(), None);
+                BTreeSet::from([key.clone()])
+            }
+        }
+    }
+
+    fn put(
+        &mut self,
+        key: ObjectRef,
+        object: Option<Object>,
+        backend_returns_itself: bool,
+    ) -> BTreeSet<ObjectRef> {
+        match object {
+            None => BTreeSet::new(),
+            Some(Object::Route(route_kind, route)) => self.put_route(route_kind, key, Some(route)),
+            Some(Object::Gateway(gateway)) => self.put_gateway(key, Some(gateway)),
+            Some(Object::GatewayClass(class)) => self.put_class(&key.name, Some(class)),
+            Some(Object::ReferenceGrant(grant)) => self.put_grant(key, Some(grant)),
+            Some(Object::XBackend(backend)) => {
+                let changed = self.put_backend(key.clone(), Some(backend));
+                if changed || backend_returns_itself {
+                    BTreeSet::from([key])
+                } else {
+                    BTreeSet::new()
+                }
+            }
+        }
+    }
+
+    /// Only existing XBackends have a status to update.
+    fn existing(&self, keys: impl IntoIterator<Item = ObjectRef>) -> BTreeSet<ObjectRef> {
+        keys.into_iter()
+            .filter(|key| self.backends.contains_key(key))
+            .collect()
+    }
+
+    fn put_route(
+        &mut self,
+        route_kind: RouteKind,
+        key: ObjectRef,
+        route: Option<Route>,
+    ) -> BTreeSet<ObjectRef> {
+        // GEP-4894: a route only ever sends to XBackends of its own namespace.
+        let new = route
+            .map(|mut r| {
+                r.backends.retain(|b| b.namespace == key.namespace);
+                r
+            })
+            .filter(|r| !r.backends.is_empty());
+        let route_key = (route_kind, key);
+        let old = match &new {
+            Some(new) => self.routes.insert(route_key.clone(), new.clone()),
+            None => self.routes.remove(&route_key),
+        };
+        if old == new {
+            return BTreeSet::new();
+        }
+        if let Some(old) = &old {
+            for backend in &old.backends {
+                remove_from(&mut self.routes_by_backend, backend, &route_key);
+            }
+            for gateway in &old.gateways {
+                remove_from(&mut self.routes_by_gateway, gateway, &route_key);
+            }
+        }
+        if let Some(new) = &new {
+            for backend in &new.backends {
+                insert_into(
+                    &mut self.routes_by_backend,
+                    backend.clone(),
+                    route_key.clone(),
+                );
+            }
+            for gateway in &new.gateways {
+                insert_into(
+                    &mut self.routes_by_gateway,
+                    gateway.clone(),
+                    route_key.clone(),
+                );
+            }
+        }
+        // What this route contributes to a backend is its set of live
+        // Gateways; only backends whose contribution differs are affected.
+        let live = |route: &Option<Route>| -> BTreeSet<ObjectRef> {
+            route
+                .iter()
+                .flat_map(|r| r.gateways.iter())
+                .filter(|gw| self.is_our_gateway(gw))
+                .cloned()
+                .collect()
+        };
+        let (old_live, new_live) = (live(&old), live(&new));
+        let old_backends = old.map(|r| r.backends).unwrap_or_default();
+        let new_backends = new.map(|r| r.backends).unwrap_or_default();
+        let affected = old_backends.union(&new_backends).filter(|backend| {
+            let before = if old_backends.contains(*backend) {
+                &old_live
+            } else {
+                &BTreeSet::new()
+            };
+            let after = if new_backends.contains(*backend) {
+                &new_live
+            } else {
+                &BTreeSet::new()
+            };
+            before != after
+        });
+        self.existing(affected.cloned().collect::<Vec<_>>())
+    }
+
+    fn put_gateway(&mut self, key: ObjectRef, gateway: Option<Gateway>) -> BTreeSet<ObjectRef> {
+        let was_ours = self.is_our_gateway(&key);
+        let old = match &gateway {
+            Some(new) => self.gateways.insert(key.clone(), new.clone()),
+            None => self.gateways.remove(&key),
+        };
+        if let Some(old) = &old {
+            remove_from(&mut self.gateways_by_class, &old.class_name, &key);
+        }
+        if let Some(new) = &gateway {
+            insert_into(
+                &mut self.gateways_by_class,
+                new.class_name.clone(),
+                key.clone(),
+            );
+        }
+        if was_ours == self.is_our_gateway(&key) {
+            return BTreeSet::new();
+        }
+        self.backends_behind_gateway(&key)
+    }
+
+    fn put_class(&mut self, name: &str, class: Option<GatewayClass>) -> BTreeSet<ObjectRef> {
+        let was_ours = self.is_our_class(name);
+        match class {
+            Some(class) => self.classes.insert(name.to_string(), class),
+            None => self.classes.remove(name),
+        };
+        if was_ours == self.is_our_class(name) {
+            return BTreeSet::new();
+        }
+        let gateways: Vec<ObjectRef> = self
+            .gateways_by_class
+            .get(name)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        gateways
+            .iter()
+            .flat_map(|gw| self.backends_behind_gateway(gw))
+            .collect()
+    }
+
+    fn backends_behind_gateway(&self, gateway: &ObjectRef) -> BTreeSet<ObjectRef> {
+        let routes = self.routes_by_gateway.get(gateway).into_iter().flatten();
+        let backends = routes
+            .filter_map(|key| self.routes.get(key))
+            .flat_map(|route| route.backends.iter().cloned());
+        self.existing(backends.collect::<Vec<_>>())
+    }
+
+    fn put_grant(&mut self, key: ObjectRef, grant: Option<ReferenceGrant>) -> BTreeSet<ObjectRef> {
+        let old = match &grant {
+            Some(new) => self.grants.insert(key.clone(), new.clone()),
+            None => self.grants.remove(&key),
+        };
+        if old == grant {
+            return BTreeSet::new();
+        }
+        let from_namespaces: BTreeSet<&str> = old
+            .iter()
+            .chain(grant.iter())
+            .flat_map(|g| g.from.iter())
+            .filter(|f| f.group == api::GROUP && f.kind == api::KIND)
+            .map(|f| f.namespace.as_str())
+            .collect();
+        let candidates = self
+            .backends_by_target_namespace
+            .get(&key.namespace)
+            .into_iter()
+            .flatten();
+        candidates
+            .filter(|backend| from_namespaces.contains(backend.namespace.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// Returns whether the stored XBackend changed.
+    fn put_backend(&mut self, key: ObjectRef, backend: Option<Backend>) -> bool {
+        let old = match &backend {
+            Some(new) => self.backends.insert(key.clone(), new.clone()),
+            None => self.backends.remove(&key),
+        };
+        if old == backend {
+            return false;
+        }
+        if let Some(Ok(spec)) = old.as_ref().map(|b| &b.spec) {
+            if let Some(secret) = client_certificate_secret(&key, spec) {
+                remove_from(&mut self.backends_by_secret, &secret, &key);
+            }
+            for config_map in ca_certificate_config_maps(&key, spec) {
+                remove_from(&mut self.backends_by_config_map, &config_map, &key);
+            }
+            if let Some(namespace) = cross_namespace_target(&key, spec) {
+                remove_from(&mut self.backends_by_target_namespace, &namespace, &key);
+            }
+        }
+        if let Some(Ok(spec)) = backend.as_ref().map(|b| &b.spec) {
+            if let Some(secret) = client_certificate_secret(&key, spec) {
+                insert_into(&mut self.backends_by_secret, secret, key.clone());
+            }
+            for config_map in ca_certificate_config_maps(&key, spec) {
+                insert_into(&mut self.backends_by_config_map, config_map, key.clone());
+            }
+            if let Some(namespace) = cross_namespace_target(&key, spec) {
+                insert_into(
+                    &mut self.backends_by_target_namespace,
+                    namespace,
+                    key.clone(),
+                );
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{
+        BackendPort, BackendTls, BackendType, ExternalHostnameBackend, LocalObjectReference,
+        SecretObjectReference, TlsMode, TlsValidation,
+    };
+    use crate::decode::{decode, kind_of};
+    use crate::model::{GrantFrom, GrantTo};
+    use serde_json::{Value, json};
+
+    const OURS: &str = "example.com/xbackend-controller";
+    const THEIRS: &str = "other.example/controller";
+    const XGROUP: &str = "gateway.networking.x-k8s.io";
+
+    fn r(namespace: &str, name: &str) -> ObjectRef {
+        ObjectRef::new(namespace, name)
+    }
+
+    fn set(items: &[(&str, &str)]) -> BTreeSet<ObjectRef> {
+        items.iter().map(|(ns, name)| r(ns, name)).collect()
+    }
+
+    fn apply_json(
+        index: &mut Index,
+        api_version: &str,
+        kind: &str,
+        value: Value,
+    ) -> BTreeSet<ObjectRef> {
+        let kind = kind_of(api_version, kind).expect("known kind");
+        let (key, object) = decode(kind, &value).expect("decodes");
+        index.apply(key, object)
+    }
+
+    fn class(index: &mut Index, name: &str, controller: &str) -> BTreeSet<ObjectRef> {
+        index.apply(
+            r("", name),
+            Object::GatewayClass(GatewayClass {
+                controller_name: controller.into(),
+            }),
+        )
+    }
+
+    fn gateway(
+        index: &mut Index,
+        namespace: &str,
+        name: &str,
+        class_name: &str,
+    ) -> BTreeSet<ObjectRef> {
+        index.apply(
+            r(namespace, name),
+            Object::Gateway(Gateway {
+                class_name: class_name.into(),
+            }),
+        )
+    }
+
+    fn spec() -> XBackendSpec {
+        XBackendSpec {
+            type_: BackendType::ExternalHostname,
+            port: BackendPort {
+                name: None,
+                port: 443,
+            },
+            external_hostname: Some(ExternalHostnameBackend {
+                hostname: "api.example.com".into(),
+            }),
+            protocol: None,
+            tls: None,
+        }
+    }
+
+    fn mtls_spec(
+        secret_namespace: Option<&str>,
+        secret: &str,
+        config_maps: &[&str],
+    ) -> XBackendSpec {
+        let mut spec = spec();
+        spec.tls = Some(BackendTls {
+            mode: TlsMode::ClientAndServer,
+            client_certificate_ref: Some(SecretObjectReference {
+                group: None,
+                kind: None,
+                name: secret.into(),
+                namespace: secret_namespace.map(str::to_string),
+            }),
+            validation: Some(TlsValidation {
+                ca_certificate_refs: Some(
+                    config_maps
+                        .iter()
+                        .map(|name| LocalObjectReference {
+                            group: "".into(),
+                            kind: "ConfigMap".into(),
+                            name: (*name).into(),
+                        })
+                        .collect(),
+                ),
+                well_known_ca_certificates: None,
+                hostname: "api.example.com".into(),
+                subject_alt_names: None,
+            }),
+        });
+        spec
+    }
+
+    fn backend(index: &mut Index, namespace: &str, name: &str) -> BTreeSet<ObjectRef> {
+        index.apply(
+            r(namespace, name),
+            Object::XBackend(Backend {
+                generation: 1,
+                spec: Ok(spec()),
+            }),
+        )
+    }
+
+    fn http_route(
+        index: &mut Index,
+        namespace: &str,
+        name: &str,
+        spec: Value,
+    ) -> BTreeSet<ObjectRef> {
+        let value = json!({"metadata": {"name": name, "namespace": namespace}, "spec": spec});
+        apply_json(index, "gateway.networking.k8s.io/v1", "HTTPRoute", value)
+    }
+
+    fn xref(name: &str) -> Value {
+        json!({"group": XGROUP, "kind": "XBackend", "name": name})
+    }
+
+    /// Ours: class `ours` with Gateways infra/gw and app/local; theirs: class
+    /// `theirs` with infra/foreign; XBackends app/b and app/c.
+    fn world() -> Index {
+        let mut index = Index::new(OURS);
+        class(&mut index, "ours", OURS);
+        class(&mut index, "theirs", THEIRS);
+        gateway(&mut index, "infra", "gw", "ours");
+        gateway(&mut index, "app", "local", "ours");
+        gateway(&mut index, "infra", "foreign", "theirs");
+        backend(&mut index, "app", "b");
+        backend(&mut index, "app", "c");
+        index
+    }
+
+    fn simple_route(gateways: &[(&str, &str)], backends: &[&str]) -> Value {
+        let parents: Vec<Value> = gateways
+            .iter()
+            .map(|(ns, name)| json!({"name": name, "namespace": ns}))
+            .collect();
+        let refs: Vec<Value> = backends.iter().map(|name| xref(name)).collect();
+        json!({"parentRefs": parents, "rules": [{"backendRefs": refs}]})
+    }
+
+    #[test]
+    fn ancestor_via_backend_ref() {
+        let mut index = world();
+        http_route(
+            &mut index,
+            "app",
+            "r",
+            simple_route(&[("infra", "gw")], &["b"]),
+        );
+        assert_eq!(index.ancestors(&r("app", "b")), vec![r("infra", "gw")]);
+        assert!(index.ancestors(&r("app", "c")).is_empty());
+    }
+
+    #[test]
+    fn ancestor_via_rule_level_mirror() {
+        let mut index = world();
+        let mirror = json!({"type": "RequestMirror", "requestMirror": {"backendRef": xref("b")}});
+        http_route(
+            &mut index,
+            "app",
+            "r",
+            json!({"parentRefs": [{"name": "local"}], "rules": [{"filters": [mirror]}]}),
+        );
+        assert_eq!(index.ancestors(&r("app", "b")), vec![r("app", "local")]);
+    }
+
+    #[test]
+    fn ancestor_via_backend_ref_level_mirror() {
+        let mut index = world();
+        let mirror = json!({"type": "RequestMirror", "requestMirror": {"backendRef": xref("b")}});
+        let spec = json!({"parentRefs": [{"name": "local"}], "rules": [{"backendRefs": [{"name": "svc", "port": 80, "filters": [mirror]}]}]});
+        http_route(&mut index, "app", "r", spec);
+        assert_eq!(index.ancestors(&r("app", "b")), vec![r("app", "local")]);
+    }
+
+    #[test]
+    fn cross_namespace_route_is_ignored_even_with_grants() {
+        let mut index = world();
+        let mut to_b = xref("b");
+        to_b["namespace"] = json!("app");
+        http_route(
+            &mut index,
+            "other",
+            "r",
+            json!({"parentRefs": [{"name": "gw", "namespace": "infra"}], "rules": [{"backendRefs": [to_b]}]}),
+        );
+        index.apply(
+            r("app", "allow-routes"),
+            Object::ReferenceGrant(ReferenceGrant {
+                from: vec![GrantFrom {
+                    group: "gateway.networking.k8s.io".into(),
+                    kind: "HTTPRoute".into(),
+                    namespace: "other".into(),
+                }],
+                to: vec![GrantTo {
+                    group: XGROUP.into(),
+                    kind: "XBackend".into(),
+                    name: None,
+                }],
+            }),
+        );
+        assert!(index.ancestors(&r("app", "b")).is_empty());
+        // A hand-built route (as analyze could make) is held to the same rule.
+        let route = Route {
+            gateways: set(&[("infra", "gw")]),
+            backends: set(&[("app", "b")]),
+        };
+        assert!(
+            index
+                .apply(r("other", "hand"), Object::Route(RouteKind::Http, route))
+                .is_empty()
+        );
+        assert!(index.ancestors(&r("app", "b")).is_empty());
+    }
+
+    #[test]
+    fn explicit_namespace_equal_to_route_counts() {
+        let mut index = world();
+        let mut to_b = xref("b");
+        to_b["namespace"] = json!("app");
+        http_route(
+            &mut index,
+            "app",
+            "r",
+            json!({"parentRefs": [{"name": "local"}], "rules": [{"backendRefs": [to_b]}]}),
+        );
+        assert_eq!(index.ancestors(&r("app", "b")), vec![r("app", "local")]);
+    }
+
+    #[test]
+    fn foreign_class_missing_gateway_missing_class() {
+        let mut index = world();
+        gateway(&mut index, "infra", "orphan", "no-such-class");
+        let parents = [
+            ("infra", "foreign"),
+            ("infra", "missing"),
+            ("infra", "orphan"),
+        ];
+        http_route(&mut index, "app", "r", simple_route(&parents, &["b"]));
+        assert!(index.ancestors(&r("app", "b")).is_empty());
+        // The class appearing later makes the orphan count.
+        assert_eq!(
+            class(&mut index, "no-such-class", OURS),
+            set(&[("app", "b")])
+        );
+        assert_eq!(index.ancestors(&r("app", "b")), vec![r("infra", "orphan")]);
+    }
+
+    #[test]
+    fn section_name_and_port_do_not_split_entries() {
+        let mut index = world();
+        let parents = json!([
+            {"name": "gw", "namespace": "infra", "sectionName": "https"},
+            {"name": "gw", "namespace": "infra", "sectionName": "http", "port": 80},
+            {"name": "gw", "namespace": "infra"}
+        ]);
+        http_route(
+            &mut index,
+            "app",
+            "r",
+            json!({"parentRefs": parents, "rules": [{"backendRefs": [xref("b")]}]}),
+        );
+        assert_eq!(index.ancestors(&r("app", "b")), vec![r("infra", "gw")]);
+    }
+
+    #[test]
+    fn parent_namespace_default_and_explicit() {
+        let mut index = world();
+        gateway(&mut index, "app", "gw", "ours");
+        http_route(
+            &mut index,
+            "app",
+            "r",
+            json!({"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [xref("b")]}]}),
+        );
+        assert_eq!(index.ancestors(&r("app", "b")), vec![r("app", "gw")]);
+        http_route(
+            &mut index,
+            "app",
+            "r",
+            json!({"parentRefs": [{"name": "gw", "namespace": "infra"}], "rules": [{"backendRefs": [xref("b")]}]}),
+        );
+        assert_eq!(index.ancestors(&r("app", "b")), vec![r("infra", "gw")]);
+    }
+
+    #[test]
+    fn non_gateway_parents_are_ignored() {
+        let mut index = world();
+        // Same name as a real Gateway, but another kind or group.
+        let parents = json!([
+            {"name": "local", "kind": "Service", "group": ""},
+            {"name": "local", "kind": "Gateway", "group": "example.com"},
+            {"name": "local", "kind": "ListenerSet"}
+        ]);
+        http_route(
+            &mut index,
+            "app",
+            "r",
+            json!({"parentRefs": parents, "rules": [{"backendRefs": [xref("b")]}]}),
+        );
+        assert!(index.ancestors(&r("app", "b")).is_empty());
+    }
+
+    #[test]
+    fn grpc_route_same_as_http_route() {
+        let mut index = world();
+        let mirror = json!({"type": "RequestMirror", "requestMirror": {"backendRef": xref("c")}});
+        let value = json!({
+            "metadata": {"name": "r", "namespace": "app"},
+            "spec": {"parentRefs": [{"name": "local"}], "rules": [{"backendRefs": [xref("b")], "filters": [mirror]}]}
+        });
+        assert_eq!(
+            apply_json(
+                &mut index,
+                "gateway.networking.k8s.io/v1",
+                "GRPCRoute",
+                value
+            ),
+            set(&[("app", "b"), ("app", "c")])
+        );
+        assert_eq!(index.ancestors(&r("app", "b")), vec![r("app", "local")]);
+        assert_eq!(index.ancestors(&r("app", "c")), vec![r("app", "local")]);
+        // An HTTPRoute of the same name is a different object.
+        http_route(
+            &mut index,
+            "app",
+            "r",
+            simple_route(&[("infra", "gw")], &["b"]),
+        );
+        assert_eq!(
+            index.ancestors(&r("app", "b")),
+            vec![r("app", "local"), r("infra", "gw")]
+        );
+        assert_eq!(
+            index.delete(Kind::Route(RouteKind::Grpc), &r("app", "r")),
+            set(&[("app", "b"), ("app", "c")])
+        );
+        assert_eq!(index.ancestors(&r("app", "b")), vec![r("infra", "gw")]);
+    }
+
+    #[test]
+    fn ancestors_sorted_and_deduplicated() {
+        let mut index = world();
+        gateway(&mut index, "aaa", "z", "ours");
+        gateway(&mut index, "aaa", "a", "ours");
+        http_route(
+            &mut index,
+            "app",
+            "r1",
+            simple_route(&[("infra", "gw"), ("aaa", "z")], &["b"]),
+        );
+        http_route(
+            &mut index,
+            "app",
+            "r2",
+            simple_route(&[("aaa", "a"), ("infra", "gw"), ("app", "local")], &["b"]),
+        );
+        assert_eq!(
+            index.ancestors(&r("app", "b")),
+            vec![
+                r("aaa", "a"),
+                r("aaa", "z"),
+                r("app", "local"),
+                r("infra", "gw")
+            ]
+        );
+    }
+
+    #[test]
+    fn route_apply_and_delete_affect_only_changed_backends() {
+        let mut index = world();
+        assert_eq!(
+            http_route(
+                &mut index,
+                "app",
+                "r",
+                simple_route(&[("infra", "gw")], &["b"])
+            ),
+            set(&[("app", "b")])
+        );
+        assert!(
+            http_route(
+                &mut index,
+                "app",
+                "r",
+                simple_route(&[("infra", "gw")], &["b"])
+            )
+            .is_empty(),
+            "unchanged"
+        );
+        // A new backend only: the existing one keeps its ancestors.
+        assert_eq!(
+            http_route(
+                &mut index,
+                "app",
+                "r",
+                simple_route(&[("infra", "gw")], &["b", "c"])
+            ),
+            set(&[("app", "c")])
+        );
+        // Parents change: every backend, before and after.
+        assert_eq!(
+            http_route(
+                &mut index,
+                "app",
+                "r",
+                simple_route(&[("app", "local")], &["b", "c"])
+            ),
+            set(&[("app", "b"), ("app", "c")])
+        );
+        // Backend dropped.
+        assert_eq!(
+            http_route(
+                &mut index,
+                "app",
+                "r",
+                simple_route(&[("app", "local")], &["b"])
+            ),
+            set(&[("app", "c")])
+        );
+        // References to XBackends that do not exist affect nobody.
+        assert!(
+            http_route(
+                &mut index,
+                "app",
+                "r2",
+                simple_route(&[("app", "local")], &["ghost"])
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            index.delete(Kind::Route(RouteKind::Http), &r("app", "r")),
+            set(&[("app", "b")])
+        );
+        assert!(
+            index
+                .delete(Kind::Route(RouteKind::Http), &r("app", "r"))
+                .is_empty(),
+            "already gone"
+        );
+        // The XBackend appearing later finds the route.
+        backend(&mut index, "app", "ghost");
+        assert_eq!(index.ancestors(&r("app", "ghost")), vec![r("app", "local")]);
+    }
+
+    #[test]
+    fn route_to_foreign_gateways_affects_nothing() {
+        let mut index = world();
+        assert!(
+            http_route(
+                &mut index,
+                "app",
+                "r",
+                simple_route(&[("infra", "foreign")], &["b"])
+            )
+            .is_empty()
+        );
+        assert!(
+            http_route(
+                &mut index,
+                "app",
+                "r",
+                simple_route(&[("infra", "foreign"), ("infra", "missing")], &["b", "c"])
+            )
+            .is_empty()
+        );
+        assert!(
+            index
+                .delete(Kind::Route(RouteKind::Http), &r("app", "r"))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn gateway_apply_and_delete() {
+        let mut index = world();
+        http_route(
+            &mut index,
+            "app",
+            "r",
+            simple_route(&[("infra", "new")], &["b"]),
+        );
+        http_route(
+            &mut index,
+            "app",
+            "r2",
+            simple_route(&[("infra", "gw")], &["c"]),
+        );
+        assert_eq!(
+            gateway(&mut index, "infra", "new", "ours"),
+            set(&[("app", "b")]),
+            "created"
+        );
+        assert!(
+            gateway(&mut index, "infra", "new", "ours").is_empty(),
+            "unchanged"
+        );
+        assert_eq!(
+            gateway(&mut index, "infra", "new", "theirs"),
+            set(&[("app", "b")]),
+            "class changed to a foreign one"
+        );
+        assert!(
+            gateway(&mut index, "infra", "new", "missing-class").is_empty(),
+            "still not ours"
+        );
+        assert_eq!(
+            gateway(&mut index, "infra", "new", "ours"),
+            set(&[("app", "b")])
+        );
+        assert_eq!(
+            index.delete(Kind::Gateway, &r("infra", "new")),
+            set(&[("app", "b")]),
+            "deleted"
+        );
+        assert!(index.delete(Kind::Gateway, &r("infra", "new")).is_empty());
+        assert!(
+            gateway(&mut index, "infra", "unused", "ours").is_empty(),
+            "no route names it"
+        );
+    }
+
+    #[test]
+    fn gateway_class_apply_and_delete() {
+        let mut index = world();
+        gateway(&mut index, "infra", "g1", "later");
+        gateway(&mut index, "infra", "g2", "later");
+        http_route(
+            &mut index,
+            "app",
+            "r",
+            simple_route(&[("infra", "g1")], &["b"]),
+        );
+        http_route(
+            &mut index,
+            "app",
+            "r2",
+            simple_route(&[("infra", "g2")], &["c"]),
+        );
+        assert_eq!(
+            class(&mut index, "later", OURS),
+            set(&[("app", "b"), ("app", "c")]),
+            "created"
+        );
+        assert!(class(&mut index, "later", OURS).is_empty(), "unchanged");
+        assert_eq!(
+            class(&mut index, "later", THEIRS),
+            set(&[("app", "b"), ("app", "c")]),
+            "controller changed"
+        );
+        assert!(
+            class(&mut index, "later", "third.example/c").is_empty(),
+            "foreign to foreign"
+        );
+        class(&mut index, "later", OURS);
+        assert_eq!(
+            index.delete(Kind::GatewayClass, &r("", "later")),
+            set(&[("app", "b"), ("app", "c")]),
+            "deleted"
+        );
+        assert!(
+            class(&mut index, "elsewhere", OURS).is_empty(),
+            "no Gateway uses it"
+        );
+    }
+
+    fn grant(from_namespace: &str) -> Object {
+        Object::ReferenceGrant(ReferenceGrant {
+            from: vec![GrantFrom {
+                group: XGROUP.into(),
+                kind: "XBackend".into(),
+                namespace: from_namespace.into(),
+            }],
+            to: vec![GrantTo {
+                group: "".into(),
+                kind: "Secret".into(),
+                name: None,
+            }],
+        })
+    }
+
+    #[test]
+    fn reference_grant_apply_and_delete() {
+        let mut index = world();
+        index.apply(
+            r("app", "m"),
+            Object::XBackend(Backend {
+                generation: 1,
+                spec: Ok(mtls_spec(Some("certs"), "client", &[])),
+            }),
+        );
+        index.apply(
+            r("web", "m"),
+            Object::XBackend(Backend {
+                generation: 1,
+                spec: Ok(mtls_spec(Some("certs"), "client", &[])),
+            }),
+        );
+        index.apply(
+            r("app", "local-secret"),
+            Object::XBackend(Backend {
+                generation: 1,
+                spec: Ok(mtls_spec(None, "client", &[])),
+            }),
+        );
+        assert_eq!(
+            index.apply(r("certs", "g"), grant("app")),
+            set(&[("app", "m")])
+        );
+        assert!(
+            index.apply(r("certs", "g"), grant("app")).is_empty(),
+            "unchanged"
+        );
+        assert_eq!(
+            index.apply(r("certs", "g"), grant("web")),
+            set(&[("app", "m"), ("web", "m")]),
+            "old and new from"
+        );
+        assert!(
+            index.apply(r("elsewhere", "g"), grant("app")).is_empty(),
+            "no ref points there"
+        );
+        assert_eq!(
+            index.delete(Kind::ReferenceGrant, &r("certs", "g")),
+            set(&[("web", "m")])
+        );
+        // Grants from routes do not concern XBackends.
+        let route_grant = Object::ReferenceGrant(ReferenceGrant {
+            from: vec![GrantFrom {
+                group: "gateway.networking.k8s.io".into(),
+                kind: "HTTPRoute".into(),
+                namespace: "app".into(),
+            }],
+            to: vec![GrantTo {
+                group: "".into(),
+                kind: "Secret".into(),
+                name: None,
+            }],
+        });
+        assert!(index.apply(r("certs", "routes"), route_grant).is_empty());
+    }
+
+    #[test]
+    fn xbackend_apply_returns_itself_and_indexes_refs() {
+        let mut index = world();
+        assert_eq!(
+            backend(&mut index, "app", "b"),
+            set(&[("app", "b")]),
+            "even unchanged"
+        );
+        let m = r("app", "m");
+        assert_eq!(
+            index.apply(
+                m.clone(),
+                Object::XBackend(Backend {
+                    generation: 1,
+                    spec: Ok(mtls_spec(None, "client", &["ca1", "ca2"]))
+                })
+            ),
+            set(&[("app", "m")])
+        );
+        assert_eq!(
+            index.referencing(RefKind::Secret, &r("app", "client")),
+            set(&[("app", "m")])
+        );
+        assert_eq!(
+            index.referencing(RefKind::ConfigMap, &r("app", "ca1")),
+            set(&[("app", "m")])
+        );
+        assert_eq!(
+            index.referencing(RefKind::ConfigMap, &r("app", "ca2")),
+            set(&[("app", "m")])
+        );
+        assert!(
+            index
+                .referencing(RefKind::ConfigMap, &r("app", "client"))
+                .is_empty()
+        );
+        assert!(
+            index
+                .referencing(RefKind::Secret, &r("other", "client"))
+                .is_empty()
+        );
+
+        // Spec change: old refs forgotten, new ones indexed.
+        index.apply(
+            m.clone(),
+            Object::XBackend(Backend {
+                generation: 2,
+                spec: Ok(mtls_spec(Some("certs"), "client2", &["ca2"])),
+            }),
+        );
+        assert!(
+            index
+                .referencing(RefKind::Secret, &r("app", "client"))
+                .is_empty()
+        );
+        assert_eq!(
+            index.referencing(RefKind::Secret, &r("certs", "client2")),
+            set(&[("app", "m")])
+        );
+        assert!(
+            index
+                .referencing(RefKind::ConfigMap, &r("app", "ca1"))
+                .is_empty()
+        );
+
+        // Unsupported kinds are not Secrets or ConfigMaps to watch.
+        let mut odd = mtls_spec(None, "client", &[]);
+        if let Some(tls) = odd.tls.as_mut() {
+            if let Some(secret) = tls.client_certificate_ref.as_mut() {
+                secret.kind = Some("ConfigMap".into());
+            }
+            if let Some(validation) = tls.validation.as_mut() {
+                validation.ca_certificate_refs = Some(vec![LocalObjectReference {
+                    group: "example.com".into(),
+                    kind: "ConfigMap".into(),
+                    name: "ca".into(),
+                }]);
+            }
+        }
+        index.apply(
+            r("app", "odd"),
+            Object::XBackend(Backend {
+                generation: 1,
+                spec: Ok(odd),
+            }),
+        );
+        assert!(
+            index
+                .referencing(RefKind::Secret, &r("app", "client"))
+                .is_empty()
+        );
+        assert!(
+            index
+                .referencing(RefKind::ConfigMap, &r("app", "ca"))
+                .is_empty()
+        );
+
+        assert_eq!(index.delete(Kind::XBackend, &m), set(&[("app", "m")]));
+        assert!(
+            index
+                .referencing(RefKind::Secret, &r("certs", "client2"))
+                .is_empty()
+        );
+        assert!(index.backend(&m).is_none());
+        assert_eq!(
+            index.backend_keys(),
+            vec![r("app", "b"), r("app", "c"), r("app", "odd")]
+        );
+    }
+
+    #[test]
+    fn reset_returns_deleted_and_changed_only() {
+        let mut index = world();
+        http_route(
+            &mut index,
+            "app",
+            "r1",
+            simple_route(&[("infra", "gw")], &["b"]),
+        );
+        http_route(
+            &mut index,
+            "app",
+            "r2",
+            simple_route(&[("infra", "gw")], &["c"]),
+        );
+        let route = |gateways: &[(&str, &str)], backends: &[(&str, &str)]| {
+            Object::Route(
+                RouteKind::Http,
+                Route {
+                    gateways: set(gateways),
+                    backends: set(backends),
+                },
+            )
+        };
+        // r1 unchanged, r2 gone.
+        let affected = index.reset(
+            Kind::Route(RouteKind::Http),
+            vec![(r("app", "r1"), route(&[("infra", "gw")], &[("app", "b")]))],
+        );
+        assert_eq!(affected, set(&[("app", "c")]));
+        // The same list again: nothing.
+        assert!(
+            index
+                .reset(
+                    Kind::Route(RouteKind::Http),
+                    vec![(r("app", "r1"), route(&[("infra", "gw")], &[("app", "b")]))]
+                )
+                .is_empty()
+        );
+        // GRPCRoutes are another kind: an empty re-list of them leaves HTTPRoutes alone.
+        assert!(index.reset(Kind::Route(RouteKind::Grpc), vec![]).is_empty());
+        assert_eq!(index.ancestors(&r("app", "b")), vec![r("infra", "gw")]);
+
+        // Gateways: infra/gw changed class, app/local unchanged, infra/foreign gone.
+        let gw = |class_name: &str| {
+            Object::Gateway(Gateway {
+                class_name: class_name.into(),
+            })
+        };
+        let affected = index.reset(
+            Kind::Gateway,
+            vec![
+                (r("infra", "gw"), gw("theirs")),
+                (r("app", "local"), gw("ours")),
+            ],
+        );
+        assert_eq!(affected, set(&[("app", "b")]));
+        assert!(
+            index
+                .reset(
+                    Kind::Gateway,
+                    vec![
+                        (r("infra", "gw"), gw("theirs")),
+                        (r("app", "local"), gw("ours"))
+                    ]
+                )
+                .is_empty()
+        );
+
+        // GatewayClasses: `theirs` becomes ours, `ours` unchanged.
+        let cls = |controller: &str| {
+            Object::GatewayClass(GatewayClass {
+                controller_name: controller.into(),
+            })
+        };
+        let affected = index.reset(
+            Kind::GatewayClass,
+            vec![(r("", "ours"), cls(OURS)), (r("", "theirs"), cls(OURS))],
+        );
+        assert_eq!(affected, set(&[("app", "b")]));
+        assert!(
+            index
+                .reset(
+                    Kind::GatewayClass,
+                    vec![(r("", "ours"), cls(OURS)), (r("", "theirs"), cls(OURS))]
+                )
+                .is_empty()
+        );
+        // Every class gone.
+        assert_eq!(
+            index.reset(Kind::GatewayClass, vec![]),
+            set(&[("app", "b")])
+        );
+        assert!(index.ancestors(&r("app", "b")).is_empty());
+    }
+
+    #[test]
+    fn reset_grants_and_backends() {
+        let mut index = world();
+        let m = || {
+            Object::XBackend(Backend {
+                generation: 1,
+                spec: Ok(mtls_spec(Some("certs"), "client", &[])),
+            })
+        };
+        index.apply(r("app", "m"), m());
+        index.apply(r("certs", "g"), grant("app"));
+        assert!(
+            index
+                .reset(Kind::ReferenceGrant, vec![(r("certs", "g"), grant("app"))])
+                .is_empty(),
+            "unchanged"
+        );
+        assert_eq!(
+            index.reset(Kind::ReferenceGrant, vec![]),
+            set(&[("app", "m")]),
+            "deleted"
+        );
+        assert_eq!(
+            index.reset(Kind::ReferenceGrant, vec![(r("certs", "g2"), grant("app"))]),
+            set(&[("app", "m")]),
+            "created"
+        );
+
+        let plain = |generation| {
+            Object::XBackend(Backend {
+                generation,
+                spec: Ok(spec()),
+            })
+        };
+        // b unchanged, c changed, m gone, n new.
+        let affected = index.reset(
+            Kind::XBackend,
+            vec![
+                (r("app", "b"), plain(1)),
+                (r("app", "c"), plain(2)),
+                (r("app", "n"), plain(1)),
+            ],
+        );
+        assert_eq!(affected, set(&[("app", "c"), ("app", "m"), ("app", "n")]));
+        assert!(
+            index
+                .reset(
+                    Kind::XBackend,
+                    vec![
+                        (r("app", "b"), plain(1)),
+                        (r("app", "c"), plain(2)),
+                        (r("app", "n"), plain(1))
+                    ]
+                )
+                .is_empty()
+        );
+        assert!(
+            index
+                .referencing(RefKind::Secret, &r("certs", "client"))
+                .is_empty()
+        );
+        // Objects of another kind in the list are ignored.
+        assert!(
+            index
+                .reset(
+                    Kind::XBackend,
+                    vec![
+                        (r("app", "b"), plain(1)),
+                        (r("app", "c"), plain(2)),
+                        (r("app", "n"), plain(1)),
+                        (r("x", "gw"), Object::Gateway(Gateway::default()))
+                    ]
+                )
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn grant_permits_rules() {
+        let mut index = Index::new(OURS);
+        let secret = r("certs", "client");
+        assert!(
+            !index.grant_permits("app", "", "Secret", &secret),
+            "no grant"
+        );
+        index.apply(
+            r("certs", "named"),
+            Object::ReferenceGrant(ReferenceGrant {
+                from: vec![GrantFrom {
+                    group: XGROUP.into(),
+                    kind: "XBackend".into(),
+                    namespace: "app".into(),
+                }],
+                to: vec![GrantTo {
+                    group: "".into(),
+                    kind: "Secret".into(),
+                    name: Some("client".into()),
+                }],
+            }),
+        );
+        assert!(index.grant_permits("app", "", "Secret", &secret));
+        assert!(
+            !index.grant_permits("app", "", "Secret", &r("certs", "other")),
+            "name must match"
+        );
+        assert!(
+            !index.grant_permits("web", "", "Secret", &secret),
+            "from namespace must match"
+        );
+        assert!(
+            !index.grant_permits("app", "", "ConfigMap", &r("certs", "client")),
+            "kind must match"
+        );
+        assert!(
+            !index.grant_permits("app", "", "Secret", &r("other", "client")),
+            "grant lives in the target namespace"
+        );
+        index.apply(
+            r("certs", "routes-only"),
+            Object::ReferenceGrant(ReferenceGrant {
+                from: vec![GrantFrom {
+                    group: "gateway.networking.k8s.io".into(),
+                    kind: "HTTPRoute".into(),
+                    namespace: "web".into(),
+                }],
+                to: vec![GrantTo {
+                    group: "".into(),
+                    kind: "Secret".into(),
+                    name: None,
+                }],
+            }),
+        );
+        assert!(
+            !index.grant_permits("web", "", "Secret", &secret),
+            "from kind must be XBackend"
+        );
+        index.apply(
+            r("certs", "any"),
+            Object::ReferenceGrant(ReferenceGrant {
+                from: vec![GrantFrom {
+                    group: XGROUP.into(),
+                    kind: "XBackend".into(),
+                    namespace: "web".into(),
+                }],
+                to: vec![GrantTo {
+                    group: "".into(),
+                    kind: "Secret".into(),
+                    name: None,
+                }],
+            }),
+        );
+        assert!(
+            index.grant_permits("web", "", "Secret", &r("certs", "anything")),
+            "unnamed to allows every Secret"
+        );
+        // Neighbouring namespaces (by sort order) do not leak into each other.
+        assert!(!index.grant_permits("web", "", "Secret", &r("cert", "anything")));
+        assert!(!index.grant_permits("web", "", "Secret", &r("certsx", "anything")));
+    }
+
+    #[test]
+    fn deleting_everything_leaves_no_reverse_entries() {
+        let mut index = world();
+        http_route(
+            &mut index,
+            "app",
+            "r",
+            simple_route(&[("infra", "gw")], &["b"]),
+        );
+        index.apply(
+            r("app", "m"),
+            Object::XBackend(Backend {
+                generation: 1,
+                spec: Ok(mtls_spec(Some("certs"), "client", &["ca"])),
+            }),
+        );
+        index.delete(Kind::Route(RouteKind::Http), &r("app", "r"));
+        for key in index.backend_keys() {
+            index.delete(Kind::XBackend, &key);
+        }
+        for key in index.keys_of(Kind::Gateway) {
+            index.delete(Kind::Gateway, &key);
+        }
+        assert!(index.routes_by_backend.is_empty());
+        assert!(index.routes_by_gateway.is_empty());
+        assert!(index.gateways_by_class.is_empty());
+        assert!(index.backends_by_secret.is_empty());
+        assert!(index.backends_by_config_map.is_empty());
+        assert!(index.backends_by_target_namespace.is_empty());
+    }
+
+    #[test]
+    fn routes_without_xbackends_are_not_kept() {
+        let mut index = world();
+        http_route(
+            &mut index,
+            "app",
+            "svc",
+            json!({"parentRefs": [{"name": "local"}], "rules": [{"backendRefs": [{"name": "svc", "port": 80}]}]}),
+        );
+        assert!(index.routes.is_empty());
+        assert!(index.routes_by_gateway.is_empty());
     }
 }
