@@ -109,6 +109,8 @@ pub struct ExternalHostnameBackend {
             .message("hostname must not be an IP address (nor end in an all-numeric label)"),
         validation = Rule::new("self != 'cluster.local' && !self.endsWith('.cluster.local')")
             .message("hostname must not be cluster.local or end with .cluster.local: use a Service for in-cluster destinations"),
+        // The subdomain pattern alone allows labels DNS cannot carry.
+        validation = Rule::new("!self.matches('[^.]{64}')").message("hostname labels must be at most 63 characters"),
     )]
     pub hostname: String,
 }
@@ -232,6 +234,7 @@ pub struct TlsValidation {
     /// Name sent as SNI and verified against the server certificate: a precise
     /// lowercase DNS name, no wildcard, no trailing dot.
     #[schemars(length(min = 1, max = 253), regex(pattern = DNS1123_SUBDOMAIN))]
+    #[x_kube(validation = Rule::new("!self.matches('[^.]{64}')").message("hostname labels must be at most 63 characters"))]
     pub hostname: String,
 
     /// When set, the server certificate must carry one of these names instead

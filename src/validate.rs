@@ -1,14 +1,78 @@
 //! Spec validation (DESIGN.md §5a, reason Invalid) and egress guardrails (§5b,
 //! reason HostnameNotAllowed; --require-tls, reason TLSRequired).
 
-use crate::api::XBackendSpec;
-use crate::conditions::Verdict;
+use std::net::IpAddr;
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+
+use crate::api::{
+    BackendTls, LocalObjectReference, SecretObjectReference, SubjectAltName, SubjectAltNameType, TlsMode, TlsValidation, XBackendSpec,
+};
+use crate::conditions::{self, Verdict};
+
+/// The in-cluster DNS suffix every cluster has, whatever --cluster-domain says.
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// Cloud metadata endpoints reachable by name from inside a node or pod.
+const METADATA_HOSTNAMES: &[&str] = &["metadata.google.internal", "instance-data.ec2.internal"];
+
+// Limits the CRD enforces, repeated here because the CRD may not be the one installed.
+const MAX_HOSTNAME: usize = 253;
+const MAX_LABEL: usize = 63;
+const MAX_CA_REFS: usize = 8;
+const MAX_SANS: usize = 5;
 
 /// The operator's guardrails, from `run`/`analyze` flags.
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
-    // Filled in by the validation work: cluster domains, compiled allow/deny
-    // globs, require_tls.
+    /// Normalized --cluster-domain values (lowercase, no leading/trailing dot),
+    /// not including cluster.local, which always applies.
+    pub cluster_domains: Vec<String>,
+    allow: Globs,
+    deny: Globs,
+    /// --require-tls.
+    pub require_tls: bool,
+}
+
+/// Compiled globs plus their source text, so a rejection can say which glob did it.
+#[derive(Clone, Debug, Default)]
+struct Globs {
+    set: GlobSet,
+    sources: Vec<String>,
+}
+
+impl Globs {
+    fn new(flag: &str, globs: &[String]) -> Result<Globs, String> {
+        let mut builder = GlobSetBuilder::new();
+        let mut sources = Vec::with_capacity(globs.len());
+        for glob in globs {
+            let trimmed = glob.trim();
+            if trimmed.is_empty() {
+                return Err(format!("{flag}: empty glob; give a hostname or a pattern such as *.example.com"));
+            }
+            // Hostnames are compared without a trailing dot, so a glob with one could never match.
+            let normalized = trimmed.strip_suffix('.').unwrap_or(trimmed);
+            let compiled = GlobBuilder::new(normalized)
+                .case_insensitive(true)
+                // No '/' occurs in a hostname, so '*' spans dots: *.example.com
+                // covers every depth of subdomain but never the apex.
+                .literal_separator(false)
+                .build()
+                .map_err(|e| format!("{flag} {glob:?} is not a valid glob: {}", e.kind()))?;
+            builder.add(compiled);
+            sources.push(glob.clone());
+        }
+        let set = builder.build().map_err(|e| format!("{flag}: cannot compile globs: {e}"))?;
+        Ok(Globs { set, sources })
+    }
+
+    fn first_match(&self, hostname: &str) -> Option<&str> {
+        self.set.matches(hostname).into_iter().min().map(|i| self.sources[i].as_str())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
 }
 
 /// Flags a Policy is built from.
@@ -27,8 +91,27 @@ pub struct PolicyConfig {
 impl Policy {
     /// Compiles the globs; an invalid glob is an error naming the flag and glob.
     pub fn new(config: PolicyConfig) -> Result<Policy, String> {
-        let _ = config;
-        todo!()
+        let mut cluster_domains = Vec::new();
+        for raw in &config.cluster_domains {
+            let domain = raw.trim().trim_matches('.').to_ascii_lowercase();
+            if domain.is_empty() || dns_subdomain_problem(&domain).is_some() {
+                return Err(format!("--cluster-domain {raw:?} is not a DNS name such as cluster.local or corp.example"));
+            }
+            if domain != DEFAULT_CLUSTER_DOMAIN && !cluster_domains.contains(&domain) {
+                cluster_domains.push(domain);
+            }
+        }
+        Ok(Policy {
+            cluster_domains,
+            allow: Globs::new("--allow-hostname", &config.allow_hostnames)?,
+            deny: Globs::new("--deny-hostname", &config.deny_hostnames)?,
+            require_tls: config.require_tls,
+        })
+    }
+
+    /// cluster.local followed by every --cluster-domain.
+    pub fn all_cluster_domains(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(DEFAULT_CLUSTER_DOMAIN).chain(self.cluster_domains.iter().map(String::as_str))
     }
 }
 
@@ -40,27 +123,1024 @@ pub struct Violation {
     pub message: String,
 }
 
+impl Violation {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Violation {
+        Violation { field: field.into(), message: message.into() }
+    }
+}
+
 /// DESIGN.md §5a: every API rule, also when the CRD's CEL was not enforced.
 pub fn validate(spec: &XBackendSpec, policy: &Policy) -> Result<(), Vec<Violation>> {
-    let _ = (spec, policy);
-    todo!()
+    let mut out = Vec::new();
+
+    // BackendType has a single variant, so "externalHostname set unless type is
+    // ExternalHostname" cannot be broken once the spec decoded.
+    match &spec.external_hostname {
+        None => out.push(Violation::new(
+            "spec.externalHostname",
+            "spec.externalHostname must be set when spec.type is ExternalHostname; add externalHostname.hostname.",
+        )),
+        Some(ext) => {
+            let field = "spec.externalHostname.hostname";
+            if let Some(problem) = external_hostname_problem(&ext.hostname, policy) {
+                out.push(Violation::new(field, format!("{field} {} {problem}.", quoted(&ext.hostname))));
+            }
+        }
+    }
+
+    if !(1..=65535).contains(&spec.port.port) {
+        out.push(Violation::new("spec.port.port", format!("spec.port.port is {}; it must be between 1 and 65535.", spec.port.port)));
+    }
+    if let Some(name) = spec.port.name.as_deref().filter(|n| !n.is_empty())
+        && let Some(problem) = dns_label_problem(name)
+    {
+        out.push(Violation::new(
+            "spec.port.name",
+            format!("spec.port.name {} {problem}; it must be empty or a DNS label (lowercase letters, digits and '-').", quoted(name)),
+        ));
+    }
+
+    if let Some(tls) = &spec.tls {
+        validate_tls(tls, &mut out);
+    }
+
+    if out.is_empty() { Ok(()) } else { Err(out) }
+}
+
+fn validate_tls(tls: &BackendTls, out: &mut Vec<Violation>) {
+    match (tls.mode, &tls.client_certificate_ref) {
+        (TlsMode::ClientAndServer, None) => out.push(Violation::new(
+            "spec.tls.clientCertificateRef",
+            "spec.tls.clientCertificateRef must be set when spec.tls.mode is ClientAndServer; reference a kubernetes.io/tls Secret.",
+        )),
+        (TlsMode::None | TlsMode::ServerOnly, Some(_)) => out.push(Violation::new(
+            "spec.tls.clientCertificateRef",
+            format!(
+                "spec.tls.clientCertificateRef must be unset when spec.tls.mode is {:?}; remove it or set mode to ClientAndServer.",
+                tls.mode
+            ),
+        )),
+        _ => {}
+    }
+    if let Some(r) = &tls.client_certificate_ref {
+        secret_ref_problems("spec.tls.clientCertificateRef", r, out);
+    }
+    if let Some(v) = &tls.validation {
+        validate_tls_validation(v, out);
+    }
+}
+
+fn validate_tls_validation(v: &TlsValidation, out: &mut Vec<Violation>) {
+    let field = "spec.tls.validation.hostname";
+    if let Some(problem) = precise_hostname_problem(&v.hostname) {
+        out.push(Violation::new(field, format!("{field} {} {problem}; it must be a precise lowercase DNS name.", quoted(&v.hostname))));
+    }
+
+    let refs = v.ca_certificate_refs.as_deref().unwrap_or_default();
+    if refs.len() > MAX_CA_REFS {
+        out.push(Violation::new(
+            "spec.tls.validation.caCertificateRefs",
+            format!("spec.tls.validation.caCertificateRefs has {} entries; at most {MAX_CA_REFS} are allowed.", refs.len()),
+        ));
+    }
+    for (i, r) in refs.iter().enumerate() {
+        local_ref_problems(&format!("spec.tls.validation.caCertificateRefs[{i}]"), r, out);
+    }
+
+    let well_known = v.well_known_ca_certificates.as_deref();
+    if let Some(wk) = well_known
+        && !is_well_known_ca(wk)
+    {
+        out.push(Violation::new(
+            "spec.tls.validation.wellKnownCACertificates",
+            format!(
+                "spec.tls.validation.wellKnownCACertificates {} is not System or a prefixed name such as example.com/my-cas.",
+                quoted(wk)
+            ),
+        ));
+    }
+    if !refs.is_empty() && well_known.is_some_and(|wk| !wk.is_empty()) {
+        out.push(Violation::new(
+            "spec.tls.validation",
+            "spec.tls.validation sets both caCertificateRefs and wellKnownCACertificates; keep only one.",
+        ));
+    }
+
+    let sans = v.subject_alt_names.as_deref().unwrap_or_default();
+    if sans.len() > MAX_SANS {
+        out.push(Violation::new(
+            "spec.tls.validation.subjectAltNames",
+            format!("spec.tls.validation.subjectAltNames has {} entries; at most {MAX_SANS} are allowed.", sans.len()),
+        ));
+    }
+    for (i, san) in sans.iter().enumerate() {
+        san_problems(&format!("spec.tls.validation.subjectAltNames[{i}]"), san, out);
+    }
+}
+
+fn san_problems(base: &str, san: &SubjectAltName, out: &mut Vec<Violation>) {
+    let hostname = san.hostname.as_deref().filter(|h| !h.is_empty());
+    let uri = san.uri.as_deref().filter(|u| !u.is_empty());
+    match san.type_ {
+        SubjectAltNameType::Hostname => {
+            match hostname {
+                None => out.push(Violation::new(format!("{base}.hostname"), format!("{base}.hostname must be set when type is Hostname."))),
+                Some(h) => {
+                    // A SAN may be a wildcard certificate name, unlike the SNI hostname.
+                    let bare = h.strip_prefix("*.").unwrap_or(h);
+                    if let Some(problem) =
+                        dns_subdomain_problem(bare).or_else(|| (h.len() > MAX_HOSTNAME).then_some("is longer than 253 characters"))
+                    {
+                        out.push(Violation::new(
+                            format!("{base}.hostname"),
+                            format!(
+                                "{base}.hostname {} {problem}; it must be a lowercase DNS name, optionally starting with *.",
+                                quoted(h)
+                            ),
+                        ));
+                    }
+                }
+            }
+            if uri.is_some() {
+                out.push(Violation::new(format!("{base}.uri"), format!("{base}.uri must be unset when type is Hostname.")));
+            }
+        }
+        SubjectAltNameType::Uri => {
+            match uri {
+                None => out.push(Violation::new(format!("{base}.uri"), format!("{base}.uri must be set when type is URI."))),
+                Some(u) if !is_uri(u) => out.push(Violation::new(
+                    format!("{base}.uri"),
+                    format!(
+                        "{base}.uri {} is not an absolute URI such as spiffe://trust.domain/workload (at most 253 characters).",
+                        quoted(u)
+                    ),
+                )),
+                Some(_) => {}
+            }
+            if hostname.is_some() {
+                out.push(Violation::new(format!("{base}.hostname"), format!("{base}.hostname must be unset when type is URI.")));
+            }
+        }
+    }
+}
+
+fn secret_ref_problems(base: &str, r: &SecretObjectReference, out: &mut Vec<Violation>) {
+    if let Some(group) = &r.group {
+        group_problems(base, group, out);
+    }
+    if let Some(kind) = &r.kind {
+        kind_problems(base, kind, out);
+    }
+    name_problems(base, &r.name, out);
+    if let Some(ns) = &r.namespace
+        && let Some(problem) = dns_label_problem(ns)
+    {
+        out.push(Violation::new(
+            format!("{base}.namespace"),
+            format!("{base}.namespace {} {problem}; it must be a namespace name.", quoted(ns)),
+        ));
+    }
+}
+
+fn local_ref_problems(base: &str, r: &LocalObjectReference, out: &mut Vec<Violation>) {
+    group_problems(base, &r.group, out);
+    kind_problems(base, &r.kind, out);
+    name_problems(base, &r.name, out);
+}
+
+fn group_problems(base: &str, group: &str, out: &mut Vec<Violation>) {
+    if !group.is_empty()
+        && let Some(problem) = dns_subdomain_problem(group)
+    {
+        out.push(Violation::new(
+            format!("{base}.group"),
+            format!("{base}.group {} {problem}; it must be empty (core) or an API group such as example.com.", quoted(group)),
+        ));
+    }
+}
+
+fn kind_problems(base: &str, kind: &str, out: &mut Vec<Violation>) {
+    let ok = !kind.is_empty()
+        && kind.len() <= MAX_LABEL
+        && kind.starts_with(|c: char| c.is_ascii_alphabetic())
+        && kind.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if !ok {
+        out.push(Violation::new(
+            format!("{base}.kind"),
+            format!("{base}.kind {} is not a kind name such as Secret or ConfigMap.", quoted(kind)),
+        ));
+    }
+}
+
+fn name_problems(base: &str, name: &str, out: &mut Vec<Violation>) {
+    if name.is_empty() || name.len() > MAX_HOSTNAME {
+        out.push(Violation::new(format!("{base}.name"), format!("{base}.name must be 1 to 253 characters long.")));
+    }
+}
+
+/// Why an externalHostname hostname is not allowed by the API, most specific first.
+fn external_hostname_problem(hostname: &str, policy: &Policy) -> Option<String> {
+    if hostname.is_empty() {
+        return Some("is empty; set the destination's DNS name".into());
+    }
+    if is_ip_literal(hostname) {
+        return Some("is an IP address; XBackend needs a DNS name, and in-cluster or fixed-IP destinations belong in a Service".into());
+    }
+    if let Some(problem) = precise_hostname_problem(hostname) {
+        return Some(problem.into());
+    }
+    if ends_in_numeric_label(hostname) {
+        return Some("ends in an all-numeric label, which resolvers may read as an IP address; use a DNS name".into());
+    }
+    for domain in policy.all_cluster_domains() {
+        if hostname == domain || has_dot_suffix(hostname, domain) {
+            return Some(format!("is inside the cluster domain {domain}; route in-cluster traffic to a Service instead"));
+        }
+    }
+    None
+}
+
+/// Problems of a name that must be an exact (non-wildcard) lowercase DNS name.
+fn precise_hostname_problem(hostname: &str) -> Option<&'static str> {
+    if hostname.contains('*') {
+        return Some("is a wildcard; give one exact DNS name");
+    }
+    if hostname.ends_with('.') && hostname.len() > 1 {
+        return Some("ends with a dot; drop the trailing dot");
+    }
+    if hostname.chars().any(|c| c.is_ascii_uppercase()) {
+        return Some("has uppercase letters; DNS names here must be lowercase");
+    }
+    if hostname.len() > MAX_HOSTNAME {
+        return Some("is longer than 253 characters");
+    }
+    dns_subdomain_problem(hostname)
+}
+
+/// RFC 1123 subdomain syntax (lowercase), as the CRD's pattern states it.
+fn dns_subdomain_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("is empty");
+    }
+    if name.len() > MAX_HOSTNAME {
+        return Some("is longer than 253 characters");
+    }
+    name.split('.').find_map(|label| dns_label_problem(label).map(|_| subdomain_label_problem(label)))
+}
+
+fn subdomain_label_problem(label: &str) -> &'static str {
+    if label.is_empty() {
+        "has an empty label (two dots in a row, or a leading or trailing dot)"
+    } else if label.len() > MAX_LABEL {
+        "has a label longer than 63 characters"
+    } else if label.starts_with('-') || label.ends_with('-') {
+        "has a label starting or ending with '-'"
+    } else {
+        "has characters other than lowercase letters, digits, '-' and '.'"
+    }
+}
+
+/// RFC 1123 label: 1-63 of [a-z0-9-], starting and ending alphanumeric.
+fn dns_label_problem(label: &str) -> Option<&'static str> {
+    if label.is_empty() {
+        return Some("is empty");
+    }
+    if label.len() > MAX_LABEL {
+        return Some("is longer than 63 characters");
+    }
+    if !label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Some("has characters other than lowercase letters, digits and '-'");
+    }
+    if label.starts_with('-') || label.ends_with('-') {
+        return Some("starts or ends with '-'");
+    }
+    None
+}
+
+fn is_ip_literal(s: &str) -> bool {
+    let unbracketed = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(s);
+    unbracketed.parse::<IpAddr>().is_ok()
+}
+
+fn ends_in_numeric_label(hostname: &str) -> bool {
+    hostname.rsplit('.').next().is_some_and(|last| !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `name` ends with `.suffix` (suffix already lowercase).
+fn has_dot_suffix(name: &str, suffix: &str) -> bool {
+    name.len() > suffix.len() && name.ends_with(suffix) && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
+}
+
+/// The CRD's wellKnownCACertificates pattern: `System`, or `domain/name` with a
+/// DNS-subdomain prefix and a 1-63 character name.
+fn is_well_known_ca(value: &str) -> bool {
+    if value == "System" {
+        return true;
+    }
+    if value.is_empty() || value.len() > MAX_HOSTNAME {
+        return false;
+    }
+    let Some((prefix, name)) = value.split_once('/') else { return false };
+    dns_subdomain_problem(prefix).is_none()
+        && !name.is_empty()
+        && name.len() <= MAX_LABEL
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The CRD's URI pattern: a scheme, then `://`; the rest is free.
+fn is_uri(value: &str) -> bool {
+    if value.len() > MAX_HOSTNAME {
+        return false;
+    }
+    let Some((scheme, rest)) = value.split_once(':') else { return false };
+    !scheme.is_empty() && !scheme.contains(['/', '?', '#']) && rest.starts_with("//")
+}
+
+/// A user value for a message: quoted, and cut short so a huge field cannot
+/// blow up a condition message.
+fn quoted(value: &str) -> String {
+    const MAX: usize = 80;
+    if value.chars().count() <= MAX {
+        format!("{value:?}")
+    } else {
+        let head: String = value.chars().take(MAX).collect();
+        format!("{head:?}… ({} characters)", value.chars().count())
+    }
 }
 
 /// DESIGN.md §5b for one hostname: Err(message) when a guardrail rejects it.
 pub fn check_egress(hostname: &str, policy: &Policy) -> Result<(), String> {
-    let _ = (hostname, policy);
-    todo!()
+    let lower = hostname.to_ascii_lowercase();
+    // A fully qualified name with its root dot is the same destination.
+    let host = lower.strip_suffix('.').unwrap_or(&lower);
+    let shown = quoted(hostname);
+
+    if host == "localhost" || has_dot_suffix(host, "localhost") {
+        return Err(format!("hostname {shown} is a loopback name (localhost), which the built-in egress guardrail denies."));
+    }
+    if !host.contains('.') {
+        return Err(format!(
+            "hostname {shown} is a single-label name, which pods resolve through search domains into the cluster; the built-in egress guardrail denies it, use a fully qualified name."
+        ));
+    }
+    if has_dot_suffix(host, "svc") {
+        return Err(format!("hostname {shown} ends in .svc, an in-cluster Service name, which the built-in egress guardrail denies."));
+    }
+    for domain in policy.all_cluster_domains() {
+        let svc = format!("svc.{domain}");
+        if has_dot_suffix(host, &svc) {
+            return Err(format!(
+                "hostname {shown} ends in .{svc}, an in-cluster Service name, which the built-in egress guardrail denies."
+            ));
+        }
+    }
+    if METADATA_HOSTNAMES.contains(&host) {
+        return Err(format!("hostname {shown} is a cloud metadata endpoint, which the built-in egress guardrail denies."));
+    }
+    if let Some(glob) = policy.deny.first_match(host) {
+        return Err(format!("hostname {shown} matches --deny-hostname {glob:?}."));
+    }
+    if !policy.allow.is_empty() && policy.allow.first_match(host).is_none() {
+        return Err(format!(
+            "hostname {shown} matches no --allow-hostname glob ({}); only those destinations are allowed.",
+            policy.allow.sources.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 /// The Accepted verdict for a spec (or the error that stopped it decoding):
 /// Invalid, then HostnameNotAllowed, then TLSRequired, else Accepted.
 pub fn accepted_verdict(spec: Result<&XBackendSpec, &str>, policy: &Policy) -> Verdict {
-    let _ = (spec, policy);
-    todo!()
+    let spec = match spec {
+        Ok(spec) => spec,
+        Err(message) => return conditions::invalid(message),
+    };
+    if let Err(violations) = validate(spec, policy) {
+        return conditions::invalid(join_violations(&violations));
+    }
+    if let Some(ext) = &spec.external_hostname
+        && let Err(message) = check_egress(&ext.hostname, policy)
+    {
+        return conditions::hostname_not_allowed(message);
+    }
+    if policy.require_tls && is_insecure(spec) {
+        let what = if spec.tls.is_none() { "spec.tls is absent" } else { "spec.tls.mode is None" };
+        return conditions::tls_required(format!(
+            "{what}, but this controller runs with --require-tls; set spec.tls.mode to ServerOnly or ClientAndServer."
+        ));
+    }
+    conditions::accepted()
+}
+
+/// Several violations in one condition message; the list is capped so the
+/// message stays readable.
+fn join_violations(violations: &[Violation]) -> String {
+    const SHOWN: usize = 5;
+    let mut message = violations.iter().take(SHOWN).map(|v| v.message.as_str()).collect::<Vec<_>>().join(" ");
+    if violations.len() > SHOWN {
+        message.push_str(&format!(" ({} more problems not shown.)", violations.len() - SHOWN));
+    }
+    message
 }
 
 /// True when traffic to this backend would be clear text (tls absent or mode None).
 pub fn is_insecure(spec: &XBackendSpec) -> bool {
-    let _ = spec;
-    todo!()
+    spec.tls.as_ref().is_none_or(|tls| tls.mode == TlsMode::None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conditions::reason;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn spec(value: serde_json::Value) -> XBackendSpec {
+        serde_json::from_value(value).expect("test spec decodes")
+    }
+
+    /// The seed example from the issue: must pass everything.
+    fn seed() -> serde_json::Value {
+        json!({
+            "type": "ExternalHostname",
+            "port": {"port": 443},
+            "externalHostname": {"hostname": "api.openai.com"},
+            "tls": {"mode": "ServerOnly", "validation": {"hostname": "api.openai.com"}}
+        })
+    }
+
+    fn with(mut base: serde_json::Value, pointer: &str, value: serde_json::Value) -> serde_json::Value {
+        let (parent, key) = pointer.rsplit_once('/').expect("pointer has a slash");
+        let target = if parent.is_empty() { &mut base } else { base.pointer_mut(parent).expect("parent exists") };
+        target[key] = value;
+        base
+    }
+
+    fn without(mut base: serde_json::Value, pointer: &str) -> serde_json::Value {
+        let (parent, key) = pointer.rsplit_once('/').expect("pointer has a slash");
+        let target = if parent.is_empty() { &mut base } else { base.pointer_mut(parent).expect("parent exists") };
+        target.as_object_mut().expect("object").remove(key);
+        base
+    }
+
+    fn policy(config: PolicyConfig) -> Policy {
+        Policy::new(config).expect("valid policy")
+    }
+
+    fn violations(value: serde_json::Value) -> Vec<Violation> {
+        violations_with(value, &Policy::default())
+    }
+
+    fn violations_with(value: serde_json::Value, p: &Policy) -> Vec<Violation> {
+        match validate(&spec(value), p) {
+            Ok(()) => Vec::new(),
+            Err(v) => {
+                assert!(!v.is_empty(), "Err must carry at least one violation");
+                v
+            }
+        }
+    }
+
+    /// Asserts exactly one violation, on `field`, whose message names the field
+    /// and contains `needle`.
+    #[track_caller]
+    fn assert_rejected(value: serde_json::Value, field: &str, needle: &str) {
+        let v = violations(value);
+        assert_eq!(v.len(), 1, "expected one violation on {field}, got {v:#?}");
+        assert_eq!(v[0].field, field, "{v:#?}");
+        assert!(v[0].message.contains(field), "message should name {field}: {}", v[0].message);
+        assert!(v[0].message.contains(needle), "message should contain {needle:?}: {}", v[0].message);
+    }
+
+    #[track_caller]
+    fn assert_valid(value: serde_json::Value) {
+        let v = violations(value);
+        assert!(v.is_empty(), "expected valid, got {v:#?}");
+    }
+
+    fn host(h: &str) -> serde_json::Value {
+        with(seed(), "/externalHostname/hostname", json!(h))
+    }
+
+    // ---- Policy::new and globs ----
+
+    #[test]
+    fn invalid_glob_names_flag_and_glob() {
+        let err = Policy::new(PolicyConfig { allow_hostnames: vec!["[abc".into()], ..Default::default() }).unwrap_err();
+        assert!(err.contains("--allow-hostname") && err.contains("[abc"), "{err}");
+        let err =
+            Policy::new(PolicyConfig { deny_hostnames: vec!["ok.example.com".into(), "{a,b".into()], ..Default::default() }).unwrap_err();
+        assert!(err.contains("--deny-hostname") && err.contains("{a,b"), "{err}");
+    }
+
+    #[test]
+    fn empty_glob_is_an_error() {
+        let err = Policy::new(PolicyConfig { deny_hostnames: vec!["  ".into()], ..Default::default() }).unwrap_err();
+        assert!(err.contains("--deny-hostname") && err.contains("empty"), "{err}");
+    }
+
+    #[test]
+    fn cluster_domains_are_normalized() {
+        let p = policy(PolicyConfig {
+            cluster_domains: vec![".Corp.Internal.".into(), "corp.internal".into(), "cluster.local".into()],
+            ..Default::default()
+        });
+        assert_eq!(p.cluster_domains, vec!["corp.internal".to_string()]);
+        assert_eq!(p.all_cluster_domains().collect::<Vec<_>>(), vec!["cluster.local", "corp.internal"]);
+    }
+
+    #[test]
+    fn bad_cluster_domain_is_an_error() {
+        for bad in ["", ".", "under_score.local", "a..b"] {
+            let err = Policy::new(PolicyConfig { cluster_domains: vec![bad.into()], ..Default::default() }).unwrap_err();
+            assert!(err.contains("--cluster-domain"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn subdomain_glob_matches_every_depth_but_not_the_apex() {
+        let p = policy(PolicyConfig { allow_hostnames: vec!["*.example.com".into()], ..Default::default() });
+        for ok in ["a.example.com", "a.b.example.com", "A.Example.COM"] {
+            assert_eq!(check_egress(ok, &p), Ok(()), "{ok}");
+        }
+        for bad in ["example.com", "badexample.com", "example.com.evil.net", "a.example.org"] {
+            assert!(check_egress(bad, &p).is_err(), "{bad} should not match *.example.com");
+        }
+    }
+
+    #[test]
+    fn plain_glob_matches_exactly_and_ignores_case() {
+        let p = policy(PolicyConfig { deny_hostnames: vec!["API.OpenAI.com".into()], ..Default::default() });
+        assert!(check_egress("api.openai.com", &p).is_err());
+        assert!(check_egress("API.OPENAI.COM", &p).is_err());
+        assert_eq!(check_egress("x.api.openai.com", &p), Ok(()));
+        assert_eq!(check_egress("api.openai.com.evil.net", &p), Ok(()));
+    }
+
+    // ---- validate: type/externalHostname union ----
+
+    #[test]
+    fn seed_example_is_valid() {
+        assert_valid(seed());
+        assert_eq!(accepted_verdict(Ok(&spec(seed())), &Policy::default()), conditions::accepted());
+    }
+
+    #[test]
+    fn external_hostname_is_required() {
+        assert_rejected(without(seed(), "/externalHostname"), "spec.externalHostname", "must be set");
+    }
+
+    // ---- validate: externalHostname.hostname ----
+
+    #[test]
+    fn hostname_rules_reject() {
+        let long_label = "a".repeat(64);
+        let too_long = format!("{}.com", vec!["a".repeat(62); 4].join("."));
+        assert_eq!(too_long.len(), 255);
+        let cases: Vec<(String, &str)> = vec![
+            ("".into(), "is empty"),
+            ("10.1.2.3".into(), "IP address"),
+            ("::1".into(), "IP address"),
+            ("[2001:db8::1]".into(), "IP address"),
+            ("2001:db8::1".into(), "IP address"),
+            ("API.openai.com".into(), "uppercase"),
+            ("*.openai.com".into(), "wildcard"),
+            ("api.*.com".into(), "wildcard"),
+            ("api.openai.com.".into(), "trailing dot"),
+            (too_long, "253"),
+            (format!("{long_label}.com"), "63"),
+            ("-api.openai.com".into(), "'-'"),
+            ("api-.openai.com".into(), "'-'"),
+            ("api_x.openai.com".into(), "characters"),
+            ("api..openai.com".into(), "empty label"),
+            (".openai.com".into(), "empty label"),
+            ("foo.123".into(), "all-numeric"),
+            ("1234".into(), "all-numeric"),
+            ("127.1".into(), "all-numeric"),
+            ("cluster.local".into(), "cluster domain cluster.local"),
+            ("db.svc.cluster.local".into(), "cluster domain cluster.local"),
+            ("x.cluster.local".into(), "Service"),
+        ];
+        for (h, needle) in cases {
+            assert_rejected(host(&h), "spec.externalHostname.hostname", needle);
+        }
+    }
+
+    #[test]
+    fn hostname_rules_accept() {
+        let max = format!("{}.{}", vec!["a".repeat(63); 3].join("."), "b".repeat(61));
+        assert_eq!(max.len(), 253);
+        for h in [
+            "api.openai.com",
+            "a.b",
+            "1password.com",
+            "123.example.com",
+            "xn--bcher-kva.example",
+            "notcluster.local",
+            "cluster.local.example.com",
+            "svc.example.com",
+            max.as_str(),
+        ] {
+            assert_valid(host(h));
+        }
+    }
+
+    #[test]
+    fn cluster_domain_flag_extends_the_in_cluster_rule() {
+        let p = policy(PolicyConfig { cluster_domains: vec!["corp.internal".into()], ..Default::default() });
+        for h in ["corp.internal", "db.corp.internal", "a.b.svc.corp.internal"] {
+            let v = violations_with(host(h), &p);
+            assert_eq!(v.len(), 1, "{h}: {v:?}");
+            assert!(v[0].message.contains("corp.internal"), "{}", v[0].message);
+            assert!(violations(host(h)).is_empty(), "{h} is fine without --cluster-domain");
+        }
+        assert!(violations_with(host("notcorp.internal"), &p).is_empty());
+    }
+
+    // ---- validate: port ----
+
+    #[test]
+    fn port_number_range() {
+        for bad in [0, 65536, -1, i32::MAX, i32::MIN] {
+            assert_rejected(with(seed(), "/port/port", json!(bad)), "spec.port.port", "between 1 and 65535");
+        }
+        for ok in [1, 80, 65535] {
+            assert_valid(with(seed(), "/port/port", json!(ok)));
+        }
+    }
+
+    #[test]
+    fn port_name() {
+        for bad in ["Bad_Name", "HTTPS", "-https", "https-", &"a".repeat(64), "a.b"] {
+            assert_rejected(with(seed(), "/port/name", json!(bad)), "spec.port.name", "DNS label");
+        }
+        for ok in ["", "https", "h2", "a", &"a".repeat(63)] {
+            assert_valid(with(seed(), "/port/name", json!(ok)));
+        }
+    }
+
+    // ---- validate: tls ----
+
+    fn mtls() -> serde_json::Value {
+        with(seed(), "/tls/mode", json!("ClientAndServer"))
+    }
+
+    #[test]
+    fn client_certificate_ref_iff_client_and_server() {
+        assert_rejected(mtls(), "spec.tls.clientCertificateRef", "must be set");
+        let with_ref = with(mtls(), "/tls/clientCertificateRef", json!({"name": "client-cert"}));
+        assert_valid(with_ref.clone());
+        for mode in ["ServerOnly", "None"] {
+            assert_rejected(with(with_ref.clone(), "/tls/mode", json!(mode)), "spec.tls.clientCertificateRef", "must be unset");
+        }
+        assert_valid(with(mtls(), "/tls/clientCertificateRef", json!({"group": "", "kind": "Secret", "name": "c", "namespace": "certs"})));
+    }
+
+    #[test]
+    fn client_certificate_ref_fields() {
+        let cases = [
+            (json!({"name": "c", "namespace": "Bad_NS"}), "spec.tls.clientCertificateRef.namespace", "namespace name"),
+            (json!({"name": "c", "kind": "1Secret"}), "spec.tls.clientCertificateRef.kind", "kind name"),
+            (json!({"name": "c", "group": "Bad_Group"}), "spec.tls.clientCertificateRef.group", "API group"),
+            (json!({"name": ""}), "spec.tls.clientCertificateRef.name", "1 to 253"),
+        ];
+        for (r, field, needle) in cases {
+            assert_rejected(with(mtls(), "/tls/clientCertificateRef", r), field, needle);
+        }
+    }
+
+    #[test]
+    fn validation_hostname_is_precise() {
+        let field = "spec.tls.validation.hostname";
+        for (bad, needle) in
+            [("*.openai.com", "wildcard"), ("API.openai.com", "uppercase"), ("api.openai.com.", "trailing dot"), ("", "empty")]
+        {
+            assert_rejected(with(seed(), "/tls/validation/hostname", json!(bad)), field, needle);
+        }
+        assert_rejected(with(seed(), "/tls/validation/hostname", json!(format!("{}.com", "a".repeat(64)))), field, "63");
+        assert_valid(with(seed(), "/tls/validation/hostname", json!("other.example.com")));
+    }
+
+    #[test]
+    fn ca_sources() {
+        let cm = json!({"group": "", "kind": "ConfigMap", "name": "ca"});
+        assert_valid(with(seed(), "/tls/validation/caCertificateRefs", json!([cm.clone()])));
+        assert_valid(with(seed(), "/tls/validation/caCertificateRefs", json!(vec![cm.clone(); 8])));
+        assert_rejected(
+            with(seed(), "/tls/validation/caCertificateRefs", json!(vec![cm.clone(); 9])),
+            "spec.tls.validation.caCertificateRefs",
+            "at most 8",
+        );
+        let both = with(
+            with(seed(), "/tls/validation/caCertificateRefs", json!([cm])),
+            "/tls/validation/wellKnownCACertificates",
+            json!("System"),
+        );
+        assert_rejected(both, "spec.tls.validation", "both");
+        // An empty list does not count as a CA source, as in the CRD rule.
+        assert_valid(with(
+            with(seed(), "/tls/validation/caCertificateRefs", json!([])),
+            "/tls/validation/wellKnownCACertificates",
+            json!("System"),
+        ));
+        assert_rejected(
+            with(seed(), "/tls/validation/caCertificateRefs", json!([{"group": "", "kind": "Config_Map", "name": "ca"}])),
+            "spec.tls.validation.caCertificateRefs[0].kind",
+            "kind name",
+        );
+    }
+
+    #[test]
+    fn well_known_ca_pattern() {
+        for ok in ["System", "example.com/my-cas", "example.com/a", "a.b/X_y.z-1"] {
+            assert_valid(with(seed(), "/tls/validation/wellKnownCACertificates", json!(ok)));
+        }
+        for bad in [
+            "",
+            "system",
+            "Custom",
+            "example.com/",
+            "/name",
+            "Example.com/x",
+            "example.com/-x",
+            "example.com/a/b",
+            &format!("e.com/{}", "a".repeat(64)),
+        ] {
+            assert_rejected(
+                with(seed(), "/tls/validation/wellKnownCACertificates", json!(bad)),
+                "spec.tls.validation.wellKnownCACertificates",
+                "System",
+            );
+        }
+    }
+
+    fn sans(list: serde_json::Value) -> serde_json::Value {
+        with(seed(), "/tls/validation/subjectAltNames", list)
+    }
+
+    #[test]
+    fn subject_alt_names_accept() {
+        assert_valid(sans(json!([
+            {"type": "Hostname", "hostname": "api.openai.com"},
+            {"type": "Hostname", "hostname": "*.openai.com"},
+            {"type": "URI", "uri": "spiffe://trust.example/ns/default/sa/api"},
+            {"type": "URI", "uri": "https://example.com"},
+            {"type": "Hostname", "hostname": "x.example", "uri": ""},
+        ])));
+    }
+
+    #[test]
+    fn subject_alt_names_reject() {
+        let f = "spec.tls.validation.subjectAltNames[0]";
+        let cases = [
+            (json!({"type": "Hostname"}), format!("{f}.hostname"), "must be set"),
+            (json!({"type": "Hostname", "hostname": ""}), format!("{f}.hostname"), "must be set"),
+            (json!({"type": "Hostname", "hostname": "a.example", "uri": "spiffe://x/y"}), format!("{f}.uri"), "must be unset"),
+            (json!({"type": "URI"}), format!("{f}.uri"), "must be set"),
+            (json!({"type": "URI", "uri": "spiffe://x/y", "hostname": "a.example"}), format!("{f}.hostname"), "must be unset"),
+            (json!({"type": "URI", "uri": "not a uri"}), format!("{f}.uri"), "absolute URI"),
+            (json!({"type": "URI", "uri": "mailto:someone@example.com"}), format!("{f}.uri"), "absolute URI"),
+            (json!({"type": "Hostname", "hostname": "*.Example.com"}), format!("{f}.hostname"), "lowercase"),
+            (json!({"type": "Hostname", "hostname": "a.*.com"}), format!("{f}.hostname"), "lowercase DNS name"),
+        ];
+        for (san, field, needle) in cases {
+            assert_rejected(sans(json!([san])), &field, needle);
+        }
+        let six = json!(vec![json!({"type": "Hostname", "hostname": "a.example"}); 6]);
+        assert_rejected(sans(six), "spec.tls.validation.subjectAltNames", "at most 5");
+    }
+
+    #[test]
+    fn several_violations_are_all_reported_in_field_order() {
+        let bad = with(with(host("10.0.0.1"), "/port/port", json!(0)), "/tls/mode", json!("ClientAndServer"));
+        let v = violations(bad);
+        let fields: Vec<_> = v.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["spec.externalHostname.hostname", "spec.port.port", "spec.tls.clientCertificateRef"]);
+        let verdict = accepted_verdict(Ok(&spec(with(host("10.0.0.1"), "/port/port", json!(0)))), &Policy::default());
+        assert_eq!(verdict.reason, reason::INVALID);
+        assert!(verdict.message.contains("IP address") && verdict.message.contains("spec.port.port"), "{}", verdict.message);
+    }
+
+    #[test]
+    fn huge_values_are_truncated_in_messages() {
+        let v = violations(host(&"A".repeat(10_000)));
+        assert!(v[0].message.len() < 400, "{}", v[0].message);
+        assert!(v[0].message.contains("10000 characters"), "{}", v[0].message);
+    }
+
+    // ---- check_egress ----
+
+    #[test]
+    fn builtin_egress_denies() {
+        let p = Policy::default();
+        let cases = [
+            ("localhost", "localhost"),
+            ("LOCALHOST", "localhost"),
+            ("localhost.", "localhost"),
+            ("app.localhost", "localhost"),
+            ("intranet", "single-label"),
+            ("db.svc", ".svc"),
+            ("db.prod.svc", ".svc"),
+            ("db.prod.svc.cluster.local", ".svc.cluster.local"),
+            ("DB.Prod.SVC.Cluster.Local", ".svc.cluster.local"),
+            ("metadata.google.internal", "metadata"),
+            ("Metadata.Google.Internal.", "metadata"),
+            ("instance-data.ec2.internal", "metadata"),
+        ];
+        for (h, needle) in cases {
+            let err = check_egress(h, &p).expect_err(h);
+            assert!(err.contains(needle) && err.contains("built-in"), "{h}: {err}");
+        }
+        for ok in
+            ["api.openai.com", "localhost.example.com", "svc.example.com", "my-svc.example.com", "metadata.google.internal.example.com"]
+        {
+            assert_eq!(check_egress(ok, &p), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn svc_under_custom_cluster_domain() {
+        let p = policy(PolicyConfig { cluster_domains: vec!["corp.internal".into()], ..Default::default() });
+        let err = check_egress("db.ns.svc.corp.internal", &p).unwrap_err();
+        assert!(err.contains(".svc.corp.internal"), "{err}");
+        assert_eq!(check_egress("db.ns.svc.corp.internal", &Policy::default()), Ok(()));
+    }
+
+    #[test]
+    fn deny_then_allow() {
+        let p = policy(PolicyConfig {
+            allow_hostnames: vec!["*.example.com".into(), "api.openai.com".into()],
+            deny_hostnames: vec!["*.internal.example.com".into()],
+            ..Default::default()
+        });
+        assert_eq!(check_egress("api.openai.com", &p), Ok(()));
+        assert_eq!(check_egress("www.example.com", &p), Ok(()));
+        let err = check_egress("db.internal.example.com", &p).unwrap_err();
+        assert!(err.contains("--deny-hostname") && err.contains("*.internal.example.com"), "{err}");
+        let err = check_egress("api.anthropic.com", &p).unwrap_err();
+        assert!(err.contains("--allow-hostname") && err.contains("*.example.com"), "{err}");
+    }
+
+    #[test]
+    fn builtin_deny_cannot_be_allowed_back() {
+        let p = policy(PolicyConfig { allow_hostnames: vec!["*".into()], ..Default::default() });
+        assert!(check_egress("metadata.google.internal", &p).is_err());
+        assert!(check_egress("localhost", &p).is_err());
+        assert_eq!(check_egress("anything.example", &p), Ok(()));
+    }
+
+    // ---- accepted_verdict and is_insecure ----
+
+    #[test]
+    fn decode_error_is_invalid_with_its_message() {
+        let v = accepted_verdict(Err("spec.port.port: invalid type: string \"x\", expected i32"), &Policy::default());
+        assert_eq!((v.type_, v.status, v.reason), (conditions::ACCEPTED, false, reason::INVALID));
+        assert!(v.message.contains("spec.port.port: invalid type"), "{}", v.message);
+    }
+
+    #[test]
+    fn verdict_precedence() {
+        let strict = policy(PolicyConfig { require_tls: true, deny_hostnames: vec!["*.openai.com".into()], ..Default::default() });
+        // Invalid beats everything.
+        let s = spec(without(host("Bad.openai.com"), "/tls"));
+        assert_eq!(accepted_verdict(Ok(&s), &strict).reason, reason::INVALID);
+        // HostnameNotAllowed beats TLSRequired.
+        let s = spec(without(seed(), "/tls"));
+        let v = accepted_verdict(Ok(&s), &strict);
+        assert_eq!(v.reason, reason::HOSTNAME_NOT_ALLOWED);
+        assert!(v.message.contains("--deny-hostname"), "{}", v.message);
+        // TLSRequired only with --require-tls.
+        let require = policy(PolicyConfig { require_tls: true, ..Default::default() });
+        let v = accepted_verdict(Ok(&s), &require);
+        assert_eq!(v.reason, reason::TLS_REQUIRED);
+        assert!(v.message.contains("spec.tls") && v.message.contains("--require-tls"), "{}", v.message);
+        assert_eq!(accepted_verdict(Ok(&s), &Policy::default()), conditions::accepted());
+        let clear = spec(
+            json!({"type": "ExternalHostname", "port": {"port": 80}, "externalHostname": {"hostname": "a.example"}, "tls": {"mode": "None"}}),
+        );
+        assert_eq!(accepted_verdict(Ok(&clear), &require).reason, reason::TLS_REQUIRED);
+        assert_eq!(accepted_verdict(Ok(&spec(seed())), &require), conditions::accepted());
+    }
+
+    #[test]
+    fn insecure_means_no_tls_or_mode_none() {
+        assert!(is_insecure(&spec(without(seed(), "/tls"))));
+        assert!(is_insecure(&spec(with(seed(), "/tls", json!({"mode": "None"})))));
+        assert!(!is_insecure(&spec(seed())));
+        assert!(!is_insecure(&spec(with(mtls(), "/tls/clientCertificateRef", json!({"name": "c"})))));
+    }
+
+    // ---- properties ----
+
+    fn any_text() -> impl Strategy<Value = String> {
+        prop_oneof![".*", "[a-zA-Z0-9.*:_\\[\\]-]{0,80}", "\\PC{0,300}"]
+    }
+
+    fn any_spec() -> impl Strategy<Value = XBackendSpec> {
+        let san = (any::<bool>(), proptest::option::of(any_text()), proptest::option::of(any_text())).prop_map(|(uri, hostname, u)| {
+            SubjectAltName { type_: if uri { SubjectAltNameType::Uri } else { SubjectAltNameType::Hostname }, hostname, uri: u }
+        });
+        let local_ref = (any_text(), any_text(), any_text()).prop_map(|(group, kind, name)| LocalObjectReference { group, kind, name });
+        let secret_ref = (proptest::option::of(any_text()), proptest::option::of(any_text()), any_text(), proptest::option::of(any_text()))
+            .prop_map(|(group, kind, name, namespace)| SecretObjectReference { group, kind, name, namespace });
+        let validation = (
+            proptest::option::of(proptest::collection::vec(local_ref, 0..10)),
+            proptest::option::of(any_text()),
+            any_text(),
+            proptest::option::of(proptest::collection::vec(san, 0..7)),
+        )
+            .prop_map(|(ca_certificate_refs, well_known_ca_certificates, hostname, subject_alt_names)| TlsValidation {
+                ca_certificate_refs,
+                well_known_ca_certificates,
+                hostname,
+                subject_alt_names,
+            });
+        let tls = (
+            prop_oneof![Just(TlsMode::None), Just(TlsMode::ServerOnly), Just(TlsMode::ClientAndServer)],
+            proptest::option::of(secret_ref),
+            proptest::option::of(validation),
+        )
+            .prop_map(|(mode, client_certificate_ref, validation)| BackendTls { mode, client_certificate_ref, validation });
+        (proptest::option::of(any_text()), any::<i32>(), proptest::option::of(any_text()), proptest::option::of(tls)).prop_map(
+            |(hostname, port, name, tls)| XBackendSpec {
+                type_: crate::api::BackendType::ExternalHostname,
+                port: crate::api::BackendPort { name, port },
+                external_hostname: hostname.map(|hostname| crate::api::ExternalHostnameBackend { hostname }),
+                protocol: None,
+                tls,
+            },
+        )
+    }
+
+    fn label() -> impl Strategy<Value = String> {
+        "[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?"
+    }
+
+    fn domain() -> impl Strategy<Value = String> {
+        (proptest::collection::vec(label(), 1..3), "[a-z]{2,6}").prop_map(|(labels, tld)| format!("{}.{tld}", labels.join(".")))
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_arbitrary_specs(s in any_spec(), h in any_text(), require_tls in any::<bool>()) {
+            let p = policy(PolicyConfig {
+                cluster_domains: vec!["corp.internal".into()],
+                allow_hostnames: vec!["*.example.com".into()],
+                deny_hostnames: vec!["bad.example.com".into()],
+                require_tls,
+            });
+            let verdict = accepted_verdict(Ok(&s), &p);
+            // Every non-accepted verdict explains itself.
+            prop_assert!(verdict.status || !verdict.message.is_empty());
+            if let Err(v) = validate(&s, &p) {
+                prop_assert!(!v.is_empty());
+                prop_assert!(v.iter().all(|v| v.message.contains(&v.field)), "{:?}", v);
+                prop_assert_eq!(verdict.reason, reason::INVALID);
+            }
+            let _ = check_egress(&h, &p);
+            let _ = accepted_verdict(Err(&h), &p);
+        }
+
+        #[test]
+        fn policy_new_never_panics(globs in proptest::collection::vec(any_text(), 0..4), domains in proptest::collection::vec(any_text(), 0..3)) {
+            let _ = Policy::new(PolicyConfig { cluster_domains: domains, allow_hostnames: globs.clone(), deny_hostnames: globs, require_tls: false });
+        }
+
+        #[test]
+        fn subdomain_glob_is_apex_exclusive_and_case_blind(
+            apex in domain(),
+            sub in proptest::collection::vec(label(), 1..4),
+            upper in any::<bool>(),
+        ) {
+            let p = policy(PolicyConfig { allow_hostnames: vec![format!("*.{apex}")], ..Default::default() });
+            let name = format!("{}.{apex}", sub.join("."));
+            let name = if upper { name.to_ascii_uppercase() } else { name };
+            prop_assert_eq!(check_egress(&name, &p), Ok(()));
+            prop_assert!(check_egress(&apex, &p).is_err());
+            prop_assert!(check_egress(&apex.to_ascii_uppercase(), &p).is_err());
+            // Gluing a label onto the apex without a dot is a different domain.
+            let glued = format!("{}{apex}", sub[0]);
+            prop_assert!(check_egress(&glued, &p).is_err());
+        }
+
+        #[test]
+        fn plain_glob_is_exact_and_case_blind(apex in domain(), sub in label()) {
+            let p = policy(PolicyConfig { deny_hostnames: vec![apex.to_ascii_uppercase()], ..Default::default() });
+            prop_assert!(check_egress(&apex, &p).is_err());
+            prop_assert_eq!(check_egress(&format!("{sub}.{apex}"), &p), Ok(()));
+        }
+
+        #[test]
+        fn well_formed_names_are_valid_and_uppercase_is_not(name in domain()) {
+            prop_assert!(validate(&spec(host(&name)), &Policy::default()).is_ok());
+            if name.chars().any(|c| c.is_ascii_lowercase()) {
+                let v = validate(&spec(host(&name.to_ascii_uppercase())), &Policy::default()).unwrap_err();
+                prop_assert!(v[0].message.contains("uppercase"));
+            }
+        }
+    }
 }
