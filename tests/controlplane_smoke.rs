@@ -3,11 +3,9 @@
 
 mod support;
 
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::discovery::ApiResource;
-use kube::{Client, Config};
 use support::{Channel, ControlPlane, apply_yaml};
 
 #[tokio::test]
@@ -56,16 +54,8 @@ async fn rbac_denies_a_service_account_without_bindings() {
     let sa: ServiceAccount = serde_json::from_value(serde_json::json!({"metadata": {"name": "nobody"}})).unwrap();
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
     sas.create(&PostParams::default(), &sa).await.unwrap();
-    let req: TokenRequest = serde_json::from_value(serde_json::json!({"spec": {"audiences": []}})).unwrap();
-    let token = sas
-        .create_subresource::<TokenRequest>("token", "nobody", &PostParams::default(), serde_json::to_vec(&req).unwrap())
-        .await
-        .expect("TokenRequest works")
-        .status
-        .expect("token status")
-        .token;
-
-    let nobody = client_with_token(&cp.kubeconfig, &token).await;
+    let token = support::service_account_token(&client, &ns, "nobody").await;
+    let nobody = support::client_with_token(&cp.kubeconfig, &token).await;
     let err = Api::<ConfigMap>::namespaced(nobody.clone(), &ns).list(&Default::default()).await.unwrap_err();
     match err {
         kube::Error::Api(s) => {
@@ -76,11 +66,4 @@ async fn rbac_denies_a_service_account_without_bindings() {
     }
     // The same token is a real identity: discovery is allowed to every authenticated user.
     nobody.apiserver_version().await.expect("authenticated");
-}
-
-async fn client_with_token(kubeconfig: &std::path::Path, token: &str) -> Client {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    let mut config = Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
-    config.auth_info = kube::config::AuthInfo { token: Some(token.to_string().into()), ..Default::default() };
-    Client::try_from(config).unwrap()
 }

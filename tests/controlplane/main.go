@@ -24,13 +24,13 @@ func main() {
 }
 
 type options struct {
-	dir       string
-	channel   string
-	port      int
-	crdDir    string
-	noFsync   bool
-	waitReady time.Duration
-	orphanOK  bool
+	dir            string
+	channel        string
+	port           int
+	crdDir         string
+	noFsync        bool
+	waitReady      time.Duration
+	exitWithParent bool
 }
 
 func parseFlags() (options, error) {
@@ -41,7 +41,7 @@ func parseFlags() (options, error) {
 	fs.IntVar(&o.port, "port", 0, "kube-apiserver port on 127.0.0.1 (0: the port saved in --dir, else a free one)")
 	fs.StringVar(&o.crdDir, "gateway-api-crd-dir", "", "read Gateway API CRDs from this folder instead of the pinned module")
 	fs.BoolVar(&o.noFsync, "unsafe-no-fsync", false, "etcd skips fsync (faster, loses data on power loss)")
-	fs.BoolVar(&o.orphanOK, "keep-running-without-parent", false, "keep running when the process that started this one exits")
+	fs.BoolVar(&o.exitWithParent, "exit-with-parent", false, "stop (as on SIGTERM) when the process that started this one exits; for test harnesses")
 	fs.DurationVar(&o.waitReady, "ready-timeout", 3*time.Minute, "how long to wait for the apiserver and CRDs")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		os.Exit(2)
@@ -84,7 +84,7 @@ func run() error {
 	// the one every step below stops on.
 	cmd := app.NewAPIServerCommand()
 	ctx := cmd.Context()
-	if !o.orphanOK {
+	if o.exitWithParent {
 		go exitWithParent()
 	}
 

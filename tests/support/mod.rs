@@ -62,6 +62,8 @@ impl ControlPlane {
             .arg(channel.flag())
             // Test data is thrown away; fsync only slows the suite.
             .arg("--unsafe-no-fsync")
+            // Dies with this test binary even when it exits without cleanup.
+            .arg("--exit-with-parent")
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -231,4 +233,27 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A token for a ServiceAccount, issued by the apiserver (TokenRequest).
+pub async fn service_account_token(client: &Client, namespace: &str, name: &str) -> String {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let req: TokenRequest = serde_json::from_value(serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
+    let resp: TokenRequest = sas.create_subresource("token", name, &PostParams::default(), &req).await.expect("TokenRequest");
+    resp.status.and_then(|s| s.token).expect("TokenRequest returned a token")
+}
+
+/// A client for the control plane that authenticates only with `token`.
+pub async fn client_with_token(kubeconfig: &Path, token: &str) -> Client {
+    Client::try_from(config_with_token(kubeconfig, token).await).expect("client")
+}
+
+/// The control plane's kubeconfig with its identity replaced by `token`.
+pub async fn config_with_token(kubeconfig: &Path, token: &str) -> Config {
+    let kc = Kubeconfig::read_from(kubeconfig).expect("read kubeconfig");
+    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig");
+    config.auth_info = kube::config::AuthInfo { token: Some(token.to_string().into()), ..Default::default() };
+    config
 }
