@@ -1,11 +1,14 @@
 //! xbackend-controller: validates Gateway API XBackends and reports their status
 //! per Gateway ancestor.
 
+pub mod analyze;
 pub mod api;
+pub mod cli;
 pub mod conditions;
 pub mod decode;
 pub mod index;
 pub mod model;
+pub mod runtime;
 pub mod status;
 pub mod tls;
 pub mod validate;

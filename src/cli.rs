@@ -1,0 +1,131 @@
+//! Command-line contract (DESIGN.md §8). `run` and `analyze` share the
+//! guardrail flags so both judge an XBackend the same way.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::validate::PolicyConfig;
+
+pub const DEFAULT_CONTROLLER_NAME: &str = "gateway.networking.x-k8s.io/xbackend-controller";
+
+#[derive(Parser, Debug)]
+#[command(name = "xbackend-controller", version, about = "Controller for Gateway API XBackends: validates them and reports status per Gateway")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Watch the cluster and write XBackend status (kubeconfig: KUBECONFIG, ~/.kube/config or in-cluster).
+    Run(RunArgs),
+    /// Print the XBackend CRD YAML (the content of crds/xbackends.yaml).
+    Crd,
+    /// Judge XBackends in manifest files offline and print the status the controller would write.
+    Analyze(AnalyzeArgs),
+}
+
+/// Flags that decide whether an XBackend is accepted.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PolicyArgs {
+    /// In-cluster DNS suffix to reject besides cluster.local (repeatable).
+    #[arg(long = "cluster-domain", value_name = "DOMAIN")]
+    pub cluster_domains: Vec<String>,
+    /// Only hostnames matching one of these globs are accepted (repeatable; `*.example.com` matches subdomains, not the apex). Default: any hostname the built-in guardrails allow.
+    #[arg(long = "allow-hostname", value_name = "GLOB")]
+    pub allow_hostnames: Vec<String>,
+    /// Hostnames matching this glob are rejected with HostnameNotAllowed (repeatable).
+    #[arg(long = "deny-hostname", value_name = "GLOB")]
+    pub deny_hostnames: Vec<String>,
+    /// Reject XBackends without TLS (tls absent or mode None) with TLSRequired.
+    #[arg(long)]
+    pub require_tls: bool,
+}
+
+impl PolicyArgs {
+    pub fn to_config(&self) -> PolicyConfig {
+        PolicyConfig {
+            cluster_domains: self.cluster_domains.clone(),
+            allow_hostnames: self.allow_hostnames.clone(),
+            deny_hostnames: self.deny_hostnames.clone(),
+            require_tls: self.require_tls,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// GatewayClass spec.controllerName this controller serves; also the controllerName of the status entries it writes.
+    #[arg(long, default_value = DEFAULT_CONTROLLER_NAME)]
+    pub controller_name: String,
+
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+
+    /// Elect a leader through a Lease so that only one replica writes status (default on).
+    #[arg(long, overrides_with = "no_leader_election", default_value_t = true)]
+    pub leader_election: bool,
+    /// Write status without electing a leader (for a single local replica).
+    #[arg(long, overrides_with = "leader_election")]
+    pub no_leader_election: bool,
+    /// Namespace of the leader election Lease. Default: the namespace of the kubeconfig context or the pod.
+    #[arg(long, value_name = "NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// Name of the leader election Lease.
+    #[arg(long, default_value = "xbackend-controller")]
+    pub lease_name: String,
+    /// Seconds a Lease is valid without renewal; a new leader takes over at most this long after the old one dies.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration: u64,
+
+    /// XBackends reconciled at the same time.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl RunArgs {
+    pub fn leader_election_enabled(&self) -> bool {
+        !self.no_leader_election
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Yaml,
+    Json,
+    Table,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AnalyzeArgs {
+    /// File or folder (read recursively: .yaml, .yml, .json) or `-` for stdin (repeatable).
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
+    pub paths: Vec<PathBuf>,
+
+    /// GatewayClass spec.controllerName to judge as this controller.
+    #[arg(long, default_value = DEFAULT_CONTROLLER_NAME)]
+    pub controller_name: String,
+
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+
+    /// yaml or json: the XBackends with the status the controller would write; table: one line per XBackend and ancestor.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Yaml)]
+    pub output: OutputFormat,
+}

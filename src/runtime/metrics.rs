@@ -1,0 +1,79 @@
+//! Prometheus metrics. Labels are small fixed sets (kinds, outcomes), never
+//! object names, so cardinality does not grow with the cluster.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AcceptedLabel {
+    pub accepted: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciles: Counter,
+    pub reconcile_errors: Counter,
+    pub reconcile_seconds: Histogram,
+    pub status_writes: Counter,
+    pub status_conflicts: Counter,
+    pub watch_events: Family<KindLabel, Counter>,
+    pub watch_errors: Family<KindLabel, Counter>,
+    pub decode_failures: Family<KindLabel, Counter>,
+    pub xbackends: Family<AcceptedLabel, Gauge>,
+    pub leader: Gauge,
+    pub ready: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("xbackend");
+        let m = Metrics {
+            reconciles: Counter::default(),
+            reconcile_errors: Counter::default(),
+            reconcile_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            status_writes: Counter::default(),
+            status_conflicts: Counter::default(),
+            watch_events: Family::default(),
+            watch_errors: Family::default(),
+            decode_failures: Family::default(),
+            xbackends: Family::default(),
+            leader: Gauge::default(),
+            ready: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("reconciles", "XBackend reconciles run", m.reconciles.clone());
+        registry.register("reconcile_errors", "XBackend reconciles that failed and were retried", m.reconcile_errors.clone());
+        registry.register("reconcile_duration_seconds", "Time to reconcile one XBackend", m.reconcile_seconds.clone());
+        registry.register("status_writes", "Status patches sent", m.status_writes.clone());
+        registry.register("status_conflicts", "Status patches refused with 409 Conflict and retried", m.status_conflicts.clone());
+        registry.register("watch_events", "Watch events received, by kind", m.watch_events.clone());
+        registry.register("watch_errors", "Watch errors (the watch retries with backoff), by kind", m.watch_errors.clone());
+        registry.register("decode_failures", "Objects skipped because they did not decode, by kind", m.decode_failures.clone());
+        registry.register("objects", "XBackends by their Accepted verdict", m.xbackends.clone());
+        registry.register("leader", "1 while this replica holds the leader Lease", m.leader.clone());
+        registry.register("ready", "1 once every watch has synced", m.ready.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn kind(kind: &str) -> KindLabel {
+        KindLabel { kind: kind.to_string() }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,226 @@
+//! Watches: each kind's events go into the index (apply / delete / reset on
+//! re-list), and the XBackends they affect go on the queue.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::watcher::{self, Event};
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::{Resource, ResourceExt};
+use tracing::{info, warn};
+
+use super::{Shared, Stored, metrics::Metrics};
+use crate::decode;
+use crate::index::{Kind, Object, RefKind};
+use crate::model::ObjectRef;
+use crate::status::Shape;
+
+pub fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Route(r) => r.kind(),
+        Kind::Gateway => "Gateway",
+        Kind::GatewayClass => "GatewayClass",
+        Kind::ReferenceGrant => "ReferenceGrant",
+        Kind::XBackend => "XBackend",
+    }
+}
+
+/// Decodes one watched object; failures are logged and counted, never fatal.
+fn decode_object(shared: &Shared, kind: Kind, obj: &DynamicObject) -> Option<(ObjectRef, Object)> {
+    let value = match serde_json::to_value(obj) {
+        Ok(v) => v,
+        Err(e) => {
+            report_decode_failure(shared, kind, obj, &e.to_string());
+            return None;
+        }
+    };
+    match decode::decode(kind, &value) {
+        Ok(decoded) => Some(decoded),
+        Err(e) => {
+            report_decode_failure(shared, kind, obj, &e);
+            None
+        }
+    }
+}
+
+fn report_decode_failure(shared: &Shared, kind: Kind, obj: &DynamicObject, error: &str) {
+    let name = kind_name(kind);
+    shared.metrics.decode_failures.get_or_create(&Metrics::kind(name)).inc();
+    warn!(kind = name, namespace = obj.namespace().unwrap_or_default(), name = obj.name_any(), error, "skipping object that does not decode");
+}
+
+/// What the writer needs of a stored XBackend beyond the index: its status and
+/// the resourceVersion to send as precondition.
+fn stored_of(obj: &DynamicObject) -> Stored {
+    Stored {
+        resource_version: obj.resource_version().unwrap_or_default(),
+        uid: obj.uid().unwrap_or_default(),
+        status: obj.data.get("status").cloned().unwrap_or(serde_json::Value::Null),
+    }
+}
+
+/// Watches one index kind until the process ends.
+pub async fn watch_kind(shared: Arc<Shared>, kind: Kind, api: Api<DynamicObject>) {
+    let name = kind_name(kind);
+    let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
+    let mut initial: Vec<(ObjectRef, Object)> = Vec::new();
+    let mut initial_stored = Vec::new();
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                shared.metrics.watch_errors.get_or_create(&Metrics::kind(name)).inc();
+                warn!(kind = name, error = %e, "watch error; retrying");
+                continue;
+            }
+        };
+        shared.metrics.watch_events.get_or_create(&Metrics::kind(name)).inc();
+        match event {
+            Event::Init => {
+                initial.clear();
+                initial_stored.clear();
+            }
+            Event::InitApply(obj) => {
+                if let Some((key, object)) = decode_object(&shared, kind, &obj) {
+                    if kind == Kind::XBackend {
+                        initial_stored.push((key.clone(), stored_of(&obj)));
+                    }
+                    initial.push((key, object));
+                }
+            }
+            Event::InitDone => {
+                if kind == Kind::XBackend {
+                    shared.reset_stored(std::mem::take(&mut initial_stored));
+                }
+                let affected = shared.index().reset(kind, std::mem::take(&mut initial));
+                shared.queue.extend(affected);
+                shared.synced.mark(name);
+                info!(kind = name, "watch synced");
+            }
+            Event::Apply(obj) => {
+                if let Some((key, object)) = decode_object(&shared, kind, &obj) {
+                    if kind == Kind::XBackend {
+                        shared.update_stored(key.clone(), stored_of(&obj));
+                    }
+                    let affected = shared.index().apply(key, object);
+                    shared.queue.extend(affected);
+                }
+            }
+            Event::Delete(obj) => {
+                let key = ObjectRef::new(obj.namespace().unwrap_or_default(), obj.name_any());
+                if kind == Kind::XBackend {
+                    shared.forget(&key);
+                }
+                let affected = shared.index().delete(kind, &key);
+                shared.queue.extend(affected);
+            }
+        }
+    }
+}
+
+/// Watches Secret or ConfigMap metadata only: contents are read per
+/// reconcile, so memory does not grow with unrelated objects.
+pub async fn watch_refs(shared: Arc<Shared>, kind: RefKind) {
+    let name = match kind {
+        RefKind::Secret => "Secret",
+        RefKind::ConfigMap => "ConfigMap",
+    };
+    let config = watcher::Config::default();
+    // Api<PartialObjectMeta<_>> makes metadata-only list and watch requests.
+    let mut stream = match kind {
+        RefKind::Secret => watcher::watcher(Api::<PartialObjectMeta<Secret>>::all(shared.client.clone()), config)
+            .default_backoff()
+            .map(|e| e.map(keys_of))
+            .boxed(),
+        RefKind::ConfigMap => watcher::watcher(Api::<PartialObjectMeta<ConfigMap>>::all(shared.client.clone()), config)
+            .default_backoff()
+            .map(|e| e.map(keys_of))
+            .boxed(),
+    };
+    let mut relists = 0u32;
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                shared.metrics.watch_errors.get_or_create(&Metrics::kind(name)).inc();
+                warn!(kind = name, error = %e, "watch error; retrying");
+                continue;
+            }
+        };
+        shared.metrics.watch_events.get_or_create(&Metrics::kind(name)).inc();
+        match event {
+            Event::Apply(key) | Event::Delete(key) => {
+                let affected = shared.index().referencing(kind, &key);
+                shared.queue.extend(affected);
+            }
+            Event::InitDone => {
+                relists += 1;
+                shared.synced.mark(name);
+                // A re-list hides what changed while the watch was down: recheck
+                // every XBackend (unchanged results write nothing).
+                if relists > 1 {
+                    let all = shared.index().backend_keys();
+                    shared.queue.extend(all);
+                }
+            }
+            Event::Init | Event::InitApply(_) => {}
+        }
+    }
+}
+
+fn keys_of<K: Resource>(event: Event<K>) -> Event<ObjectRef> {
+    let key = |o: K| ObjectRef::new(o.meta().namespace.clone().unwrap_or_default(), o.meta().name.clone().unwrap_or_default());
+    match event {
+        Event::Apply(o) => Event::Apply(key(o)),
+        Event::Delete(o) => Event::Delete(key(o)),
+        Event::InitApply(o) => Event::InitApply(key(o)),
+        Event::Init => Event::Init,
+        Event::InitDone => Event::InitDone,
+    }
+}
+
+pub const XBACKEND_CRD: &str = "xbackends.gateway.networking.x-k8s.io";
+
+/// The status layout of an installed XBackend CRD: upstream's has `parents`.
+pub fn shape_of(crd: &CustomResourceDefinition) -> Shape {
+    let has_parents = crd.spec.versions.iter().any(|v| {
+        v.schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .and_then(|s| s.properties.as_ref())
+            .and_then(|p| p.get("status"))
+            .and_then(|s| s.properties.as_ref())
+            .is_some_and(|p| p.contains_key("parents") && !p.contains_key("ancestors"))
+    });
+    if has_parents { Shape::Parents } else { Shape::Ancestors }
+}
+
+/// Follows the XBackend CRD so that a switch between our CRD and upstream's
+/// moves our entries to the new status layout.
+pub async fn watch_crd(shared: Arc<Shared>) {
+    let api: Api<CustomResourceDefinition> = Api::all(shared.client.clone());
+    let config = watcher::Config::default().fields(&format!("metadata.name={XBACKEND_CRD}"));
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(Event::Apply(crd)) | Ok(Event::InitApply(crd)) => {
+                let shape = shape_of(&crd);
+                if shared.set_shape(shape) {
+                    info!(?shape, "XBackend CRD status layout changed; rechecking every XBackend");
+                    let all = shared.index().backend_keys();
+                    shared.queue.extend(all);
+                }
+            }
+            Ok(Event::InitDone) => shared.synced.mark("CustomResourceDefinition"),
+            Ok(_) => {}
+            Err(e) => {
+                shared.metrics.watch_errors.get_or_create(&Metrics::kind("CustomResourceDefinition")).inc();
+                warn!(error = %e, "CRD watch error; retrying");
+            }
+        }
+    }
+}
