@@ -9,7 +9,7 @@ N ?= 10000
 
 ## Start the local control plane, apply crds/ and examples/, run the controller, show status.
 demo: controlplane
-	$(CARGO) build --release --bin xbackend-controller
+	$(CARGO) build --bin xbackend-controller
 	hack/demo.sh
 
 ## Run every test: Go vet of the control plane, then all cargo tests (unit, API, end to end).

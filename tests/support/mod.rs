@@ -107,12 +107,7 @@ pub async fn client_from(kubeconfig: &Path) -> Client {
 pub fn unique_name(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let clean: String = prefix
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .take(40)
-        .collect();
+    let clean: String = prefix.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).take(40).collect();
     format!("{}-{}-{}", clean.trim_matches('-'), std::process::id() % 100_000, N.fetch_add(1, Ordering::Relaxed))
 }
 
@@ -256,4 +251,208 @@ pub async fn config_with_token(kubeconfig: &Path, token: &str) -> Config {
     let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig");
     config.auth_info = kube::config::AuthInfo { token: Some(token.to_string().into()), ..Default::default() };
     config
+}
+
+/// The controller binary running against a control plane; killed on drop.
+pub struct Controller {
+    child: Child,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+}
+
+impl Controller {
+    /// Starts `xbackend-controller run` with leader election off plus `extra` flags.
+    pub fn start(kubeconfig: &Path, extra: &[&str]) -> Controller {
+        let mut args = vec!["--no-leader-election"];
+        args.extend_from_slice(extra);
+        Controller::start_with(kubeconfig, &args)
+    }
+
+    /// Starts `xbackend-controller run` with exactly `args` (plus a metrics port).
+    pub fn start_with(kubeconfig: &Path, args: &[&str]) -> Controller {
+        let metrics_port = free_port();
+        let log = tempdir("controller").join("controller.log");
+        let out = std::fs::File::create(&log).expect("controller log");
+        let child = Command::new(env!("CARGO_BIN_EXE_xbackend-controller"))
+            .arg("run")
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,xbackend_controller=debug")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start controller");
+        Controller { child, metrics_port, log }
+    }
+
+    /// GET one of the controller's HTTP endpoints: (status code, body).
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).ok()?;
+        let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Some((code, body))
+    }
+
+    /// A counter or gauge from /metrics (summing over label sets).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.http_get("/metrics")?;
+        let values: Vec<f64> = body
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum())
+    }
+
+    /// Waits until /readyz answers 200.
+    pub async fn wait_ready(&self) {
+        let ready = eventually(Duration::from_secs(60), || async { (self.http_get("/readyz")?.0 == 200).then_some(()) }).await;
+        assert!(ready.is_some(), "controller not ready; log:\n{}", self.log_tail());
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        unsafe_kill(self.child.id(), "TERM");
+        let status = self.child.wait().ok()?;
+        status.code()
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: &str) {
+    let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A controller name and a GatewayClass + Gateway served by it, unique to one
+/// test, so tests sharing an apiserver never see each other's entries.
+pub struct TestGateway {
+    pub controller_name: String,
+    pub class: String,
+}
+
+impl TestGateway {
+    pub async fn create(client: &Client, ns: &str, gateways: &[&str]) -> TestGateway {
+        let class = unique_name(&format!("class-{ns}"));
+        let controller_name = format!("example.com/{class}");
+        let mut yaml = format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: {class}}}\nspec: {{controllerName: {controller_name}}}\n"
+        );
+        for gw in gateways {
+            yaml.push_str(&gateway_yaml(gw, &class));
+        }
+        apply_yaml(client, Some(ns), &yaml).await;
+        TestGateway { controller_name, class }
+    }
+}
+
+pub fn gateway_yaml(name: &str, class: &str) -> String {
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}}}\nspec:\n  gatewayClassName: {class}\n  listeners: [{{name: http, protocol: HTTP, port: 80}}]\n"
+    )
+}
+
+/// An HTTPRoute from `gateways` to the XBackend `backend`.
+pub fn route_yaml(name: &str, gateways: &[&str], backend: &str) -> String {
+    let parents: Vec<String> = gateways.iter().map(|g| format!("{{name: {g}}}")).collect();
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}}}\nspec:\n  parentRefs: [{}]\n  rules:\n  - backendRefs: [{{group: gateway.networking.x-k8s.io, kind: XBackend, name: {backend}, port: 443}}]\n",
+        parents.join(", ")
+    )
+}
+
+/// An XBackend to `hostname`:443 with TLS verified by system CAs, plus `extra`
+/// YAML appended under spec (indented by the caller).
+pub fn xbackend_yaml(name: &str, hostname: &str) -> String {
+    format!(
+        "---\napiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackend\nmetadata: {{name: {name}}}\nspec:\n  type: ExternalHostname\n  port: {{port: 443}}\n  externalHostname: {{hostname: {hostname}}}\n  tls:\n    mode: ServerOnly\n    validation: {{hostname: {hostname}}}\n"
+    )
+}
+
+pub fn xbackend_api(client: &Client, ns: &str) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk("gateway.networking.x-k8s.io", "v1alpha1", "XBackend"));
+    Api::namespaced_with(client.clone(), ns, &ar)
+}
+
+/// This controller's entries in an XBackend's status list (`field` is
+/// "ancestors", or "parents" for the upstream CRD).
+pub fn entries_of(obj: &DynamicObject, field: &str, controller_name: &str) -> Vec<serde_json::Value> {
+    obj.data["status"][field]
+        .as_array()
+        .map(|a| a.iter().filter(|e| e["controllerName"] == controller_name).cloned().collect())
+        .unwrap_or_default()
+}
+
+/// (type, status, reason) of each condition of an entry, sorted by type.
+pub fn conditions_of(entry: &serde_json::Value) -> Vec<(String, String, String)> {
+    let mut out: Vec<_> = entry["conditions"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .map(|c| {
+                    (
+                        c["type"].as_str().unwrap_or("").into(),
+                        c["status"].as_str().unwrap_or("").into(),
+                        c["reason"].as_str().unwrap_or("").into(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Waits until `f` holds for the stored XBackend; returns it.
+pub async fn wait_for_xbackend(api: &Api<DynamicObject>, name: &str, what: &str, f: impl Fn(&DynamicObject) -> bool) -> DynamicObject {
+    let found = eventually(Duration::from_secs(30), || async {
+        let obj = api.get(name).await.ok()?;
+        f(&obj).then_some(obj)
+    })
+    .await;
+    match found {
+        Some(obj) => obj,
+        None => {
+            let last = api.get(name).await.map(|o| serde_json::to_string_pretty(&o.data["status"]).unwrap()).unwrap_or_default();
+            panic!("XBackend {name}: timed out waiting for {what}; status now:\n{last}")
+        }
+    }
+}
+
+/// A namespaced Api for any kind by group/version/kind.
+pub fn dynamic(client: &Client, ns: &str, group: &str, version: &str, kind: &str) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(group, version, kind));
+    Api::namespaced_with(client.clone(), ns, &ar)
 }

@@ -1,0 +1,286 @@
+//! End to end: the controller binary against the real apiserver, driven by
+//! kubectl-equivalent writes, asserting the stored status.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kube::Client;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use serde_json::json;
+use support::{
+    Channel, ControlPlane, Controller, TestGateway, apply_yaml, conditions_of, entries_of, route_yaml, wait_for_xbackend,
+    xbackend_api, xbackend_yaml,
+};
+
+async fn setup(test: &str, gateways: &[&str]) -> (&'static ControlPlane, Client, String, TestGateway) {
+    let cp = ControlPlane::shared(Channel::Standard);
+    let (client, ns) = cp.namespace(test).await;
+    support::install_crd(&client).await;
+    let gw = TestGateway::create(&client, &ns, gateways).await;
+    (cp, client, ns, gw)
+}
+
+fn cond(t: &str, s: &str, r: &str) -> (String, String, String) {
+    (t.into(), s.into(), r.into())
+}
+
+/// Accepted and ResolvedRefs of our single entry, once it has both.
+async fn wait_conditions(api: &Api<DynamicObject>, name: &str, ctl: &str, want: Vec<(String, String, String)>) -> DynamicObject {
+    wait_for_xbackend(api, name, &format!("conditions {want:?}"), |o| {
+        let e = entries_of(o, "ancestors", ctl);
+        e.len() == 1 && conditions_of(&e[0]) == want
+    })
+    .await
+}
+
+fn certificate(name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap().self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn tls_secret_yaml(name: &str, cert: &str, key: &str) -> String {
+    let b64 = |s: &str| base64_encode(s.as_bytes());
+    format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
+        b64(cert),
+        b64(key)
+    )
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn mtls_xbackend_yaml(name: &str, secret: &str, secret_ns: Option<&str>) -> String {
+    let ns = secret_ns.map(|n| format!(", namespace: {n}")).unwrap_or_default();
+    format!(
+        "---\napiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackend\nmetadata: {{name: {name}}}\nspec:\n  type: ExternalHostname\n  port: {{port: 443}}\n  externalHostname: {{hostname: mtls.example.com}}\n  tls:\n    mode: ClientAndServer\n    clientCertificateRef: {{name: {secret}{ns}}}\n    validation: {{hostname: mtls.example.com}}\n"
+    )
+}
+
+fn ca_xbackend_yaml(name: &str, kind: &str, ref_name: &str) -> String {
+    let group = if kind == "ConfigMap" || kind == "Secret" { "\"\"" } else { "example.com" };
+    format!(
+        "---\napiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackend\nmetadata: {{name: {name}}}\nspec:\n  type: ExternalHostname\n  port: {{port: 443}}\n  externalHostname: {{hostname: ca.example.com}}\n  tls:\n    mode: ServerOnly\n    validation:\n      hostname: ca.example.com\n      caCertificateRefs: [{{group: {group}, kind: {kind}, name: {ref_name}}}]\n"
+    )
+}
+
+#[tokio::test]
+async fn every_condition_reason_is_reported() {
+    let (cp, client, ns, gw) = setup("reasons", &["gw"]).await;
+    let other_ns = cp.namespace("reasons-other").await.1;
+    let (cert, key) = certificate("client.example");
+    let (_, other_key) = certificate("other.example");
+    let (ca, _) = certificate("ca.example");
+
+    let cases: Vec<(&str, String, (&str, &str), (&str, &str))> = vec![
+        ("ok", xbackend_yaml("ok", "api.openai.com"), ("True", "Accepted"), ("True", "ResolvedRefs")),
+        ("in-cluster", xbackend_yaml("in-cluster", "api.corp.internal"), ("False", "Invalid"), ("True", "ResolvedRefs")),
+        ("metadata", xbackend_yaml("metadata", "metadata.google.internal"), ("False", "HostnameNotAllowed"), ("True", "ResolvedRefs")),
+        ("denied", xbackend_yaml("denied", "x.blocked.example"), ("False", "HostnameNotAllowed"), ("True", "ResolvedRefs")),
+        (
+            "clear",
+            "---\napiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackend\nmetadata: {name: clear}\nspec: {type: ExternalHostname, port: {port: 80}, externalHostname: {hostname: plain.example.com}}\n".into(),
+            ("False", "TLSRequired"),
+            ("True", "ResolvedRefs"),
+        ),
+        ("mtls-ok", mtls_xbackend_yaml("mtls-ok", "client-cert", None), ("True", "Accepted"), ("True", "ResolvedRefs")),
+        ("mtls-missing", mtls_xbackend_yaml("mtls-missing", "nope", None), ("True", "Accepted"), ("False", "InvalidClientCertificateRef")),
+        ("mtls-mismatch", mtls_xbackend_yaml("mtls-mismatch", "mismatched", None), ("True", "Accepted"), ("False", "InvalidClientCertificateRef")),
+        ("mtls-foreign", mtls_xbackend_yaml("mtls-foreign", "client-cert", Some(&other_ns)), ("True", "Accepted"), ("False", "RefNotPermitted")),
+        ("ca-ok", ca_xbackend_yaml("ca-ok", "ConfigMap", "ca"), ("True", "Accepted"), ("True", "ResolvedRefs")),
+        ("ca-missing", ca_xbackend_yaml("ca-missing", "ConfigMap", "nope"), ("True", "Accepted"), ("False", "InvalidCACertificateRef")),
+        ("ca-kind", ca_xbackend_yaml("ca-kind", "Secret", "ca"), ("True", "Accepted"), ("False", "InvalidKind")),
+    ];
+
+    let mut yaml = tls_secret_yaml("client-cert", &cert, &key) + &tls_secret_yaml("mismatched", &cert, &other_key);
+    yaml += &format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: ca}}\ndata:\n  ca.crt: {:?}\n", ca);
+    for (name, backend, _, _) in &cases {
+        yaml += backend;
+        yaml += &route_yaml(&format!("to-{name}"), &["gw"], name);
+    }
+    apply_yaml(&client, Some(&ns), &yaml).await;
+    apply_yaml(&client, Some(&other_ns), &tls_secret_yaml("client-cert", &cert, &key)).await;
+
+    let ctl = Controller::start(
+        &cp.kubeconfig,
+        &["--controller-name", &gw.controller_name, "--require-tls", "--cluster-domain", "corp.internal", "--deny-hostname", "*.blocked.example"],
+    );
+    ctl.wait_ready().await;
+    let api = xbackend_api(&client, &ns);
+    for (name, _, (a_status, a_reason), (r_status, r_reason)) in &cases {
+        let obj = wait_conditions(&api, name, &gw.controller_name, vec![cond("Accepted", a_status, a_reason), cond("ResolvedRefs", r_status, r_reason)]).await;
+        let entry = &entries_of(&obj, "ancestors", &gw.controller_name)[0];
+        assert_eq!(entry["ancestorRef"], json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": ns, "name": "gw"}), "{name}");
+        for c in entry["conditions"].as_array().unwrap() {
+            assert_eq!(c["observedGeneration"], 1, "{name}: {c}");
+            assert!(!c["message"].as_str().unwrap_or("").is_empty(), "{name}: a message users can act on: {c}");
+            assert!(c["lastTransitionTime"].is_string(), "{name}: {c}");
+        }
+    }
+    // Messages name what is wrong.
+    let obj = api.get("mtls-foreign").await.unwrap();
+    let msg = entries_of(&obj, "ancestors", &gw.controller_name)[0]["conditions"].to_string();
+    assert!(msg.contains("ReferenceGrant"), "{msg}");
+}
+
+#[tokio::test]
+async fn status_follows_routes_gateways_secrets_and_grants() {
+    let (cp, client, ns, gw) = setup("follows", &["gw-a", "gw-b"]).await;
+    let other_ns = cp.namespace("follows-other").await.1;
+    let (cert, key) = certificate("client.example");
+    apply_yaml(&client, Some(&other_ns), &tls_secret_yaml("client-cert", &cert, &key)).await;
+    apply_yaml(&client, Some(&ns), &(mtls_xbackend_yaml("b", "client-cert", Some(&other_ns)) + &route_yaml("r", &["gw-a", "gw-b"], "b"))).await;
+
+    let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name]);
+    ctl.wait_ready().await;
+    let api = xbackend_api(&client, &ns);
+    let names = |o: &DynamicObject| -> Vec<String> {
+        entries_of(o, "ancestors", &gw.controller_name).iter().map(|e| e["ancestorRef"]["name"].as_str().unwrap_or("").to_string()).collect()
+    };
+
+    // One entry per Gateway, sorted; the cross-namespace Secret is not permitted yet.
+    let obj = wait_for_xbackend(&api, "b", "two entries", |o| names(o) == ["gw-a", "gw-b"]).await;
+    for e in entries_of(&obj, "ancestors", &gw.controller_name) {
+        assert_eq!(conditions_of(&e)[1], cond("ResolvedRefs", "False", "RefNotPermitted"));
+    }
+
+    // A ReferenceGrant in the Secret's namespace permits it.
+    apply_yaml(
+        &client,
+        Some(&other_ns),
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {{name: allow-xbackends}}\nspec:\n  from: [{{group: gateway.networking.x-k8s.io, kind: XBackend, namespace: {ns}}}]\n  to: [{{group: \"\", kind: Secret}}]\n"
+        ),
+    )
+    .await;
+    wait_for_xbackend(&api, "b", "ResolvedRefs=True after the grant", |o| {
+        let e = entries_of(o, "ancestors", &gw.controller_name);
+        e.len() == 2 && e.iter().all(|e| conditions_of(e)[1] == cond("ResolvedRefs", "True", "ResolvedRefs"))
+    })
+    .await;
+
+    // Deleting the Secret breaks the reference.
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &other_ns).delete("client-cert", &DeleteParams::default()).await.unwrap();
+    wait_for_xbackend(&api, "b", "InvalidClientCertificateRef after the Secret is deleted", |o| {
+        let e = entries_of(o, "ancestors", &gw.controller_name);
+        !e.is_empty() && e.iter().all(|e| conditions_of(e)[1] == cond("ResolvedRefs", "False", "InvalidClientCertificateRef"))
+    })
+    .await;
+
+    // Deleting a Gateway removes its entry; deleting the route removes the rest.
+    let gateways = support::dynamic(&client, &ns, "gateway.networking.k8s.io", "v1", "Gateway");
+    gateways.delete("gw-b", &DeleteParams::default()).await.unwrap();
+    wait_for_xbackend(&api, "b", "only gw-a", |o| names(o) == ["gw-a"]).await;
+    let routes = support::dynamic(&client, &ns, "gateway.networking.k8s.io", "v1", "HTTPRoute");
+    routes.delete("r", &DeleteParams::default()).await.unwrap();
+    wait_for_xbackend(&api, "b", "no entries", |o| names(o).is_empty()).await;
+}
+
+#[tokio::test]
+async fn other_controllers_entries_survive_our_writes() {
+    let (cp, client, ns, gw) = setup("foreign", &["gw-a", "gw-b"]).await;
+    apply_yaml(&client, Some(&ns), &(xbackend_yaml("b", "api.example.com") + &route_yaml("r", &["gw-a"], "b"))).await;
+    let api = xbackend_api(&client, &ns);
+    let foreign = json!({
+        "ancestorRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": ns, "name": "theirs"},
+        "controllerName": "other.example.com/gateway",
+        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "theirs", "observedGeneration": 1, "lastTransitionTime": "2020-01-01T00:00:00Z"}]
+    });
+    api.patch_status("b", &PatchParams::default(), &Patch::Merge(json!({"status": {"ancestors": [foreign.clone()]}}))).await.unwrap();
+
+    let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name]);
+    ctl.wait_ready().await;
+    wait_for_xbackend(&api, "b", "our entry next to theirs", |o| entries_of(o, "ancestors", &gw.controller_name).len() == 1).await;
+
+    // Our entries change (a second Gateway); theirs stays exactly as written.
+    apply_yaml(&client, Some(&ns), &route_yaml("r", &["gw-a", "gw-b"], "b")).await;
+    let obj = wait_for_xbackend(&api, "b", "two entries of ours", |o| entries_of(o, "ancestors", &gw.controller_name).len() == 2).await;
+    let theirs = entries_of(&obj, "ancestors", "other.example.com/gateway");
+    assert_eq!(theirs, vec![foreign], "foreign entry kept byte for byte");
+}
+
+#[tokio::test]
+async fn observed_generation_follows_spec_and_transition_time_stays() {
+    let (cp, client, ns, gw) = setup("generation", &["gw"]).await;
+    apply_yaml(&client, Some(&ns), &(xbackend_yaml("b", "api.example.com") + &route_yaml("r", &["gw"], "b"))).await;
+    let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name]);
+    ctl.wait_ready().await;
+    let api = xbackend_api(&client, &ns);
+    let accepted = |o: &DynamicObject| entries_of(o, "ancestors", &gw.controller_name).first().map(|e| e["conditions"][0].clone());
+    let first = wait_for_xbackend(&api, "b", "accepted", |o| accepted(o).is_some_and(|c| c["status"] == "True")).await;
+    let before = accepted(&first).unwrap();
+
+    api.patch("b", &PatchParams::default(), &Patch::Merge(json!({"spec": {"port": {"port": 8443}}}))).await.unwrap();
+    let after = wait_for_xbackend(&api, "b", "observedGeneration 2", |o| accepted(o).is_some_and(|c| c["observedGeneration"] == 2)).await;
+    let after = accepted(&after).unwrap();
+    assert_eq!(after["lastTransitionTime"], before["lastTransitionTime"], "status did not flip, so the time stays");
+}
+
+#[tokio::test]
+async fn no_writes_for_irrelevant_changes_or_after_restart() {
+    let (cp, client, ns, gw) = setup("no-writes", &["gw"]).await;
+    let mut yaml = String::new();
+    for i in 0..5 {
+        yaml += &xbackend_yaml(&format!("b{i}"), &format!("api{i}.example.com"));
+        yaml += &route_yaml(&format!("r{i}"), &["gw"], &format!("b{i}"));
+    }
+    apply_yaml(&client, Some(&ns), &yaml).await;
+    let api = xbackend_api(&client, &ns);
+    let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name]);
+    ctl.wait_ready().await;
+    for i in 0..5 {
+        wait_conditions(&api, &format!("b{i}"), &gw.controller_name, vec![cond("Accepted", "True", "Accepted"), cond("ResolvedRefs", "True", "ResolvedRefs")]).await;
+    }
+    let writes = ctl.metric("xbackend_status_writes_total").expect("writes metric");
+    assert_eq!(writes, 5.0, "exactly one write per XBackend on a cold start");
+
+    // Irrelevant changes: an unrelated Secret and ConfigMap, a label on a route and on an XBackend.
+    apply_yaml(&client, Some(&ns), "apiVersion: v1\nkind: Secret\nmetadata: {name: unrelated}\nstringData: {a: b}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: unrelated}\ndata: {a: b}\n").await;
+    let routes = support::dynamic(&client, &ns, "gateway.networking.k8s.io", "v1", "HTTPRoute");
+    routes.patch("r0", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"team": "a"}}}))).await.unwrap();
+    api.patch("b1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"team": "a"}}}))).await.unwrap();
+    let rvs = resource_versions(&api).await;
+    let reconciles = ctl.metric("xbackend_reconciles_total").unwrap();
+    // The label on b1 may make the controller look again (it cannot know the
+    // change is irrelevant before it looks); give it the chance to.
+    let _ = support::eventually(Duration::from_secs(5), || async { (ctl.metric("xbackend_reconciles_total")? >= reconciles + 1.0).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ctl.metric("xbackend_status_writes_total"), Some(5.0), "irrelevant changes write nothing");
+    assert_eq!(resource_versions(&api).await, rvs);
+
+    // A restart reconciles everything again and writes nothing; SIGTERM exits cleanly.
+    assert_eq!(ctl.terminate(), Some(0), "graceful shutdown");
+    let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name]);
+    ctl.wait_ready().await;
+    support::eventually(Duration::from_secs(20), || async { (ctl.metric("xbackend_reconciles_total")? >= 5.0).then_some(()) }).await.expect("restarted controller reconciles");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ctl.metric("xbackend_status_writes_total"), Some(0.0), "a restart writes nothing");
+    assert_eq!(resource_versions(&api).await, rvs);
+}
+
+async fn resource_versions(api: &Api<DynamicObject>) -> BTreeMap<String, String> {
+    api.list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|o| (o.metadata.name.clone().unwrap_or_default(), o.metadata.resource_version.clone().unwrap_or_default()))
+        .collect()
+}
