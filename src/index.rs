@@ -17,6 +17,9 @@ pub enum Kind {
 }
 
 /// One decoded object of some kind.
+// Objects live only between a watch event and the index, so boxing the large
+// XBackend variant would buy nothing but an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Route(RouteKind, Route),
