@@ -242,17 +242,6 @@ pub fn events(backend: &Backend, verdicts: &Verdicts) -> Vec<EventNote> {
     notes
 }
 
-/// The Warning to record when `merge` left `truncated` of our entries out.
-pub fn truncation_event(truncated: usize) -> EventNote {
-    EventNote {
-        warning: true,
-        reason: ANCESTORS_TRUNCATED_REASON,
-        message: format!(
-            "The status holds at most {MAX_ANCESTORS} ancestor entries in all, so {truncated} Gateway(s) this XBackend is used behind are not reported."
-        ),
-    }
-}
-
 /// The result of merging our desired entries into the stored list.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MergeOutcome {
@@ -1022,14 +1011,6 @@ mod tests {
         assert_eq!(
             notes.iter().map(|n| n.reason).collect::<Vec<_>>(),
             vec![reason::TLS_REQUIRED]
-        );
-    }
-
-    #[test]
-    fn truncation_event_is_a_warning() {
-        let note = truncation_event(3);
-        assert!(
-            note.warning && note.reason == ANCESTORS_TRUNCATED_REASON && note.message.contains('3')
         );
     }
 
