@@ -87,7 +87,9 @@ pub struct BackendPort {
     /// characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63))]
-    #[x_kube(validation = Rule::new("size(self) == 0 || format.dns1123Label().validate(self) == null")
+    // validate() returns an optional, never null: upstream's `== null` form
+    // rejects every non-empty name.
+    #[x_kube(validation = Rule::new("size(self) == 0 || !format.dns1123Label().validate(self).hasValue()")
         .message("port name must be empty or a DNS label (lowercase letters, digits and '-', at most 63 characters)"))]
     pub name: Option<String>,
 
