@@ -1,12 +1,354 @@
 //! `xbackend-controller analyze`: the controller's verdict on manifest files,
-//! offline, through the same index and status code as `run`.
+//! offline, through the same decode, index and judge steps as `run`.
 
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::cli::AnalyzeArgs;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::ByteString;
+use serde_json::Value;
+
+use crate::cli::{AnalyzeArgs, OutputFormat};
+use crate::decode;
+use crate::index::{Index, Kind};
+use crate::judge::{Inputs, Judgement, judge};
+use crate::model::ObjectRef;
+use crate::status::{self, Fetched, RefTarget, Shape};
+use crate::validate::Policy;
+
+/// Exit code when any XBackend is rejected or has unresolved references.
+pub const EXIT_FINDINGS: u8 = 3;
+/// Exit code for unreadable or malformed input and bad flags.
+pub const EXIT_INPUT: u8 = 2;
+
+/// One object read from the input, with where it came from for messages.
+#[derive(Clone, Debug)]
+pub struct Document {
+    pub source: String,
+    pub value: Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(String);
 
 pub fn main(args: AnalyzeArgs) -> ExitCode {
-    let _ = args;
-    eprintln!("analyze: not implemented yet");
-    ExitCode::from(2)
+    let policy = match Policy::new(args.policy.to_config()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INPUT);
+        }
+    };
+    let docs = match read_inputs(&args.paths) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INPUT);
+        }
+    };
+    let report = analyze(docs, &policy, &args.controller_name, &crate::judge::now_rfc3339());
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr().lock();
+    let printed = match args.output {
+        OutputFormat::Table => writeln!(stdout, "{}", report.summary()),
+        OutputFormat::Yaml => {
+            let _ = writeln!(stderr, "{}", report.summary());
+            write!(stdout, "{}", report.yaml())
+        }
+        OutputFormat::Json => {
+            let _ = writeln!(stderr, "{}", report.summary());
+            writeln!(stdout, "{}", report.json())
+        }
+    };
+    if printed.is_err() {
+        return ExitCode::from(1);
+    }
+    if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FINDINGS) }
+}
+
+/// The verdict on every XBackend of a bundle.
+pub struct Report {
+    pub backends: Vec<Analyzed>,
+    /// Things worth knowing that are not findings: ignored kinds, duplicates.
+    pub notes: Vec<String>,
+}
+
+pub struct Analyzed {
+    pub key: ObjectRef,
+    /// The XBackend as read, with `status` replaced by what the controller would write.
+    pub object: Value,
+    pub judgement: Judgement,
+}
+
+impl Report {
+    pub fn is_clean(&self) -> bool {
+        self.backends.iter().all(|b| b.judgement.is_clean())
+    }
+
+    /// Multi-document YAML, one XBackend per document.
+    pub fn yaml(&self) -> String {
+        self.backends
+            .iter()
+            .map(|b| format!("---\n{}", serde_yaml_ng::to_string(&b.object).unwrap_or_default()))
+            .collect()
+    }
+
+    /// One JSON object of kind List.
+    pub fn json(&self) -> String {
+        let list = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": self.backends.iter().map(|b| &b.object).collect::<Vec<_>>(),
+        });
+        serde_json::to_string_pretty(&list).unwrap_or_default()
+    }
+
+    /// One line per XBackend and ancestor, then the notes.
+    pub fn summary(&self) -> String {
+        let mut lines = Vec::new();
+        for b in &self.backends {
+            let conditions = b
+                .judgement
+                .conditions()
+                .iter()
+                .map(|v| format!("{}={} ({})", v.type_, v.status_str(), v.reason))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let problems: Vec<&str> = b.judgement.conditions().iter().filter(|v| !v.status).map(|v| v.message.as_str()).collect();
+            let detail = if problems.is_empty() { String::new() } else { format!(": {}", problems.join(" ")) };
+            if b.judgement.ancestors.is_empty() {
+                lines.push(format!("XBackend {}  (no ancestor Gateway of this controller)  {conditions}{detail}", b.key));
+            }
+            for a in &b.judgement.ancestors {
+                lines.push(format!("XBackend {}  Gateway {a}  {conditions}{detail}", b.key));
+            }
+            for n in &b.judgement.notes {
+                if n.warning {
+                    lines.push(format!("  warning {}: {}", n.reason, n.message));
+                }
+            }
+        }
+        if self.backends.is_empty() {
+            lines.push("no XBackends found".into());
+        }
+        let clean = self.backends.iter().filter(|b| b.judgement.is_clean()).count();
+        lines.push(format!("{} XBackend(s): {} clean, {} with findings", self.backends.len(), clean, self.backends.len() - clean));
+        lines.extend(self.notes.iter().map(|n| format!("note: {n}")));
+        lines.join("\n")
+    }
+}
+
+/// Runs the controller's logic over the objects of a bundle.
+pub fn analyze(docs: Vec<Document>, policy: &Policy, controller_name: &str, now: &str) -> Report {
+    let mut index = Index::new(controller_name);
+    let mut notes = Vec::new();
+    let mut secrets: BTreeMap<ObjectRef, Secret> = BTreeMap::new();
+    let mut config_maps: BTreeMap<ObjectRef, ConfigMap> = BTreeMap::new();
+    let mut backends: BTreeMap<ObjectRef, Value> = BTreeMap::new();
+    let mut seen: BTreeMap<(String, ObjectRef), String> = BTreeMap::new();
+
+    for doc in docs {
+        let api_version = doc.value["apiVersion"].as_str().unwrap_or_default().to_string();
+        let kind_str = doc.value["kind"].as_str().unwrap_or_default().to_string();
+        let mut value = doc.value;
+        let key = object_key(&mut value, &kind_str);
+        if let Some(first) = seen.insert((kind_str.clone(), key.clone()), doc.source.clone()) {
+            notes.push(format!("{kind_str} {key} appears in {first} and again in {}; the later one wins", doc.source));
+        }
+        match (api_version.as_str(), kind_str.as_str()) {
+            ("v1", "Secret") => match serde_json::from_value::<Secret>(with_string_data(value)) {
+                Ok(s) => {
+                    secrets.insert(key, s);
+                }
+                Err(e) => notes.push(format!("{}: Secret {key} ignored: {e}", doc.source)),
+            },
+            ("v1", "ConfigMap") => match serde_json::from_value::<ConfigMap>(value) {
+                Ok(c) => {
+                    config_maps.insert(key, c);
+                }
+                Err(e) => notes.push(format!("{}: ConfigMap {key} ignored: {e}", doc.source)),
+            },
+            _ => match decode::kind_of(&api_version, &kind_str) {
+                Some(kind) => match decode::decode(kind, &value) {
+                    Ok((k, object)) => {
+                        if kind == Kind::XBackend {
+                            backends.insert(k.clone(), value);
+                        }
+                        index.apply(k, object);
+                    }
+                    Err(e) => notes.push(format!("{}: {kind_str} {key} ignored: {e}", doc.source)),
+                },
+                None => notes.push(format!("{}: {} {key} ignored (not a kind the controller reads)", doc.source, display_kind(&api_version, &kind_str))),
+            },
+        }
+    }
+
+    let mut analyzed = Vec::new();
+    for (key, mut object) in backends {
+        let targets = match index.backend(&key) {
+            Some(b) => b.spec.as_ref().map(|s| status::refs_to_fetch(&key, s, &index)).unwrap_or_default(),
+            None => continue,
+        };
+        let mut fetched = Fetched::default();
+        for target in targets {
+            match target {
+                RefTarget::Secret(r) => {
+                    if let Some(s) = secrets.get(&r) {
+                        fetched.secrets.insert(r, s.clone());
+                    }
+                }
+                RefTarget::ConfigMap(r) => {
+                    if let Some(c) = config_maps.get(&r) {
+                        fetched.config_maps.insert(r, c.clone());
+                    }
+                }
+            }
+        }
+        let shape = Shape::Ancestors;
+        let current = object["status"][shape.list_field()].as_array().cloned().unwrap_or_default();
+        let inputs = Inputs { policy, controller_name, shape, current: &current, now };
+        let Some(judgement) = judge(&index, &key, &fetched, &inputs) else { continue };
+        let list = if judgement.merged.list.is_empty() { Value::Null } else { Value::Array(judgement.merged.list.clone()) };
+        set_status(&mut object, shape.list_field(), list);
+        analyzed.push(Analyzed { key, object, judgement });
+    }
+    Report { backends: analyzed, notes }
+}
+
+/// Namespaced objects without a namespace land in `default`, as with kubectl.
+fn object_key(value: &mut Value, kind: &str) -> ObjectRef {
+    let cluster_scoped = matches!(kind, "GatewayClass" | "Namespace" | "CustomResourceDefinition");
+    let name = value["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    if cluster_scoped {
+        return ObjectRef::new("", name);
+    }
+    let namespace = value["metadata"]["namespace"].as_str().filter(|n| !n.is_empty()).unwrap_or("default").to_string();
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("namespace".into(), Value::String(namespace.clone()));
+    }
+    ObjectRef::new(namespace, name)
+}
+
+fn display_kind(api_version: &str, kind: &str) -> String {
+    match (api_version, kind) {
+        ("", "") => "object without apiVersion/kind".into(),
+        _ => format!("{kind} ({api_version})"),
+    }
+}
+
+/// The apiserver folds `stringData` into `data`; manifests often use it.
+fn with_string_data(mut value: Value) -> Value {
+    let Some(string_data) = value.get("stringData").and_then(Value::as_object).cloned() else { return value };
+    let mut data: BTreeMap<String, ByteString> = value
+        .get("data")
+        .and_then(|d| serde_json::from_value(d.clone()).ok())
+        .unwrap_or_default();
+    for (k, v) in string_data {
+        if let Some(s) = v.as_str() {
+            data.insert(k, ByteString(s.as_bytes().to_vec()));
+        }
+    }
+    if let Some(obj) = value.as_object_mut() {
+        obj.remove("stringData");
+        obj.insert("data".into(), serde_json::to_value(data).unwrap_or(Value::Null));
+    }
+    value
+}
+
+fn set_status(object: &mut Value, field: &str, list: Value) {
+    let Some(obj) = object.as_object_mut() else { return };
+    let status = obj.entry("status").or_insert_with(|| Value::Object(Default::default()));
+    if !status.is_object() {
+        *status = Value::Object(Default::default());
+    }
+    if let Some(s) = status.as_object_mut() {
+        if list.is_null() {
+            s.remove(field);
+        } else {
+            s.insert(field.into(), list);
+        }
+    }
+}
+
+/// Reads every path: files, folders (recursively, .yaml/.yml/.json, sorted)
+/// and `-` for stdin. Multi-document YAML and `kind: List` are flattened.
+pub fn read_inputs(paths: &[PathBuf]) -> Result<Vec<Document>, InputError> {
+    let mut docs = Vec::new();
+    for path in paths {
+        if path.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text).map_err(|e| InputError(format!("stdin: {e}")))?;
+            parse_documents("stdin", &text, &mut docs)?;
+        } else if path.is_dir() {
+            for file in files_under(path)? {
+                read_file(&file, &mut docs)?;
+            }
+        } else {
+            read_file(path, &mut docs)?;
+        }
+    }
+    Ok(docs)
+}
+
+fn read_file(path: &Path, docs: &mut Vec<Document>) -> Result<(), InputError> {
+    let bytes = std::fs::read(path).map_err(|e| InputError(format!("{}: {e}", path.display())))?;
+    let text = String::from_utf8(bytes).map_err(|_| InputError(format!("{}: not UTF-8 text", path.display())))?;
+    parse_documents(&path.display().to_string(), &text, docs)
+}
+
+fn files_under(dir: &Path) -> Result<Vec<PathBuf>, InputError> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|e| InputError(format!("{}: {e}", d.display())))?;
+        for entry in entries {
+            let path = entry.map_err(|e| InputError(format!("{}: {e}", d.display())))?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Parses a YAML stream (JSON is YAML) into documents, naming the file,
+/// document number and line of any error.
+pub fn parse_documents(source: &str, text: &str, docs: &mut Vec<Document>) -> Result<(), InputError> {
+    for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let n = i + 1;
+        let value = match <Value as serde::Deserialize>::deserialize(de) {
+            Ok(v) => v,
+            Err(e) => {
+                let at = e.location().map(|l| format!(" line {}", l.line())).unwrap_or_default();
+                return Err(InputError(format!("{source}: document {n}{at}: {e}")));
+            }
+        };
+        match value {
+            Value::Null => {}
+            Value::Object(ref map) => {
+                let here = format!("{source} (document {n})");
+                if map.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List"))
+                    && let Some(items) = map.get("items")
+                {
+                    let items = items.as_array().ok_or_else(|| InputError(format!("{here}: List items is not an array")))?;
+                    for (j, item) in items.iter().enumerate() {
+                        if !item.is_object() {
+                            return Err(InputError(format!("{here}: List item {} is not an object", j + 1)));
+                        }
+                        docs.push(Document { source: format!("{here} item {}", j + 1), value: item.clone() });
+                    }
+                } else {
+                    docs.push(Document { source: here, value });
+                }
+            }
+            _ => return Err(InputError(format!("{source}: document {n} is not an object"))),
+        }
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod conditions;
 pub mod decode;
 pub mod index;
+pub mod judge;
 pub mod model;
 pub mod runtime;
 pub mod status;

@@ -17,6 +17,7 @@ use super::{Shared, Stored};
 use crate::conditions::reason;
 use crate::index::{Kind, Object};
 use crate::model::ObjectRef;
+use crate::judge::{Inputs, Judgement, judge, now_rfc3339};
 use crate::status::{self, EventNote, Fetched, RefTarget};
 
 /// Attempts per reconcile when other writers keep changing the object.
@@ -57,38 +58,22 @@ pub async fn worker(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 
 pub async fn reconcile(shared: &Shared, key: &ObjectRef) -> Result<(), kube::Error> {
     for _ in 0..CONFLICT_RETRIES {
-        let Some((backend, targets, ancestors)) = ({
+        let Some(targets) = ({
             let index = shared.index();
-            index.backend(key).cloned().map(|b| {
-                let targets = b.spec.as_ref().map(|s| status::refs_to_fetch(key, s, &index)).unwrap_or_default();
-                (b, targets, index.ancestors(key))
-            })
+            index.backend(key).map(|b| b.spec.as_ref().map(|s| status::refs_to_fetch(key, s, &index)).unwrap_or_default())
         }) else {
             return Ok(()); // deleted
         };
         let fetched = fetch(shared, &targets).await?;
-        let verdicts = status::evaluate(key, &backend, &shared.index(), &fetched, &shared.policy);
-        shared.set_accepted(key, Some(verdicts.accepted.status));
         let Some(stored) = shared.stored(key) else { return Ok(()) };
-
         let shape = shared.shape();
         let current = stored.status.get(shape.list_field()).and_then(Value::as_array).cloned().unwrap_or_default();
-        let now = jiff_now();
-        let merged = status::merge(&current, shape, &shared.controller_name, backend.generation, &ancestors, &verdicts, &now);
-
-        let mut notes = status::events(&backend, &verdicts);
-        if merged.truncated > 0 {
-            notes.push(EventNote {
-                warning: true,
-                reason: "AncestorsTruncated",
-                message: format!(
-                    "status.{} is capped at {} entries: {} of this controller's Gateway entries were left out.",
-                    shape.list_field(),
-                    crate::api::MAX_ANCESTORS,
-                    merged.truncated
-                ),
-            });
-        }
+        let now = now_rfc3339();
+        let inputs = Inputs { policy: &shared.policy, controller_name: &shared.controller_name, shape, current: &current, now: &now };
+        let Some(Judgement { ancestors, verdicts, merged, notes }) = judge(&shared.index(), key, &fetched, &inputs) else {
+            return Ok(());
+        };
+        shared.set_accepted(key, Some(verdicts.accepted.status));
         publish_events(shared, key, &stored, notes).await;
 
         if !merged.changed {
@@ -201,9 +186,4 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
-}
-
-/// Now as RFC 3339 with second precision, the form metav1.Time uses.
-fn jiff_now() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
