@@ -275,6 +275,68 @@ async fn no_writes_for_irrelevant_changes_or_after_restart() {
     assert_eq!(resource_versions(&api).await, rvs);
 }
 
+#[tokio::test]
+async fn rejections_and_insecure_backends_get_events_without_any_route() {
+    let (cp, client, ns, gw) = setup("events", &[]).await;
+    let plain = "---\napiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackend\nmetadata: {name: plain}\nspec: {type: ExternalHostname, port: {port: 80}, externalHostname: {hostname: plain.example.com}}\n";
+    apply_yaml(&client, Some(&ns), &(xbackend_yaml("metadata", "metadata.google.internal") + plain)).await;
+    let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name]);
+    ctl.wait_ready().await;
+
+    let events = support::dynamic(&client, &ns, "events.k8s.io", "v1", "Event");
+    let found = support::eventually(Duration::from_secs(30), || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        let seen: Vec<(String, String, String)> = list
+            .items
+            .iter()
+            .map(|e| {
+                let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+                (s(&e.data["regarding"]["name"]), s(&e.data["type"]), s(&e.data["reason"]))
+            })
+            .collect();
+        let want = [("metadata", "Warning", "HostnameNotAllowed"), ("plain", "Warning", "Insecure")];
+        want.iter().all(|w| seen.contains(&(w.0.into(), w.1.into(), w.2.into()))).then_some(seen)
+    })
+    .await;
+    assert!(found.is_some(), "expected HostnameNotAllowed and Insecure events; log:\n{}", ctl.log_tail());
+    // No Gateway uses them, so no status entry is written.
+    let api = xbackend_api(&client, &ns);
+    assert!(entries_of(&api.get("metadata").await.unwrap(), "ancestors", &gw.controller_name).is_empty());
+}
+
+#[tokio::test]
+async fn a_full_list_keeps_other_controllers_entries_and_warns() {
+    let (cp, client, ns, gw) = setup("cap", &["gw-a", "gw-b"]).await;
+    apply_yaml(&client, Some(&ns), &(xbackend_yaml("b", "api.example.com") + &route_yaml("r", &["gw-a", "gw-b"], "b"))).await;
+    let api = xbackend_api(&client, &ns);
+    // 31 entries of another controller leave room for one of our two.
+    let foreign: Vec<serde_json::Value> = (0..31)
+        .map(|i| {
+            json!({
+                "ancestorRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": ns, "name": format!("theirs-{i:02}")},
+                "controllerName": "other.example.com/gateway",
+                "conditions": [],
+            })
+        })
+        .collect();
+    api.patch_status("b", &PatchParams::default(), &Patch::Merge(json!({"status": {"ancestors": foreign.clone()}}))).await.unwrap();
+
+    let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name]);
+    ctl.wait_ready().await;
+    let obj = wait_for_xbackend(&api, "b", "one entry of ours", |o| entries_of(o, "ancestors", &gw.controller_name).len() == 1).await;
+    assert_eq!(entries_of(&obj, "ancestors", &gw.controller_name)[0]["ancestorRef"]["name"], "gw-a", "ours in sorted order up to the cap");
+    assert_eq!(entries_of(&obj, "ancestors", "other.example.com/gateway"), foreign, "theirs all kept");
+    assert_eq!(obj.data["status"]["ancestors"].as_array().unwrap().len(), 32);
+
+    let events = support::dynamic(&client, &ns, "events.k8s.io", "v1", "Event");
+    let warned = support::eventually(Duration::from_secs(20), || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items.iter().any(|e| e.data["reason"] == "AncestorsTruncated" && e.data["type"] == "Warning").then_some(())
+    })
+    .await;
+    assert!(warned.is_some(), "AncestorsTruncated Warning Event; log:\n{}", ctl.log_tail());
+}
+
 async fn resource_versions(api: &Api<DynamicObject>) -> BTreeMap<String, String> {
     api.list(&Default::default())
         .await
