@@ -291,7 +291,12 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     shutdown_signal().await;
     info!("shutting down: finishing in-flight reconciles");
     stop_tx.send_replace(true);
-    let drain = async { while shared.queue.len() > 0 && shared.is_leader() { tokio::time::sleep(Duration::from_millis(50)).await } };
+    // Workers take no new keys once stopped; wait for the ones already running.
+    let drain = async {
+        while shared.queue.running() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await
+        }
+    };
     let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
     if let Some((forwarder, handle)) = lease {
         // Dropping the last receiver makes the lease task release the Lease, so

@@ -73,6 +73,11 @@ impl Queue {
         let s = self.state.lock().expect("queue lock");
         s.order.len() + s.running.len()
     }
+
+    /// Keys being reconciled right now.
+    pub fn running(&self) -> usize {
+        self.state.lock().expect("queue lock").running.len()
+    }
 }
 
 #[cfg(test)]

@@ -63,6 +63,21 @@ fn stored_of(obj: &DynamicObject) -> Stored {
     }
 }
 
+/// Counts a watch event; logs and counts an error (the watch retries with backoff).
+fn counted<T>(shared: &Shared, kind: &'static str, event: Result<T, watcher::Error>) -> Option<T> {
+    match event {
+        Ok(e) => {
+            shared.metrics.watch_events.get_or_create(&Metrics::kind(kind)).inc();
+            Some(e)
+        }
+        Err(e) => {
+            shared.metrics.watch_errors.get_or_create(&Metrics::kind(kind)).inc();
+            warn!(kind, error = %e, "watch error; retrying");
+            None
+        }
+    }
+}
+
 /// Watches one index kind until the process ends.
 pub async fn watch_kind(shared: Arc<Shared>, kind: Kind, api: Api<DynamicObject>) {
     let name = kind_name(kind);
@@ -70,15 +85,7 @@ pub async fn watch_kind(shared: Arc<Shared>, kind: Kind, api: Api<DynamicObject>
     let mut initial: Vec<(ObjectRef, Object)> = Vec::new();
     let mut initial_stored = Vec::new();
     while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(e) => e,
-            Err(e) => {
-                shared.metrics.watch_errors.get_or_create(&Metrics::kind(name)).inc();
-                warn!(kind = name, error = %e, "watch error; retrying");
-                continue;
-            }
-        };
-        shared.metrics.watch_events.get_or_create(&Metrics::kind(name)).inc();
+        let Some(event) = counted(&shared, name, event) else { continue };
         match event {
             Event::Init => {
                 initial.clear();
@@ -143,15 +150,7 @@ pub async fn watch_refs(shared: Arc<Shared>, kind: RefKind) {
     };
     let mut relists = 0u32;
     while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(e) => e,
-            Err(e) => {
-                shared.metrics.watch_errors.get_or_create(&Metrics::kind(name)).inc();
-                warn!(kind = name, error = %e, "watch error; retrying");
-                continue;
-            }
-        };
-        shared.metrics.watch_events.get_or_create(&Metrics::kind(name)).inc();
+        let Some(event) = counted(&shared, name, event) else { continue };
         match event {
             Event::Apply(key) | Event::Delete(key) => {
                 let affected = shared.index().referencing(kind, &key);
