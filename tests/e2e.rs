@@ -337,6 +337,73 @@ async fn a_full_list_keeps_other_controllers_entries_and_warns() {
     assert!(warned.is_some(), "AncestorsTruncated Warning Event; log:\n{}", ctl.log_tail());
 }
 
+#[tokio::test]
+async fn not_ready_and_silent_until_every_watch_syncs() {
+    let (cp, client, ns, gw) = setup("readiness", &["gw"]).await;
+    apply_yaml(&client, Some(&ns), &(xbackend_yaml("b", "api.example.com") + &route_yaml("r", &["gw"], "b"))).await;
+    // Everything the controller needs except ConfigMaps, so that watch never syncs.
+    let role = support::unique_name("no-configmaps");
+    apply_yaml(
+        &client,
+        Some(&ns),
+        &format!(
+            r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: controller}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: {role}}}
+rules:
+- {{apiGroups: [gateway.networking.x-k8s.io], resources: [xbackends], verbs: [get, list, watch]}}
+- {{apiGroups: [gateway.networking.x-k8s.io], resources: [xbackends/status], verbs: [patch]}}
+- {{apiGroups: [gateway.networking.k8s.io], resources: [httproutes, grpcroutes, gateways, gatewayclasses, referencegrants], verbs: [list, watch]}}
+- {{apiGroups: [""], resources: [secrets], verbs: [get, list, watch]}}
+- {{apiGroups: [apiextensions.k8s.io], resources: [customresourcedefinitions], verbs: [list, watch]}}
+- {{apiGroups: [events.k8s.io], resources: [events], verbs: [create, patch]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: {role}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {role}}}
+subjects: [{{kind: ServiceAccount, name: controller, namespace: {ns}}}]
+"#
+        ),
+    )
+    .await;
+    let token = support::service_account_token(&client, &ns, "controller").await;
+    let kubeconfig = token_kubeconfig(&cp.kubeconfig, &token);
+
+    let ctl = Controller::start(&kubeconfig, &["--controller-name", &gw.controller_name]);
+    let waiting = support::eventually(Duration::from_secs(30), || async {
+        let (code, body) = ctl.http_get("/readyz")?;
+        // Every other watch has synced: ConfigMap is the only one left.
+        (code == 503 && body.trim() == "waiting for watches: ConfigMap").then_some(body)
+    })
+    .await;
+    assert!(waiting.is_some(), "/readyz should say it waits for ConfigMaps only; {:?}; log:\n{}", ctl.http_get("/readyz"), ctl.log_tail());
+    assert_eq!(ctl.http_get("/healthz").map(|r| r.0), Some(200), "live while not ready");
+    // Everything else is known, yet nothing is written before the last watch syncs.
+    assert_eq!(ctl.metric("xbackend_status_writes_total"), Some(0.0));
+    assert!(entries_of(&xbackend_api(&client, &ns).get("b").await.unwrap(), "ancestors", &gw.controller_name).is_empty());
+}
+
+/// A kubeconfig file for the control plane that authenticates only with `token`.
+fn token_kubeconfig(admin: &std::path::Path, token: &str) -> std::path::PathBuf {
+    let admin: serde_json::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(admin).unwrap()).unwrap();
+    let cluster = &admin["clusters"][0]["cluster"];
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "cp", "cluster": cluster}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "cp", "user": "sa"}}],
+        "current-context": "sa",
+    });
+    let path = support::tempdir("token-kubeconfig").join("kubeconfig");
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+    path
+}
+
 async fn resource_versions(api: &Api<DynamicObject>) -> BTreeMap<String, String> {
     api.list(&Default::default())
         .await
