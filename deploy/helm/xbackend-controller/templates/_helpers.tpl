@@ -1,0 +1,104 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "xbackend-controller.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name of the release's objects. A release named like the chart is not
+repeated ("xbackend-controller", not "xbackend-controller-xbackend-controller").
+*/}}
+{{- define "xbackend-controller.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "xbackend-controller.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels the pods are selected by: never change them in an upgrade. */}}
+{{- define "xbackend-controller.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "xbackend-controller.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "xbackend-controller.labels" -}}
+helm.sh/chart: {{ include "xbackend-controller.chart" . }}
+{{ include "xbackend-controller.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: controller
+app.kubernetes.io/part-of: xbackend-controller
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "xbackend-controller.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "xbackend-controller.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Namespace of the leader election Lease (and of the Role that grants it). */}}
+{{- define "xbackend-controller.leaseNamespace" -}}
+{{- default .Release.Namespace .Values.leaderElection.namespace }}
+{{- end }}
+
+{{- define "xbackend-controller.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/* --metrics-addr: IPv6 addresses get brackets. */}}
+{{- define "xbackend-controller.metricsAddr" -}}
+{{- $host := toString .Values.metrics.bindAddress }}
+{{- if and (contains ":" $host) (not (hasPrefix "[" $host)) }}
+{{- printf "[%s]:%d" $host (int .Values.metrics.port) }}
+{{- else }}
+{{- printf "%s:%d" $host (int .Values.metrics.port) }}
+{{- end }}
+{{- end }}
+
+{{/* The `run` arguments, one flag per value. */}}
+{{- define "xbackend-controller.args" -}}
+- run
+- {{ printf "--controller-name=%s" .Values.controller.name | quote }}
+{{- range .Values.controller.clusterDomains }}
+- {{ printf "--cluster-domain=%s" . | quote }}
+{{- end }}
+{{- range .Values.controller.allowHostnames }}
+- {{ printf "--allow-hostname=%s" . | quote }}
+{{- end }}
+{{- range .Values.controller.denyHostnames }}
+- {{ printf "--deny-hostname=%s" . | quote }}
+{{- end }}
+{{- if .Values.controller.requireTLS }}
+- --require-tls
+{{- end }}
+- {{ printf "--metrics-addr=%s" (include "xbackend-controller.metricsAddr" .) | quote }}
+{{- if .Values.leaderElection.enabled }}
+- --leader-election
+- {{ printf "--leader-election-namespace=%s" (include "xbackend-controller.leaseNamespace" .) | quote }}
+- {{ printf "--lease-name=%s" .Values.leaderElection.leaseName | quote }}
+- {{ printf "--lease-duration=%d" (int .Values.leaderElection.leaseDuration) | quote }}
+{{- else }}
+- --no-leader-election
+{{- end }}
+- {{ printf "--concurrency=%d" (int .Values.controller.concurrency) | quote }}
+- {{ printf "--log-format=%s" .Values.controller.logFormat | quote }}
+{{- range .Values.controller.extraArgs }}
+- {{ . | quote }}
+{{- end }}
+{{- end }}
