@@ -1,7 +1,7 @@
 //! `xbackend-controller analyze`: the controller's verdict on manifest files,
 //! offline, through the same decode, index and judge steps as `run`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -155,7 +155,10 @@ pub fn analyze(docs: Vec<Document>, policy: &Policy, controller_name: &str, now:
         let kind_str = doc.value["kind"].as_str().unwrap_or_default().to_string();
         let mut value = doc.value;
         let key = object_key(&mut value, &kind_str);
-        if let Some(first) = seen.insert((kind_str.clone(), key.clone()), doc.source.clone()) {
+        // Nameless objects are ignored below (with a note); they do not replace each other.
+        if !key.name.is_empty()
+            && let Some(first) = seen.insert((kind_str.clone(), key.clone()), doc.source.clone())
+        {
             notes.push(format!("{kind_str} {key} appears in {first} and again in {}; the later one wins", doc.source));
         }
         match (api_version.as_str(), kind_str.as_str()) {
@@ -301,20 +304,39 @@ fn read_file(path: &Path, docs: &mut Vec<Document>) -> Result<(), InputError> {
 
 fn files_under(dir: &Path) -> Result<Vec<PathBuf>, InputError> {
     let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|e| InputError(format!("{}: {e}", d.display())))?;
-        for entry in entries {
-            let path = entry.map_err(|e| InputError(format!("{}: {e}", d.display())))?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+    walk(dir, &mut HashSet::new(), &mut HashSet::new(), &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// Depth first in name order, so which of several paths to the same file is
+/// kept does not depend on the order the OS lists folders in. Symbolic links
+/// are followed, but every real folder and file is read once: a link to an
+/// ancestor folder cannot make the walk loop, and a file reachable twice (as
+/// in a mounted ConfigMap's `..data` links) is not reported as a duplicate.
+fn walk(dir: &Path, seen_dirs: &mut HashSet<PathBuf>, seen_files: &mut HashSet<PathBuf>, out: &mut Vec<PathBuf>) -> Result<(), InputError> {
+    let real = std::fs::canonicalize(dir).map_err(|e| InputError(format!("{}: {e}", dir.display())))?;
+    if !seen_dirs.insert(real) {
+        return Ok(());
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| InputError(format!("{}: {e}", dir.display())))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        paths.push(entry.map_err(|e| InputError(format!("{}: {e}", dir.display())))?.path());
+    }
+    paths.sort();
+    for path in paths {
+        if path.is_dir() {
+            walk(&path, seen_dirs, seen_files, out)?;
+        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+            // A dangling link keeps its path: reading it reports the error.
+            let real = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+            if seen_files.insert(real) {
                 out.push(path);
             }
         }
     }
-    out.sort();
-    Ok(out)
+    Ok(())
 }
 
 /// Parses a YAML stream (JSON is YAML) into documents, naming the file,
