@@ -456,3 +456,137 @@ pub fn dynamic(client: &Client, ns: &str, group: &str, version: &str, kind: &str
     let ar = ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(group, version, kind));
     Api::namespaced_with(client.clone(), ns, &ar)
 }
+
+// ---- Fault tests and the scale benchmark (appended; nothing above changes) ----
+
+/// How a control plane of one's own is started (see `ControlPlane::start_opts`).
+#[derive(Clone, Copy, Debug)]
+pub struct ControlPlaneOpts {
+    pub channel: Channel,
+    /// false adds `--unsafe-no-fsync` (what `ControlPlane::start` does).
+    pub fsync: bool,
+}
+
+impl ControlPlane {
+    /// Like `start`, with fsync chosen by the caller.
+    pub fn start_opts(opts: ControlPlaneOpts) -> ControlPlane {
+        let dir = tempdir("cp");
+        let (child, kubeconfig) = spawn_controlplane(&dir, opts);
+        ControlPlane { kubeconfig, dir, _child: Mutex::new(child) }
+    }
+
+    /// The control plane's process id (one Go process: etcd + kube-apiserver).
+    pub fn pid(&self) -> u32 {
+        self._child.lock().unwrap().id()
+    }
+
+    /// SIGTERM, then waits until the process has exited. etcd data, PKI and
+    /// ports stay in the state folder for `restart`.
+    pub fn stop(&self) {
+        let mut child = self._child.lock().unwrap();
+        unsafe_kill(child.id(), "TERM");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the control plane again on the same state folder: the same
+    /// ports, certificates, etcd data and kubeconfig path. Call `stop` first.
+    pub fn restart(&self, opts: ControlPlaneOpts) {
+        let (child, kubeconfig) = spawn_controlplane(&self.dir, opts);
+        assert_eq!(kubeconfig, self.kubeconfig, "a restart on the same folder keeps the kubeconfig path");
+        *self._child.lock().unwrap() = child;
+    }
+}
+
+/// Runs the control plane binary on `dir/state` and waits for its KUBECONFIG line.
+fn spawn_controlplane(dir: &Path, opts: ControlPlaneOpts) -> (Child, PathBuf) {
+    use std::io::Write;
+    let bin = controlplane_binary();
+    let log_path = dir.join("controlplane.log");
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("open log");
+    writeln!(log, "---- start (fsync: {}) ----", opts.fsync).ok();
+    let mut cmd = Command::new(&bin);
+    cmd.arg("--dir").arg(dir.join("state")).arg("--gateway-api-channel").arg(opts.channel.flag()).arg("--exit-with-parent");
+    if !opts.fsync {
+        cmd.arg("--unsafe-no-fsync");
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(log).spawn().unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("read control plane stdout");
+    let Some(path) = line.trim().strip_prefix("KUBECONFIG=") else {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        panic!("control plane did not start (stdout {line:?}); log tail:\n{tail}");
+    };
+    (child, PathBuf::from(path))
+}
+
+impl Controller {
+    /// Like `start_with`, with extra environment (e.g. RUST_LOG) for the process.
+    pub fn start_with_env(kubeconfig: &Path, args: &[&str], env: &[(&str, &str)]) -> Controller {
+        let metrics_port = free_port();
+        let log = tempdir("controller").join("controller.log");
+        let out = std::fs::File::create(&log).expect("controller log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xbackend-controller"));
+        cmd.arg("run")
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info,xbackend_controller=debug");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.stdout(out.try_clone().unwrap()).stderr(out).spawn().expect("start controller");
+        Controller { child, metrics_port, log }
+    }
+
+    /// Peak resident set size (VmHWM) of the controller process, in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        proc_status_kib(self.child.id(), "VmHWM:")
+    }
+
+    /// Current resident set size (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        proc_status_kib(self.child.id(), "VmRSS:")
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The whole log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A `Key: <n> kB` line of /proc/<pid>/status.
+pub fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// User + system CPU seconds a process has used so far (/proc/<pid>/stat).
+pub fn proc_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some((utime + stime) / 100.0)
+}
