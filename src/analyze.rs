@@ -148,7 +148,8 @@ pub fn analyze(docs: Vec<Document>, policy: &Policy, controller_name: &str, now:
     let mut secrets: BTreeMap<ObjectRef, Secret> = BTreeMap::new();
     let mut config_maps: BTreeMap<ObjectRef, ConfigMap> = BTreeMap::new();
     let mut backends: BTreeMap<ObjectRef, Value> = BTreeMap::new();
-    let mut seen: BTreeMap<(String, ObjectRef), String> = BTreeMap::new();
+    // (API group, kind, namespace/name): an Istio Gateway is not a Gateway API Gateway.
+    let mut seen: BTreeMap<(String, String, ObjectRef), String> = BTreeMap::new();
 
     for doc in docs {
         let api_version = doc.value["apiVersion"].as_str().unwrap_or_default().to_string();
@@ -157,7 +158,7 @@ pub fn analyze(docs: Vec<Document>, policy: &Policy, controller_name: &str, now:
         let key = object_key(&mut value, &kind_str);
         // Nameless objects are ignored below (with a note); they do not replace each other.
         if !key.name.is_empty()
-            && let Some(first) = seen.insert((kind_str.clone(), key.clone()), doc.source.clone())
+            && let Some(first) = seen.insert((api_group(&api_version).to_string(), kind_str.clone(), key.clone()), doc.source.clone())
         {
             notes.push(format!("{kind_str} {key} appears in {first} and again in {}; the later one wins", doc.source));
         }
@@ -233,6 +234,11 @@ fn object_key(value: &mut Value, kind: &str) -> ObjectRef {
         meta.insert("namespace".into(), Value::String(namespace.clone()));
     }
     ObjectRef::new(namespace, name)
+}
+
+/// The group of an apiVersion: `""` for the core `v1`.
+fn api_group(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map_or("", |(group, _)| group)
 }
 
 fn display_kind(api_version: &str, kind: &str) -> String {
