@@ -533,6 +533,21 @@ fn odd_documents_do_not_crash() {
     assert!(!out.stderr.contains("appears in"), "{}", out.stderr);
 }
 
+#[test]
+fn same_name_in_another_group_is_not_a_duplicate() {
+    let out = Run {
+        name: "same-name-other-group",
+        dir: "same-name-other-group",
+        args: &["-f", "bundle.yaml"],
+        stdin: None,
+        exit: 0,
+        verdicts: &[("default/openai-api", 1, OK, REFS_OK)],
+        says: &["note: bundle.yaml (document 5): Gateway (networking.istio.io/v1) default/egress ignored"],
+    }
+    .check();
+    assert!(!out.stderr.contains("appears in"), "{}", out.stderr);
+}
+
 /// Links to ancestor folders do not make the walk loop (two of them made it
 /// explode), and a file reachable through several links (a mounted
 /// ConfigMap's `..data`) is read once.
