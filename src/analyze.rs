@@ -176,7 +176,7 @@ pub fn analyze(docs: Vec<Document>, policy: &Policy, controller_name: &str, now:
                 Err(e) => notes.push(format!("{}: ConfigMap {key} ignored: {e}", doc.source)),
             },
             _ => match decode::kind_of(&api_version, &kind_str) {
-                Some(kind) => match decode::decode(kind, &value) {
+                Some(kind) => match decode::decode(kind, &as_created(kind, value.clone())) {
                     Ok((k, object)) => {
                         if kind == Kind::XBackend {
                             backends.insert(k.clone(), value);
@@ -220,6 +220,18 @@ pub fn analyze(docs: Vec<Document>, policy: &Policy, controller_name: &str, now:
         analyzed.push(Analyzed { key, object, judgement });
     }
     Report { backends: analyzed, notes }
+}
+
+/// A manifest without `metadata.generation` is judged as the apiserver would
+/// store it when created: generation 1, which observedGeneration then reports.
+fn as_created(kind: Kind, mut value: Value) -> Value {
+    if kind == Kind::XBackend
+        && value["metadata"].get("generation").is_none()
+        && let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut)
+    {
+        meta.insert("generation".into(), Value::from(1));
+    }
+    value
 }
 
 /// Namespaced objects without a namespace land in `default`, as with kubectl.

@@ -83,17 +83,18 @@ pub fn decode(kind: Kind, object: &Value) -> Result<(ObjectRef, Object), String>
 /// decode (as `spec.tls.mode: unknown variant ...`).
 pub fn decode_backend_spec(spec: Option<&Value>) -> Result<XBackendSpec, String> {
     let spec = match spec {
-        None | Some(Value::Null) => return Err("spec is missing".to_string()),
+        None | Some(Value::Null) => {
+            return Err("spec is missing: an XBackend needs spec.type, spec.port and, for ExternalHostname, spec.externalHostname.".to_string());
+        }
         Some(spec) => spec,
     };
     serde_path_to_error::deserialize::<_, XBackendSpec>(spec).map_err(|err| {
         let path = err.path().to_string();
-        let inner = err.into_inner();
-        if path == "." {
-            format!("spec: {inner}")
-        } else {
-            format!("spec.{path}: {inner}")
-        }
+        let field = if path == "." { "spec".to_string() } else { format!("spec.{path}") };
+        // The CRD's schema would have refused this object; say so and point
+        // at the schema, since the raw decoder text alone is not a fix.
+        let explain: String = field.split('[').enumerate().map(|(i, part)| if i == 0 { part } else { part.split_once(']').map_or("", |(_, rest)| rest) }).collect();
+        format!("{field} does not match the XBackend schema ({}); fix it as `kubectl explain xbackend.{explain}` describes.", err.into_inner())
     })
 }
 
@@ -423,13 +424,21 @@ mod tests {
         };
         assert_eq!(backend.generation, 0);
         let message = backend.spec.unwrap_err();
-        assert!(message.starts_with("spec.tls.mode: "), "{message}");
+        assert!(message.starts_with("spec.tls.mode does not match the XBackend schema (unknown variant `Sometimes`"), "{message}");
+        assert!(message.ends_with("`kubectl explain xbackend.spec.tls.mode` describes."), "{message}");
 
         let wrong_type = json!({"metadata": {"name": "b"}, "spec": {"type": "ExternalHostname", "port": {"port": "443"}}});
         let Ok((_, Object::XBackend(backend))) = decode(Kind::XBackend, &wrong_type) else {
             panic!("not decoded")
         };
-        assert!(backend.spec.unwrap_err().starts_with("spec.port.port: "));
+        assert!(backend.spec.unwrap_err().starts_with("spec.port.port does not match"));
+
+        let in_list = json!({"metadata": {"name": "b"}, "spec": {"type": "ExternalHostname", "port": {"port": 1},
+            "tls": {"mode": "ServerOnly", "validation": {"hostname": "a.b", "caCertificateRefs": [{"group": "", "kind": 7, "name": "x"}]}}}});
+        let Ok((_, Object::XBackend(backend))) = decode(Kind::XBackend, &in_list) else { panic!("not decoded") };
+        let message = backend.spec.unwrap_err();
+        assert!(message.starts_with("spec.tls.validation.caCertificateRefs[0].kind does not match"), "{message}");
+        assert!(message.contains("`kubectl explain xbackend.spec.tls.validation.caCertificateRefs.kind`"), "{message}");
 
         let missing = json!({"metadata": {"name": "b"}, "spec": {"type": "ExternalHostname"}});
         let Ok((_, Object::XBackend(backend))) = decode(Kind::XBackend, &missing) else {
@@ -441,6 +450,6 @@ mod tests {
         let Ok((_, Object::XBackend(backend))) = decode(Kind::XBackend, &no_spec) else {
             panic!("not decoded")
         };
-        assert_eq!(backend.spec.unwrap_err(), "spec is missing");
+        assert!(backend.spec.unwrap_err().starts_with("spec is missing: "));
     }
 }

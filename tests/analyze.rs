@@ -251,7 +251,7 @@ impl Run {
             for e in &entries {
                 assert_eq!(conditions(e), want, "{key}: conditions of {}; {context}", gateway_of(e));
                 for c in e["conditions"].as_array().unwrap() {
-                    assert_eq!(c["observedGeneration"], doc["metadata"]["generation"].as_i64().unwrap_or(0), "{key}: {c}");
+                    assert_eq!(c["observedGeneration"], doc["metadata"]["generation"].as_i64().unwrap_or(1), "{key}: {c}");
                     assert!(c["message"].as_str().is_some_and(|m| m.len() > 10), "{key}: a message: {c}");
                 }
             }
