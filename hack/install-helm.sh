@@ -2,7 +2,8 @@
 # Builds the pinned Helm from the Go module proxy into target/tools/helm (no
 # prebuilt download), with the link flags of Helm's own release build so that
 # `helm version` and the Kubernetes version `helm template`/`lint` assume
-# (.Capabilities.KubeVersion, the chart's kubeVersion check) are right.
+# without a cluster (.Capabilities.KubeVersion, lint's deprecated-API check)
+# are right: without them Helm assumes Kubernetes 1.20.
 # Idempotent: does nothing when the pinned version is already there.
 #
 # Helm 3 (not 4): the chart uses apiVersion v2, which both read; Helm 3 is

@@ -659,6 +659,41 @@ async fn deploy_manifests_apply_server_side_and_every_object_is_accepted() {
     assert!(applied.iter().all(|o| o.metadata.resource_version.is_some()));
 }
 
+/// What deploy/README.md tells users to run: helm install (NOTES included),
+/// upgrade with a changed value, uninstall, against the real apiserver.
+#[tokio::test]
+async fn helm_install_upgrade_and_uninstall_work_on_the_real_apiserver() {
+    let cp = ControlPlane::shared(Channel::Standard);
+    let (client, ns) = cp.namespace("deploy-helm").await;
+    let release = support::unique_name("hr");
+    let helm_k = |args: &[&str]| {
+        let out = run(helm_cmd().arg("--kubeconfig").arg(&cp.kubeconfig).args(args).args(["--namespace", &ns]));
+        assert!(out.status.success(), "helm {args:?}:\n{}{}", text(&out.stdout), text(&out.stderr));
+        text(&out.stdout)
+    };
+    // The CRD is shared by this apiserver's tests, so this release leaves it out.
+    let notes = helm_k(&["install", &release, CHART, "--set", "crds.install=false"]);
+    assert!(notes.contains("STATUS: deployed"), "{notes}");
+    assert!(notes.contains(&format!("kubectl -n {ns} rollout status deployment/{release}-xbackend-controller")), "{notes}");
+    assert!(notes.contains("crds.install is false"), "{notes}");
+    let deployments = support::dynamic(&client, &ns, "apps", "v1", "Deployment");
+    let name = format!("{release}-xbackend-controller");
+    let args = |d: &DynamicObject| d.data["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    let before = deployments.get(&name).await.expect("installed Deployment");
+    assert!(!args(&before).as_array().unwrap().contains(&json!("--require-tls")));
+
+    helm_k(&["upgrade", &release, CHART, "--reuse-values", "--set", "controller.requireTLS=true"]);
+    let after = deployments.get(&name).await.unwrap();
+    assert!(args(&after).as_array().unwrap().contains(&json!("--require-tls")), "{}", args(&after));
+    assert_eq!(after.data["spec"]["replicas"], 2, "--reuse-values keeps the rest");
+
+    helm_k(&["uninstall", &release]);
+    let gone = eventually(Duration::from_secs(30), || async { deployments.get_opt(&name).await.ok()?.is_none().then_some(()) }).await;
+    assert!(gone.is_some(), "helm uninstall removes the Deployment");
+    let roles = kube::Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(client.clone());
+    assert!(roles.get_opt(&name).await.unwrap().is_none(), "and the ClusterRole");
+}
+
 /// The chart's ServiceAccount may do what the controller does and nothing
 /// else it was asked about (SelfSubjectAccessReview with its own token).
 #[tokio::test]
