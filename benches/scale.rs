@@ -1,0 +1,610 @@
+//! Scale benchmark (Issue 7): `make bench` (N=10000) or `make bench N=1000`.
+//!
+//! One run, against a fresh test control plane on 127.0.0.1:
+//!   setup    N XBackends in 20 namespaces, one HTTPRoute each to one of 10
+//!            Gateways of this controller's class, all before the controller runs
+//!   floor    a minimal client writes the same N final status bodies (merge
+//!            patch with a resourceVersion precondition, as the controller
+//!            sends) with the controller's concurrency: the physical limit
+//!   cold     controller start -> every XBackend has its correct status
+//!   idle     60 s: a forced resync (a label touched on every XBackend, then an
+//!            apiserver restart, which re-lists every watch) must write nothing
+//!   restart  a new controller process must write nothing
+//!   reaction one Gateway moves to a foreign controller's class: N/10 entries go
+//!   rss      VmHWM at N, then with 10,000 extra unrelated 4 KiB Secrets
+//!
+//! Not a test: `test = false` in Cargo.toml, and without `--bench` (which only
+//! `cargo bench` passes) it exits at once.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use support::{Channel, ControlPlane, ControlPlaneOpts, Controller};
+use xbackend_controller::model::ObjectRef;
+use xbackend_controller::status::{Shape, Verdicts, merge};
+
+const CONTROLLER: &str = "bench.example.com/xbackend-controller";
+const FOREIGN: &str = "bench.example.com/someone-else";
+const NAMESPACES: usize = 20;
+const GATEWAYS: usize = 10;
+const GW_NS: &str = "bench-gateways";
+/// The controller's --concurrency (its default), and the floor client's.
+const CONCURRENCY: usize = 16;
+/// Requests in flight while creating objects.
+const CREATE_IN_FLIGHT: usize = 32;
+const SECRETS: usize = 10_000;
+const IDLE: Duration = Duration::from_secs(60);
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("benches/scale.rs is a benchmark: run it with `make bench` (N=10000) or `make bench N=1000`");
+        return;
+    }
+    let n: usize = std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    assert!(n >= GATEWAYS && n % GATEWAYS == 0, "N must be a multiple of {GATEWAYS}");
+    let fsync = std::env::var("BENCH_FSYNC").is_ok_and(|v| v == "1");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(run(n, fsync));
+}
+
+// ------------------------------------------------------------------ model
+
+fn ns_of(i: usize) -> String {
+    format!("bench-{}", i % NAMESPACES)
+}
+fn name_of(i: usize) -> String {
+    format!("x-{i}")
+}
+fn gw_of(i: usize) -> usize {
+    i % GATEWAYS
+}
+
+/// What an XBackend's stored status says of our entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    /// Exactly one entry, for Gateway `gw-k`, Accepted and ResolvedRefs True at
+    /// the current generation.
+    Correct(usize),
+    /// No entry of ours.
+    Empty,
+    Wrong,
+}
+
+fn seen(o: &DynamicObject) -> Seen {
+    let generation = o.metadata.generation.unwrap_or(0);
+    let ours: Vec<&Value> = o.data["status"]["ancestors"]
+        .as_array()
+        .map(|a| a.iter().filter(|e| e["controllerName"] == CONTROLLER).collect())
+        .unwrap_or_default();
+    match ours[..] {
+        [] => Seen::Empty,
+        [e] => {
+            let ok = e["ancestorRef"]["namespace"] == GW_NS
+                && e["conditions"].as_array().is_some_and(|cs| {
+                    cs.len() == 2 && cs.iter().all(|c| c["status"] == "True" && c["observedGeneration"] == generation)
+                });
+            match e["ancestorRef"]["name"].as_str().and_then(|n| n.strip_prefix("gw-")).and_then(|k| k.parse().ok()) {
+                Some(k) if ok => Seen::Correct(k),
+                _ => Seen::Wrong,
+            }
+        }
+        _ => Seen::Wrong,
+    }
+}
+
+/// Follows every XBackend through a watch and counts those that differ from
+/// the current expectation; remembers when that count last reached zero.
+#[derive(Default)]
+struct Tracker {
+    expected: HashMap<String, Seen>,
+    actual: HashMap<String, Seen>,
+    mismatches: usize,
+    zero_at: Option<Instant>,
+}
+
+impl Tracker {
+    fn expect(&mut self, f: impl Fn(usize) -> Seen, n: usize) {
+        self.expected = (0..n).map(|i| (format!("{}/{}", ns_of(i), name_of(i)), f(i))).collect();
+        self.mismatches = self.expected.iter().filter(|(k, v)| self.actual.get(*k) != Some(v)).count();
+        self.zero_at = (self.mismatches == 0).then(Instant::now);
+    }
+    fn observe(&mut self, key: String, now: Seen) {
+        let want = self.expected.get(&key).copied();
+        let before = self.actual.insert(key, now);
+        let was_ok = want.is_some() && before == want;
+        let is_ok = want == Some(now);
+        match (was_ok, is_ok) {
+            (true, false) => self.mismatches += 1,
+            (false, true) if want.is_some() => {
+                self.mismatches -= 1;
+                if self.mismatches == 0 {
+                    self.zero_at = Some(Instant::now());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn track(client: Client, tracker: Arc<Mutex<Tracker>>) {
+    let api = xbackends_all(&client);
+    let mut events = watcher::watcher(api, watcher::Config::default()).boxed();
+    let mut errors = 0u64;
+    while let Some(event) = events.next().await {
+        let mut t = tracker.lock().unwrap();
+        match event {
+            Ok(Event::Apply(o)) | Ok(Event::InitApply(o)) => {
+                let key = format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
+                let s = seen(&o);
+                t.observe(key, s);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                errors += 1;
+                if errors.is_power_of_two() {
+                    eprintln!("bench watch: {e} (retrying; {errors} errors so far)");
+                }
+            }
+        }
+    }
+}
+
+/// Waits until every XBackend matches the expectation; returns when that happened.
+async fn settled(tracker: &Mutex<Tracker>, timeout: Duration, what: &str) -> Instant {
+    let deadline = Instant::now() + timeout;
+    loop {
+        {
+            let t = tracker.lock().unwrap();
+            if let (0, Some(at)) = (t.mismatches, t.zero_at) {
+                return at;
+            }
+            if Instant::now() > deadline {
+                panic!("{what}: {} XBackends still differ after {timeout:?}", t.mismatches);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn xbackends_all(client: &Client) -> Api<DynamicObject> {
+    let ar = kube::discovery::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk("gateway.networking.x-k8s.io", "v1alpha1", "XBackend"));
+    Api::all_with(client.clone(), &ar)
+}
+
+// ---------------------------------------------------------------- objects
+
+fn object(v: Value) -> DynamicObject {
+    serde_json::from_value(v).unwrap()
+}
+
+async fn create_many(items: Vec<(Api<DynamicObject>, DynamicObject)>) -> Vec<DynamicObject> {
+    stream::iter(items)
+        .map(|(api, o)| async move { api.create(&PostParams::default(), &o).await })
+        .buffer_unordered(CREATE_IN_FLIGHT)
+        .try_collect()
+        .await
+        .expect("create")
+}
+
+/// The status list the controller writes for XBackend `i` (same code: the
+/// library's merge with the Accepted/ResolvedRefs verdicts).
+fn final_status(i: usize, now: &str) -> Vec<Value> {
+    let verdicts = Verdicts { accepted: xbackend_controller::conditions::accepted(), resolved_refs: xbackend_controller::conditions::resolved_refs() };
+    merge(&[], Shape::Ancestors, CONTROLLER, 1, &[ObjectRef::new(GW_NS, format!("gw-{}", gw_of(i)))], &verdicts, now).list
+}
+
+// ------------------------------------------------------------ measurement
+
+struct Cpu {
+    apiserver: f64,
+    controller: f64,
+    bench: f64,
+}
+
+fn cpu(cp: &ControlPlane, ctl: Option<&Controller>) -> Cpu {
+    Cpu {
+        apiserver: support::proc_cpu_seconds(cp.pid()).unwrap_or(0.0),
+        controller: ctl.and_then(|c| support::proc_cpu_seconds(c.pid())).unwrap_or(0.0),
+        bench: support::proc_cpu_seconds(std::process::id()).unwrap_or(0.0),
+    }
+}
+
+struct Row {
+    phase: String,
+    wall: Duration,
+    writes: String,
+    cpu: Option<(f64, f64, f64)>,
+    note: String,
+}
+
+fn row(phase: &str, wall: Duration, writes: impl ToString, before: &Cpu, after: &Cpu, note: impl Into<String>) -> Row {
+    Row {
+        phase: phase.into(),
+        wall,
+        writes: writes.to_string(),
+        cpu: Some((after.apiserver - before.apiserver, after.controller - before.controller, after.bench - before.bench)),
+        note: note.into(),
+    }
+}
+
+fn metric(ctl: &Controller, name: &str) -> f64 {
+    ctl.metric(name).unwrap_or_else(|| panic!("metric {name} missing; log:\n{}", ctl.log_tail()))
+}
+
+async fn wait_metric(ctl: &Controller, name: &str, timeout: Duration, ok: impl Fn(f64) -> bool) -> Option<f64> {
+    support::eventually(timeout, || async { ctl.metric(name).filter(|v| ok(*v)) }).await
+}
+
+/// Waits until a counter has not moved for `quiet`.
+async fn quiesce(ctl: &Controller, name: &str, quiet: Duration, timeout: Duration) -> f64 {
+    let deadline = Instant::now() + timeout;
+    let mut last = ctl.metric(name).unwrap_or(0.0);
+    let mut since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = ctl.metric(name).unwrap_or(last);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet || Instant::now() > deadline {
+            return last;
+        }
+    }
+}
+
+fn start_controller(cp: &ControlPlane) -> Controller {
+    let concurrency = CONCURRENCY.to_string();
+    Controller::start_with_env(
+        &cp.kubeconfig,
+        &["--no-leader-election", "--controller-name", CONTROLLER, "--concurrency", &concurrency],
+        &[("RUST_LOG", "info")],
+    )
+}
+
+/// Polls /readyz every 20 ms from `started`; returns how long it took.
+async fn time_to_ready(ctl: &Controller, started: Instant) -> Duration {
+    loop {
+        if ctl.http_get("/readyz").is_some_and(|r| r.0 == 200) {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// BENCH_PERF=1: `perf record` (499 Hz, user+kernel where allowed) of these
+/// processes until `perf_stop`; the profile goes to target/bench/perf-<name>.data.
+/// For where-does-the-time-go runs only: sampling adds a little overhead.
+fn perf_start(name: &str, pids: &[u32]) -> Option<std::process::Child> {
+    if !std::env::var("BENCH_PERF").is_ok_and(|v| v == "1") {
+        return None;
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).ok()?;
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let child = std::process::Command::new("perf")
+        .args(["record", "-F", "499", "-g", "-p", &pids.join(","), "-o"])
+        .arg(dir.join(format!("perf-{name}.data")))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    // perf needs a moment to attach.
+    std::thread::sleep(Duration::from_millis(200));
+    Some(child)
+}
+
+fn perf_stop(child: Option<std::process::Child>) {
+    if let Some(mut child) = child {
+        let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+        let _ = child.wait();
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+// -------------------------------------------------------------------- run
+
+async fn run(n: usize, fsync: bool) {
+    let total = Instant::now();
+    let mut rows: Vec<Row> = Vec::new();
+    let opts = ControlPlaneOpts { channel: Channel::Standard, fsync };
+    eprintln!("bench: n={n}; starting the control plane (fsync: {fsync})");
+    let cp = ControlPlane::start_opts(opts);
+    let client = support::client_from(&cp.kubeconfig).await;
+    support::install_crd(&client).await;
+
+    // ---- setup
+    let t = Instant::now();
+    let namespaces = Api::<Namespace>::all(client.clone());
+    for ns in (0..NAMESPACES).map(|i| format!("bench-{i}")).chain([GW_NS.to_string(), "bench-secrets".to_string()]) {
+        namespaces.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap()).await.unwrap();
+    }
+    let mut yaml = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: bench}}\nspec: {{controllerName: {CONTROLLER}}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: foreign}}\nspec: {{controllerName: {FOREIGN}}}\n"
+    );
+    for k in 0..GATEWAYS {
+        yaml.push_str(&format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw-{k}, namespace: {GW_NS}}}\nspec:\n  gatewayClassName: bench\n  listeners: [{{name: http, protocol: HTTP, port: 80, allowedRoutes: {{namespaces: {{from: All}}}}}}]\n"
+        ));
+    }
+    support::apply_yaml(&client, None, &yaml).await;
+    let xb = |i: usize| support::xbackend_api(&client, &ns_of(i));
+    let backends = (0..n)
+        .map(|i| {
+            let host = format!("api{i}.example.com");
+            let o = object(json!({
+                "apiVersion": "gateway.networking.x-k8s.io/v1alpha1", "kind": "XBackend",
+                "metadata": {"name": name_of(i)},
+                "spec": {"type": "ExternalHostname", "port": {"port": 443}, "externalHostname": {"hostname": host},
+                         "tls": {"mode": "ServerOnly", "validation": {"hostname": host}}}
+            }));
+            (xb(i), o)
+        })
+        .collect();
+    let created = create_many(backends).await;
+    let routes = (0..n)
+        .map(|i| {
+            let o = object(json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                "metadata": {"name": format!("r-{i}")},
+                "spec": {"parentRefs": [{"name": format!("gw-{}", gw_of(i)), "namespace": GW_NS}],
+                         "rules": [{"backendRefs": [{"group": "gateway.networking.x-k8s.io", "kind": "XBackend", "name": name_of(i), "port": 443}]}]}
+            }));
+            (support::dynamic(&client, &ns_of(i), "gateway.networking.k8s.io", "v1", "HTTPRoute"), o)
+        })
+        .collect();
+    create_many(routes).await;
+    let setup = t.elapsed();
+    eprintln!("bench: created {n} XBackends and {n} HTTPRoutes in {setup:.1?}");
+    let mut rv: HashMap<String, String> =
+        created.iter().map(|o| (format!("{}/{}", o.namespace().unwrap(), o.name_any()), o.resource_version().unwrap())).collect();
+
+    let tracker = Arc::new(Mutex::new(Tracker::default()));
+    tracker.lock().unwrap().expect(|_| Seen::Empty, n);
+    let watch = tokio::spawn(track(client.clone(), tracker.clone()));
+    settled(&tracker, Duration::from_secs(120), "bench watch initial list").await;
+
+    // ---- floor: the same bodies, the same concurrency, straight to the apiserver.
+    let now = xbackend_controller::judge::now_rfc3339();
+    tracker.lock().unwrap().expect(|i| Seen::Correct(gw_of(i)), n);
+    let perf = perf_start("floor", &[cp.pid(), std::process::id()]);
+    let before = cpu(&cp, None);
+    let t = Instant::now();
+    let results: Vec<(String, String)> = stream::iter(0..n)
+        .map(|i| {
+            let api = xb(i);
+            let key = format!("{}/{}", ns_of(i), name_of(i));
+            let body = json!({"metadata": {"resourceVersion": rv[&key]}, "status": {"ancestors": final_status(i, &now)}});
+            async move {
+                let o = api.patch_status(&name_of(i), &PatchParams::default(), &Patch::Merge(&body)).await.expect("floor write");
+                (key, o.resource_version().unwrap())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    let floor = t.elapsed();
+    let after = cpu(&cp, None);
+    perf_stop(perf);
+    rv.extend(results);
+    settled(&tracker, Duration::from_secs(60), "floor bodies are the correct status").await;
+    rows.push(row("floor", floor, n, &before, &after, format!("{CONCURRENCY} in flight, merge patch with resourceVersion")));
+
+    // Back to no status, as before the controller ever ran (not timed).
+    tracker.lock().unwrap().expect(|_| Seen::Empty, n);
+    stream::iter(0..n)
+        .map(|i| {
+            let api = xb(i);
+            async move { api.patch_status(&name_of(i), &PatchParams::default(), &Patch::Merge(json!({"status": null}))).await.expect("clear") }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    settled(&tracker, Duration::from_secs(120), "statuses cleared").await;
+
+    // ---- cold
+    tracker.lock().unwrap().expect(|i| Seen::Correct(gw_of(i)), n);
+    let before = cpu(&cp, None);
+    let started = Instant::now();
+    let ctl = start_controller(&cp);
+    let perf = perf_start("cold", &[cp.pid(), ctl.pid(), std::process::id()]);
+    let ready_in = time_to_ready(&ctl, started).await;
+    let done_at = settled(&tracker, Duration::from_secs(600), "cold start").await;
+    let cold = done_at - started;
+    let after = cpu(&cp, Some(&ctl));
+    perf_stop(perf);
+    let cold_writes = quiesce(&ctl, "xbackend_status_writes_total", Duration::from_secs(2), Duration::from_secs(30)).await;
+    let reconciles = metric(&ctl, "xbackend_reconciles_total");
+    let conflicts = metric(&ctl, "xbackend_status_conflicts_total");
+    let reconcile_sum = metric(&ctl, "xbackend_reconcile_duration_seconds_sum");
+    let rss_cold = ctl.peak_rss_kib().unwrap_or(0);
+    rows.push(row(
+        "cold",
+        cold,
+        cold_writes,
+        &before,
+        &after,
+        format!(
+            "ready (all watches synced) after {ready_in:.2?}, writing {:.2} s; {reconciles} reconciles, {conflicts} conflicts; reconcile time per write {:.1} ms (floor: {:.1} ms per write)",
+            (cold - ready_in).as_secs_f64(),
+            1000.0 * reconcile_sum / cold_writes.max(1.0),
+            1000.0 * floor.as_secs_f64() * CONCURRENCY as f64 / n as f64
+        ),
+    ));
+    let ratio = cold.as_secs_f64() / floor.as_secs_f64();
+
+    // ---- idle 60 s with a forced resync: every XBackend touched (a label),
+    // then the apiserver restarted (every watch re-lists).
+    let idle_start = Instant::now();
+    let before = cpu(&cp, Some(&ctl));
+    let writes0 = metric(&ctl, "xbackend_status_writes_total");
+    let reconciles0 = metric(&ctl, "xbackend_reconciles_total");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let t = Instant::now();
+    stream::iter(0..n)
+        .map(|i| {
+            let api = xb(i);
+            async move {
+                api.patch(&name_of(i), &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"bench-touched": "yes"}}})))
+                    .await
+                    .expect("touch")
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+    let touched = wait_metric(&ctl, "xbackend_reconciles_total", Duration::from_secs(120), |r| r >= reconciles0 + n as f64).await;
+    let touch_took = t.elapsed();
+    let t = Instant::now();
+    // CPU of the stopped process counts towards this phase; the new one starts at 0.
+    let stopped_cpu = cpu(&cp, None).apiserver;
+    cp.stop();
+    cp.restart(opts);
+    let apiserver_restart = t.elapsed();
+    let relisted = wait_metric(&ctl, "xbackend_reconciles_total", Duration::from_secs(120), |r| r >= reconciles0 + 2.0 * n as f64).await;
+    let resynced_in = t.elapsed();
+    if let Some(rest) = IDLE.checked_sub(idle_start.elapsed()) {
+        tokio::time::sleep(rest).await;
+    }
+    let idle_wall = idle_start.elapsed();
+    let idle_writes = metric(&ctl, "xbackend_status_writes_total") - writes0;
+    let idle_reconciles = metric(&ctl, "xbackend_reconciles_total") - reconciles0;
+    let mut after = cpu(&cp, Some(&ctl));
+    after.apiserver += stopped_cpu;
+    rows.push(row(
+        "idle+resync",
+        idle_wall,
+        idle_writes,
+        &before,
+        &after,
+        format!(
+            "{idle_reconciles} reconciles: label on all {n} re-checked in {touch_took:.1?}{}; apiserver restart {apiserver_restart:.1?}, all re-checked {resynced_in:.1?} after it began{}",
+            if touched.is_some() { "" } else { " (NOT all)" },
+            if relisted.is_some() { "" } else { " (NOT all)" }
+        ),
+    ));
+    let rss_idle = ctl.peak_rss_kib().unwrap_or(0);
+    assert_eq!(ctl.terminate(), Some(0), "graceful shutdown");
+    settled(&tracker, Duration::from_secs(60), "status still correct after idle").await;
+
+    // ---- restart: a new process at N must write nothing.
+    let before = cpu(&cp, None);
+    let started = Instant::now();
+    let ctl = start_controller(&cp);
+    let ready_in = time_to_ready(&ctl, started).await;
+    wait_metric(&ctl, "xbackend_reconciles_total", Duration::from_secs(300), |r| r >= n as f64).await.expect("restart reconciles all");
+    let restart_wall = started.elapsed();
+    let after = cpu(&cp, Some(&ctl));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let restart_writes = metric(&ctl, "xbackend_status_writes_total");
+    let rss_restart = ctl.peak_rss_kib().unwrap_or(0);
+    rows.push(row("restart", restart_wall, restart_writes, &before, &after, format!("ready after {ready_in:.2?}; to all {n} reconciled")));
+
+    // ---- reaction: gw-0 moves to a foreign controller's class.
+    tracker.lock().unwrap().expect(|i| if gw_of(i) == 0 { Seen::Empty } else { Seen::Correct(gw_of(i)) }, n);
+    let writes0 = metric(&ctl, "xbackend_status_writes_total");
+    let gateways = support::dynamic(&client, GW_NS, "gateway.networking.k8s.io", "v1", "Gateway");
+    let before = cpu(&cp, Some(&ctl));
+    let t = Instant::now();
+    gateways.patch("gw-0", &PatchParams::default(), &Patch::Merge(json!({"spec": {"gatewayClassName": "foreign"}}))).await.unwrap();
+    let done_at = settled(&tracker, Duration::from_secs(300), "reaction").await;
+    let reaction = done_at - t;
+    let after = cpu(&cp, Some(&ctl));
+    let reaction_writes = quiesce(&ctl, "xbackend_status_writes_total", Duration::from_secs(2), Duration::from_secs(30)).await - writes0;
+    rows.push(row("reaction", reaction, reaction_writes, &before, &after, format!("{} XBackends drop gw-0", n / GATEWAYS)));
+
+    // ---- 10,000 unrelated 4 KiB Secrets, then a fresh process again.
+    let rss_live_before = ctl.rss_kib().unwrap_or(0);
+    let t = Instant::now();
+    let secrets = Api::<Secret>::namespaced(client.clone(), "bench-secrets");
+    stream::iter(0..SECRETS)
+        .map(|i| {
+            let secrets = secrets.clone();
+            async move {
+                let data: Vec<u8> = (0..4096u32).map(|b| (b.wrapping_mul(2_654_435_761).wrapping_add(i as u32) >> 13) as u8).collect();
+                let s = Secret {
+                    metadata: kube::api::ObjectMeta { name: Some(format!("unrelated-{i}")), ..Default::default() },
+                    data: Some([("blob".to_string(), ByteString(data))].into()),
+                    ..Default::default()
+                };
+                secrets.create(&PostParams::default(), &s).await.expect("secret")
+            }
+        })
+        .buffer_unordered(CREATE_IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+    let secrets_took = t.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_live_after = ctl.rss_kib().unwrap_or(0);
+    let hwm_live_after = ctl.peak_rss_kib().unwrap_or(0);
+    assert_eq!(ctl.terminate(), Some(0));
+    let before = cpu(&cp, None);
+    let started = Instant::now();
+    let ctl = start_controller(&cp);
+    wait_metric(&ctl, "xbackend_reconciles_total", Duration::from_secs(300), |r| r >= n as f64).await.expect("reconciles all");
+    let with_secrets_wall = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = cpu(&cp, Some(&ctl));
+    let rss_secrets = ctl.peak_rss_kib().unwrap_or(0);
+    let secrets_writes = metric(&ctl, "xbackend_status_writes_total");
+    rows.push(row(
+        "restart+secrets",
+        with_secrets_wall,
+        secrets_writes,
+        &before,
+        &after,
+        format!("{SECRETS} Secrets of 4 KiB created in {secrets_took:.1?}; to all {n} reconciled"),
+    ));
+    drop(ctl);
+    watch.abort();
+    let delta = rss_secrets as f64 - rss_restart as f64;
+
+    // ---- report
+    println!();
+    println!("xbackend-controller scale benchmark: N={n} XBackends, {NAMESPACES} namespaces, {GATEWAYS} Gateways, {} cores, etcd fsync {}", std::thread::available_parallelism().map(|p| p.get()).unwrap_or(0), if fsync { "on" } else { "off (--unsafe-no-fsync)" });
+    println!("setup (create {n} XBackends + {n} HTTPRoutes, {CREATE_IN_FLIGHT} in flight): {setup:.1?}");
+    println!();
+    println!("| phase | wall | status writes | apiserver+etcd CPU s | controller CPU s | bench CPU s | notes |");
+    println!("|---|---:|---:|---:|---:|---:|---|");
+    for r in &rows {
+        let (a, c, b) = r.cpu.unwrap_or_default();
+        println!("| {} | {:.2} s | {} | {a:.1} | {c:.1} | {b:.1} | {} |", r.phase, r.wall.as_secs_f64(), r.writes, r.note);
+    }
+    println!();
+    println!("| measure | value | target |");
+    println!("|---|---:|---|");
+    println!("| floor | {:.2} s ({:.0} writes/s) | |", floor.as_secs_f64(), n as f64 / floor.as_secs_f64());
+    println!("| cold | {:.2} s | |", cold.as_secs_f64());
+    println!("| ratio cold/floor | {ratio:.2} | <= 1.25 |");
+    println!("| writes: cold / idle+resync / restart / reaction | {cold_writes} / {idle_writes} / {restart_writes} / {reaction_writes} | {n} / 0 / 0 / {} |", n / GATEWAYS);
+    println!("| reaction time | {:.2} s | |", reaction.as_secs_f64());
+    println!("| controller VmHWM: cold at N / after idle / restart at N / restart with {SECRETS} Secrets | {:.1} / {:.1} / {:.1} / {:.1} MiB | |", mib(rss_cold), mib(rss_idle), mib(rss_restart), mib(rss_secrets));
+    println!("| RSS growth with {SECRETS} Secrets (fresh process) | {:.1} MiB | < 10 MiB |", delta / 1024.0);
+    println!(
+        "| live process while they were created: VmRSS {:.1} -> {:.1} MiB, VmHWM {:.1} MiB | | |",
+        mib(rss_live_before),
+        mib(rss_live_after),
+        mib(hwm_live_after)
+    );
+    println!("| total bench wall time | {:.0} s | |", total.elapsed().as_secs_f64());
+    println!();
+    println!(
+        "bench: n={n} ratio={ratio:.2} cold_writes={cold_writes} idle_writes={idle_writes} restart_writes={restart_writes} reaction_writes={reaction_writes} rss_mib={:.0} rss_secrets_delta_mib={:.1}",
+        mib(rss_cold.max(rss_idle)),
+        delta / 1024.0
+    );
+    cp.stop();
+}
