@@ -145,14 +145,17 @@ impl Shared {
 
     fn set_accepted(&self, key: &ObjectRef, accepted: Option<bool>) {
         let mut map = self.accepted.lock().expect("accepted lock");
-        match accepted {
+        let old = match accepted {
             Some(a) => map.insert(key.clone(), a),
             None => map.remove(key),
         };
-        let yes = map.values().filter(|a| **a).count() as i64;
-        let no = map.len() as i64 - yes;
-        self.metrics.xbackends.get_or_create(&metrics::AcceptedLabel { accepted: "true".into() }).set(yes);
-        self.metrics.xbackends.get_or_create(&metrics::AcceptedLabel { accepted: "false".into() }).set(no);
+        // Adjust the gauges by this one change (under the lock, so they stay
+        // exact): recounting the whole map on every reconcile made a cold
+        // start O(N^2). Both series exist from the first call on.
+        for value in [true, false] {
+            let delta = i64::from(accepted == Some(value)) - i64::from(old == Some(value));
+            self.metrics.xbackends.get_or_create(&metrics::AcceptedLabel { accepted: value.to_string() }).inc_by(delta);
+        }
     }
 
     pub fn xbackends(&self, namespace: &str) -> Api<DynamicObject> {
