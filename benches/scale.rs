@@ -468,6 +468,7 @@ async fn run(n: usize, fsync: bool) {
         .await;
     let touched = wait_metric(&ctl, "xbackend_reconciles_total", Duration::from_secs(120), |r| r >= reconciles0 + n as f64).await;
     let touch_took = t.elapsed();
+    let rss_after_touch = ctl.peak_rss_kib().unwrap_or(0);
     let t = Instant::now();
     // CPU of the stopped process counts towards this phase; the new one starts at 0.
     let stopped_cpu = cpu(&cp, None).apiserver;
@@ -491,9 +492,11 @@ async fn run(n: usize, fsync: bool) {
         &before,
         &after,
         format!(
-            "{idle_reconciles} reconciles: label on all {n} re-checked in {touch_took:.1?}{}; apiserver restart {apiserver_restart:.1?}, all re-checked {resynced_in:.1?} after it began{}",
+            "{idle_reconciles} reconciles: label on all {n} re-checked in {touch_took:.1?}{} (VmHWM then {:.1} MiB); apiserver restart {apiserver_restart:.1?}, all re-checked {resynced_in:.1?} after it began{} (VmHWM then {:.1} MiB)",
             if touched.is_some() { "" } else { " (NOT all)" },
-            if relisted.is_some() { "" } else { " (NOT all)" }
+            mib(rss_after_touch),
+            if relisted.is_some() { "" } else { " (NOT all)" },
+            mib(ctl.peak_rss_kib().unwrap_or(0))
         ),
     ));
     let rss_idle = ctl.peak_rss_kib().unwrap_or(0);
