@@ -52,7 +52,7 @@ fn main() {
         return;
     }
     let n: usize = std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    assert!(n >= GATEWAYS && n % GATEWAYS == 0, "N must be a multiple of {GATEWAYS}");
+    assert!(n >= GATEWAYS && n.is_multiple_of(GATEWAYS), "N must be a multiple of {GATEWAYS}");
     let fsync = std::env::var("BENCH_FSYNC").is_ok_and(|v| v == "1");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(run(n, fsync));

@@ -908,6 +908,9 @@ mod fuzz {
         }
     }
 
+    /// Condition type -> (status, lastTransitionTime) expected for one entry.
+    type Conditions = BTreeMap<&'static str, (bool, String)>;
+
     fn junk() -> impl Strategy<Value = Value> {
         prop_oneof![
             Just(json!(1)),
@@ -993,7 +996,7 @@ mod fuzz {
             let shape = if parents { Shape::Parents } else { Shape::Ancestors };
             let mut list = junk.clone();
             // controller -> gateway -> condition type -> (status, lastTransitionTime)
-            let mut expect: BTreeMap<&str, BTreeMap<String, BTreeMap<&str, (bool, String)>>> = BTreeMap::new();
+            let mut expect: BTreeMap<&str, BTreeMap<String, Conditions>> = BTreeMap::new();
             let mut last: BTreeMap<&str, (i64, Verdicts)> = BTreeMap::new();
             for (step, (is_a, names, acc, res, generation)) in ops.iter().enumerate() {
                 let ctl = if *is_a { A } else { B };
