@@ -178,7 +178,11 @@ async fn settled(tracker: &Mutex<Tracker>, timeout: Duration, what: &str) -> Ins
 }
 
 fn xbackends_all(client: &Client) -> Api<DynamicObject> {
-    let ar = kube::discovery::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk("gateway.networking.x-k8s.io", "v1alpha1", "XBackend"));
+    let ar = kube::discovery::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+        "gateway.networking.x-k8s.io",
+        "v1alpha1",
+        "XBackend",
+    ));
     Api::all_with(client.clone(), &ar)
 }
 
@@ -200,8 +204,12 @@ async fn create_many(items: Vec<(Api<DynamicObject>, DynamicObject)>) -> Vec<Dyn
 /// The status list the controller writes for XBackend `i` (same code: the
 /// library's merge with the Accepted/ResolvedRefs verdicts).
 fn final_status(i: usize, now: &str) -> Vec<Value> {
-    let verdicts = Verdicts { accepted: xbackend_controller::conditions::accepted(), resolved_refs: xbackend_controller::conditions::resolved_refs() };
-    merge(&[], Shape::Ancestors, CONTROLLER, 1, &[ObjectRef::new(GW_NS, format!("gw-{}", gw_of(i)))], &verdicts, now).list
+    let verdicts = Verdicts {
+        accepted: xbackend_controller::conditions::accepted(),
+        resolved_refs: xbackend_controller::conditions::resolved_refs(),
+    };
+    merge(&[], Shape::Ancestors, CONTROLLER, 1, &[ObjectRef::new(GW_NS, format!("gw-{}", gw_of(i)))], &verdicts, now)
+        .list
 }
 
 // ------------------------------------------------------------ measurement
@@ -233,7 +241,11 @@ fn row(phase: &str, wall: Duration, writes: impl ToString, before: &Cpu, after: 
         phase: phase.into(),
         wall,
         writes: writes.to_string(),
-        cpu: Some((after.apiserver - before.apiserver, after.controller - before.controller, after.bench - before.bench)),
+        cpu: Some((
+            after.apiserver - before.apiserver,
+            after.controller - before.controller,
+            after.bench - before.bench,
+        )),
         note: note.into(),
     }
 }
@@ -330,7 +342,10 @@ async fn run(n: usize, fsync: bool) {
     let t = Instant::now();
     let namespaces = Api::<Namespace>::all(client.clone());
     for ns in (0..NAMESPACES).map(|i| format!("bench-{i}")).chain([GW_NS.to_string(), "bench-secrets".to_string()]) {
-        namespaces.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap()).await.unwrap();
+        namespaces
+            .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap())
+            .await
+            .unwrap();
     }
     let mut yaml = format!(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: bench}}\nspec: {{controllerName: {CONTROLLER}}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: foreign}}\nspec: {{controllerName: {FOREIGN}}}\n"
@@ -369,8 +384,10 @@ async fn run(n: usize, fsync: bool) {
     create_many(routes).await;
     let setup = t.elapsed();
     eprintln!("bench: created {n} XBackends and {n} HTTPRoutes in {setup:.1?}");
-    let mut rv: HashMap<String, String> =
-        created.iter().map(|o| (format!("{}/{}", o.namespace().unwrap(), o.name_any()), o.resource_version().unwrap())).collect();
+    let mut rv: HashMap<String, String> = created
+        .iter()
+        .map(|o| (format!("{}/{}", o.namespace().unwrap(), o.name_any()), o.resource_version().unwrap()))
+        .collect();
 
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     tracker.lock().unwrap().expect(|_| Seen::Empty, n);
@@ -387,9 +404,13 @@ async fn run(n: usize, fsync: bool) {
         .map(|i| {
             let api = xb(i);
             let key = format!("{}/{}", ns_of(i), name_of(i));
-            let body = json!({"metadata": {"resourceVersion": rv[&key]}, "status": {"ancestors": final_status(i, &now)}});
+            let body =
+                json!({"metadata": {"resourceVersion": rv[&key]}, "status": {"ancestors": final_status(i, &now)}});
             async move {
-                let o = api.patch_status(&name_of(i), &PatchParams::default(), &Patch::Merge(&body)).await.expect("floor write");
+                let o = api
+                    .patch_status(&name_of(i), &PatchParams::default(), &Patch::Merge(&body))
+                    .await
+                    .expect("floor write");
                 (key, o.resource_version().unwrap())
             }
         })
@@ -401,14 +422,25 @@ async fn run(n: usize, fsync: bool) {
     perf_stop(perf);
     rv.extend(results);
     settled(&tracker, Duration::from_secs(60), "floor bodies are the correct status").await;
-    rows.push(row("floor", floor, n, &before, &after, format!("{CONCURRENCY} in flight, merge patch with resourceVersion")));
+    rows.push(row(
+        "floor",
+        floor,
+        n,
+        &before,
+        &after,
+        format!("{CONCURRENCY} in flight, merge patch with resourceVersion"),
+    ));
 
     // Back to no status, as before the controller ever ran (not timed).
     tracker.lock().unwrap().expect(|_| Seen::Empty, n);
     stream::iter(0..n)
         .map(|i| {
             let api = xb(i);
-            async move { api.patch_status(&name_of(i), &PatchParams::default(), &Patch::Merge(json!({"status": null}))).await.expect("clear") }
+            async move {
+                api.patch_status(&name_of(i), &PatchParams::default(), &Patch::Merge(json!({"status": null})))
+                    .await
+                    .expect("clear")
+            }
         })
         .buffer_unordered(CONCURRENCY)
         .collect::<Vec<_>>()
@@ -426,7 +458,8 @@ async fn run(n: usize, fsync: bool) {
     let cold = done_at - started;
     let after = cpu(&cp, Some(&ctl));
     perf_stop(perf);
-    let cold_writes = quiesce(&ctl, "xbackend_status_writes_total", Duration::from_secs(2), Duration::from_secs(30)).await;
+    let cold_writes =
+        quiesce(&ctl, "xbackend_status_writes_total", Duration::from_secs(2), Duration::from_secs(30)).await;
     let reconciles = metric(&ctl, "xbackend_reconciles_total");
     let conflicts = metric(&ctl, "xbackend_status_conflicts_total");
     let reconcile_sum = metric(&ctl, "xbackend_reconcile_duration_seconds_sum");
@@ -458,15 +491,20 @@ async fn run(n: usize, fsync: bool) {
         .map(|i| {
             let api = xb(i);
             async move {
-                api.patch(&name_of(i), &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"bench-touched": "yes"}}})))
-                    .await
-                    .expect("touch")
+                api.patch(
+                    &name_of(i),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"labels": {"bench-touched": "yes"}}})),
+                )
+                .await
+                .expect("touch")
             }
         })
         .buffer_unordered(CONCURRENCY)
         .collect::<Vec<_>>()
         .await;
-    let touched = wait_metric(&ctl, "xbackend_reconciles_total", Duration::from_secs(120), |r| r >= reconciles0 + n as f64).await;
+    let touched =
+        wait_metric(&ctl, "xbackend_reconciles_total", Duration::from_secs(120), |r| r >= reconciles0 + n as f64).await;
     let touch_took = t.elapsed();
     let rss_after_touch = ctl.peak_rss_kib().unwrap_or(0);
     let t = Instant::now();
@@ -475,7 +513,9 @@ async fn run(n: usize, fsync: bool) {
     cp.stop();
     cp.restart(opts);
     let apiserver_restart = t.elapsed();
-    let relisted = wait_metric(&ctl, "xbackend_reconciles_total", Duration::from_secs(120), |r| r >= reconciles0 + 2.0 * n as f64).await;
+    let relisted =
+        wait_metric(&ctl, "xbackend_reconciles_total", Duration::from_secs(120), |r| r >= reconciles0 + 2.0 * n as f64)
+            .await;
     let resynced_in = t.elapsed();
     if let Some(rest) = IDLE.checked_sub(idle_start.elapsed()) {
         tokio::time::sleep(rest).await;
@@ -508,13 +548,22 @@ async fn run(n: usize, fsync: bool) {
     let started = Instant::now();
     let ctl = start_controller(&cp);
     let ready_in = time_to_ready(&ctl, started).await;
-    wait_metric(&ctl, "xbackend_reconciles_total", Duration::from_secs(300), |r| r >= n as f64).await.expect("restart reconciles all");
+    wait_metric(&ctl, "xbackend_reconciles_total", Duration::from_secs(300), |r| r >= n as f64)
+        .await
+        .expect("restart reconciles all");
     let restart_wall = started.elapsed();
     let after = cpu(&cp, Some(&ctl));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let restart_writes = metric(&ctl, "xbackend_status_writes_total");
     let rss_restart = ctl.peak_rss_kib().unwrap_or(0);
-    rows.push(row("restart", restart_wall, restart_writes, &before, &after, format!("ready after {ready_in:.2?}; to all {n} reconciled")));
+    rows.push(row(
+        "restart",
+        restart_wall,
+        restart_writes,
+        &before,
+        &after,
+        format!("ready after {ready_in:.2?}; to all {n} reconciled"),
+    ));
 
     // ---- reaction: gw-0 moves to a foreign controller's class.
     tracker.lock().unwrap().expect(|i| if gw_of(i) == 0 { Seen::Empty } else { Seen::Correct(gw_of(i)) }, n);
@@ -522,12 +571,23 @@ async fn run(n: usize, fsync: bool) {
     let gateways = support::dynamic(&client, GW_NS, "gateway.networking.k8s.io", "v1", "Gateway");
     let before = cpu(&cp, Some(&ctl));
     let t = Instant::now();
-    gateways.patch("gw-0", &PatchParams::default(), &Patch::Merge(json!({"spec": {"gatewayClassName": "foreign"}}))).await.unwrap();
+    gateways
+        .patch("gw-0", &PatchParams::default(), &Patch::Merge(json!({"spec": {"gatewayClassName": "foreign"}})))
+        .await
+        .unwrap();
     let done_at = settled(&tracker, Duration::from_secs(300), "reaction").await;
     let reaction = done_at - t;
     let after = cpu(&cp, Some(&ctl));
-    let reaction_writes = quiesce(&ctl, "xbackend_status_writes_total", Duration::from_secs(2), Duration::from_secs(30)).await - writes0;
-    rows.push(row("reaction", reaction, reaction_writes, &before, &after, format!("{} XBackends drop gw-0", n / GATEWAYS)));
+    let reaction_writes =
+        quiesce(&ctl, "xbackend_status_writes_total", Duration::from_secs(2), Duration::from_secs(30)).await - writes0;
+    rows.push(row(
+        "reaction",
+        reaction,
+        reaction_writes,
+        &before,
+        &after,
+        format!("{} XBackends drop gw-0", n / GATEWAYS),
+    ));
 
     // ---- 10,000 unrelated 4 KiB Secrets, then a fresh process again.
     let rss_live_before = ctl.rss_kib().unwrap_or(0);
@@ -537,7 +597,8 @@ async fn run(n: usize, fsync: bool) {
         .map(|i| {
             let secrets = secrets.clone();
             async move {
-                let data: Vec<u8> = (0..4096u32).map(|b| (b.wrapping_mul(2_654_435_761).wrapping_add(i as u32) >> 13) as u8).collect();
+                let data: Vec<u8> =
+                    (0..4096u32).map(|b| (b.wrapping_mul(2_654_435_761).wrapping_add(i as u32) >> 13) as u8).collect();
                 let s = Secret {
                     metadata: kube::api::ObjectMeta { name: Some(format!("unrelated-{i}")), ..Default::default() },
                     data: Some([("blob".to_string(), ByteString(data))].into()),
@@ -557,7 +618,9 @@ async fn run(n: usize, fsync: bool) {
     let before = cpu(&cp, None);
     let started = Instant::now();
     let ctl = start_controller(&cp);
-    wait_metric(&ctl, "xbackend_reconciles_total", Duration::from_secs(300), |r| r >= n as f64).await.expect("reconciles all");
+    wait_metric(&ctl, "xbackend_reconciles_total", Duration::from_secs(300), |r| r >= n as f64)
+        .await
+        .expect("reconciles all");
     let with_secrets_wall = started.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = cpu(&cp, Some(&ctl));
@@ -577,14 +640,24 @@ async fn run(n: usize, fsync: bool) {
 
     // ---- report
     println!();
-    println!("xbackend-controller scale benchmark: N={n} XBackends, {NAMESPACES} namespaces, {GATEWAYS} Gateways, {} cores, etcd fsync {}", std::thread::available_parallelism().map(|p| p.get()).unwrap_or(0), if fsync { "on" } else { "off (--unsafe-no-fsync)" });
+    println!(
+        "xbackend-controller scale benchmark: N={n} XBackends, {NAMESPACES} namespaces, {GATEWAYS} Gateways, {} cores, etcd fsync {}",
+        std::thread::available_parallelism().map(|p| p.get()).unwrap_or(0),
+        if fsync { "on" } else { "off (--unsafe-no-fsync)" }
+    );
     println!("setup (create {n} XBackends + {n} HTTPRoutes, {CREATE_IN_FLIGHT} in flight): {setup:.1?}");
     println!();
     println!("| phase | wall | status writes | apiserver+etcd CPU s | controller CPU s | bench CPU s | notes |");
     println!("|---|---:|---:|---:|---:|---:|---|");
     for r in &rows {
         let (a, c, b) = r.cpu.unwrap_or_default();
-        println!("| {} | {:.2} s | {} | {a:.1} | {c:.1} | {b:.1} | {} |", r.phase, r.wall.as_secs_f64(), r.writes, r.note);
+        println!(
+            "| {} | {:.2} s | {} | {a:.1} | {c:.1} | {b:.1} | {} |",
+            r.phase,
+            r.wall.as_secs_f64(),
+            r.writes,
+            r.note
+        );
     }
     println!();
     println!("| measure | value | target |");
@@ -592,9 +665,18 @@ async fn run(n: usize, fsync: bool) {
     println!("| floor | {:.2} s ({:.0} writes/s) | |", floor.as_secs_f64(), n as f64 / floor.as_secs_f64());
     println!("| cold | {:.2} s | |", cold.as_secs_f64());
     println!("| ratio cold/floor | {ratio:.2} | <= 1.25 |");
-    println!("| writes: cold / idle+resync / restart / reaction | {cold_writes} / {idle_writes} / {restart_writes} / {reaction_writes} | {n} / 0 / 0 / {} |", n / GATEWAYS);
+    println!(
+        "| writes: cold / idle+resync / restart / reaction | {cold_writes} / {idle_writes} / {restart_writes} / {reaction_writes} | {n} / 0 / 0 / {} |",
+        n / GATEWAYS
+    );
     println!("| reaction time | {:.2} s | |", reaction.as_secs_f64());
-    println!("| controller VmHWM: cold at N / after idle / restart at N / restart with {SECRETS} Secrets | {:.1} / {:.1} / {:.1} / {:.1} MiB | |", mib(rss_cold), mib(rss_idle), mib(rss_restart), mib(rss_secrets));
+    println!(
+        "| controller VmHWM: cold at N / after idle / restart at N / restart with {SECRETS} Secrets | {:.1} / {:.1} / {:.1} / {:.1} MiB | |",
+        mib(rss_cold),
+        mib(rss_idle),
+        mib(rss_restart),
+        mib(rss_secrets)
+    );
     println!("| RSS growth with {SECRETS} Secrets (fresh process) | {:.1} MiB | < 10 MiB |", delta / 1024.0);
     println!(
         "| live process while they were created: VmRSS {:.1} -> {:.1} MiB, VmHWM {:.1} MiB | | |",

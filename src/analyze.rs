@@ -6,8 +6,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use serde_json::Value;
 
 use crate::cli::{AnalyzeArgs, OutputFormat};
@@ -117,10 +117,14 @@ impl Report {
                 .map(|v| format!("{}={} ({})", v.type_, v.status_str(), v.reason))
                 .collect::<Vec<_>>()
                 .join(" ");
-            let problems: Vec<&str> = b.judgement.conditions().iter().filter(|v| !v.status).map(|v| v.message.as_str()).collect();
+            let problems: Vec<&str> =
+                b.judgement.conditions().iter().filter(|v| !v.status).map(|v| v.message.as_str()).collect();
             let detail = if problems.is_empty() { String::new() } else { format!(": {}", problems.join(" ")) };
             if b.judgement.ancestors.is_empty() {
-                lines.push(format!("XBackend {}  (no ancestor Gateway of this controller)  {conditions}{detail}", b.key));
+                lines.push(format!(
+                    "XBackend {}  (no ancestor Gateway of this controller)  {conditions}{detail}",
+                    b.key
+                ));
             }
             for a in &b.judgement.ancestors {
                 lines.push(format!("XBackend {}  Gateway {a}  {conditions}{detail}", b.key));
@@ -135,7 +139,12 @@ impl Report {
             lines.push("no XBackends found".into());
         }
         let clean = self.backends.iter().filter(|b| b.judgement.is_clean()).count();
-        lines.push(format!("{} XBackend(s): {} clean, {} with findings", self.backends.len(), clean, self.backends.len() - clean));
+        lines.push(format!(
+            "{} XBackend(s): {} clean, {} with findings",
+            self.backends.len(),
+            clean,
+            self.backends.len() - clean
+        ));
         lines.extend(self.notes.iter().map(|n| format!("note: {n}")));
         lines.join("\n")
     }
@@ -158,7 +167,8 @@ pub fn analyze(docs: Vec<Document>, policy: &Policy, controller_name: &str, now:
         let key = object_key(&mut value, &kind_str);
         // Nameless objects are ignored below (with a note); they do not replace each other.
         if !key.name.is_empty()
-            && let Some(first) = seen.insert((api_group(&api_version).to_string(), kind_str.clone(), key.clone()), doc.source.clone())
+            && let Some(first) =
+                seen.insert((api_group(&api_version).to_string(), kind_str.clone(), key.clone()), doc.source.clone())
         {
             notes.push(format!("{kind_str} {key} appears in {first} and again in {}; the later one wins", doc.source));
         }
@@ -185,7 +195,11 @@ pub fn analyze(docs: Vec<Document>, policy: &Policy, controller_name: &str, now:
                     }
                     Err(e) => notes.push(format!("{}: {kind_str} {key} ignored: {e}", doc.source)),
                 },
-                None => notes.push(format!("{}: {} {key} ignored (not a kind the controller reads)", doc.source, display_kind(&api_version, &kind_str))),
+                None => notes.push(format!(
+                    "{}: {} {key} ignored (not a kind the controller reads)",
+                    doc.source,
+                    display_kind(&api_version, &kind_str)
+                )),
             },
         }
     }
@@ -215,7 +229,8 @@ pub fn analyze(docs: Vec<Document>, policy: &Policy, controller_name: &str, now:
         let current = object["status"][shape.list_field()].as_array().cloned().unwrap_or_default();
         let inputs = Inputs { policy, controller_name, shape, current: &current, now };
         let Some(judgement) = judge(&index, &key, &fetched, &inputs) else { continue };
-        let list = if judgement.merged.list.is_empty() { Value::Null } else { Value::Array(judgement.merged.list.clone()) };
+        let list =
+            if judgement.merged.list.is_empty() { Value::Null } else { Value::Array(judgement.merged.list.clone()) };
         set_status(&mut object, shape.list_field(), list);
         analyzed.push(Analyzed { key, object, judgement });
     }
@@ -263,10 +278,8 @@ fn display_kind(api_version: &str, kind: &str) -> String {
 /// The apiserver folds `stringData` into `data`; manifests often use it.
 fn with_string_data(mut value: Value) -> Value {
     let Some(string_data) = value.get("stringData").and_then(Value::as_object).cloned() else { return value };
-    let mut data: BTreeMap<String, ByteString> = value
-        .get("data")
-        .and_then(|d| serde_json::from_value(d.clone()).ok())
-        .unwrap_or_default();
+    let mut data: BTreeMap<String, ByteString> =
+        value.get("data").and_then(|d| serde_json::from_value(d.clone()).ok()).unwrap_or_default();
     for (k, v) in string_data {
         if let Some(s) = v.as_str() {
             data.insert(k, ByteString(s.as_bytes().to_vec()));
@@ -332,7 +345,12 @@ fn files_under(dir: &Path) -> Result<Vec<PathBuf>, InputError> {
 /// are followed, but every real folder and file is read once: a link to an
 /// ancestor folder cannot make the walk loop, and a file reachable twice (as
 /// in a mounted ConfigMap's `..data` links) is not reported as a duplicate.
-fn walk(dir: &Path, seen_dirs: &mut HashSet<PathBuf>, seen_files: &mut HashSet<PathBuf>, out: &mut Vec<PathBuf>) -> Result<(), InputError> {
+fn walk(
+    dir: &Path,
+    seen_dirs: &mut HashSet<PathBuf>,
+    seen_files: &mut HashSet<PathBuf>,
+    out: &mut Vec<PathBuf>,
+) -> Result<(), InputError> {
     let real = std::fs::canonicalize(dir).map_err(|e| InputError(format!("{}: {e}", dir.display())))?;
     if !seen_dirs.insert(real) {
         return Ok(());
@@ -376,7 +394,8 @@ pub fn parse_documents(source: &str, text: &str, docs: &mut Vec<Document>) -> Re
                 if map.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List"))
                     && let Some(items) = map.get("items")
                 {
-                    let items = items.as_array().ok_or_else(|| InputError(format!("{here}: List items is not an array")))?;
+                    let items =
+                        items.as_array().ok_or_else(|| InputError(format!("{here}: List items is not an array")))?;
                     for (j, item) in items.iter().enumerate() {
                         if !item.is_object() {
                             return Err(InputError(format!("{here}: List item {} is not an object", j + 1)));

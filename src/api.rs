@@ -230,7 +230,12 @@ pub struct TlsValidation {
     // camelCase would spell it wellKnownCaCertificates; the API (and the CEL
     // rule above) spell it with CA in capitals.
     #[serde(default, rename = "wellKnownCACertificates", skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^(System|([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]))$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(
+            pattern = r"^(System|([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]))$"
+        )
+    )]
     pub well_known_ca_certificates: Option<String>,
 
     /// Name sent as SNI and verified against the server certificate: a precise
@@ -265,11 +270,17 @@ pub struct SubjectAltName {
     pub type_: SubjectAltNameType,
     /// DNS name (a leading `*.` wildcard is allowed) when type is Hostname.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub hostname: Option<String>,
     /// URI (RFC 3986, e.g. a SPIFFE ID) when type is URI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^(([^:/?#]+):)(//([^/?#]*))([^?#]*)(\?([^#]*))?(#(.*))?"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^(([^:/?#]+):)(//([^/?#]*))([^?#]*)(\?([^#]*))?(#(.*))?")
+    )]
     pub uri: Option<String>,
 }
 
@@ -381,11 +392,16 @@ fn match_upstream_shape(crd: &mut serde_json::Value) {
     }
     // k8s-openapi's Condition schema has no validation; metav1.Condition's
     // kubebuilder markers give these bounds, which upstream's CRD carries.
-    if let Some(cond) = schema.pointer_mut("/properties/status/properties/ancestors/items/properties/conditions/items/properties") {
+    if let Some(cond) =
+        schema.pointer_mut("/properties/status/properties/ancestors/items/properties/conditions/items/properties")
+    {
         let bounds = [
             ("message", json!({"maxLength": 32768})),
             ("observedGeneration", json!({"minimum": 0})),
-            ("reason", json!({"maxLength": 1024, "minLength": 1, "pattern": "^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"})),
+            (
+                "reason",
+                json!({"maxLength": 1024, "minLength": 1, "pattern": "^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"}),
+            ),
             ("status", json!({"enum": ["True", "False", "Unknown"]})),
             (
                 "type",
@@ -393,7 +409,9 @@ fn match_upstream_shape(crd: &mut serde_json::Value) {
             ),
         ];
         for (field, extra) in bounds {
-            if let (Some(target), Some(extra)) = (cond.get_mut(field).and_then(|f| f.as_object_mut()), extra.as_object()) {
+            if let (Some(target), Some(extra)) =
+                (cond.get_mut(field).and_then(|f| f.as_object_mut()), extra.as_object())
+            {
                 target.extend(extra.clone());
             }
         }

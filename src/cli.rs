@@ -11,7 +11,11 @@ use crate::validate::PolicyConfig;
 pub const DEFAULT_CONTROLLER_NAME: &str = "gateway.networking.x-k8s.io/xbackend-controller";
 
 #[derive(Parser, Debug)]
-#[command(name = "xbackend-controller", version, about = "Controller for Gateway API XBackends: validates them and reports status per Gateway")]
+#[command(
+    name = "xbackend-controller",
+    version,
+    about = "Controller for Gateway API XBackends: validates them and reports status per Gateway"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -5,9 +5,7 @@ use serde_json::Value;
 
 use crate::api::{self, GATEWAY_GROUP, XBackendSpec};
 use crate::index::{Kind, Object};
-use crate::model::{
-    Backend, Gateway, GatewayClass, GrantFrom, GrantTo, ObjectRef, ReferenceGrant, Route, RouteKind,
-};
+use crate::model::{Backend, Gateway, GatewayClass, GrantFrom, GrantTo, ObjectRef, ReferenceGrant, Route, RouteKind};
 
 /// Namespace given to namespaced objects that carry none, as `kubectl apply`
 /// would with the default context (only `analyze` input can lack one).
@@ -49,10 +47,7 @@ pub fn decode(kind: Kind, object: &Value) -> Result<(ObjectRef, Object), String>
     };
     let namespace = match kind {
         Kind::GatewayClass => "",
-        _ => match object
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-        {
+        _ => match object.pointer("/metadata/namespace").and_then(Value::as_str) {
             Some(ns) if !ns.is_empty() => ns,
             _ => DEFAULT_NAMESPACE,
         },
@@ -61,18 +56,11 @@ pub fn decode(kind: Kind, object: &Value) -> Result<(ObjectRef, Object), String>
     let spec = object.get("spec").unwrap_or(&Value::Null);
     let decoded = match kind {
         Kind::Route(route_kind) => Object::Route(route_kind, decode_route(namespace, spec)),
-        Kind::Gateway => Object::Gateway(Gateway {
-            class_name: string_at(spec, "gatewayClassName"),
-        }),
-        Kind::GatewayClass => Object::GatewayClass(GatewayClass {
-            controller_name: string_at(spec, "controllerName"),
-        }),
+        Kind::Gateway => Object::Gateway(Gateway { class_name: string_at(spec, "gatewayClassName") }),
+        Kind::GatewayClass => Object::GatewayClass(GatewayClass { controller_name: string_at(spec, "controllerName") }),
         Kind::ReferenceGrant => Object::ReferenceGrant(decode_grant(spec)),
         Kind::XBackend => Object::XBackend(Backend {
-            generation: object
-                .pointer("/metadata/generation")
-                .and_then(Value::as_i64)
-                .unwrap_or(0),
+            generation: object.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0),
             spec: decode_backend_spec(object.get("spec")),
         }),
     };
@@ -99,11 +87,7 @@ pub fn decode_backend_spec(spec: Option<&Value>) -> Result<XBackendSpec, String>
 }
 
 fn string_at(value: &Value, field: &str) -> String {
-    value
-        .get(field)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
+    value.get(field).and_then(Value::as_str).unwrap_or_default().to_string()
 }
 
 fn optional_string_at<'a>(value: &'a Value, field: &str) -> Option<&'a str> {
@@ -112,11 +96,7 @@ fn optional_string_at<'a>(value: &'a Value, field: &str) -> Option<&'a str> {
 
 /// Iterates a JSON array field, treating anything that is not an array as empty.
 fn items<'a>(value: &'a Value, field: &str) -> impl Iterator<Item = &'a Value> {
-    value
-        .get(field)
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    value.get(field).and_then(Value::as_array).into_iter().flatten()
 }
 
 /// HTTPRoute and GRPCRoute share the fields read here.
@@ -129,12 +109,8 @@ fn decode_route(namespace: &str, spec: &Value) -> Route {
         if group != GATEWAY_GROUP || kind != "Gateway" || name.is_empty() {
             continue;
         }
-        let parent_namespace = optional_string_at(parent, "namespace")
-            .filter(|ns| !ns.is_empty())
-            .unwrap_or(namespace);
-        route
-            .gateways
-            .insert(ObjectRef::new(parent_namespace, name));
+        let parent_namespace = optional_string_at(parent, "namespace").filter(|ns| !ns.is_empty()).unwrap_or(namespace);
+        route.gateways.insert(ObjectRef::new(parent_namespace, name));
     }
     for rule in items(spec, "rules") {
         mirror_targets(rule, namespace, &mut route);
@@ -203,46 +179,19 @@ mod tests {
     }
 
     fn refs(items: &[(&str, &str)]) -> std::collections::BTreeSet<ObjectRef> {
-        items
-            .iter()
-            .map(|(ns, name)| ObjectRef::new(*ns, *name))
-            .collect()
+        items.iter().map(|(ns, name)| ObjectRef::new(*ns, *name)).collect()
     }
 
     #[test]
     fn kinds() {
-        assert_eq!(
-            kind_of("gateway.networking.k8s.io/v1", "HTTPRoute"),
-            Some(Kind::Route(RouteKind::Http))
-        );
-        assert_eq!(
-            kind_of("gateway.networking.k8s.io/v1beta1", "HTTPRoute"),
-            Some(Kind::Route(RouteKind::Http))
-        );
-        assert_eq!(
-            kind_of("gateway.networking.k8s.io/v1", "GRPCRoute"),
-            Some(Kind::Route(RouteKind::Grpc))
-        );
-        assert_eq!(
-            kind_of("gateway.networking.k8s.io/v1", "Gateway"),
-            Some(Kind::Gateway)
-        );
-        assert_eq!(
-            kind_of("gateway.networking.k8s.io/v1", "GatewayClass"),
-            Some(Kind::GatewayClass)
-        );
-        assert_eq!(
-            kind_of("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"),
-            Some(Kind::ReferenceGrant)
-        );
-        assert_eq!(
-            kind_of("gateway.networking.x-k8s.io/v1alpha1", "XBackend"),
-            Some(Kind::XBackend)
-        );
-        assert_eq!(
-            kind_of("gateway.networking.x-k8s.io/v1alpha2", "XBackend"),
-            None
-        );
+        assert_eq!(kind_of("gateway.networking.k8s.io/v1", "HTTPRoute"), Some(Kind::Route(RouteKind::Http)));
+        assert_eq!(kind_of("gateway.networking.k8s.io/v1beta1", "HTTPRoute"), Some(Kind::Route(RouteKind::Http)));
+        assert_eq!(kind_of("gateway.networking.k8s.io/v1", "GRPCRoute"), Some(Kind::Route(RouteKind::Grpc)));
+        assert_eq!(kind_of("gateway.networking.k8s.io/v1", "Gateway"), Some(Kind::Gateway));
+        assert_eq!(kind_of("gateway.networking.k8s.io/v1", "GatewayClass"), Some(Kind::GatewayClass));
+        assert_eq!(kind_of("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"), Some(Kind::ReferenceGrant));
+        assert_eq!(kind_of("gateway.networking.x-k8s.io/v1alpha1", "XBackend"), Some(Kind::XBackend));
+        assert_eq!(kind_of("gateway.networking.x-k8s.io/v1alpha2", "XBackend"), None);
         assert_eq!(kind_of("gateway.networking.k8s.io/v1", "TCPRoute"), None);
         assert_eq!(kind_of("v1", "Service"), None);
         assert_eq!(kind_of("gateway.networking.k8s.io/", "Gateway"), None);
@@ -301,12 +250,7 @@ mod tests {
             );
             assert_eq!(
                 r.backends,
-                refs(&[
-                    ("app", "main"),
-                    ("app", "rule-mirror"),
-                    ("app", "ref-mirror"),
-                    ("app", "same-ns")
-                ]),
+                refs(&[("app", "main"), ("app", "rule-mirror"), ("app", "ref-mirror"), ("app", "same-ns")]),
                 "{kind:?}"
             );
         }
@@ -325,13 +269,9 @@ mod tests {
             json!({"metadata": {"name": "n"}, "spec": {"parentRefs": {}, "rules": [{"backendRefs": [{"filters": "x"}]}]}}),
             json!({"metadata": {"name": "n", "generation": "7"}, "spec": {"from": 1, "to": [null]}}),
         ];
-        for kind in [
-            Kind::Route(RouteKind::Http),
-            Kind::Gateway,
-            Kind::GatewayClass,
-            Kind::ReferenceGrant,
-            Kind::XBackend,
-        ] {
+        for kind in
+            [Kind::Route(RouteKind::Http), Kind::Gateway, Kind::GatewayClass, Kind::ReferenceGrant, Kind::XBackend]
+        {
             for value in &odd {
                 let _ = decode(kind, value);
             }
@@ -350,23 +290,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(key, ObjectRef::new("", "cls"));
-        assert_eq!(
-            object,
-            Object::GatewayClass(GatewayClass {
-                controller_name: "example.com/c".into()
-            })
-        );
+        assert_eq!(object, Object::GatewayClass(GatewayClass { controller_name: "example.com/c".into() }));
     }
 
     #[test]
     fn gateway_and_grant() {
-        let (_, gw) = decode(Kind::Gateway, &json!({"metadata": {"name": "gw", "namespace": "infra"}, "spec": {"gatewayClassName": "c"}})).unwrap();
-        assert_eq!(
-            gw,
-            Object::Gateway(Gateway {
-                class_name: "c".into()
-            })
-        );
+        let (_, gw) = decode(
+            Kind::Gateway,
+            &json!({"metadata": {"name": "gw", "namespace": "infra"}, "spec": {"gatewayClassName": "c"}}),
+        )
+        .unwrap();
+        assert_eq!(gw, Object::Gateway(Gateway { class_name: "c".into() }));
         let (key, grant) = decode(
             Kind::ReferenceGrant,
             &json!({"metadata": {"name": "g", "namespace": "certs"}, "spec": {
@@ -379,22 +313,10 @@ mod tests {
         assert_eq!(
             grant,
             Object::ReferenceGrant(ReferenceGrant {
-                from: vec![GrantFrom {
-                    group: api::GROUP.into(),
-                    kind: "XBackend".into(),
-                    namespace: "app".into()
-                }],
+                from: vec![GrantFrom { group: api::GROUP.into(), kind: "XBackend".into(), namespace: "app".into() }],
                 to: vec![
-                    GrantTo {
-                        group: "".into(),
-                        kind: "Secret".into(),
-                        name: None
-                    },
-                    GrantTo {
-                        group: "".into(),
-                        kind: "Secret".into(),
-                        name: Some("client".into())
-                    },
+                    GrantTo { group: "".into(), kind: "Secret".into(), name: None },
+                    GrantTo { group: "".into(), kind: "Secret".into(), name: Some("client".into()) },
                 ],
             })
         );
@@ -408,9 +330,7 @@ mod tests {
         });
         let (key, object) = decode(Kind::XBackend, &good).unwrap();
         assert_eq!(key, ObjectRef::new("app", "b"));
-        let Object::XBackend(backend) = object else {
-            panic!("not a backend")
-        };
+        let Object::XBackend(backend) = object else { panic!("not a backend") };
         assert_eq!(backend.generation, 3);
         let spec = backend.spec.unwrap();
         assert_eq!(spec.port.port, 443);
@@ -419,18 +339,18 @@ mod tests {
             "metadata": {"name": "b", "namespace": "app"},
             "spec": {"type": "ExternalHostname", "port": {"port": 443}, "tls": {"mode": "Sometimes"}}
         });
-        let Ok((_, Object::XBackend(backend))) = decode(Kind::XBackend, &bad) else {
-            panic!("not decoded")
-        };
+        let Ok((_, Object::XBackend(backend))) = decode(Kind::XBackend, &bad) else { panic!("not decoded") };
         assert_eq!(backend.generation, 0);
         let message = backend.spec.unwrap_err();
-        assert!(message.starts_with("spec.tls.mode does not match the XBackend schema (unknown variant `Sometimes`"), "{message}");
+        assert!(
+            message.starts_with("spec.tls.mode does not match the XBackend schema (unknown variant `Sometimes`"),
+            "{message}"
+        );
         assert!(message.ends_with("`kubectl explain xbackend.spec.tls.mode` describes."), "{message}");
 
-        let wrong_type = json!({"metadata": {"name": "b"}, "spec": {"type": "ExternalHostname", "port": {"port": "443"}}});
-        let Ok((_, Object::XBackend(backend))) = decode(Kind::XBackend, &wrong_type) else {
-            panic!("not decoded")
-        };
+        let wrong_type =
+            json!({"metadata": {"name": "b"}, "spec": {"type": "ExternalHostname", "port": {"port": "443"}}});
+        let Ok((_, Object::XBackend(backend))) = decode(Kind::XBackend, &wrong_type) else { panic!("not decoded") };
         assert!(backend.spec.unwrap_err().starts_with("spec.port.port does not match"));
 
         let in_list = json!({"metadata": {"name": "b"}, "spec": {"type": "ExternalHostname", "port": {"port": 1},
@@ -441,15 +361,11 @@ mod tests {
         assert!(message.contains("`kubectl explain xbackend.spec.tls.validation.caCertificateRefs.kind`"), "{message}");
 
         let missing = json!({"metadata": {"name": "b"}, "spec": {"type": "ExternalHostname"}});
-        let Ok((_, Object::XBackend(backend))) = decode(Kind::XBackend, &missing) else {
-            panic!("not decoded")
-        };
+        let Ok((_, Object::XBackend(backend))) = decode(Kind::XBackend, &missing) else { panic!("not decoded") };
         assert!(backend.spec.unwrap_err().contains("port"));
 
         let no_spec = json!({"metadata": {"name": "b"}});
-        let Ok((_, Object::XBackend(backend))) = decode(Kind::XBackend, &no_spec) else {
-            panic!("not decoded")
-        };
+        let Ok((_, Object::XBackend(backend))) = decode(Kind::XBackend, &no_spec) else { panic!("not decoded") };
         assert!(backend.spec.unwrap_err().starts_with("spec is missing: "));
     }
 }

@@ -57,24 +57,15 @@ pub fn is_core_group(group: Option<&str>) -> bool {
 /// names one (core group, kind Secret or unset); namespace defaults to the XBackend's.
 pub fn client_certificate_secret(backend: &ObjectRef, spec: &XBackendSpec) -> Option<ObjectRef> {
     let reference = spec.tls.as_ref()?.client_certificate_ref.as_ref()?;
-    let is_secret = is_core_group(reference.group.as_deref())
-        && matches!(reference.kind.as_deref(), None | Some("Secret"));
-    is_secret.then(|| {
-        ObjectRef::new(
-            reference.namespace.as_deref().unwrap_or(&backend.namespace),
-            &reference.name,
-        )
-    })
+    let is_secret =
+        is_core_group(reference.group.as_deref()) && matches!(reference.kind.as_deref(), None | Some("Secret"));
+    is_secret.then(|| ObjectRef::new(reference.namespace.as_deref().unwrap_or(&backend.namespace), &reference.name))
 }
 
 /// The ConfigMaps (always in the XBackend's namespace) that
 /// `spec.tls.validation.caCertificateRefs` names, skipping other kinds.
 pub fn ca_certificate_config_maps(backend: &ObjectRef, spec: &XBackendSpec) -> Vec<ObjectRef> {
-    let refs = spec
-        .tls
-        .as_ref()
-        .and_then(|tls| tls.validation.as_ref())
-        .and_then(|v| v.ca_certificate_refs.as_ref());
+    let refs = spec.tls.as_ref().and_then(|tls| tls.validation.as_ref()).and_then(|v| v.ca_certificate_refs.as_ref());
     refs.into_iter()
         .flatten()
         .filter(|r| is_core_group(Some(&r.group)) && r.kind == "ConfigMap")
@@ -85,13 +76,7 @@ pub fn ca_certificate_config_maps(backend: &ObjectRef, spec: &XBackendSpec) -> V
 /// Namespace of `spec.tls.clientCertificateRef` when it leaves the XBackend's
 /// namespace (of any kind: a grant there can change the verdict).
 fn cross_namespace_target(backend: &ObjectRef, spec: &XBackendSpec) -> Option<String> {
-    let namespace = spec
-        .tls
-        .as_ref()?
-        .client_certificate_ref
-        .as_ref()?
-        .namespace
-        .as_ref()?;
+    let namespace = spec.tls.as_ref()?.client_certificate_ref.as_ref()?.namespace.as_ref()?;
     (*namespace != backend.namespace).then(|| namespace.clone())
 }
 
@@ -127,20 +112,12 @@ pub struct Index {
     backends_by_target_namespace: HashMap<String, BTreeSet<ObjectRef>>,
 }
 
-fn insert_into<K: std::hash::Hash + Eq, V: Ord>(
-    map: &mut HashMap<K, BTreeSet<V>>,
-    key: K,
-    value: V,
-) {
+fn insert_into<K: std::hash::Hash + Eq, V: Ord>(map: &mut HashMap<K, BTreeSet<V>>, key: K, value: V) {
     map.entry(key).or_default().insert(value);
 }
 
 /// Removes `value` and drops the set once empty, so deleted objects leave nothing behind.
-fn remove_from<K: std::hash::Hash + Eq, V: Ord>(
-    map: &mut HashMap<K, BTreeSet<V>>,
-    key: &K,
-    value: &V,
-) {
+fn remove_from<K: std::hash::Hash + Eq, V: Ord>(map: &mut HashMap<K, BTreeSet<V>>, key: &K, value: &V) {
     if let Some(set) = map.get_mut(key) {
         set.remove(value);
         if set.is_empty() {
@@ -152,10 +129,7 @@ fn remove_from<K: std::hash::Hash + Eq, V: Ord>(
 impl Index {
     /// `controller_name` decides which GatewayClasses are ours.
     pub fn new(controller_name: impl Into<String>) -> Self {
-        Index {
-            controller_name: controller_name.into(),
-            ..Index::default()
-        }
+        Index { controller_name: controller_name.into(), ..Index::default() }
     }
 
     pub fn controller_name(&self) -> &str {
@@ -181,15 +155,8 @@ impl Index {
     /// Objects of another kind in `objects` are ignored; unchanged objects
     /// (XBackends included) affect nothing.
     pub fn reset(&mut self, kind: Kind, objects: Vec<(ObjectRef, Object)>) -> BTreeSet<ObjectRef> {
-        let objects: BTreeMap<ObjectRef, Object> = objects
-            .into_iter()
-            .filter(|(_, o)| o.kind() == kind)
-            .collect();
-        let gone: Vec<ObjectRef> = self
-            .keys_of(kind)
-            .into_iter()
-            .filter(|key| !objects.contains_key(key))
-            .collect();
+        let objects: BTreeMap<ObjectRef, Object> = objects.into_iter().filter(|(_, o)| o.kind() == kind).collect();
+        let gone: Vec<ObjectRef> = self.keys_of(kind).into_iter().filter(|key| !objects.contains_key(key)).collect();
         let mut affected = BTreeSet::new();
         for key in gone {
             affected.extend(self.remove(kind, &key));
@@ -219,13 +186,7 @@ impl Index {
                 continue;
             }
             if let Some(route) = self.routes.get(route_key) {
-                ancestors.extend(
-                    route
-                        .gateways
-                        .iter()
-                        .filter(|gw| self.is_our_gateway(gw))
-                        .cloned(),
-                );
+                ancestors.extend(route.gateways.iter().filter(|gw| self.is_our_gateway(gw)).cloned());
             }
         }
         ancestors.into_iter().collect()
@@ -241,32 +202,21 @@ impl Index {
 
     /// True when a ReferenceGrant in `to.namespace` lets XBackends from
     /// `from_namespace` reference the object (`group`, `kind`, `to.name`).
-    pub fn grant_permits(
-        &self,
-        from_namespace: &str,
-        group: &str,
-        kind: &str,
-        to: &ObjectRef,
-    ) -> bool {
-        let same_group =
-            |a: &str, b: &str| a == b || (is_core_group(Some(a)) && is_core_group(Some(b)));
+    pub fn grant_permits(&self, from_namespace: &str, group: &str, kind: &str, to: &ObjectRef) -> bool {
+        let same_group = |a: &str, b: &str| a == b || (is_core_group(Some(a)) && is_core_group(Some(b)));
         self.grants_in(&to.namespace).any(|grant| {
-            let from_ok = grant.from.iter().any(|f| {
-                f.group == api::GROUP && f.kind == api::KIND && f.namespace == from_namespace
-            });
+            let from_ok = grant
+                .from
+                .iter()
+                .any(|f| f.group == api::GROUP && f.kind == api::KIND && f.namespace == from_namespace);
             let to_ok = grant.to.iter().any(|t| {
-                same_group(&t.group, group)
-                    && t.kind == kind
-                    && t.name.as_ref().is_none_or(|n| *n == to.name)
+                same_group(&t.group, group) && t.kind == kind && t.name.as_ref().is_none_or(|n| *n == to.name)
             });
             from_ok && to_ok
         })
     }
 
-    fn grants_in<'a>(
-        &'a self,
-        namespace: &'a str,
-    ) -> impl Iterator<Item = &'a ReferenceGrant> + 'a {
+    fn grants_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a ReferenceGrant> + 'a {
         self.grants
             .range(ObjectRef::new(namespace, "")..)
             .take_while(move |(key, _)| key.namespace == namespace)
@@ -275,31 +225,20 @@ impl Index {
 
     /// A Gateway counts only if it exists and its GatewayClass is ours.
     fn is_our_gateway(&self, gateway: &ObjectRef) -> bool {
-        self.gateways
-            .get(gateway)
-            .is_some_and(|gw| self.is_our_class(&gw.class_name))
+        self.gateways.get(gateway).is_some_and(|gw| self.is_our_class(&gw.class_name))
     }
 
     fn is_our_class(&self, class_name: &str) -> bool {
-        self.classes
-            .get(class_name)
-            .is_some_and(|c| c.controller_name == self.controller_name)
+        self.classes.get(class_name).is_some_and(|c| c.controller_name == self.controller_name)
     }
 
     fn keys_of(&self, kind: Kind) -> Vec<ObjectRef> {
         match kind {
-            Kind::Route(route_kind) => self
-                .routes
-                .keys()
-                .filter(|(k, _)| *k == route_kind)
-                .map(|(_, key)| key.clone())
-                .collect(),
+            Kind::Route(route_kind) => {
+                self.routes.keys().filter(|(k, _)| *k == route_kind).map(|(_, key)| key.clone()).collect()
+            }
             Kind::Gateway => self.gateways.keys().cloned().collect(),
-            Kind::GatewayClass => self
-                .classes
-                .keys()
-                .map(|name| ObjectRef::new("", name))
-                .collect(),
+            Kind::GatewayClass => self.classes.keys().map(|name| ObjectRef::new("", name)).collect(),
             Kind::ReferenceGrant => self.grants.keys().cloned().collect(),
             Kind::XBackend => self.backends.keys().cloned().collect(),
         }
@@ -318,12 +257,7 @@ impl Index {
         }
     }
 
-    fn put(
-        &mut self,
-        key: ObjectRef,
-        object: Option<Object>,
-        backend_returns_itself: bool,
-    ) -> BTreeSet<ObjectRef> {
+    fn put(&mut self, key: ObjectRef, object: Option<Object>, backend_returns_itself: bool) -> BTreeSet<ObjectRef> {
         match object {
             None => BTreeSet::new(),
             Some(Object::Route(route_kind, route)) => self.put_route(route_kind, key, Some(route)),
@@ -332,28 +266,17 @@ impl Index {
             Some(Object::ReferenceGrant(grant)) => self.put_grant(key, Some(grant)),
             Some(Object::XBackend(backend)) => {
                 let changed = self.put_backend(key.clone(), Some(backend));
-                if changed || backend_returns_itself {
-                    BTreeSet::from([key])
-                } else {
-                    BTreeSet::new()
-                }
+                if changed || backend_returns_itself { BTreeSet::from([key]) } else { BTreeSet::new() }
             }
         }
     }
 
     /// Only existing XBackends have a status to update.
     fn existing(&self, keys: impl IntoIterator<Item = ObjectRef>) -> BTreeSet<ObjectRef> {
-        keys.into_iter()
-            .filter(|key| self.backends.contains_key(key))
-            .collect()
+        keys.into_iter().filter(|key| self.backends.contains_key(key)).collect()
     }
 
-    fn put_route(
-        &mut self,
-        route_kind: RouteKind,
-        key: ObjectRef,
-        route: Option<Route>,
-    ) -> BTreeSet<ObjectRef> {
+    fn put_route(&mut self, route_kind: RouteKind, key: ObjectRef, route: Option<Route>) -> BTreeSet<ObjectRef> {
         // GEP-4894: a route only ever sends to XBackends of its own namespace.
         let new = route
             .map(|mut r| {
@@ -379,44 +302,23 @@ impl Index {
         }
         if let Some(new) = &new {
             for backend in &new.backends {
-                insert_into(
-                    &mut self.routes_by_backend,
-                    backend.clone(),
-                    route_key.clone(),
-                );
+                insert_into(&mut self.routes_by_backend, backend.clone(), route_key.clone());
             }
             for gateway in &new.gateways {
-                insert_into(
-                    &mut self.routes_by_gateway,
-                    gateway.clone(),
-                    route_key.clone(),
-                );
+                insert_into(&mut self.routes_by_gateway, gateway.clone(), route_key.clone());
             }
         }
         // What this route contributes to a backend is its set of live
         // Gateways; only backends whose contribution differs are affected.
         let live = |route: &Option<Route>| -> BTreeSet<ObjectRef> {
-            route
-                .iter()
-                .flat_map(|r| r.gateways.iter())
-                .filter(|gw| self.is_our_gateway(gw))
-                .cloned()
-                .collect()
+            route.iter().flat_map(|r| r.gateways.iter()).filter(|gw| self.is_our_gateway(gw)).cloned().collect()
         };
         let (old_live, new_live) = (live(&old), live(&new));
         let old_backends = old.map(|r| r.backends).unwrap_or_default();
         let new_backends = new.map(|r| r.backends).unwrap_or_default();
         let affected = old_backends.union(&new_backends).filter(|backend| {
-            let before = if old_backends.contains(*backend) {
-                &old_live
-            } else {
-                &BTreeSet::new()
-            };
-            let after = if new_backends.contains(*backend) {
-                &new_live
-            } else {
-                &BTreeSet::new()
-            };
+            let before = if old_backends.contains(*backend) { &old_live } else { &BTreeSet::new() };
+            let after = if new_backends.contains(*backend) { &new_live } else { &BTreeSet::new() };
             before != after
         });
         self.existing(affected.cloned().collect::<Vec<_>>())
@@ -432,11 +334,7 @@ impl Index {
             remove_from(&mut self.gateways_by_class, &old.class_name, &key);
         }
         if let Some(new) = &gateway {
-            insert_into(
-                &mut self.gateways_by_class,
-                new.class_name.clone(),
-                key.clone(),
-            );
+            insert_into(&mut self.gateways_by_class, new.class_name.clone(), key.clone());
         }
         if was_ours == self.is_our_gateway(&key) {
             return BTreeSet::new();
@@ -453,24 +351,13 @@ impl Index {
         if was_ours == self.is_our_class(name) {
             return BTreeSet::new();
         }
-        let gateways: Vec<ObjectRef> = self
-            .gateways_by_class
-            .get(name)
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
-        gateways
-            .iter()
-            .flat_map(|gw| self.backends_behind_gateway(gw))
-            .collect()
+        let gateways: Vec<ObjectRef> = self.gateways_by_class.get(name).into_iter().flatten().cloned().collect();
+        gateways.iter().flat_map(|gw| self.backends_behind_gateway(gw)).collect()
     }
 
     fn backends_behind_gateway(&self, gateway: &ObjectRef) -> BTreeSet<ObjectRef> {
         let routes = self.routes_by_gateway.get(gateway).into_iter().flatten();
-        let backends = routes
-            .filter_map(|key| self.routes.get(key))
-            .flat_map(|route| route.backends.iter().cloned());
+        let backends = routes.filter_map(|key| self.routes.get(key)).flat_map(|route| route.backends.iter().cloned());
         self.existing(backends.collect::<Vec<_>>())
     }
 
@@ -489,15 +376,8 @@ impl Index {
             .filter(|f| f.group == api::GROUP && f.kind == api::KIND)
             .map(|f| f.namespace.as_str())
             .collect();
-        let candidates = self
-            .backends_by_target_namespace
-            .get(&key.namespace)
-            .into_iter()
-            .flatten();
-        candidates
-            .filter(|backend| from_namespaces.contains(backend.namespace.as_str()))
-            .cloned()
-            .collect()
+        let candidates = self.backends_by_target_namespace.get(&key.namespace).into_iter().flatten();
+        candidates.filter(|backend| from_namespaces.contains(backend.namespace.as_str())).cloned().collect()
     }
 
     /// Returns whether the stored XBackend changed.
@@ -528,11 +408,7 @@ impl Index {
                 insert_into(&mut self.backends_by_config_map, config_map, key.clone());
             }
             if let Some(namespace) = cross_namespace_target(&key, spec) {
-                insert_into(
-                    &mut self.backends_by_target_namespace,
-                    namespace,
-                    key.clone(),
-                );
+                insert_into(&mut self.backends_by_target_namespace, namespace, key.clone());
             }
         }
         true
@@ -543,8 +419,8 @@ impl Index {
 mod tests {
     use super::*;
     use crate::api::{
-        BackendPort, BackendTls, BackendType, ExternalHostnameBackend, LocalObjectReference,
-        SecretObjectReference, TlsMode, TlsValidation,
+        BackendPort, BackendTls, BackendType, ExternalHostnameBackend, LocalObjectReference, SecretObjectReference,
+        TlsMode, TlsValidation,
     };
     use crate::decode::{decode, kind_of};
     use crate::model::{GrantFrom, GrantTo};
@@ -562,60 +438,31 @@ mod tests {
         items.iter().map(|(ns, name)| r(ns, name)).collect()
     }
 
-    fn apply_json(
-        index: &mut Index,
-        api_version: &str,
-        kind: &str,
-        value: Value,
-    ) -> BTreeSet<ObjectRef> {
+    fn apply_json(index: &mut Index, api_version: &str, kind: &str, value: Value) -> BTreeSet<ObjectRef> {
         let kind = kind_of(api_version, kind).expect("known kind");
         let (key, object) = decode(kind, &value).expect("decodes");
         index.apply(key, object)
     }
 
     fn class(index: &mut Index, name: &str, controller: &str) -> BTreeSet<ObjectRef> {
-        index.apply(
-            r("", name),
-            Object::GatewayClass(GatewayClass {
-                controller_name: controller.into(),
-            }),
-        )
+        index.apply(r("", name), Object::GatewayClass(GatewayClass { controller_name: controller.into() }))
     }
 
-    fn gateway(
-        index: &mut Index,
-        namespace: &str,
-        name: &str,
-        class_name: &str,
-    ) -> BTreeSet<ObjectRef> {
-        index.apply(
-            r(namespace, name),
-            Object::Gateway(Gateway {
-                class_name: class_name.into(),
-            }),
-        )
+    fn gateway(index: &mut Index, namespace: &str, name: &str, class_name: &str) -> BTreeSet<ObjectRef> {
+        index.apply(r(namespace, name), Object::Gateway(Gateway { class_name: class_name.into() }))
     }
 
     fn spec() -> XBackendSpec {
         XBackendSpec {
             type_: BackendType::ExternalHostname,
-            port: BackendPort {
-                name: None,
-                port: 443,
-            },
-            external_hostname: Some(ExternalHostnameBackend {
-                hostname: "api.example.com".into(),
-            }),
+            port: BackendPort { name: None, port: 443 },
+            external_hostname: Some(ExternalHostnameBackend { hostname: "api.example.com".into() }),
             protocol: None,
             tls: None,
         }
     }
 
-    fn mtls_spec(
-        secret_namespace: Option<&str>,
-        secret: &str,
-        config_maps: &[&str],
-    ) -> XBackendSpec {
+    fn mtls_spec(secret_namespace: Option<&str>, secret: &str, config_maps: &[&str]) -> XBackendSpec {
         let mut spec = spec();
         spec.tls = Some(BackendTls {
             mode: TlsMode::ClientAndServer,
@@ -645,21 +492,10 @@ mod tests {
     }
 
     fn backend(index: &mut Index, namespace: &str, name: &str) -> BTreeSet<ObjectRef> {
-        index.apply(
-            r(namespace, name),
-            Object::XBackend(Backend {
-                generation: 1,
-                spec: Ok(spec()),
-            }),
-        )
+        index.apply(r(namespace, name), Object::XBackend(Backend { generation: 1, spec: Ok(spec()) }))
     }
 
-    fn http_route(
-        index: &mut Index,
-        namespace: &str,
-        name: &str,
-        spec: Value,
-    ) -> BTreeSet<ObjectRef> {
+    fn http_route(index: &mut Index, namespace: &str, name: &str, spec: Value) -> BTreeSet<ObjectRef> {
         let value = json!({"metadata": {"name": name, "namespace": namespace}, "spec": spec});
         apply_json(index, "gateway.networking.k8s.io/v1", "HTTPRoute", value)
     }
@@ -683,10 +519,7 @@ mod tests {
     }
 
     fn simple_route(gateways: &[(&str, &str)], backends: &[&str]) -> Value {
-        let parents: Vec<Value> = gateways
-            .iter()
-            .map(|(ns, name)| json!({"name": name, "namespace": ns}))
-            .collect();
+        let parents: Vec<Value> = gateways.iter().map(|(ns, name)| json!({"name": name, "namespace": ns})).collect();
         let refs: Vec<Value> = backends.iter().map(|name| xref(name)).collect();
         json!({"parentRefs": parents, "rules": [{"backendRefs": refs}]})
     }
@@ -694,12 +527,7 @@ mod tests {
     #[test]
     fn ancestor_via_backend_ref() {
         let mut index = world();
-        http_route(
-            &mut index,
-            "app",
-            "r",
-            simple_route(&[("infra", "gw")], &["b"]),
-        );
+        http_route(&mut index, "app", "r", simple_route(&[("infra", "gw")], &["b"]));
         assert_eq!(index.ancestors(&r("app", "b")), vec![r("infra", "gw")]);
         assert!(index.ancestors(&r("app", "c")).is_empty());
     }
@@ -745,24 +573,13 @@ mod tests {
                     kind: "HTTPRoute".into(),
                     namespace: "other".into(),
                 }],
-                to: vec![GrantTo {
-                    group: XGROUP.into(),
-                    kind: "XBackend".into(),
-                    name: None,
-                }],
+                to: vec![GrantTo { group: XGROUP.into(), kind: "XBackend".into(), name: None }],
             }),
         );
         assert!(index.ancestors(&r("app", "b")).is_empty());
         // A hand-built route (as analyze could make) is held to the same rule.
-        let route = Route {
-            gateways: set(&[("infra", "gw")]),
-            backends: set(&[("app", "b")]),
-        };
-        assert!(
-            index
-                .apply(r("other", "hand"), Object::Route(RouteKind::Http, route))
-                .is_empty()
-        );
+        let route = Route { gateways: set(&[("infra", "gw")]), backends: set(&[("app", "b")]) };
+        assert!(index.apply(r("other", "hand"), Object::Route(RouteKind::Http, route)).is_empty());
         assert!(index.ancestors(&r("app", "b")).is_empty());
     }
 
@@ -784,18 +601,11 @@ mod tests {
     fn foreign_class_missing_gateway_missing_class() {
         let mut index = world();
         gateway(&mut index, "infra", "orphan", "no-such-class");
-        let parents = [
-            ("infra", "foreign"),
-            ("infra", "missing"),
-            ("infra", "orphan"),
-        ];
+        let parents = [("infra", "foreign"), ("infra", "missing"), ("infra", "orphan")];
         http_route(&mut index, "app", "r", simple_route(&parents, &["b"]));
         assert!(index.ancestors(&r("app", "b")).is_empty());
         // The class appearing later makes the orphan count.
-        assert_eq!(
-            class(&mut index, "no-such-class", OURS),
-            set(&[("app", "b")])
-        );
+        assert_eq!(class(&mut index, "no-such-class", OURS), set(&[("app", "b")]));
         assert_eq!(index.ancestors(&r("app", "b")), vec![r("infra", "orphan")]);
     }
 
@@ -807,12 +617,7 @@ mod tests {
             {"name": "gw", "namespace": "infra", "sectionName": "http", "port": 80},
             {"name": "gw", "namespace": "infra"}
         ]);
-        http_route(
-            &mut index,
-            "app",
-            "r",
-            json!({"parentRefs": parents, "rules": [{"backendRefs": [xref("b")]}]}),
-        );
+        http_route(&mut index, "app", "r", json!({"parentRefs": parents, "rules": [{"backendRefs": [xref("b")]}]}));
         assert_eq!(index.ancestors(&r("app", "b")), vec![r("infra", "gw")]);
     }
 
@@ -845,12 +650,7 @@ mod tests {
             {"name": "local", "kind": "Gateway", "group": "example.com"},
             {"name": "local", "kind": "ListenerSet"}
         ]);
-        http_route(
-            &mut index,
-            "app",
-            "r",
-            json!({"parentRefs": parents, "rules": [{"backendRefs": [xref("b")]}]}),
-        );
+        http_route(&mut index, "app", "r", json!({"parentRefs": parents, "rules": [{"backendRefs": [xref("b")]}]}));
         assert!(index.ancestors(&r("app", "b")).is_empty());
     }
 
@@ -863,31 +663,15 @@ mod tests {
             "spec": {"parentRefs": [{"name": "local"}], "rules": [{"backendRefs": [xref("b")], "filters": [mirror]}]}
         });
         assert_eq!(
-            apply_json(
-                &mut index,
-                "gateway.networking.k8s.io/v1",
-                "GRPCRoute",
-                value
-            ),
+            apply_json(&mut index, "gateway.networking.k8s.io/v1", "GRPCRoute", value),
             set(&[("app", "b"), ("app", "c")])
         );
         assert_eq!(index.ancestors(&r("app", "b")), vec![r("app", "local")]);
         assert_eq!(index.ancestors(&r("app", "c")), vec![r("app", "local")]);
         // An HTTPRoute of the same name is a different object.
-        http_route(
-            &mut index,
-            "app",
-            "r",
-            simple_route(&[("infra", "gw")], &["b"]),
-        );
-        assert_eq!(
-            index.ancestors(&r("app", "b")),
-            vec![r("app", "local"), r("infra", "gw")]
-        );
-        assert_eq!(
-            index.delete(Kind::Route(RouteKind::Grpc), &r("app", "r")),
-            set(&[("app", "b"), ("app", "c")])
-        );
+        http_route(&mut index, "app", "r", simple_route(&[("infra", "gw")], &["b"]));
+        assert_eq!(index.ancestors(&r("app", "b")), vec![r("app", "local"), r("infra", "gw")]);
+        assert_eq!(index.delete(Kind::Route(RouteKind::Grpc), &r("app", "r")), set(&[("app", "b"), ("app", "c")]));
         assert_eq!(index.ancestors(&r("app", "b")), vec![r("infra", "gw")]);
     }
 
@@ -896,101 +680,35 @@ mod tests {
         let mut index = world();
         gateway(&mut index, "aaa", "z", "ours");
         gateway(&mut index, "aaa", "a", "ours");
-        http_route(
-            &mut index,
-            "app",
-            "r1",
-            simple_route(&[("infra", "gw"), ("aaa", "z")], &["b"]),
-        );
-        http_route(
-            &mut index,
-            "app",
-            "r2",
-            simple_route(&[("aaa", "a"), ("infra", "gw"), ("app", "local")], &["b"]),
-        );
+        http_route(&mut index, "app", "r1", simple_route(&[("infra", "gw"), ("aaa", "z")], &["b"]));
+        http_route(&mut index, "app", "r2", simple_route(&[("aaa", "a"), ("infra", "gw"), ("app", "local")], &["b"]));
         assert_eq!(
             index.ancestors(&r("app", "b")),
-            vec![
-                r("aaa", "a"),
-                r("aaa", "z"),
-                r("app", "local"),
-                r("infra", "gw")
-            ]
+            vec![r("aaa", "a"), r("aaa", "z"), r("app", "local"), r("infra", "gw")]
         );
     }
 
     #[test]
     fn route_apply_and_delete_affect_only_changed_backends() {
         let mut index = world();
-        assert_eq!(
-            http_route(
-                &mut index,
-                "app",
-                "r",
-                simple_route(&[("infra", "gw")], &["b"])
-            ),
-            set(&[("app", "b")])
-        );
-        assert!(
-            http_route(
-                &mut index,
-                "app",
-                "r",
-                simple_route(&[("infra", "gw")], &["b"])
-            )
-            .is_empty(),
-            "unchanged"
-        );
+        assert_eq!(http_route(&mut index, "app", "r", simple_route(&[("infra", "gw")], &["b"])), set(&[("app", "b")]));
+        assert!(http_route(&mut index, "app", "r", simple_route(&[("infra", "gw")], &["b"])).is_empty(), "unchanged");
         // A new backend only: the existing one keeps its ancestors.
         assert_eq!(
-            http_route(
-                &mut index,
-                "app",
-                "r",
-                simple_route(&[("infra", "gw")], &["b", "c"])
-            ),
+            http_route(&mut index, "app", "r", simple_route(&[("infra", "gw")], &["b", "c"])),
             set(&[("app", "c")])
         );
         // Parents change: every backend, before and after.
         assert_eq!(
-            http_route(
-                &mut index,
-                "app",
-                "r",
-                simple_route(&[("app", "local")], &["b", "c"])
-            ),
+            http_route(&mut index, "app", "r", simple_route(&[("app", "local")], &["b", "c"])),
             set(&[("app", "b"), ("app", "c")])
         );
         // Backend dropped.
-        assert_eq!(
-            http_route(
-                &mut index,
-                "app",
-                "r",
-                simple_route(&[("app", "local")], &["b"])
-            ),
-            set(&[("app", "c")])
-        );
+        assert_eq!(http_route(&mut index, "app", "r", simple_route(&[("app", "local")], &["b"])), set(&[("app", "c")]));
         // References to XBackends that do not exist affect nobody.
-        assert!(
-            http_route(
-                &mut index,
-                "app",
-                "r2",
-                simple_route(&[("app", "local")], &["ghost"])
-            )
-            .is_empty()
-        );
-        assert_eq!(
-            index.delete(Kind::Route(RouteKind::Http), &r("app", "r")),
-            set(&[("app", "b")])
-        );
-        assert!(
-            index
-                .delete(Kind::Route(RouteKind::Http), &r("app", "r"))
-                .is_empty(),
-            "already gone"
-        );
+        assert!(http_route(&mut index, "app", "r2", simple_route(&[("app", "local")], &["ghost"])).is_empty());
+        assert_eq!(index.delete(Kind::Route(RouteKind::Http), &r("app", "r")), set(&[("app", "b")]));
+        assert!(index.delete(Kind::Route(RouteKind::Http), &r("app", "r")).is_empty(), "already gone");
         // The XBackend appearing later finds the route.
         backend(&mut index, "app", "ghost");
         assert_eq!(index.ancestors(&r("app", "ghost")), vec![r("app", "local")]);
@@ -999,15 +717,7 @@ mod tests {
     #[test]
     fn route_to_foreign_gateways_affects_nothing() {
         let mut index = world();
-        assert!(
-            http_route(
-                &mut index,
-                "app",
-                "r",
-                simple_route(&[("infra", "foreign")], &["b"])
-            )
-            .is_empty()
-        );
+        assert!(http_route(&mut index, "app", "r", simple_route(&[("infra", "foreign")], &["b"])).is_empty());
         assert!(
             http_route(
                 &mut index,
@@ -1017,60 +727,26 @@ mod tests {
             )
             .is_empty()
         );
-        assert!(
-            index
-                .delete(Kind::Route(RouteKind::Http), &r("app", "r"))
-                .is_empty()
-        );
+        assert!(index.delete(Kind::Route(RouteKind::Http), &r("app", "r")).is_empty());
     }
 
     #[test]
     fn gateway_apply_and_delete() {
         let mut index = world();
-        http_route(
-            &mut index,
-            "app",
-            "r",
-            simple_route(&[("infra", "new")], &["b"]),
-        );
-        http_route(
-            &mut index,
-            "app",
-            "r2",
-            simple_route(&[("infra", "gw")], &["c"]),
-        );
-        assert_eq!(
-            gateway(&mut index, "infra", "new", "ours"),
-            set(&[("app", "b")]),
-            "created"
-        );
-        assert!(
-            gateway(&mut index, "infra", "new", "ours").is_empty(),
-            "unchanged"
-        );
+        http_route(&mut index, "app", "r", simple_route(&[("infra", "new")], &["b"]));
+        http_route(&mut index, "app", "r2", simple_route(&[("infra", "gw")], &["c"]));
+        assert_eq!(gateway(&mut index, "infra", "new", "ours"), set(&[("app", "b")]), "created");
+        assert!(gateway(&mut index, "infra", "new", "ours").is_empty(), "unchanged");
         assert_eq!(
             gateway(&mut index, "infra", "new", "theirs"),
             set(&[("app", "b")]),
             "class changed to a foreign one"
         );
-        assert!(
-            gateway(&mut index, "infra", "new", "missing-class").is_empty(),
-            "still not ours"
-        );
-        assert_eq!(
-            gateway(&mut index, "infra", "new", "ours"),
-            set(&[("app", "b")])
-        );
-        assert_eq!(
-            index.delete(Kind::Gateway, &r("infra", "new")),
-            set(&[("app", "b")]),
-            "deleted"
-        );
+        assert!(gateway(&mut index, "infra", "new", "missing-class").is_empty(), "still not ours");
+        assert_eq!(gateway(&mut index, "infra", "new", "ours"), set(&[("app", "b")]));
+        assert_eq!(index.delete(Kind::Gateway, &r("infra", "new")), set(&[("app", "b")]), "deleted");
         assert!(index.delete(Kind::Gateway, &r("infra", "new")).is_empty());
-        assert!(
-            gateway(&mut index, "infra", "unused", "ours").is_empty(),
-            "no route names it"
-        );
+        assert!(gateway(&mut index, "infra", "unused", "ours").is_empty(), "no route names it");
     }
 
     #[test]
@@ -1078,57 +754,21 @@ mod tests {
         let mut index = world();
         gateway(&mut index, "infra", "g1", "later");
         gateway(&mut index, "infra", "g2", "later");
-        http_route(
-            &mut index,
-            "app",
-            "r",
-            simple_route(&[("infra", "g1")], &["b"]),
-        );
-        http_route(
-            &mut index,
-            "app",
-            "r2",
-            simple_route(&[("infra", "g2")], &["c"]),
-        );
-        assert_eq!(
-            class(&mut index, "later", OURS),
-            set(&[("app", "b"), ("app", "c")]),
-            "created"
-        );
+        http_route(&mut index, "app", "r", simple_route(&[("infra", "g1")], &["b"]));
+        http_route(&mut index, "app", "r2", simple_route(&[("infra", "g2")], &["c"]));
+        assert_eq!(class(&mut index, "later", OURS), set(&[("app", "b"), ("app", "c")]), "created");
         assert!(class(&mut index, "later", OURS).is_empty(), "unchanged");
-        assert_eq!(
-            class(&mut index, "later", THEIRS),
-            set(&[("app", "b"), ("app", "c")]),
-            "controller changed"
-        );
-        assert!(
-            class(&mut index, "later", "third.example/c").is_empty(),
-            "foreign to foreign"
-        );
+        assert_eq!(class(&mut index, "later", THEIRS), set(&[("app", "b"), ("app", "c")]), "controller changed");
+        assert!(class(&mut index, "later", "third.example/c").is_empty(), "foreign to foreign");
         class(&mut index, "later", OURS);
-        assert_eq!(
-            index.delete(Kind::GatewayClass, &r("", "later")),
-            set(&[("app", "b"), ("app", "c")]),
-            "deleted"
-        );
-        assert!(
-            class(&mut index, "elsewhere", OURS).is_empty(),
-            "no Gateway uses it"
-        );
+        assert_eq!(index.delete(Kind::GatewayClass, &r("", "later")), set(&[("app", "b"), ("app", "c")]), "deleted");
+        assert!(class(&mut index, "elsewhere", OURS).is_empty(), "no Gateway uses it");
     }
 
     fn grant(from_namespace: &str) -> Object {
         Object::ReferenceGrant(ReferenceGrant {
-            from: vec![GrantFrom {
-                group: XGROUP.into(),
-                kind: "XBackend".into(),
-                namespace: from_namespace.into(),
-            }],
-            to: vec![GrantTo {
-                group: "".into(),
-                kind: "Secret".into(),
-                name: None,
-            }],
+            from: vec![GrantFrom { group: XGROUP.into(), kind: "XBackend".into(), namespace: from_namespace.into() }],
+            to: vec![GrantTo { group: "".into(), kind: "Secret".into(), name: None }],
         })
     }
 
@@ -1137,46 +777,21 @@ mod tests {
         let mut index = world();
         index.apply(
             r("app", "m"),
-            Object::XBackend(Backend {
-                generation: 1,
-                spec: Ok(mtls_spec(Some("certs"), "client", &[])),
-            }),
+            Object::XBackend(Backend { generation: 1, spec: Ok(mtls_spec(Some("certs"), "client", &[])) }),
         );
         index.apply(
             r("web", "m"),
-            Object::XBackend(Backend {
-                generation: 1,
-                spec: Ok(mtls_spec(Some("certs"), "client", &[])),
-            }),
+            Object::XBackend(Backend { generation: 1, spec: Ok(mtls_spec(Some("certs"), "client", &[])) }),
         );
         index.apply(
             r("app", "local-secret"),
-            Object::XBackend(Backend {
-                generation: 1,
-                spec: Ok(mtls_spec(None, "client", &[])),
-            }),
+            Object::XBackend(Backend { generation: 1, spec: Ok(mtls_spec(None, "client", &[])) }),
         );
-        assert_eq!(
-            index.apply(r("certs", "g"), grant("app")),
-            set(&[("app", "m")])
-        );
-        assert!(
-            index.apply(r("certs", "g"), grant("app")).is_empty(),
-            "unchanged"
-        );
-        assert_eq!(
-            index.apply(r("certs", "g"), grant("web")),
-            set(&[("app", "m"), ("web", "m")]),
-            "old and new from"
-        );
-        assert!(
-            index.apply(r("elsewhere", "g"), grant("app")).is_empty(),
-            "no ref points there"
-        );
-        assert_eq!(
-            index.delete(Kind::ReferenceGrant, &r("certs", "g")),
-            set(&[("web", "m")])
-        );
+        assert_eq!(index.apply(r("certs", "g"), grant("app")), set(&[("app", "m")]));
+        assert!(index.apply(r("certs", "g"), grant("app")).is_empty(), "unchanged");
+        assert_eq!(index.apply(r("certs", "g"), grant("web")), set(&[("app", "m"), ("web", "m")]), "old and new from");
+        assert!(index.apply(r("elsewhere", "g"), grant("app")).is_empty(), "no ref points there");
+        assert_eq!(index.delete(Kind::ReferenceGrant, &r("certs", "g")), set(&[("web", "m")]));
         // Grants from routes do not concern XBackends.
         let route_grant = Object::ReferenceGrant(ReferenceGrant {
             from: vec![GrantFrom {
@@ -1184,11 +799,7 @@ mod tests {
                 kind: "HTTPRoute".into(),
                 namespace: "app".into(),
             }],
-            to: vec![GrantTo {
-                group: "".into(),
-                kind: "Secret".into(),
-                name: None,
-            }],
+            to: vec![GrantTo { group: "".into(), kind: "Secret".into(), name: None }],
         });
         assert!(index.apply(r("certs", "routes"), route_grant).is_empty());
     }
@@ -1196,67 +807,29 @@ mod tests {
     #[test]
     fn xbackend_apply_returns_itself_and_indexes_refs() {
         let mut index = world();
-        assert_eq!(
-            backend(&mut index, "app", "b"),
-            set(&[("app", "b")]),
-            "even unchanged"
-        );
+        assert_eq!(backend(&mut index, "app", "b"), set(&[("app", "b")]), "even unchanged");
         let m = r("app", "m");
         assert_eq!(
             index.apply(
                 m.clone(),
-                Object::XBackend(Backend {
-                    generation: 1,
-                    spec: Ok(mtls_spec(None, "client", &["ca1", "ca2"]))
-                })
+                Object::XBackend(Backend { generation: 1, spec: Ok(mtls_spec(None, "client", &["ca1", "ca2"])) })
             ),
             set(&[("app", "m")])
         );
-        assert_eq!(
-            index.referencing(RefKind::Secret, &r("app", "client")),
-            set(&[("app", "m")])
-        );
-        assert_eq!(
-            index.referencing(RefKind::ConfigMap, &r("app", "ca1")),
-            set(&[("app", "m")])
-        );
-        assert_eq!(
-            index.referencing(RefKind::ConfigMap, &r("app", "ca2")),
-            set(&[("app", "m")])
-        );
-        assert!(
-            index
-                .referencing(RefKind::ConfigMap, &r("app", "client"))
-                .is_empty()
-        );
-        assert!(
-            index
-                .referencing(RefKind::Secret, &r("other", "client"))
-                .is_empty()
-        );
+        assert_eq!(index.referencing(RefKind::Secret, &r("app", "client")), set(&[("app", "m")]));
+        assert_eq!(index.referencing(RefKind::ConfigMap, &r("app", "ca1")), set(&[("app", "m")]));
+        assert_eq!(index.referencing(RefKind::ConfigMap, &r("app", "ca2")), set(&[("app", "m")]));
+        assert!(index.referencing(RefKind::ConfigMap, &r("app", "client")).is_empty());
+        assert!(index.referencing(RefKind::Secret, &r("other", "client")).is_empty());
 
         // Spec change: old refs forgotten, new ones indexed.
         index.apply(
             m.clone(),
-            Object::XBackend(Backend {
-                generation: 2,
-                spec: Ok(mtls_spec(Some("certs"), "client2", &["ca2"])),
-            }),
+            Object::XBackend(Backend { generation: 2, spec: Ok(mtls_spec(Some("certs"), "client2", &["ca2"])) }),
         );
-        assert!(
-            index
-                .referencing(RefKind::Secret, &r("app", "client"))
-                .is_empty()
-        );
-        assert_eq!(
-            index.referencing(RefKind::Secret, &r("certs", "client2")),
-            set(&[("app", "m")])
-        );
-        assert!(
-            index
-                .referencing(RefKind::ConfigMap, &r("app", "ca1"))
-                .is_empty()
-        );
+        assert!(index.referencing(RefKind::Secret, &r("app", "client")).is_empty());
+        assert_eq!(index.referencing(RefKind::Secret, &r("certs", "client2")), set(&[("app", "m")]));
+        assert!(index.referencing(RefKind::ConfigMap, &r("app", "ca1")).is_empty());
 
         // Unsupported kinds are not Secrets or ConfigMaps to watch.
         let mut odd = mtls_spec(None, "client", &[]);
@@ -1272,74 +845,32 @@ mod tests {
                 }]);
             }
         }
-        index.apply(
-            r("app", "odd"),
-            Object::XBackend(Backend {
-                generation: 1,
-                spec: Ok(odd),
-            }),
-        );
-        assert!(
-            index
-                .referencing(RefKind::Secret, &r("app", "client"))
-                .is_empty()
-        );
-        assert!(
-            index
-                .referencing(RefKind::ConfigMap, &r("app", "ca"))
-                .is_empty()
-        );
+        index.apply(r("app", "odd"), Object::XBackend(Backend { generation: 1, spec: Ok(odd) }));
+        assert!(index.referencing(RefKind::Secret, &r("app", "client")).is_empty());
+        assert!(index.referencing(RefKind::ConfigMap, &r("app", "ca")).is_empty());
 
         assert_eq!(index.delete(Kind::XBackend, &m), set(&[("app", "m")]));
-        assert!(
-            index
-                .referencing(RefKind::Secret, &r("certs", "client2"))
-                .is_empty()
-        );
+        assert!(index.referencing(RefKind::Secret, &r("certs", "client2")).is_empty());
         assert!(index.backend(&m).is_none());
-        assert_eq!(
-            index.backend_keys(),
-            vec![r("app", "b"), r("app", "c"), r("app", "odd")]
-        );
+        assert_eq!(index.backend_keys(), vec![r("app", "b"), r("app", "c"), r("app", "odd")]);
     }
 
     #[test]
     fn reset_returns_deleted_and_changed_only() {
         let mut index = world();
-        http_route(
-            &mut index,
-            "app",
-            "r1",
-            simple_route(&[("infra", "gw")], &["b"]),
-        );
-        http_route(
-            &mut index,
-            "app",
-            "r2",
-            simple_route(&[("infra", "gw")], &["c"]),
-        );
+        http_route(&mut index, "app", "r1", simple_route(&[("infra", "gw")], &["b"]));
+        http_route(&mut index, "app", "r2", simple_route(&[("infra", "gw")], &["c"]));
         let route = |gateways: &[(&str, &str)], backends: &[(&str, &str)]| {
-            Object::Route(
-                RouteKind::Http,
-                Route {
-                    gateways: set(gateways),
-                    backends: set(backends),
-                },
-            )
+            Object::Route(RouteKind::Http, Route { gateways: set(gateways), backends: set(backends) })
         };
         // r1 unchanged, r2 gone.
-        let affected = index.reset(
-            Kind::Route(RouteKind::Http),
-            vec![(r("app", "r1"), route(&[("infra", "gw")], &[("app", "b")]))],
-        );
+        let affected = index
+            .reset(Kind::Route(RouteKind::Http), vec![(r("app", "r1"), route(&[("infra", "gw")], &[("app", "b")]))]);
         assert_eq!(affected, set(&[("app", "c")]));
         // The same list again: nothing.
         assert!(
             index
-                .reset(
-                    Kind::Route(RouteKind::Http),
-                    vec![(r("app", "r1"), route(&[("infra", "gw")], &[("app", "b")]))]
-                )
+                .reset(Kind::Route(RouteKind::Http), vec![(r("app", "r1"), route(&[("infra", "gw")], &[("app", "b")]))])
                 .is_empty()
         );
         // GRPCRoutes are another kind: an empty re-list of them leaves HTTPRoutes alone.
@@ -1347,119 +878,58 @@ mod tests {
         assert_eq!(index.ancestors(&r("app", "b")), vec![r("infra", "gw")]);
 
         // Gateways: infra/gw changed class, app/local unchanged, infra/foreign gone.
-        let gw = |class_name: &str| {
-            Object::Gateway(Gateway {
-                class_name: class_name.into(),
-            })
-        };
-        let affected = index.reset(
-            Kind::Gateway,
-            vec![
-                (r("infra", "gw"), gw("theirs")),
-                (r("app", "local"), gw("ours")),
-            ],
-        );
+        let gw = |class_name: &str| Object::Gateway(Gateway { class_name: class_name.into() });
+        let affected =
+            index.reset(Kind::Gateway, vec![(r("infra", "gw"), gw("theirs")), (r("app", "local"), gw("ours"))]);
         assert_eq!(affected, set(&[("app", "b")]));
         assert!(
             index
-                .reset(
-                    Kind::Gateway,
-                    vec![
-                        (r("infra", "gw"), gw("theirs")),
-                        (r("app", "local"), gw("ours"))
-                    ]
-                )
+                .reset(Kind::Gateway, vec![(r("infra", "gw"), gw("theirs")), (r("app", "local"), gw("ours"))])
                 .is_empty()
         );
 
         // GatewayClasses: `theirs` becomes ours, `ours` unchanged.
-        let cls = |controller: &str| {
-            Object::GatewayClass(GatewayClass {
-                controller_name: controller.into(),
-            })
-        };
-        let affected = index.reset(
-            Kind::GatewayClass,
-            vec![(r("", "ours"), cls(OURS)), (r("", "theirs"), cls(OURS))],
-        );
+        let cls = |controller: &str| Object::GatewayClass(GatewayClass { controller_name: controller.into() });
+        let affected = index.reset(Kind::GatewayClass, vec![(r("", "ours"), cls(OURS)), (r("", "theirs"), cls(OURS))]);
         assert_eq!(affected, set(&[("app", "b")]));
         assert!(
-            index
-                .reset(
-                    Kind::GatewayClass,
-                    vec![(r("", "ours"), cls(OURS)), (r("", "theirs"), cls(OURS))]
-                )
-                .is_empty()
+            index.reset(Kind::GatewayClass, vec![(r("", "ours"), cls(OURS)), (r("", "theirs"), cls(OURS))]).is_empty()
         );
         // Every class gone.
-        assert_eq!(
-            index.reset(Kind::GatewayClass, vec![]),
-            set(&[("app", "b")])
-        );
+        assert_eq!(index.reset(Kind::GatewayClass, vec![]), set(&[("app", "b")]));
         assert!(index.ancestors(&r("app", "b")).is_empty());
     }
 
     #[test]
     fn reset_grants_and_backends() {
         let mut index = world();
-        let m = || {
-            Object::XBackend(Backend {
-                generation: 1,
-                spec: Ok(mtls_spec(Some("certs"), "client", &[])),
-            })
-        };
+        let m = || Object::XBackend(Backend { generation: 1, spec: Ok(mtls_spec(Some("certs"), "client", &[])) });
         index.apply(r("app", "m"), m());
         index.apply(r("certs", "g"), grant("app"));
-        assert!(
-            index
-                .reset(Kind::ReferenceGrant, vec![(r("certs", "g"), grant("app"))])
-                .is_empty(),
-            "unchanged"
-        );
-        assert_eq!(
-            index.reset(Kind::ReferenceGrant, vec![]),
-            set(&[("app", "m")]),
-            "deleted"
-        );
+        assert!(index.reset(Kind::ReferenceGrant, vec![(r("certs", "g"), grant("app"))]).is_empty(), "unchanged");
+        assert_eq!(index.reset(Kind::ReferenceGrant, vec![]), set(&[("app", "m")]), "deleted");
         assert_eq!(
             index.reset(Kind::ReferenceGrant, vec![(r("certs", "g2"), grant("app"))]),
             set(&[("app", "m")]),
             "created"
         );
 
-        let plain = |generation| {
-            Object::XBackend(Backend {
-                generation,
-                spec: Ok(spec()),
-            })
-        };
+        let plain = |generation| Object::XBackend(Backend { generation, spec: Ok(spec()) });
         // b unchanged, c changed, m gone, n new.
         let affected = index.reset(
             Kind::XBackend,
-            vec![
-                (r("app", "b"), plain(1)),
-                (r("app", "c"), plain(2)),
-                (r("app", "n"), plain(1)),
-            ],
+            vec![(r("app", "b"), plain(1)), (r("app", "c"), plain(2)), (r("app", "n"), plain(1))],
         );
         assert_eq!(affected, set(&[("app", "c"), ("app", "m"), ("app", "n")]));
         assert!(
             index
                 .reset(
                     Kind::XBackend,
-                    vec![
-                        (r("app", "b"), plain(1)),
-                        (r("app", "c"), plain(2)),
-                        (r("app", "n"), plain(1))
-                    ]
+                    vec![(r("app", "b"), plain(1)), (r("app", "c"), plain(2)), (r("app", "n"), plain(1))]
                 )
                 .is_empty()
         );
-        assert!(
-            index
-                .referencing(RefKind::Secret, &r("certs", "client"))
-                .is_empty()
-        );
+        assert!(index.referencing(RefKind::Secret, &r("certs", "client")).is_empty());
         // Objects of another kind in the list are ignored.
         assert!(
             index
@@ -1480,38 +950,18 @@ mod tests {
     fn grant_permits_rules() {
         let mut index = Index::new(OURS);
         let secret = r("certs", "client");
-        assert!(
-            !index.grant_permits("app", "", "Secret", &secret),
-            "no grant"
-        );
+        assert!(!index.grant_permits("app", "", "Secret", &secret), "no grant");
         index.apply(
             r("certs", "named"),
             Object::ReferenceGrant(ReferenceGrant {
-                from: vec![GrantFrom {
-                    group: XGROUP.into(),
-                    kind: "XBackend".into(),
-                    namespace: "app".into(),
-                }],
-                to: vec![GrantTo {
-                    group: "".into(),
-                    kind: "Secret".into(),
-                    name: Some("client".into()),
-                }],
+                from: vec![GrantFrom { group: XGROUP.into(), kind: "XBackend".into(), namespace: "app".into() }],
+                to: vec![GrantTo { group: "".into(), kind: "Secret".into(), name: Some("client".into()) }],
             }),
         );
         assert!(index.grant_permits("app", "", "Secret", &secret));
-        assert!(
-            !index.grant_permits("app", "", "Secret", &r("certs", "other")),
-            "name must match"
-        );
-        assert!(
-            !index.grant_permits("web", "", "Secret", &secret),
-            "from namespace must match"
-        );
-        assert!(
-            !index.grant_permits("app", "", "ConfigMap", &r("certs", "client")),
-            "kind must match"
-        );
+        assert!(!index.grant_permits("app", "", "Secret", &r("certs", "other")), "name must match");
+        assert!(!index.grant_permits("web", "", "Secret", &secret), "from namespace must match");
+        assert!(!index.grant_permits("app", "", "ConfigMap", &r("certs", "client")), "kind must match");
         assert!(
             !index.grant_permits("app", "", "Secret", &r("other", "client")),
             "grant lives in the target namespace"
@@ -1524,36 +974,18 @@ mod tests {
                     kind: "HTTPRoute".into(),
                     namespace: "web".into(),
                 }],
-                to: vec![GrantTo {
-                    group: "".into(),
-                    kind: "Secret".into(),
-                    name: None,
-                }],
+                to: vec![GrantTo { group: "".into(), kind: "Secret".into(), name: None }],
             }),
         );
-        assert!(
-            !index.grant_permits("web", "", "Secret", &secret),
-            "from kind must be XBackend"
-        );
+        assert!(!index.grant_permits("web", "", "Secret", &secret), "from kind must be XBackend");
         index.apply(
             r("certs", "any"),
             Object::ReferenceGrant(ReferenceGrant {
-                from: vec![GrantFrom {
-                    group: XGROUP.into(),
-                    kind: "XBackend".into(),
-                    namespace: "web".into(),
-                }],
-                to: vec![GrantTo {
-                    group: "".into(),
-                    kind: "Secret".into(),
-                    name: None,
-                }],
+                from: vec![GrantFrom { group: XGROUP.into(), kind: "XBackend".into(), namespace: "web".into() }],
+                to: vec![GrantTo { group: "".into(), kind: "Secret".into(), name: None }],
             }),
         );
-        assert!(
-            index.grant_permits("web", "", "Secret", &r("certs", "anything")),
-            "unnamed to allows every Secret"
-        );
+        assert!(index.grant_permits("web", "", "Secret", &r("certs", "anything")), "unnamed to allows every Secret");
         // Neighbouring namespaces (by sort order) do not leak into each other.
         assert!(!index.grant_permits("web", "", "Secret", &r("cert", "anything")));
         assert!(!index.grant_permits("web", "", "Secret", &r("certsx", "anything")));
@@ -1562,18 +994,10 @@ mod tests {
     #[test]
     fn deleting_everything_leaves_no_reverse_entries() {
         let mut index = world();
-        http_route(
-            &mut index,
-            "app",
-            "r",
-            simple_route(&[("infra", "gw")], &["b"]),
-        );
+        http_route(&mut index, "app", "r", simple_route(&[("infra", "gw")], &["b"]));
         index.apply(
             r("app", "m"),
-            Object::XBackend(Backend {
-                generation: 1,
-                spec: Ok(mtls_spec(Some("certs"), "client", &["ca"])),
-            }),
+            Object::XBackend(Backend { generation: 1, spec: Ok(mtls_spec(Some("certs"), "client", &["ca"])) }),
         );
         index.delete(Kind::Route(RouteKind::Http), &r("app", "r"));
         for key in index.backend_keys() {

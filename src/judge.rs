@@ -31,7 +31,15 @@ pub fn judge(index: &Index, key: &ObjectRef, fetched: &Fetched, inputs: &Inputs<
     let backend = index.backend(key)?;
     let ancestors = index.ancestors(key);
     let verdicts = status::evaluate(key, backend, index, fetched, inputs.policy);
-    let merged = status::merge(inputs.current, inputs.shape, inputs.controller_name, backend.generation, &ancestors, &verdicts, inputs.now);
+    let merged = status::merge(
+        inputs.current,
+        inputs.shape,
+        inputs.controller_name,
+        backend.generation,
+        &ancestors,
+        &verdicts,
+        inputs.now,
+    );
     let mut notes = status::events(backend, &verdicts);
     if merged.truncated > 0 {
         notes.push(EventNote {

@@ -70,8 +70,7 @@ pub struct Fetched {
 pub fn refs_to_fetch(key: &ObjectRef, spec: &XBackendSpec, index: &Index) -> Vec<RefTarget> {
     let mut targets = Vec::new();
     if let Some(secret) = index::client_certificate_secret(key, spec)
-        && (secret.namespace == key.namespace
-            || index.grant_permits(&key.namespace, "", "Secret", &secret))
+        && (secret.namespace == key.namespace || index.grant_permits(&key.namespace, "", "Secret", &secret))
     {
         targets.push(RefTarget::Secret(secret));
     }
@@ -89,39 +88,22 @@ pub fn refs_to_fetch(key: &ObjectRef, spec: &XBackendSpec, index: &Index) -> Vec
 /// A spec that does not decode has no references anyone could resolve, so
 /// ResolvedRefs is True (with a message pointing at Accepted, which is
 /// Invalid): reporting a reference failure would send users after the wrong problem.
-pub fn evaluate(
-    key: &ObjectRef,
-    backend: &Backend,
-    index: &Index,
-    fetched: &Fetched,
-    policy: &Policy,
-) -> Verdicts {
-    let accepted =
-        validate::accepted_verdict(backend.spec.as_ref().map_err(String::as_str), policy);
+pub fn evaluate(key: &ObjectRef, backend: &Backend, index: &Index, fetched: &Fetched, policy: &Policy) -> Verdicts {
+    let accepted = validate::accepted_verdict(backend.spec.as_ref().map_err(String::as_str), policy);
     let resolved_refs = match &backend.spec {
         Ok(spec) => resolve_refs(key, spec, index, fetched),
         Err(_) => Verdict {
-            message:
-                "No references to resolve: the spec does not decode (see the Accepted condition)."
-                    .to_string(),
+            message: "No references to resolve: the spec does not decode (see the Accepted condition).".to_string(),
             ..conditions::resolved_refs()
         },
     };
-    Verdicts {
-        accepted,
-        resolved_refs,
-    }
+    Verdicts { accepted, resolved_refs }
 }
 
 /// The ResolvedRefs verdict alone: the first failing reference in field order
 /// (clientCertificateRef, then caCertificateRefs in list order). References
 /// are checked whatever the TLS mode; whether they belong there is Accepted's business.
-pub fn resolve_refs(
-    key: &ObjectRef,
-    spec: &XBackendSpec,
-    index: &Index,
-    fetched: &Fetched,
-) -> Verdict {
+pub fn resolve_refs(key: &ObjectRef, spec: &XBackendSpec, index: &Index, fetched: &Fetched) -> Verdict {
     let Some(tls) = &spec.tls else {
         return conditions::resolved_refs();
     };
@@ -137,8 +119,7 @@ pub fn resolve_refs(
                 group_kind(group, kind)
             ));
         }
-        if namespace != key.namespace && !index.grant_permits(&key.namespace, "", "Secret", &target)
-        {
+        if namespace != key.namespace && !index.grant_permits(&key.namespace, "", "Secret", &target) {
             return conditions::ref_not_permitted(format!(
                 "{field} names Secret {target} in another namespace, and no ReferenceGrant in namespace {namespace} allows XBackends from namespace {} to use it.",
                 key.namespace
@@ -146,23 +127,15 @@ pub fn resolve_refs(
         }
         let problem = match fetched.secrets.get(&target) {
             None => Some("which does not exist".to_string()),
-            Some(secret) => tls::check_client_certificate(secret).err().map(|e| {
-                format!(
-                    "which is not a usable client certificate: {}",
-                    sentence_part(&e)
-                )
-            }),
+            Some(secret) => tls::check_client_certificate(secret)
+                .err()
+                .map(|e| format!("which is not a usable client certificate: {}", sentence_part(&e))),
         };
         if let Some(problem) = problem {
-            return conditions::invalid_client_certificate_ref(format!(
-                "{field} names Secret {target}, {problem}."
-            ));
+            return conditions::invalid_client_certificate_ref(format!("{field} names Secret {target}, {problem}."));
         }
     }
-    let ca_refs = tls
-        .validation
-        .as_ref()
-        .and_then(|v| v.ca_certificate_refs.as_ref());
+    let ca_refs = tls.validation.as_ref().and_then(|v| v.ca_certificate_refs.as_ref());
     for (position, reference) in ca_refs.into_iter().flatten().enumerate() {
         let field = format!("spec.tls.validation.caCertificateRefs[{position}]");
         // Local references: always the XBackend's namespace.
@@ -180,9 +153,7 @@ pub fn resolve_refs(
                 .map(|e| format!("which is not a usable CA bundle: {}", sentence_part(&e))),
         };
         if let Some(problem) = problem {
-            return conditions::invalid_ca_certificate_ref(format!(
-                "{field} names ConfigMap {target}, {problem}."
-            ));
+            return conditions::invalid_ca_certificate_ref(format!("{field} names ConfigMap {target}, {problem}."));
         }
     }
     conditions::resolved_refs()
@@ -190,11 +161,7 @@ pub fn resolve_refs(
 
 /// `Kind` for the core group, `Kind.group` otherwise, as kubectl spells resources.
 fn group_kind(group: &str, kind: &str) -> String {
-    if group.is_empty() {
-        kind.to_string()
-    } else {
-        format!("{kind}.{group}")
-    }
+    if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") }
 }
 
 /// Lets a checker's message sit inside our sentence.
@@ -217,11 +184,7 @@ pub fn events(backend: &Backend, verdicts: &Verdicts) -> Vec<EventNote> {
     let mut notes = Vec::new();
     let accepted = &verdicts.accepted;
     if !accepted.status {
-        notes.push(EventNote {
-            warning: true,
-            reason: accepted.reason,
-            message: accepted.message.clone(),
-        });
+        notes.push(EventNote { warning: true, reason: accepted.reason, message: accepted.message.clone() });
     }
     if let Ok(spec) = &backend.spec
         && accepted.reason != reason::TLS_REQUIRED
@@ -273,14 +236,8 @@ pub fn merge(
     verdicts: &Verdicts,
     now: &str,
 ) -> MergeOutcome {
-    let is_ours = |entry: &Value| {
-        entry.get("controllerName").and_then(Value::as_str) == Some(controller_name)
-    };
-    let mut list: Vec<Value> = current
-        .iter()
-        .filter(|entry| !is_ours(entry))
-        .cloned()
-        .collect();
+    let is_ours = |entry: &Value| entry.get("controllerName").and_then(Value::as_str) == Some(controller_name);
+    let mut list: Vec<Value> = current.iter().filter(|entry| !is_ours(entry)).cloned().collect();
     let previous: Vec<&Value> = current.iter().filter(|entry| is_ours(entry)).collect();
 
     let mut wanted: Vec<&ObjectRef> = ancestors.iter().collect();
@@ -290,10 +247,7 @@ pub fn merge(
     let truncated = wanted.len() - kept;
 
     for gateway in wanted.into_iter().take(kept) {
-        let before = previous
-            .iter()
-            .copied()
-            .find(|entry| names_gateway(entry, shape, gateway));
+        let before = previous.iter().copied().find(|entry| names_gateway(entry, shape, gateway));
         let conditions: Vec<Value> = [&verdicts.accepted, &verdicts.resolved_refs]
             .into_iter()
             .map(|verdict| condition(verdict, generation, before, now))
@@ -309,11 +263,7 @@ pub fn merge(
     }
 
     let changed = !same_multiset(current, &list, same_entry);
-    MergeOutcome {
-        list,
-        changed,
-        truncated,
-    }
+    MergeOutcome { list, changed, truncated }
 }
 
 /// Whether a stored entry of ours is about `gateway` (group and kind defaulted as in a ParentReference).
@@ -333,11 +283,7 @@ fn condition(verdict: &Verdict, generation: i64, before: Option<&Value>, now: &s
     let status = verdict.status_str();
     let last_transition = before
         .and_then(|entry| entry.get("conditions")?.as_array())
-        .and_then(|conditions| {
-            conditions
-                .iter()
-                .find(|c| c.get("type").and_then(Value::as_str) == Some(verdict.type_))
-        })
+        .and_then(|conditions| conditions.iter().find(|c| c.get("type").and_then(Value::as_str) == Some(verdict.type_)))
         .filter(|c| c.get("status").and_then(Value::as_str) == Some(status))
         .and_then(|c| c.get("lastTransitionTime")?.as_str())
         .unwrap_or(now);
@@ -370,11 +316,7 @@ fn same_multiset(a: &[Value], b: &[Value], same: fn(&Value, &Value) -> bool) -> 
     }
     let mut used = vec![false; b.len()];
     a.iter().all(|x| {
-        let found = b
-            .iter()
-            .enumerate()
-            .find(|(i, y)| !used[*i] && same(x, y))
-            .map(|(i, _)| i);
+        let found = b.iter().enumerate().find(|(i, y)| !used[*i] && same(x, y)).map(|(i, _)| i);
         found.inspect(|i| used[*i] = true).is_some()
     })
 }
@@ -384,14 +326,11 @@ fn same_entry(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Object(a), Value::Object(b)) => {
             a.len() == b.len()
-                && a.iter()
-                    .all(|(key, x)| match (key.as_str(), x, b.get(key)) {
-                        ("conditions", Value::Array(x), Some(Value::Array(y))) => {
-                            same_multiset(x, y, same_condition)
-                        }
-                        (_, x, Some(y)) => x == y,
-                        (_, _, None) => false,
-                    })
+                && a.iter().all(|(key, x)| match (key.as_str(), x, b.get(key)) {
+                    ("conditions", Value::Array(x), Some(Value::Array(y))) => same_multiset(x, y, same_condition),
+                    (_, x, Some(y)) => x == y,
+                    (_, _, None) => false,
+                })
         }
         _ => a == b,
     }
@@ -400,13 +339,9 @@ fn same_entry(a: &Value, b: &Value) -> bool {
 fn same_condition(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Object(a), Value::Object(b)) => {
-            let significant = |m: &Map<String, Value>| {
-                m.iter().filter(|(k, _)| *k != "lastTransitionTime").count()
-            };
+            let significant = |m: &Map<String, Value>| m.iter().filter(|(k, _)| *k != "lastTransitionTime").count();
             significant(a) == significant(b)
-                && a.iter()
-                    .filter(|(k, _)| *k != "lastTransitionTime")
-                    .all(|(k, x)| b.get(k) == Some(x))
+                && a.iter().filter(|(k, _)| *k != "lastTransitionTime").all(|(k, x)| b.get(k) == Some(x))
         }
         _ => a == b,
     }
@@ -416,8 +351,8 @@ fn same_condition(a: &Value, b: &Value) -> bool {
 mod tests {
     use super::*;
     use crate::api::{
-        BackendPort, BackendTls, BackendType, ExternalHostnameBackend, LocalObjectReference,
-        SecretObjectReference, TlsMode, TlsValidation,
+        BackendPort, BackendTls, BackendType, ExternalHostnameBackend, LocalObjectReference, SecretObjectReference,
+        TlsMode, TlsValidation,
     };
     use crate::index::Object;
     use crate::model::{GrantFrom, GrantTo, ReferenceGrant};
@@ -441,46 +376,25 @@ mod tests {
     fn plain_spec() -> XBackendSpec {
         XBackendSpec {
             type_: BackendType::ExternalHostname,
-            port: BackendPort {
-                name: None,
-                port: 443,
-            },
-            external_hostname: Some(ExternalHostnameBackend {
-                hostname: "api.example.com".into(),
-            }),
+            port: BackendPort { name: None, port: 443 },
+            external_hostname: Some(ExternalHostnameBackend { hostname: "api.example.com".into() }),
             protocol: None,
             tls: None,
         }
     }
 
     fn secret_ref(namespace: Option<&str>, name: &str) -> SecretObjectReference {
-        SecretObjectReference {
-            group: None,
-            kind: None,
-            name: name.into(),
-            namespace: namespace.map(str::to_string),
-        }
+        SecretObjectReference { group: None, kind: None, name: name.into(), namespace: namespace.map(str::to_string) }
     }
 
     fn ca_ref(name: &str) -> LocalObjectReference {
-        LocalObjectReference {
-            group: "".into(),
-            kind: "ConfigMap".into(),
-            name: name.into(),
-        }
+        LocalObjectReference { group: "".into(), kind: "ConfigMap".into(), name: name.into() }
     }
 
-    fn tls_spec(
-        client: Option<SecretObjectReference>,
-        cas: Vec<LocalObjectReference>,
-    ) -> XBackendSpec {
+    fn tls_spec(client: Option<SecretObjectReference>, cas: Vec<LocalObjectReference>) -> XBackendSpec {
         let mut spec = plain_spec();
         spec.tls = Some(BackendTls {
-            mode: if client.is_some() {
-                TlsMode::ClientAndServer
-            } else {
-                TlsMode::ServerOnly
-            },
+            mode: if client.is_some() { TlsMode::ClientAndServer } else { TlsMode::ServerOnly },
             client_certificate_ref: client,
             validation: Some(TlsValidation {
                 ca_certificate_refs: (!cas.is_empty()).then_some(cas),
@@ -495,24 +409,14 @@ mod tests {
     fn tls_secret(entries: &[(&str, &str)], type_: &str) -> Secret {
         Secret {
             type_: Some(type_.into()),
-            data: Some(
-                entries
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                    .collect(),
-            ),
+            data: Some(entries.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect()),
             ..Secret::default()
         }
     }
 
     fn ca_config_map(entries: &[(&str, &str)]) -> ConfigMap {
         ConfigMap {
-            data: Some(
-                entries
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
+            data: Some(entries.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
             ..ConfigMap::default()
         }
     }
@@ -523,20 +427,14 @@ mod tests {
     }
 
     fn pem() -> Pem {
-        let certified = rcgen::generate_simple_self_signed(vec!["client.example.com".to_string()])
-            .expect("certificate");
-        Pem {
-            cert: certified.cert.pem(),
-            key: certified.signing_key.serialize_pem(),
-        }
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["client.example.com".to_string()]).expect("certificate");
+        Pem { cert: certified.cert.pem(), key: certified.signing_key.serialize_pem() }
     }
 
     fn valid_secret() -> Secret {
         let pem = pem();
-        tls_secret(
-            &[("tls.crt", &pem.cert), ("tls.key", &pem.key)],
-            "kubernetes.io/tls",
-        )
+        tls_secret(&[("tls.crt", &pem.cert), ("tls.key", &pem.key)], "kubernetes.io/tls")
     }
 
     fn valid_ca() -> ConfigMap {
@@ -552,11 +450,7 @@ mod tests {
                     kind: "XBackend".into(),
                     namespace: from_namespace.into(),
                 }],
-                to: vec![GrantTo {
-                    group: "".into(),
-                    kind: "Secret".into(),
-                    name: None,
-                }],
+                to: vec![GrantTo { group: "".into(), kind: "Secret".into(), name: None }],
             }),
         )
     }
@@ -574,17 +468,9 @@ mod tests {
 
     fn assert_reason(verdict: &Verdict, status: bool, reason: &str, fragments: &[&str]) {
         assert_eq!(verdict.type_, conditions::RESOLVED_REFS);
-        assert_eq!(
-            (verdict.status, verdict.reason),
-            (status, reason),
-            "{verdict:?}"
-        );
+        assert_eq!((verdict.status, verdict.reason), (status, reason), "{verdict:?}");
         for fragment in fragments {
-            assert!(
-                verdict.message.contains(fragment),
-                "{:?} lacks {fragment:?}",
-                verdict.message
-            );
+            assert!(verdict.message.contains(fragment), "{:?} lacks {fragment:?}", verdict.message);
         }
     }
 
@@ -592,10 +478,7 @@ mod tests {
 
     #[test]
     fn fetch_same_namespace_secret_and_config_maps() {
-        let spec = tls_spec(
-            Some(secret_ref(None, "client")),
-            vec![ca_ref("ca1"), ca_ref("ca2"), ca_ref("ca1")],
-        );
+        let spec = tls_spec(Some(secret_ref(None, "client")), vec![ca_ref("ca1"), ca_ref("ca2"), ca_ref("ca1")]);
         assert_eq!(
             refs_to_fetch(&key(), &spec, &Index::new(OURS)),
             vec![
@@ -611,16 +494,10 @@ mod tests {
     fn fetch_cross_namespace_secret_only_with_grant() {
         let spec = tls_spec(Some(secret_ref(Some("certs"), "client")), vec![]);
         assert!(refs_to_fetch(&key(), &spec, &Index::new(OURS)).is_empty());
-        assert_eq!(
-            refs_to_fetch(&key(), &spec, &index_with_grant()),
-            vec![RefTarget::Secret(r("certs", "client"))]
-        );
+        assert_eq!(refs_to_fetch(&key(), &spec, &index_with_grant()), vec![RefTarget::Secret(r("certs", "client"))]);
         // Explicitly the XBackend's own namespace needs no grant.
         let spec = tls_spec(Some(secret_ref(Some("app"), "client")), vec![]);
-        assert_eq!(
-            refs_to_fetch(&key(), &spec, &Index::new(OURS)),
-            vec![RefTarget::Secret(r("app", "client"))]
-        );
+        assert_eq!(refs_to_fetch(&key(), &spec, &Index::new(OURS)), vec![RefTarget::Secret(r("app", "client"))]);
     }
 
     #[test]
@@ -647,18 +524,8 @@ mod tests {
     #[test]
     fn resolved_when_no_references() {
         let index = Index::new(OURS);
-        assert_reason(
-            &resolve(&plain_spec(), &index, &Fetched::default()),
-            true,
-            reason::RESOLVED_REFS,
-            &[],
-        );
-        assert_reason(
-            &resolve(&tls_spec(None, vec![]), &index, &Fetched::default()),
-            true,
-            reason::RESOLVED_REFS,
-            &[],
-        );
+        assert_reason(&resolve(&plain_spec(), &index, &Fetched::default()), true, reason::RESOLVED_REFS, &[]);
+        assert_reason(&resolve(&tls_spec(None, vec![]), &index, &Fetched::default()), true, reason::RESOLVED_REFS, &[]);
     }
 
     #[test]
@@ -667,16 +534,8 @@ mod tests {
         fetched.secrets.insert(r("certs", "client"), valid_secret());
         fetched.config_maps.insert(r("app", "ca1"), valid_ca());
         fetched.config_maps.insert(r("app", "ca2"), valid_ca());
-        let spec = tls_spec(
-            Some(secret_ref(Some("certs"), "client")),
-            vec![ca_ref("ca1"), ca_ref("ca2")],
-        );
-        assert_reason(
-            &resolve(&spec, &index_with_grant(), &fetched),
-            true,
-            reason::RESOLVED_REFS,
-            &[],
-        );
+        let spec = tls_spec(Some(secret_ref(Some("certs"), "client")), vec![ca_ref("ca1"), ca_ref("ca2")]);
+        assert_reason(&resolve(&spec, &index_with_grant(), &fetched), true, reason::RESOLVED_REFS, &[]);
     }
 
     #[test]
@@ -687,11 +546,7 @@ mod tests {
             &verdict,
             false,
             reason::INVALID_CLIENT_CERTIFICATE_REF,
-            &[
-                "spec.tls.clientCertificateRef",
-                "app/client",
-                "does not exist",
-            ],
+            &["spec.tls.clientCertificateRef", "app/client", "does not exist"],
         );
     }
 
@@ -700,31 +555,13 @@ mod tests {
         let good = pem();
         let other = pem();
         let cases = [
-            (
-                "wrong type",
-                tls_secret(&[("tls.crt", &good.cert), ("tls.key", &good.key)], "Opaque"),
-            ),
-            (
-                "no key",
-                tls_secret(&[("tls.crt", &good.cert)], "kubernetes.io/tls"),
-            ),
-            (
-                "no cert",
-                tls_secret(&[("tls.key", &good.key)], "kubernetes.io/tls"),
-            ),
-            (
-                "not PEM",
-                tls_secret(
-                    &[("tls.crt", "garbage"), ("tls.key", "garbage")],
-                    "kubernetes.io/tls",
-                ),
-            ),
+            ("wrong type", tls_secret(&[("tls.crt", &good.cert), ("tls.key", &good.key)], "Opaque")),
+            ("no key", tls_secret(&[("tls.crt", &good.cert)], "kubernetes.io/tls")),
+            ("no cert", tls_secret(&[("tls.key", &good.key)], "kubernetes.io/tls")),
+            ("not PEM", tls_secret(&[("tls.crt", "garbage"), ("tls.key", "garbage")], "kubernetes.io/tls")),
             (
                 "key of another cert",
-                tls_secret(
-                    &[("tls.crt", &good.cert), ("tls.key", &other.key)],
-                    "kubernetes.io/tls",
-                ),
+                tls_secret(&[("tls.crt", &good.cert), ("tls.key", &other.key)], "kubernetes.io/tls"),
             ),
         ];
         let spec = tls_spec(Some(secret_ref(None, "client")), vec![]);
@@ -732,21 +569,13 @@ mod tests {
             let mut fetched = Fetched::default();
             fetched.secrets.insert(r("app", "client"), secret);
             let verdict = resolve(&spec, &Index::new(OURS), &fetched);
-            assert_eq!(
-                verdict.reason,
-                reason::INVALID_CLIENT_CERTIFICATE_REF,
-                "{case}: {verdict:?}"
-            );
+            assert_eq!(verdict.reason, reason::INVALID_CLIENT_CERTIFICATE_REF, "{case}: {verdict:?}");
             assert!(!verdict.status, "{case}");
             assert!(
-                verdict.message.contains("spec.tls.clientCertificateRef")
-                    && verdict.message.contains("app/client"),
+                verdict.message.contains("spec.tls.clientCertificateRef") && verdict.message.contains("app/client"),
                 "{case}"
             );
-            assert!(
-                !verdict.message.contains("PRIVATE KEY"),
-                "{case}: key material leaked"
-            );
+            assert!(!verdict.message.contains("PRIVATE KEY"), "{case}: key material leaked");
         }
     }
 
@@ -758,11 +587,7 @@ mod tests {
             &verdict,
             false,
             reason::INVALID_CA_CERTIFICATE_REF,
-            &[
-                "spec.tls.validation.caCertificateRefs[0]",
-                "app/ca",
-                "does not exist",
-            ],
+            &["spec.tls.validation.caCertificateRefs[0]", "app/ca", "does not exist"],
         );
     }
 
@@ -782,11 +607,7 @@ mod tests {
                 (false, reason::INVALID_CA_CERTIFICATE_REF),
                 "{case}: {verdict:?}"
             );
-            assert!(
-                verdict.message.contains("caCertificateRefs[0]")
-                    && verdict.message.contains("app/ca"),
-                "{case}"
-            );
+            assert!(verdict.message.contains("caCertificateRefs[0]") && verdict.message.contains("app/ca"), "{case}");
         }
     }
 
@@ -794,21 +615,14 @@ mod tests {
     fn invalid_kind_for_client_certificate() {
         let mut fetched = Fetched::default();
         fetched.secrets.insert(r("app", "client"), valid_secret());
-        for (group, kind) in [
-            (None, Some("ConfigMap")),
-            (Some("example.com"), Some("Secret")),
-            (Some("example.com"), None),
-        ] {
+        for (group, kind) in
+            [(None, Some("ConfigMap")), (Some("example.com"), Some("Secret")), (Some("example.com"), None)]
+        {
             let mut client = secret_ref(None, "client");
             client.group = group.map(str::to_string);
             client.kind = kind.map(str::to_string);
             let verdict = resolve(&tls_spec(Some(client), vec![]), &Index::new(OURS), &fetched);
-            assert_reason(
-                &verdict,
-                false,
-                reason::INVALID_KIND,
-                &["spec.tls.clientCertificateRef", "app/client"],
-            );
+            assert_reason(&verdict, false, reason::INVALID_KIND, &["spec.tls.clientCertificateRef", "app/client"]);
         }
     }
 
@@ -816,11 +630,7 @@ mod tests {
     fn invalid_kind_for_ca_certificate() {
         let mut ca = ca_ref("ca");
         ca.kind = "Secret".into();
-        let verdict = resolve(
-            &tls_spec(None, vec![ca]),
-            &Index::new(OURS),
-            &Fetched::default(),
-        );
+        let verdict = resolve(&tls_spec(None, vec![ca]), &Index::new(OURS), &Fetched::default());
         assert_reason(
             &verdict,
             false,
@@ -840,20 +650,13 @@ mod tests {
             &verdict,
             false,
             reason::REF_NOT_PERMITTED,
-            &[
-                "spec.tls.clientCertificateRef",
-                "certs/client",
-                "ReferenceGrant",
-            ],
+            &["spec.tls.clientCertificateRef", "certs/client", "ReferenceGrant"],
         );
         // A grant for another namespace does not help.
         let mut index = Index::new(OURS);
         let (grant_key, grant) = grant("certs", "web");
         index.apply(grant_key, grant);
-        assert_eq!(
-            resolve(&spec, &index, &fetched).reason,
-            reason::REF_NOT_PERMITTED
-        );
+        assert_eq!(resolve(&spec, &index, &fetched).reason, reason::REF_NOT_PERMITTED);
         // With the grant, a missing Secret is the next problem.
         let verdict = resolve(&spec, &index_with_grant(), &Fetched::default());
         assert_eq!(verdict.reason, reason::INVALID_CLIENT_CERTIFICATE_REF);
@@ -865,22 +668,11 @@ mod tests {
         bad_kind.kind = "Service".into();
         let mut fetched = Fetched::default();
         fetched.config_maps.insert(r("app", "ca1"), valid_ca());
-        let spec = tls_spec(
-            Some(secret_ref(None, "missing")),
-            vec![ca_ref("ca1"), ca_ref("ca2"), bad_kind.clone()],
-        );
-        assert_eq!(
-            resolve(&spec, &Index::new(OURS), &fetched).reason,
-            reason::INVALID_CLIENT_CERTIFICATE_REF
-        );
+        let spec = tls_spec(Some(secret_ref(None, "missing")), vec![ca_ref("ca1"), ca_ref("ca2"), bad_kind.clone()]);
+        assert_eq!(resolve(&spec, &Index::new(OURS), &fetched).reason, reason::INVALID_CLIENT_CERTIFICATE_REF);
         fetched.secrets.insert(r("app", "missing"), valid_secret());
         let verdict = resolve(&spec, &Index::new(OURS), &fetched);
-        assert_reason(
-            &verdict,
-            false,
-            reason::INVALID_CA_CERTIFICATE_REF,
-            &["caCertificateRefs[1]", "app/ca2"],
-        );
+        assert_reason(&verdict, false, reason::INVALID_CA_CERTIFICATE_REF, &["caCertificateRefs[1]", "app/ca2"]);
         let spec = tls_spec(None, vec![ca_ref("ca1"), bad_kind, ca_ref("ca2")]);
         assert_reason(
             &resolve(&spec, &Index::new(OURS), &fetched),
@@ -898,42 +690,18 @@ mod tests {
 
     #[test]
     fn evaluate_valid_backend() {
-        let backend = Backend {
-            generation: 1,
-            spec: Ok(plain_spec()),
-        };
-        let verdicts = evaluate(
-            &key(),
-            &backend,
-            &Index::new(OURS),
-            &Fetched::default(),
-            &policy(),
-        );
+        let backend = Backend { generation: 1, spec: Ok(plain_spec()) };
+        let verdicts = evaluate(&key(), &backend, &Index::new(OURS), &Fetched::default(), &policy());
         assert!(verdicts.accepted.status, "{verdicts:?}");
         assert_eq!(verdicts.resolved_refs, conditions::resolved_refs());
     }
 
     #[test]
     fn evaluate_undecodable_spec() {
-        let backend = Backend {
-            generation: 1,
-            spec: Err("spec.tls.mode: unknown variant `Sometimes`".into()),
-        };
-        let verdicts = evaluate(
-            &key(),
-            &backend,
-            &Index::new(OURS),
-            &Fetched::default(),
-            &policy(),
-        );
-        assert_eq!(
-            (verdicts.accepted.status, verdicts.accepted.reason),
-            (false, reason::INVALID)
-        );
-        assert_eq!(
-            (verdicts.resolved_refs.status, verdicts.resolved_refs.reason),
-            (true, reason::RESOLVED_REFS)
-        );
+        let backend = Backend { generation: 1, spec: Err("spec.tls.mode: unknown variant `Sometimes`".into()) };
+        let verdicts = evaluate(&key(), &backend, &Index::new(OURS), &Fetched::default(), &policy());
+        assert_eq!((verdicts.accepted.status, verdicts.accepted.reason), (false, reason::INVALID));
+        assert_eq!((verdicts.resolved_refs.status, verdicts.resolved_refs.reason), (true, reason::RESOLVED_REFS));
         assert!(verdicts.resolved_refs.message.contains("does not decode"));
         let notes = events(&backend, &verdicts);
         assert_eq!(notes.len(), 1, "{notes:?}");
@@ -943,49 +711,23 @@ mod tests {
     #[test]
     fn evaluate_computes_both_conditions_independently() {
         let mut spec = tls_spec(Some(secret_ref(None, "client")), vec![]);
-        spec.external_hostname = Some(ExternalHostnameBackend {
-            hostname: "localhost".into(),
-        });
-        let backend = Backend {
-            generation: 1,
-            spec: Ok(spec),
-        };
-        let verdicts = evaluate(
-            &key(),
-            &backend,
-            &Index::new(OURS),
-            &Fetched::default(),
-            &policy(),
-        );
+        spec.external_hostname = Some(ExternalHostnameBackend { hostname: "localhost".into() });
+        let backend = Backend { generation: 1, spec: Ok(spec) };
+        let verdicts = evaluate(&key(), &backend, &Index::new(OURS), &Fetched::default(), &policy());
         assert!(!verdicts.accepted.status);
-        assert_eq!(
-            verdicts.resolved_refs.reason,
-            reason::INVALID_CLIENT_CERTIFICATE_REF
-        );
+        assert_eq!(verdicts.resolved_refs.reason, reason::INVALID_CLIENT_CERTIFICATE_REF);
     }
 
     #[test]
     fn events_for_insecure_and_rejected() {
-        let insecure = Backend {
-            generation: 1,
-            spec: Ok(plain_spec()),
-        };
-        let verdicts = Verdicts {
-            accepted: conditions::accepted(),
-            resolved_refs: conditions::resolved_refs(),
-        };
+        let insecure = Backend { generation: 1, spec: Ok(plain_spec()) };
+        let verdicts = Verdicts { accepted: conditions::accepted(), resolved_refs: conditions::resolved_refs() };
         let notes = events(&insecure, &verdicts);
         assert_eq!(notes.len(), 1, "{notes:?}");
         assert_eq!((notes[0].warning, notes[0].reason), (true, INSECURE_REASON));
-        assert!(
-            notes[0].message.contains("api.example.com:443")
-                && notes[0].message.contains("spec.tls")
-        );
+        assert!(notes[0].message.contains("api.example.com:443") && notes[0].message.contains("spec.tls"));
 
-        let secure = Backend {
-            generation: 1,
-            spec: Ok(tls_spec(None, vec![])),
-        };
+        let secure = Backend { generation: 1, spec: Ok(tls_spec(None, vec![])) };
         assert!(events(&secure, &verdicts).is_empty());
 
         let rejected = Verdicts {
@@ -995,32 +737,20 @@ mod tests {
         let notes = events(&secure, &rejected);
         assert_eq!(
             notes,
-            vec![EventNote {
-                warning: true,
-                reason: reason::HOSTNAME_NOT_ALLOWED,
-                message: "denied".into()
-            }]
+            vec![EventNote { warning: true, reason: reason::HOSTNAME_NOT_ALLOWED, message: "denied".into() }]
         );
 
         // TLSRequired already says it; no second warning.
-        let required = Verdicts {
-            accepted: conditions::tls_required("tls required"),
-            resolved_refs: conditions::resolved_refs(),
-        };
+        let required =
+            Verdicts { accepted: conditions::tls_required("tls required"), resolved_refs: conditions::resolved_refs() };
         let notes = events(&insecure, &required);
-        assert_eq!(
-            notes.iter().map(|n| n.reason).collect::<Vec<_>>(),
-            vec![reason::TLS_REQUIRED]
-        );
+        assert_eq!(notes.iter().map(|n| n.reason).collect::<Vec<_>>(), vec![reason::TLS_REQUIRED]);
     }
 
     // --- merge ------------------------------------------------------------
 
     fn ok() -> Verdicts {
-        Verdicts {
-            accepted: conditions::accepted(),
-            resolved_refs: conditions::resolved_refs(),
-        }
+        Verdicts { accepted: conditions::accepted(), resolved_refs: conditions::resolved_refs() }
     }
 
     fn gateways(names: &[(&str, &str)]) -> Vec<ObjectRef> {
@@ -1037,22 +767,15 @@ mod tests {
     }
 
     fn ours_in(list: &[Value]) -> Vec<&Value> {
-        list.iter()
-            .filter(|e| e.get("controllerName").and_then(Value::as_str) == Some(OURS))
-            .collect()
+        list.iter().filter(|e| e.get("controllerName").and_then(Value::as_str) == Some(OURS)).collect()
     }
 
     fn not_ours(list: &[Value]) -> Vec<&Value> {
-        list.iter()
-            .filter(|e| e.get("controllerName").and_then(Value::as_str) != Some(OURS))
-            .collect()
+        list.iter().filter(|e| e.get("controllerName").and_then(Value::as_str) != Some(OURS)).collect()
     }
 
     fn condition_of<'a>(entry: &'a Value, type_: &str) -> &'a Value {
-        entry["conditions"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["type"] == type_))
-            .expect("condition present")
+        entry["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == type_)).expect("condition present")
     }
 
     #[test]
@@ -1087,38 +810,15 @@ mod tests {
 
     #[test]
     fn merge_parents_shape() {
-        let out = merge(
-            &[],
-            Shape::Parents,
-            OURS,
-            1,
-            &gateways(&[("infra", "a")]),
-            &ok(),
-            NOW,
-        );
+        let out = merge(&[], Shape::Parents, OURS, 1, &gateways(&[("infra", "a")]), &ok(), NOW);
         assert!(out.list[0].get("ancestorRef").is_none());
         assert_eq!(out.list[0]["parentRef"]["name"], "a");
-        let again = merge(
-            &out.list,
-            Shape::Parents,
-            OURS,
-            1,
-            &gateways(&[("infra", "a")]),
-            &ok(),
-            "2031-01-01T00:00:00Z",
-        );
+        let again =
+            merge(&out.list, Shape::Parents, OURS, 1, &gateways(&[("infra", "a")]), &ok(), "2031-01-01T00:00:00Z");
         assert!(!again.changed);
         assert_eq!(again.list, out.list);
         // An entry of ours in the other shape is stale.
-        let switched = merge(
-            &out.list,
-            Shape::Ancestors,
-            OURS,
-            1,
-            &gateways(&[("infra", "a")]),
-            &ok(),
-            NOW,
-        );
+        let switched = merge(&out.list, Shape::Ancestors, OURS, 1, &gateways(&[("infra", "a")]), &ok(), NOW);
         assert!(switched.changed);
         assert_eq!(switched.list.len(), 1);
         assert!(switched.list[0].get("ancestorRef").is_some());
@@ -1132,15 +832,7 @@ mod tests {
             foreign("z"),
         ];
         let before: Vec<String> = current.iter().map(Value::to_string).collect();
-        let out = merge(
-            &current,
-            Shape::Ancestors,
-            OURS,
-            1,
-            &gateways(&[("infra", "a")]),
-            &ok(),
-            NOW,
-        );
+        let out = merge(&current, Shape::Ancestors, OURS, 1, &gateways(&[("infra", "a")]), &ok(), NOW);
         assert!(out.changed);
         let after: Vec<String> = out.list[..3].iter().map(Value::to_string).collect();
         assert_eq!(before, after);
@@ -1159,60 +851,26 @@ mod tests {
             json!({"controllerName": 5}),
             json!({"controllerName": OURS.to_uppercase()}),
         ];
-        let out = merge(
-            &current,
-            Shape::Ancestors,
-            OURS,
-            1,
-            &gateways(&[("infra", "a")]),
-            &ok(),
-            NOW,
-        );
+        let out = merge(&current, Shape::Ancestors, OURS, 1, &gateways(&[("infra", "a")]), &ok(), NOW);
         assert_eq!(&out.list[..current.len()], &current[..]);
         assert_eq!(out.list.len(), current.len() + 1);
-        let again = merge(
-            &out.list,
-            Shape::Ancestors,
-            OURS,
-            1,
-            &gateways(&[("infra", "a")]),
-            &ok(),
-            NOW,
-        );
+        let again = merge(&out.list, Shape::Ancestors, OURS, 1, &gateways(&[("infra", "a")]), &ok(), NOW);
         assert!(!again.changed);
     }
 
     #[test]
     fn merge_removes_stale_duplicate_and_malformed_own_entries() {
-        let first = merge(
-            &[],
-            Shape::Ancestors,
-            OURS,
-            1,
-            &gateways(&[("infra", "a"), ("infra", "old")]),
-            &ok(),
-            EARLIER,
-        );
+        let first =
+            merge(&[], Shape::Ancestors, OURS, 1, &gateways(&[("infra", "a"), ("infra", "old")]), &ok(), EARLIER);
         let mut current = first.list.clone();
         current.push(current[0].clone()); // a duplicate of ours
         current.push(json!({"controllerName": OURS, "garbage": true}));
         current.insert(1, foreign("x"));
-        let out = merge(
-            &current,
-            Shape::Ancestors,
-            OURS,
-            1,
-            &gateways(&[("infra", "a")]),
-            &ok(),
-            NOW,
-        );
+        let out = merge(&current, Shape::Ancestors, OURS, 1, &gateways(&[("infra", "a")]), &ok(), NOW);
         assert!(out.changed);
         assert_eq!(out.list.len(), 2);
         assert_eq!(out.list[0], foreign("x"));
-        assert_eq!(
-            out.list[1], first.list[0],
-            "the kept entry keeps its timestamps"
-        );
+        assert_eq!(out.list[1], first.list[0], "the kept entry keeps its timestamps");
         // No ancestors left: all of ours go, foreign stays.
         let out = merge(&current, Shape::Ancestors, OURS, 1, &[], &ok(), NOW);
         assert_eq!(out.list, vec![foreign("x")]);
@@ -1223,22 +881,11 @@ mod tests {
     fn merge_caps_at_32_keeping_foreign_first() {
         let foreign_entries: Vec<Value> = (0..30).map(|i| foreign(&format!("f{i:02}"))).collect();
         let wanted = gateways(&[("n", "e"), ("n", "d"), ("n", "c"), ("n", "b"), ("n", "a")]);
-        let out = merge(
-            &foreign_entries,
-            Shape::Ancestors,
-            OURS,
-            1,
-            &wanted,
-            &ok(),
-            NOW,
-        );
+        let out = merge(&foreign_entries, Shape::Ancestors, OURS, 1, &wanted, &ok(), NOW);
         assert_eq!(out.list.len(), MAX_ANCESTORS);
         assert_eq!(out.truncated, 3);
         assert_eq!(&out.list[..30], &foreign_entries[..]);
-        let kept: Vec<&Value> = ours_in(&out.list)
-            .into_iter()
-            .map(|e| &e["ancestorRef"]["name"])
-            .collect();
+        let kept: Vec<&Value> = ours_in(&out.list).into_iter().map(|e| &e["ancestorRef"]["name"]).collect();
         assert_eq!(kept, vec!["a", "b"]);
         let again = merge(&out.list, Shape::Ancestors, OURS, 1, &wanted, &ok(), NOW);
         assert!(!again.changed);
@@ -1255,15 +902,7 @@ mod tests {
     #[test]
     fn merge_ignores_order_and_timestamps() {
         let wanted = gateways(&[("infra", "a"), ("infra", "b")]);
-        let first = merge(
-            &[foreign("x")],
-            Shape::Ancestors,
-            OURS,
-            2,
-            &wanted,
-            &ok(),
-            EARLIER,
-        );
+        let first = merge(&[foreign("x")], Shape::Ancestors, OURS, 2, &wanted, &ok(), EARLIER);
         let mut shuffled = first.list.clone();
         shuffled.reverse();
         for entry in &mut shuffled {
@@ -1273,10 +912,7 @@ mod tests {
         }
         let out = merge(&shuffled, Shape::Ancestors, OURS, 2, &wanted, &ok(), NOW);
         assert!(!out.changed, "order alone is no change");
-        assert_eq!(
-            condition_of(&out.list[1], "Accepted")["lastTransitionTime"],
-            EARLIER
-        );
+        assert_eq!(condition_of(&out.list[1], "Accepted")["lastTransitionTime"], EARLIER);
 
         // A stored timestamp that differs (or is missing) is not a change by itself.
         let mut retimed = first.list.clone();
@@ -1286,14 +922,8 @@ mod tests {
         }
         let out = merge(&retimed, Shape::Ancestors, OURS, 2, &wanted, &ok(), NOW);
         assert!(!out.changed);
-        assert_eq!(
-            condition_of(&out.list[1], "Accepted")["lastTransitionTime"],
-            "2019-05-05T00:00:00Z"
-        );
-        assert_eq!(
-            condition_of(&out.list[2], "ResolvedRefs")["lastTransitionTime"],
-            NOW
-        );
+        assert_eq!(condition_of(&out.list[1], "Accepted")["lastTransitionTime"], "2019-05-05T00:00:00Z");
+        assert_eq!(condition_of(&out.list[2], "ResolvedRefs")["lastTransitionTime"], NOW);
     }
 
     #[test]
@@ -1305,25 +935,11 @@ mod tests {
             accepted: conditions::invalid("spec.port.port must be 1 to 65535."),
             resolved_refs: conditions::resolved_refs(),
         };
-        let out = merge(
-            &first.list,
-            Shape::Ancestors,
-            OURS,
-            1,
-            &wanted,
-            &flipped,
-            NOW,
-        );
+        let out = merge(&first.list, Shape::Ancestors, OURS, 1, &wanted, &flipped, NOW);
         assert!(out.changed);
-        assert_eq!(
-            condition_of(&out.list[0], "Accepted")["lastTransitionTime"],
-            NOW
-        );
+        assert_eq!(condition_of(&out.list[0], "Accepted")["lastTransitionTime"], NOW);
         assert_eq!(condition_of(&out.list[0], "Accepted")["status"], "False");
-        assert_eq!(
-            condition_of(&out.list[0], "ResolvedRefs")["lastTransitionTime"],
-            EARLIER
-        );
+        assert_eq!(condition_of(&out.list[0], "ResolvedRefs")["lastTransitionTime"], EARLIER);
 
         // Same status, another reason and message: a change, but the time stays.
         let first = merge(&[], Shape::Ancestors, OURS, 1, &wanted, &flipped, EARLIER);
@@ -1333,14 +949,8 @@ mod tests {
         };
         let out = merge(&first.list, Shape::Ancestors, OURS, 1, &wanted, &other, NOW);
         assert!(out.changed);
-        assert_eq!(
-            condition_of(&out.list[0], "Accepted")["reason"],
-            "HostnameNotAllowed"
-        );
-        assert_eq!(
-            condition_of(&out.list[0], "Accepted")["lastTransitionTime"],
-            EARLIER
-        );
+        assert_eq!(condition_of(&out.list[0], "Accepted")["reason"], "HostnameNotAllowed");
+        assert_eq!(condition_of(&out.list[0], "Accepted")["lastTransitionTime"], EARLIER);
     }
 
     #[test]
@@ -1349,34 +959,16 @@ mod tests {
         let first = merge(&[], Shape::Ancestors, OURS, 1, &wanted, &ok(), EARLIER);
         let out = merge(&first.list, Shape::Ancestors, OURS, 2, &wanted, &ok(), NOW);
         assert!(out.changed);
-        assert_eq!(
-            condition_of(&out.list[0], "Accepted")["observedGeneration"],
-            2
-        );
-        assert_eq!(
-            condition_of(&out.list[0], "Accepted")["lastTransitionTime"],
-            EARLIER
-        );
+        assert_eq!(condition_of(&out.list[0], "Accepted")["observedGeneration"], 2);
+        assert_eq!(condition_of(&out.list[0], "Accepted")["lastTransitionTime"], EARLIER);
     }
 
     #[test]
     fn merge_clips_huge_messages() {
-        let huge = Verdicts {
-            accepted: conditions::invalid("é".repeat(20_000)),
-            resolved_refs: conditions::resolved_refs(),
-        };
-        let out = merge(
-            &[],
-            Shape::Ancestors,
-            OURS,
-            1,
-            &gateways(&[("infra", "a")]),
-            &huge,
-            NOW,
-        );
-        let message = condition_of(&out.list[0], "Accepted")["message"]
-            .as_str()
-            .map(str::len);
+        let huge =
+            Verdicts { accepted: conditions::invalid("é".repeat(20_000)), resolved_refs: conditions::resolved_refs() };
+        let out = merge(&[], Shape::Ancestors, OURS, 1, &gateways(&[("infra", "a")]), &huge, NOW);
+        let message = condition_of(&out.list[0], "Accepted")["message"].as_str().map(str::len);
         assert!(message.is_some_and(|len| len <= MAX_MESSAGE_BYTES && len > 32_000));
     }
 
@@ -1385,12 +977,8 @@ mod tests {
             Just(Value::Null),
             any::<bool>().prop_map(Value::from),
             any::<i64>().prop_map(Value::from),
-            prop_oneof![
-                Just(OURS.to_string()),
-                Just(THEIRS.to_string()),
-                "[a-zA-Z]{0,6}".prop_map(String::from)
-            ]
-            .prop_map(Value::from),
+            prop_oneof![Just(OURS.to_string()), Just(THEIRS.to_string()), "[a-zA-Z]{0,6}".prop_map(String::from)]
+                .prop_map(Value::from),
         ];
         leaf.prop_recursive(4, 48, 6, |inner| {
             let key = prop_oneof![
@@ -1429,16 +1017,8 @@ mod tests {
 
     fn verdicts_strategy() -> impl Strategy<Value = Verdicts> {
         (any::<bool>(), any::<bool>()).prop_map(|(accepted, resolved)| Verdicts {
-            accepted: if accepted {
-                conditions::accepted()
-            } else {
-                conditions::invalid("bad")
-            },
-            resolved_refs: if resolved {
-                conditions::resolved_refs()
-            } else {
-                conditions::invalid_kind("kind")
-            },
+            accepted: if accepted { conditions::accepted() } else { conditions::invalid("bad") },
+            resolved_refs: if resolved { conditions::resolved_refs() } else { conditions::invalid_kind("kind") },
         })
     }
 

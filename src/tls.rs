@@ -25,8 +25,10 @@ pub fn check_client_certificate(secret: &Secret) -> Result<(), String> {
     if type_ != SECRET_TYPE_TLS {
         return Err(format!("{who} has type {type_:?}; a client certificate Secret must have type {SECRET_TYPE_TLS}."));
     }
-    let crt = secret_value(secret, TLS_CRT).ok_or_else(|| format!("{who} has no {TLS_CRT}; add the PEM client certificate."))?;
-    let key = secret_value(secret, TLS_KEY).ok_or_else(|| format!("{who} has no {TLS_KEY}; add the PEM private key."))?;
+    let crt = secret_value(secret, TLS_CRT)
+        .ok_or_else(|| format!("{who} has no {TLS_CRT}; add the PEM client certificate."))?;
+    let key =
+        secret_value(secret, TLS_KEY).ok_or_else(|| format!("{who} has no {TLS_KEY}; add the PEM private key."))?;
 
     let certs = parse_certificates(crt).map_err(|problem| format!("{who}: {TLS_CRT} {problem}."))?;
     let leaf = certs.first().ok_or_else(|| format!("{who}: {TLS_CRT} has no certificate."))?;
@@ -72,7 +74,8 @@ pub fn check_ca_bundle(config_map: &ConfigMap) -> Result<(), String> {
 fn parse_certificates(pem_bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     let mut certs = Vec::new();
     for (i, item) in CertificateDer::pem_slice_iter(pem_bytes).enumerate() {
-        let der = item.map_err(|e| format!("has a malformed PEM block after {i} certificate(s): {}", pem_problem(&e)))?;
+        let der =
+            item.map_err(|e| format!("has a malformed PEM block after {i} certificate(s): {}", pem_problem(&e)))?;
         if let Err(e) = x509_parser::parse_x509_certificate(&der) {
             return Err(format!("certificate {} does not parse as X.509: {e}", i + 1));
         }
@@ -143,7 +146,10 @@ mod tests {
 
     fn pair(alg: &'static SignatureAlgorithm) -> Pair {
         let key = KeyPair::generate_for(alg).expect("generate key");
-        let cert = CertificateParams::new(vec!["client.example".to_string()]).expect("params").self_signed(&key).expect("self-sign");
+        let cert = CertificateParams::new(vec!["client.example".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("self-sign");
         Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem() }
     }
 
@@ -153,7 +159,11 @@ mod tests {
 
     fn secret(type_: Option<&str>, data: &[(&str, &[u8])]) -> Secret {
         Secret {
-            metadata: ObjectMeta { name: Some("client-cert".into()), namespace: Some("apps".into()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some("client-cert".into()),
+                namespace: Some("apps".into()),
+                ..Default::default()
+            },
             type_: type_.map(String::from),
             data: Some(data.iter().map(|(k, v)| (k.to_string(), ByteString(v.to_vec()))).collect()),
             ..Default::default()
@@ -241,7 +251,8 @@ mod tests {
     fn string_data_counts_like_data() {
         let p = p256();
         let mut s = secret(Some(SECRET_TYPE_TLS), &[(TLS_CRT, b"stale")]);
-        s.string_data = Some(BTreeMap::from([(TLS_CRT.into(), p.cert_pem.clone()), (TLS_KEY.into(), p.key_pem.clone())]));
+        s.string_data =
+            Some(BTreeMap::from([(TLS_CRT.into(), p.cert_pem.clone()), (TLS_KEY.into(), p.key_pem.clone())]));
         assert_eq!(check_client_certificate(&s), Ok(()));
     }
 
@@ -272,8 +283,16 @@ mod tests {
         let t = Some(SECRET_TYPE_TLS);
         assert_err(check_client_certificate(&secret(t, &[(TLS_KEY, p.key_pem.as_bytes())])), "no tls.crt", &p.key_pem);
         assert_err(check_client_certificate(&secret(t, &[(TLS_CRT, p.cert_pem.as_bytes())])), "no tls.key", "");
-        assert_err(check_client_certificate(&secret(t, &[(TLS_CRT, b" \n"), (TLS_KEY, p.key_pem.as_bytes())])), "no tls.crt", &p.key_pem);
-        assert_err(check_client_certificate(&secret(t, &[(TLS_CRT, p.cert_pem.as_bytes()), (TLS_KEY, b"")])), "no tls.key", "");
+        assert_err(
+            check_client_certificate(&secret(t, &[(TLS_CRT, b" \n"), (TLS_KEY, p.key_pem.as_bytes())])),
+            "no tls.crt",
+            &p.key_pem,
+        );
+        assert_err(
+            check_client_certificate(&secret(t, &[(TLS_CRT, p.cert_pem.as_bytes()), (TLS_KEY, b"")])),
+            "no tls.key",
+            "",
+        );
         let mut no_data = secret(t, &[]);
         no_data.data = None;
         assert_err(check_client_certificate(&no_data), "no tls.crt", "");
@@ -304,9 +323,15 @@ mod tests {
         let cases = [
             ("not a key".to_string(), "no PEM private key"),
             (p.cert_pem.clone(), "no PEM private key"),
-            (format!("-----BEGIN PRIVATE KEY-----\n{secret_body}\n-----END PRIVATE KEY-----\n"), "not a usable private key"),
+            (
+                format!("-----BEGIN PRIVATE KEY-----\n{secret_body}\n-----END PRIVATE KEY-----\n"),
+                "not a usable private key",
+            ),
             (format!("-----BEGIN PRIVATE KEY-----\n{secret_body}!\n-----END PRIVATE KEY-----\n"), "not valid base64"),
-            (format!("-----BEGIN ENCRYPTED PRIVATE KEY-----\n{secret_body}\n-----END ENCRYPTED PRIVATE KEY-----\n"), "encrypted"),
+            (
+                format!("-----BEGIN ENCRYPTED PRIVATE KEY-----\n{secret_body}\n-----END ENCRYPTED PRIVATE KEY-----\n"),
+                "encrypted",
+            ),
             (format!("-----BEGIN PRIVATE KEY-----\n{secret_body}\n"), "no matching END"),
         ];
         for (key, needle) in cases {
@@ -343,9 +368,15 @@ mod tests {
             (config_map(&[(CA_CRT, "")]), "empty"),
             (config_map(&[(CA_CRT, "junk only\n")]), "no PEM certificate"),
             (config_map(&[(CA_CRT, &a.key_pem)]), "no PEM certificate"),
-            (config_map(&[(CA_CRT, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")]), "does not parse"),
             (
-                config_map(&[(CA_CRT, &format!("{}-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", a.cert_pem))]),
+                config_map(&[(CA_CRT, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")]),
+                "does not parse",
+            ),
+            (
+                config_map(&[(
+                    CA_CRT,
+                    &format!("{}-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", a.cert_pem),
+                )]),
                 "certificate 2",
             ),
         ];

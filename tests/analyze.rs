@@ -145,7 +145,8 @@ fn golden(path: &Path, actual: &str) {
         std::fs::write(path, actual).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         return;
     }
-    let expected = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it, then review it)", path.display()));
+    let expected = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it, then review it)", path.display()));
     similar_asserts::assert_eq!(expected: expected, actual: actual.to_string(), "golden file {}", path.display());
 }
 
@@ -172,7 +173,8 @@ impl Run {
     fn check(&self) -> Output {
         let dir = cases_dir().join(self.dir);
         let out = analyze(&dir, self.args, self.stdin.map(|f| dir.join(f)).as_deref());
-        let context = format!("run {} (exit {})\n--- stdout\n{}\n--- stderr\n{}", self.name, out.code, out.stdout, out.stderr);
+        let context =
+            format!("run {} (exit {})\n--- stdout\n{}\n--- stderr\n{}", self.name, out.code, out.stdout, out.stderr);
 
         assert!(!out.stderr.contains("panicked"), "analyze panicked: {context}");
         assert_eq!(out.code, self.exit, "exit code; {context}");
@@ -196,10 +198,19 @@ impl Run {
             let docs = output_documents(&out.stdout, self.args.contains(&"json"));
             self.check_documents(&docs, &context);
             // Every condition written now carries the run's time.
-            let conditions: usize =
-                docs.iter().map(|d| our_entries(d, self.controller()).map(|e| e["conditions"].as_array().map_or(0, Vec::len)).sum::<usize>()).sum();
+            let conditions: usize = docs
+                .iter()
+                .map(|d| {
+                    our_entries(d, self.controller())
+                        .map(|e| e["conditions"].as_array().map_or(0, Vec::len))
+                        .sum::<usize>()
+                })
+                .sum();
             let old = self.dir == "existing-status";
-            assert!(stamped == conditions || (old && stamped < conditions), "{stamped} timestamps of now for {conditions} conditions; {context}");
+            assert!(
+                stamped == conditions || (old && stamped < conditions),
+                "{stamped} timestamps of now for {conditions} conditions; {context}"
+            );
         }
         out
     }
@@ -219,15 +230,27 @@ impl Run {
             let mine: Vec<&&str> = lines.iter().filter(|l| l.starts_with(&format!("XBackend {key}  "))).collect();
             assert_eq!(mine.len(), (*ancestors).max(1), "{key}: one line per ancestor; {context}");
             for line in &mine {
-                assert!(line.contains(&format!("{accepted} {resolved}")), "{key}: want {accepted} {resolved} in {line:?}; {context}");
-                assert_eq!(line.contains("(no ancestor Gateway of this controller)"), *ancestors == 0, "{key}: {line:?}");
-                assert_eq!(line.contains("=False"), line.contains("): "), "{key}: a finding comes with its message: {line:?}");
+                assert!(
+                    line.contains(&format!("{accepted} {resolved}")),
+                    "{key}: want {accepted} {resolved} in {line:?}; {context}"
+                );
+                assert_eq!(
+                    line.contains("(no ancestor Gateway of this controller)"),
+                    *ancestors == 0,
+                    "{key}: {line:?}"
+                );
+                assert_eq!(
+                    line.contains("=False"),
+                    line.contains("): "),
+                    "{key}: a finding comes with its message: {line:?}"
+                );
             }
             if *accepted != OK || *resolved != REFS_OK {
                 findings += 1;
             }
         }
-        let count = format!("{} XBackend(s): {} clean, {findings} with findings", expected.len(), expected.len() - findings);
+        let count =
+            format!("{} XBackend(s): {} clean, {findings} with findings", expected.len(), expected.len() - findings);
         assert!(summary.contains(&count), "want {count:?}; {context}");
         assert_eq!(self.exit == 3, findings > 0, "exit 3 exactly when there are findings; {context}");
     }
@@ -238,7 +261,11 @@ impl Run {
         let expected: BTreeSet<String> = self.verdicts.iter().map(|v| v.0.to_string()).collect();
         assert_eq!(printed, expected, "XBackends printed; {context}");
         for doc in docs {
-            assert_eq!((doc["apiVersion"].as_str(), doc["kind"].as_str()), (Some("gateway.networking.x-k8s.io/v1alpha1"), Some("XBackend")), "{context}");
+            assert_eq!(
+                (doc["apiVersion"].as_str(), doc["kind"].as_str()),
+                (Some("gateway.networking.x-k8s.io/v1alpha1"), Some("XBackend")),
+                "{context}"
+            );
             let key = key_of(doc);
             let (_, ancestors, accepted, resolved) = self.verdicts.iter().find(|v| v.0 == key).unwrap();
             let entries: Vec<&Value> = our_entries(doc, self.controller()).collect();
@@ -251,7 +278,11 @@ impl Run {
             for e in &entries {
                 assert_eq!(conditions(e), want, "{key}: conditions of {}; {context}", gateway_of(e));
                 for c in e["conditions"].as_array().unwrap() {
-                    assert_eq!(c["observedGeneration"], doc["metadata"]["generation"].as_i64().unwrap_or(1), "{key}: {c}");
+                    assert_eq!(
+                        c["observedGeneration"],
+                        doc["metadata"]["generation"].as_i64().unwrap_or(1),
+                        "{key}: {c}"
+                    );
                     assert!(c["message"].as_str().is_some_and(|m| m.len() > 10), "{key}: a message: {c}");
                 }
             }
@@ -268,13 +299,20 @@ fn output_documents(stdout: &str, json: bool) -> Vec<Value> {
         return list["items"].as_array().expect("items").clone();
     }
     serde_yaml_ng::Deserializer::from_str(stdout)
-        .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap_or_else(|e| panic!("output is not YAML: {e}\n{stdout}")))
+        .map(|d| {
+            <Value as serde::Deserialize>::deserialize(d)
+                .unwrap_or_else(|e| panic!("output is not YAML: {e}\n{stdout}"))
+        })
         .filter(|v| !v.is_null())
         .collect()
 }
 
 fn key_of(doc: &Value) -> String {
-    format!("{}/{}", doc["metadata"]["namespace"].as_str().unwrap_or("?"), doc["metadata"]["name"].as_str().unwrap_or("?"))
+    format!(
+        "{}/{}",
+        doc["metadata"]["namespace"].as_str().unwrap_or("?"),
+        doc["metadata"]["name"].as_str().unwrap_or("?")
+    )
 }
 
 fn our_entries<'a>(doc: &'a Value, controller: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
@@ -283,7 +321,11 @@ fn our_entries<'a>(doc: &'a Value, controller: &'a str) -> impl Iterator<Item = 
 
 fn gateway_of(entry: &Value) -> String {
     let r = &entry["ancestorRef"];
-    assert_eq!((r["group"].as_str(), r["kind"].as_str()), (Some("gateway.networking.k8s.io"), Some("Gateway")), "{entry}");
+    assert_eq!(
+        (r["group"].as_str(), r["kind"].as_str()),
+        (Some("gateway.networking.k8s.io"), Some("Gateway")),
+        "{entry}"
+    );
     format!("{}/{}", r["namespace"].as_str().unwrap_or("?"), r["name"].as_str().unwrap_or("?"))
 }
 
@@ -293,7 +335,13 @@ fn conditions(entry: &Value) -> Vec<(String, String, String)> {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|c| (c["type"].as_str().unwrap_or("").into(), c["status"].as_str().unwrap_or("").into(), c["reason"].as_str().unwrap_or("").into()))
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap_or("").into(),
+                c["status"].as_str().unwrap_or("").into(),
+                c["reason"].as_str().unwrap_or("").into(),
+            )
+        })
         .collect()
 }
 
@@ -526,7 +574,10 @@ fn odd_documents_do_not_crash() {
             ("default/spec-is-a-number", 0, INVALID, REFS_OK),
             ("default/status-is-a-string", 0, OK, REFS_OK),
         ],
-        says: &["bundle.yaml (document 3): XBackend default/ ignored: object has no metadata.name", "bundle.yaml (document 4): XBackend"],
+        says: &[
+            "bundle.yaml (document 3): XBackend default/ ignored: object has no metadata.name",
+            "bundle.yaml (document 4): XBackend",
+        ],
     }
     .check();
     // Two nameless objects are two ignored objects, not one duplicated.
@@ -564,7 +615,11 @@ fn folder_symlinks_do_not_loop_or_duplicate() {
     // The layout kubelet gives a ConfigMap volume.
     let mounted = root.join("mounted");
     std::fs::create_dir_all(mounted.join("..2026_01_01_00_00_00.1")).unwrap();
-    std::fs::write(mounted.join("..2026_01_01_00_00_00.1/backend.yaml"), support::xbackend_yaml("mounted", "mounted.example.com")).unwrap();
+    std::fs::write(
+        mounted.join("..2026_01_01_00_00_00.1/backend.yaml"),
+        support::xbackend_yaml("mounted", "mounted.example.com"),
+    )
+    .unwrap();
     symlink("..2026_01_01_00_00_00.1", mounted.join("..data")).unwrap();
     symlink("..data/backend.yaml", mounted.join("backend.yaml")).unwrap();
 
@@ -572,7 +627,11 @@ fn folder_symlinks_do_not_loop_or_duplicate() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(!out.stderr.contains("appears in"), "every file read once:\n{}", out.stderr);
     assert!(out.stderr.contains("2 XBackend(s): 2 clean, 0 with findings"), "{}", out.stderr);
-    assert!(out.stderr.contains("XBackend default/mounted  (no ancestor Gateway of this controller)"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("XBackend default/mounted  (no ancestor Gateway of this controller)"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -614,8 +673,12 @@ fn existing_status_keeps_foreign_entries_and_unchanged_times() {
     assert_eq!(out.code, 3, "{}", out.stderr);
     let docs = output_documents(&out.stdout, false);
     let list = docs[0]["status"]["ancestors"].as_array().unwrap();
-    let gateways: Vec<(String, String)> =
-        list.iter().map(|e| (e["controllerName"].as_str().unwrap().to_string(), e["ancestorRef"]["name"].as_str().unwrap().to_string())).collect();
+    let gateways: Vec<(String, String)> = list
+        .iter()
+        .map(|e| {
+            (e["controllerName"].as_str().unwrap().to_string(), e["ancestorRef"]["name"].as_str().unwrap().to_string())
+        })
+        .collect();
     assert_eq!(
         gateways,
         [("example.com/other-controller", "theirs"), (DEFAULT_CONTROLLER, "egress"), (DEFAULT_CONTROLLER, "second")]
@@ -697,7 +760,15 @@ async fn analyze_and_controller_agree() {
     let bundle = template.replace("ns-certs", &certs_ns).replace("ns-app", &app_ns).replace("xbackend-live", &class);
     let dir = support::tempdir("analyze-live");
     std::fs::write(dir.join("bundle.yaml"), &bundle).unwrap();
-    let flags = ["--controller-name", controller_name.as_str(), "--require-tls", "--cluster-domain", "corp.internal", "--deny-hostname", "*.blocked.example"];
+    let flags = [
+        "--controller-name",
+        controller_name.as_str(),
+        "--require-tls",
+        "--cluster-domain",
+        "corp.internal",
+        "--deny-hostname",
+        "*.blocked.example",
+    ];
 
     let mut args = vec!["-f", "bundle.yaml"];
     args.extend_from_slice(&flags);
@@ -706,7 +777,8 @@ async fn analyze_and_controller_agree() {
     let offline = verdicts_of(&output_documents(&out.stdout, false), &controller_name);
 
     // Not vacuous: every reason of DESIGN.md §4 occurs, two Gateways each, none of the foreign class.
-    let reasons: BTreeSet<&str> = offline.values().flatten().flat_map(|(_, cs)| cs.iter().map(|c| c.2.as_str())).collect();
+    let reasons: BTreeSet<&str> =
+        offline.values().flatten().flat_map(|(_, cs)| cs.iter().map(|c| c.2.as_str())).collect();
     for reason in [
         "Accepted",
         "Invalid",
@@ -736,7 +808,8 @@ async fn analyze_and_controller_agree() {
         let objects: Vec<Value> = list.items.iter().map(|o| serde_json::to_value(o).unwrap()).collect();
         Some(verdicts_of(&objects, &controller_name))
     };
-    let converged = support::eventually(Duration::from_secs(60), || async { live().await.filter(|l| *l == offline) }).await;
+    let converged =
+        support::eventually(Duration::from_secs(60), || async { live().await.filter(|l| *l == offline) }).await;
     if converged.is_none() {
         let now = live().await.unwrap_or_default();
         similar_asserts::assert_eq!(analyze: offline, controller: now, "controller log:\n{}", ctl.log_tail());

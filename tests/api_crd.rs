@@ -121,7 +121,11 @@ fn cases() -> Vec<Case> {
             ])),
             Accept,
         ),
-        case("client-and-server-with-ref", set(mtls.clone(), "/tls/clientCertificateRef", json!({"name": "client-cert"})), Accept),
+        case(
+            "client-and-server-with-ref",
+            set(mtls.clone(), "/tls/clientCertificateRef", json!({"name": "client-cert"})),
+            Accept,
+        ),
         case("port-name", set(seed(), "/port/name", json!("https")), Accept),
         case("port-1", set(seed(), "/port/port", json!(1)), Accept),
         case("port-65535", set(seed(), "/port/port", json!(65535)), Accept),
@@ -129,7 +133,11 @@ fn cases() -> Vec<Case> {
         case("label-63", host(&format!("{}.com", "a".repeat(63))), Accept),
         case("cluster-local-as-inner-label", host("cluster.local.example.com"), Accept),
         // Rejections, each breaking one rule.
-        case("svc-cluster-local", host("db.prod.svc.cluster.local"), Reject(&["spec.externalHostname.hostname", IN_CLUSTER])),
+        case(
+            "svc-cluster-local",
+            host("db.prod.svc.cluster.local"),
+            Reject(&["spec.externalHostname.hostname", IN_CLUSTER]),
+        ),
         case("bare-cluster-local", host("cluster.local"), Reject(&["spec.externalHostname.hostname", IN_CLUSTER])),
         case("ipv4", host("10.1.2.3"), Reject(&["spec.externalHostname.hostname", IP])),
         case("ipv6-loopback", host("::1"), Reject(&["spec.externalHostname.hostname", "should match"])),
@@ -137,17 +145,33 @@ fn cases() -> Vec<Case> {
         case("uppercase", host("API.openai.com"), Reject(&["spec.externalHostname.hostname", "should match"])),
         case("wildcard", host("*.openai.com"), Reject(&["spec.externalHostname.hostname", "should match"])),
         case("trailing-dot", host("api.openai.com."), Reject(&["spec.externalHostname.hostname", "should match"])),
-        case("label-64", host(&format!("{}.com", "a".repeat(64))), Reject(&["spec.externalHostname.hostname", "at most 63 characters"])),
+        case(
+            "label-64",
+            host(&format!("{}.com", "a".repeat(64))),
+            Reject(&["spec.externalHostname.hostname", "at most 63 characters"]),
+        ),
         case(
             "hostname-254",
             host(&format!("{}.com", vec!["a".repeat(62); 4].join("."))[1..]),
             Reject(&["spec.externalHostname.hostname", "253"]),
         ),
         case("port-0", set(seed(), "/port/port", json!(0)), Reject(&["spec.port.port", "greater than or equal to 1"])),
-        case("port-65536", set(seed(), "/port/port", json!(65536)), Reject(&["spec.port.port", "less than or equal to 65535"])),
-        case("port-name-underscore", set(seed(), "/port/name", json!("Bad_Name")), Reject(&["spec.port.name", "DNS label"])),
+        case(
+            "port-65536",
+            set(seed(), "/port/port", json!(65536)),
+            Reject(&["spec.port.port", "less than or equal to 65535"]),
+        ),
+        case(
+            "port-name-underscore",
+            set(seed(), "/port/name", json!("Bad_Name")),
+            Reject(&["spec.port.name", "DNS label"]),
+        ),
         case("protocol-grpc", set(seed(), "/protocol", json!("GRPC")), Reject(&["spec.protocol", "Unsupported value"])),
-        case("client-and-server-without-ref", mtls.clone(), Reject(&["spec.tls", "clientCertificateRef must be set if and only if"])),
+        case(
+            "client-and-server-without-ref",
+            mtls.clone(),
+            Reject(&["spec.tls", "clientCertificateRef must be set if and only if"]),
+        ),
         case(
             "server-only-with-ref",
             set(seed(), "/tls/clientCertificateRef", json!({"name": "client-cert"})),
@@ -162,7 +186,11 @@ fn cases() -> Vec<Case> {
             ),
             Reject(&["spec.tls.validation", "must not both be set"]),
         ),
-        case("unknown-tls-mode", set(seed(), "/tls/mode", json!("Mutual")), Reject(&["spec.tls.mode", "Unsupported value"])),
+        case(
+            "unknown-tls-mode",
+            set(seed(), "/tls/mode", json!("Mutual")),
+            Reject(&["spec.tls.mode", "Unsupported value"]),
+        ),
         case(
             "type-without-external-hostname",
             unset(seed(), "/externalHostname"),
@@ -259,7 +287,8 @@ async fn crd_accepts_and_rejects_what_the_api_says() {
 fn hostname_strategy() -> impl Strategy<Value = String> {
     use proptest::prelude::*;
     let label = "[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?";
-    let domain = (proptest::collection::vec(label, 1..4), "[a-z]{2,5}").prop_map(|(l, tld)| format!("{}.{tld}", l.join(".")));
+    let domain =
+        (proptest::collection::vec(label, 1..4), "[a-z]{2,5}").prop_map(|(l, tld)| format!("{}.{tld}", l.join(".")));
     prop_oneof![
         3 => domain.clone(),
         1 => (0u8..=255, 0u8..=255, 0u8..=255, 0u8..=255).prop_map(|(a, b, c, d)| format!("{a}.{b}.{c}.{d}")),
@@ -293,7 +322,8 @@ async fn crd_and_validate_agree_on_generated_hostnames() {
     // Deterministic, so a failure reproduces; ~150 names keep the test to seconds.
     let mut runner = TestRunner::deterministic();
     let strategy = hostname_strategy();
-    let mut hostnames: Vec<String> = (0..160).map(|_| strategy.new_tree(&mut runner).expect("value").current()).collect();
+    let mut hostnames: Vec<String> =
+        (0..160).map(|_| strategy.new_tree(&mut runner).expect("value").current()).collect();
     hostnames.sort();
     hostnames.dedup();
 
@@ -325,7 +355,13 @@ async fn crd_and_validate_agree_on_generated_hostnames() {
         }
     }
     eprintln!("{} hostnames: {accepted} accepted, {rejected} rejected by the apiserver", verdicts.len());
-    assert!(mismatches.is_empty(), "{} of {} hostnames disagree:\n{}", mismatches.len(), verdicts.len(), mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} hostnames disagree:\n{}",
+        mismatches.len(),
+        verdicts.len(),
+        mismatches.join("\n")
+    );
     // The generator must exercise both outcomes, or the test proves nothing.
     assert!(accepted >= 20 && rejected >= 40, "accepted {accepted}, rejected {rejected}");
 }

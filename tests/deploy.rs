@@ -158,9 +158,19 @@ fn default_render_is_a_hardened_two_replica_install_with_leader_election() {
     let docs = docs(&render("xbackend-controller", "xbackend-system", &[]));
     assert_eq!(
         kinds(&docs),
-        ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "PodDisruptionBudget", "Role", "RoleBinding", "Service", "ServiceAccount"]
-            .map(String::from)
-            .into(),
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "CustomResourceDefinition",
+            "Deployment",
+            "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount"
+        ]
+        .map(String::from)
+        .into(),
         "a ServiceMonitor only when asked for"
     );
     let deploy = one(&docs, "Deployment");
@@ -178,10 +188,18 @@ fn default_render_is_a_hardened_two_replica_install_with_leader_election() {
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["ports"][0]["containerPort"], 8080);
-    assert!(c["resources"]["requests"]["cpu"].is_string() && c["resources"]["limits"]["memory"].is_string(), "{}", c["resources"]);
+    assert!(
+        c["resources"]["requests"]["cpu"].is_string() && c["resources"]["limits"]["memory"].is_string(),
+        "{}",
+        c["resources"]
+    );
     assert_eq!(c["env"][0], json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}));
     // Soft spreading only: it never keeps a replica from scheduling.
-    assert!(pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"].is_array(), "{}", pod["affinity"]);
+    assert!(
+        pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"].is_array(),
+        "{}",
+        pod["affinity"]
+    );
     assert!(pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"].is_null());
     assert_eq!(pod["topologySpreadConstraints"][0]["whenUnsatisfiable"], "ScheduleAnyway");
     assert_eq!(
@@ -203,7 +221,10 @@ fn default_render_is_a_hardened_two_replica_install_with_leader_election() {
     assert_eq!(one(&docs, "Service")["spec"]["ports"][0]["targetPort"], "metrics");
     let crd = one(&docs, "CustomResourceDefinition");
     assert_eq!(crd["metadata"]["name"], "xbackends.gateway.networking.x-k8s.io");
-    assert_eq!(crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep", "uninstall must not delete every XBackend");
+    assert_eq!(
+        crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+        "uninstall must not delete every XBackend"
+    );
 }
 
 #[test]
@@ -249,7 +270,8 @@ fn every_value_reaches_the_rendered_flags_and_objects() {
     assert_eq!(one(&docs, "PodDisruptionBudget")["spec"]["maxUnavailable"], 2);
 
     // One replica may run without a Lease; then there is no Lease Role either.
-    let docs = docs_of(&render("solo", "default", &["--set", "replicaCount=1", "--set", "leaderElection.enabled=false"]));
+    let docs =
+        docs_of(&render("solo", "default", &["--set", "replicaCount=1", "--set", "leaderElection.enabled=false"]));
     assert!(args_of(&docs).contains(&"--no-leader-election".to_string()), "{:?}", args_of(&docs));
     assert!(!kinds(&docs).contains("Role") && !kinds(&docs).contains("RoleBinding"), "{:?}", kinds(&docs));
 }
@@ -278,7 +300,9 @@ fn chart_refuses_values_that_would_break_the_controller() {
 fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
     let docs = docs(&render("xbackend-controller", "xbackend-system", &[]));
     let rules = |kind: &str| -> Vec<(Vec<String>, Vec<String>, Vec<String>, Vec<String>)> {
-        let strs = |v: &Value| -> Vec<String> { v.as_array().map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect()).unwrap_or_default() };
+        let strs = |v: &Value| -> Vec<String> {
+            v.as_array().map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect()).unwrap_or_default()
+        };
         one(&docs, kind)["rules"]
             .as_array()
             .unwrap()
@@ -299,7 +323,12 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
                 s(&["list", "watch"])
             ),
             (s(&[""]), s(&["secrets", "configmaps"]), s(&[]), s(&["get", "list", "watch"])),
-            (s(&["apiextensions.k8s.io"]), s(&["customresourcedefinitions"]), s(&["xbackends.gateway.networking.x-k8s.io"]), s(&["list", "watch"])),
+            (
+                s(&["apiextensions.k8s.io"]),
+                s(&["customresourcedefinitions"]),
+                s(&["xbackends.gateway.networking.x-k8s.io"]),
+                s(&["list", "watch"])
+            ),
             (s(&["events.k8s.io"]), s(&["events"]), s(&[]), s(&["create", "patch"])),
         ]
     );
@@ -311,7 +340,10 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
         ]
     );
     let binding = one(&docs, "ClusterRoleBinding");
-    assert_eq!(binding["subjects"], json!([{"kind": "ServiceAccount", "name": "xbackend-controller", "namespace": "xbackend-system"}]));
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "xbackend-controller", "namespace": "xbackend-system"}])
+    );
 
     // In the template source every rule is preceded by a comment giving its reason.
     let source = std::fs::read_to_string(repo().join(CHART).join("templates/rbac.yaml")).unwrap();
@@ -320,7 +352,11 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
     for (i, line) in lines.iter().enumerate() {
         if line.trim_start().starts_with("- apiGroups:") {
             rules_seen += 1;
-            assert!(lines[i - 1].trim_start().starts_with('#'), "rule at templates/rbac.yaml:{} has no comment above it", i + 1);
+            assert!(
+                lines[i - 1].trim_start().starts_with('#'),
+                "rule at templates/rbac.yaml:{} has no comment above it",
+                i + 1
+            );
         }
     }
     assert_eq!(rules_seen, 8, "six ClusterRole rules and two Role rules");
@@ -344,7 +380,12 @@ fn chart_crd_copy_is_the_crd_in_crds() {
 #[test]
 fn deploy_manifests_are_rendered_from_the_current_chart() {
     let out = run(Command::new(repo().join("hack/render-manifests.sh")).arg("--check").env("HELM", helm()));
-    assert!(out.status.success(), "deploy/manifests is stale: run `make manifests`\n{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "deploy/manifests is stale: run `make manifests`\n{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     // The plain install is the chart's defaults plus its Namespace.
     let manifest = std::fs::read_to_string(repo().join("deploy/manifests/install.yaml")).unwrap();
     let docs = docs(&manifest);
@@ -370,14 +411,30 @@ fn dockerfile_passes_hadolint_and_ships_a_non_root_static_image() {
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
     let froms: Vec<&str> = dockerfile.lines().filter(|l| l.starts_with("FROM ")).collect();
     assert_eq!(froms.len(), 2, "multi-stage: {froms:?}");
-    assert!(froms.iter().all(|f| !f.contains(":latest") && f.split_whitespace().nth(1).unwrap().contains(':')), "pinned tags: {froms:?}");
+    assert!(
+        froms.iter().all(|f| !f.contains(":latest") && f.split_whitespace().nth(1).unwrap().contains(':')),
+        "pinned tags: {froms:?}"
+    );
     assert_eq!(froms[1], "FROM gcr.io/distroless/static-debian12:nonroot");
     assert!(dockerfile.lines().any(|l| l == "USER 65532:65532"));
-    assert!(dockerfile.lines().any(|l| l.trim() == "OUT=/out/xbackend-controller hack/build-static.sh"), "the image builds with the script this suite runs");
-    assert!(dockerfile.lines().any(|l| l == "COPY . ."), "the build sees the .dockerignore'd context, which the static build test reproduces");
-    assert!(dockerfile.contains("org.opencontainers.image.source=") && dockerfile.contains("org.opencontainers.image.version="));
+    assert!(
+        dockerfile.lines().any(|l| l.trim() == "OUT=/out/xbackend-controller hack/build-static.sh"),
+        "the image builds with the script this suite runs"
+    );
+    assert!(
+        dockerfile.lines().any(|l| l == "COPY . ."),
+        "the build sees the .dockerignore'd context, which the static build test reproduces"
+    );
+    assert!(
+        dockerfile.contains("org.opencontainers.image.source=")
+            && dockerfile.contains("org.opencontainers.image.version=")
+    );
     let script = std::fs::read_to_string(repo().join("hack/build-static.sh")).unwrap();
-    assert!(script.contains("RUSTFLAGS='-C target-feature=+crt-static'") && script.contains("cargo build --release --locked"), "{script}");
+    assert!(
+        script.contains("RUSTFLAGS='-C target-feature=+crt-static'")
+            && script.contains("cargo build --release --locked"),
+        "{script}"
+    );
 }
 
 /// The paths .dockerignore lets into the image build (it is an allow-list:
@@ -388,7 +445,12 @@ fn docker_context_paths() -> Vec<String> {
     assert_eq!(lines.first(), Some(&"*"), ".dockerignore starts by ignoring everything");
     lines[1..]
         .iter()
-        .map(|l| l.strip_prefix('!').unwrap_or_else(|| panic!(".dockerignore: only `!path` lines after `*`: {l}")).trim_end_matches('/').to_string())
+        .map(|l| {
+            l.strip_prefix('!')
+                .unwrap_or_else(|| panic!(".dockerignore: only `!path` lines after `*`: {l}"))
+                .trim_end_matches('/')
+                .to_string()
+        })
         .collect()
 }
 
@@ -415,8 +477,13 @@ fn static_binary() -> PathBuf {
             }
         }
         let bin = dir.join("xbackend-controller");
-        let out = run(Command::new(context.join("hack/build-static.sh")).env("STATIC_TARGET_DIR", &dir).env("OUT", &bin));
-        assert!(out.status.success(), "hack/build-static.sh in the Docker build context failed:\n{}", text(&out.stderr));
+        let out =
+            run(Command::new(context.join("hack/build-static.sh")).env("STATIC_TARGET_DIR", &dir).env("OUT", &bin));
+        assert!(
+            out.status.success(),
+            "hack/build-static.sh in the Docker build context failed:\n{}",
+            text(&out.stderr)
+        );
         bin
     })
     .clone()
@@ -437,7 +504,11 @@ fn distroless_like_root(bin: &Path) -> PathBuf {
         let out = run(Command::new("mknod").arg("-m").arg("666").arg(&node).args(["c", "1", minor]));
         assert!(out.status.success(), "mknod {}: {}", node.display(), text(&out.stderr));
     }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n").unwrap();
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n",
+    )
+    .unwrap();
     std::fs::write(root.join("etc/group"), "root:x:0:\nnonroot:x:65532:\n").unwrap();
     std::fs::copy(bin, root.join("usr/local/bin/xbackend-controller")).unwrap();
     chmod(&root, 0o755);
@@ -473,7 +544,10 @@ fn static_binary_built_like_the_image_has_no_dynamic_dependencies() {
     // In a root with no libc at all, as the image's user.
     assert!(is_root(), "this check chroots into a distroless-like root and needs root (CI runs as root)");
     let root = distroless_like_root(&bin);
-    let out = run(Command::new("chroot").arg("--userspec=65532:65532").arg(&root).args(["/usr/local/bin/xbackend-controller", "--version"]));
+    let out = run(Command::new("chroot")
+        .arg("--userspec=65532:65532")
+        .arg(&root)
+        .args(["/usr/local/bin/xbackend-controller", "--version"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), format!("xbackend-controller {}", env!("CARGO_PKG_VERSION")));
 }
@@ -533,7 +607,8 @@ impl Proc {
     fn spawn(mut cmd: Command, port: u16) -> Proc {
         let log = support::tempdir("deploy-controller").join("controller.log");
         let out = std::fs::File::create(&log).unwrap();
-        let child = cmd.stdout(out.try_clone().unwrap()).stderr(out).stdin(Stdio::null()).spawn().expect("start controller");
+        let child =
+            cmd.stdout(out.try_clone().unwrap()).stderr(out).stdin(Stdio::null()).spawn().expect("start controller");
         Proc { child, log, port }
     }
 
@@ -553,7 +628,8 @@ impl Proc {
     }
 
     async fn wait_ready(&mut self) {
-        let ready = eventually(Duration::from_secs(120), || async { (self.get("/readyz")?.0 == 200).then_some(()) }).await;
+        let ready =
+            eventually(Duration::from_secs(120), || async { (self.get("/readyz")?.0 == 200).then_some(()) }).await;
         if ready.is_none() {
             panic!("controller not ready (exited: {:?}); log:\n{}", self.child.try_wait(), self.log());
         }
@@ -604,7 +680,17 @@ fn certificate(name: &str, ca: bool) -> (String, String) {
 fn conditions(obj: &DynamicObject) -> Vec<(String, String, String)> {
     let mut out: Vec<_> = obj.data["status"]["ancestors"][0]["conditions"]
         .as_array()
-        .map(|cs| cs.iter().map(|c| (c["type"].as_str().unwrap_or("").into(), c["status"].as_str().unwrap_or("").into(), c["reason"].as_str().unwrap_or("").into())).collect())
+        .map(|cs| {
+            cs.iter()
+                .map(|c| {
+                    (
+                        c["type"].as_str().unwrap_or("").into(),
+                        c["status"].as_str().unwrap_or("").into(),
+                        c["reason"].as_str().unwrap_or("").into(),
+                    )
+                })
+                .collect()
+        })
         .unwrap_or_default();
     out.sort();
     out
@@ -627,14 +713,18 @@ async fn deploy_manifests_apply_server_side_and_every_object_is_accepted() {
     for doc in docs(&std::fs::read_to_string(&manifest).unwrap()) {
         let obj: DynamicObject = serde_json::from_value(doc.clone()).unwrap();
         let (api, _) = support::dynamic_api(&client, &discovery, &obj, None);
-        let stored = api.get(&obj.name_any()).await.unwrap_or_else(|e| panic!("{} {} not stored: {e}", doc["kind"], obj.name_any()));
+        let stored = api
+            .get(&obj.name_any())
+            .await
+            .unwrap_or_else(|e| panic!("{} {} not stored: {e}", doc["kind"], obj.name_any()));
         assert!(stored.metadata.uid.is_some());
     }
 
     // The Namespace enforces the restricted Pod Security Standard and the pod
     // template meets it: the same Deployment without its security settings
     // draws a warning (so the silence above is meaningful).
-    let mut weak = docs(&std::fs::read_to_string(&manifest).unwrap()).into_iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let mut weak =
+        docs(&std::fs::read_to_string(&manifest).unwrap()).into_iter().find(|d| d["kind"] == "Deployment").unwrap();
     weak["metadata"]["name"] = json!("weak");
     weak["spec"]["template"]["spec"].as_object_mut().unwrap().remove("securityContext");
     weak["spec"]["template"]["spec"]["containers"][0].as_object_mut().unwrap().remove("securityContext");
@@ -674,7 +764,10 @@ async fn helm_install_upgrade_and_uninstall_work_on_the_real_apiserver() {
     // The CRD is shared by this apiserver's tests, so this release leaves it out.
     let notes = helm_k(&["install", &release, CHART, "--set", "crds.install=false"]);
     assert!(notes.contains("STATUS: deployed"), "{notes}");
-    assert!(notes.contains(&format!("kubectl -n {ns} rollout status deployment/{release}-xbackend-controller")), "{notes}");
+    assert!(
+        notes.contains(&format!("kubectl -n {ns} rollout status deployment/{release}-xbackend-controller")),
+        "{notes}"
+    );
     assert!(notes.contains("crds.install is false"), "{notes}");
     let deployments = support::dynamic(&client, &ns, "apps", "v1", "Deployment");
     let name = format!("{release}-xbackend-controller");
@@ -688,7 +781,10 @@ async fn helm_install_upgrade_and_uninstall_work_on_the_real_apiserver() {
     assert_eq!(after.data["spec"]["replicas"], 2, "--reuse-values keeps the rest");
 
     helm_k(&["uninstall", &release]);
-    let gone = eventually(Duration::from_secs(30), || async { deployments.get_opt(&name).await.ok()?.is_none().then_some(()) }).await;
+    let gone = eventually(Duration::from_secs(30), || async {
+        deployments.get_opt(&name).await.ok()?.is_none().then_some(())
+    })
+    .await;
     assert!(gone.is_some(), "helm uninstall removes the Deployment");
     let roles = kube::Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(client.clone());
     assert!(roles.get_opt(&name).await.unwrap().is_none(), "and the ClusterRole");
@@ -818,10 +914,19 @@ async fn chart_service_account_is_allowed_exactly_what_the_controller_needs() {
                 },
                 ..Default::default()
             };
-            let got = reviews.create(&PostParams::default(), &review).await.expect("SelfSubjectAccessReview").status.expect("status").allowed;
+            let got = reviews
+                .create(&PostParams::default(), &review)
+                .await
+                .expect("SelfSubjectAccessReview")
+                .status
+                .expect("status")
+                .allowed;
             if got != want {
                 let sub = if a.sub.is_empty() { String::new() } else { format!("/{}", a.sub) };
-                wrong.push(format!("{} {}{sub} (group {:?}, ns {:?}, name {:?}): allowed={got}, want {want}", a.verb, a.resource, a.group, a.ns, a.name));
+                wrong.push(format!(
+                    "{} {}{sub} (group {:?}, ns {:?}, name {:?}): allowed={got}, want {want}",
+                    a.verb, a.resource, a.group, a.ns, a.name
+                ));
             }
         }
     }
@@ -829,7 +934,10 @@ async fn chart_service_account_is_allowed_exactly_what_the_controller_needs() {
 
     // kubectl agrees, impersonating the ServiceAccount.
     let as_sa = format!("system:serviceaccount:{ns}:{sa}");
-    for (args, want) in [(vec!["patch", "xbackends.gateway.networking.x-k8s.io", "--subresource=status", "-A"], "yes"), (vec!["update", "secrets", "-A"], "no")] {
+    for (args, want) in [
+        (vec!["patch", "xbackends.gateway.networking.x-k8s.io", "--subresource=status", "-A"], "yes"),
+        (vec!["update", "secrets", "-A"], "no"),
+    ] {
         let out = run(kubectl(cp).args(["auth", "can-i"]).args(&args).arg("--as").arg(&as_sa));
         assert_eq!(text(&out.stdout).trim(), want, "kubectl auth can-i {args:?}: {}", text(&out.stderr));
     }
@@ -932,22 +1040,42 @@ spec:
     let port = support::free_port();
     let pod_name = format!("{release}-7d9f8-abcde");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xbackend-controller"));
-    cmd.args(["run", "--metrics-addr", &format!("127.0.0.1:{port}"), "--leader-election", "--leader-election-namespace", &ns, "--log-format", "json"])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("POD_NAME", &pod_name)
-        .env("RUST_LOG", "info");
+    cmd.args([
+        "run",
+        "--metrics-addr",
+        &format!("127.0.0.1:{port}"),
+        "--leader-election",
+        "--leader-election-namespace",
+        &ns,
+        "--log-format",
+        "json",
+    ])
+    .env("KUBECONFIG", &kubeconfig)
+    .env("POD_NAME", &pod_name)
+    .env("RUST_LOG", "info");
     let mut ctl = Proc::spawn(cmd, port);
     ctl.wait_ready().await;
 
     // Lease: created, held under the pod name (get, create, patch).
-    let holder = eventually(Duration::from_secs(60), || async { lease_holder(&client, &ns, "xbackend-controller").await.filter(|h| *h == pod_name) }).await;
-    assert!(holder.is_some(), "Lease not held by {pod_name}: {:?}; log:\n{}", lease_holder(&client, &ns, "xbackend-controller").await, ctl.log());
+    let holder = eventually(Duration::from_secs(60), || async {
+        lease_holder(&client, &ns, "xbackend-controller").await.filter(|h| *h == pod_name)
+    })
+    .await;
+    assert!(
+        holder.is_some(),
+        "Lease not held by {pod_name}: {:?}; log:\n{}",
+        lease_holder(&client, &ns, "xbackend-controller").await,
+        ctl.log()
+    );
 
     let api = support::xbackend_api(&client, &apps);
     let want: [(&str, Vec<(String, String, String)>); 3] = [
         ("openai-api", vec![cond("Accepted", "True", "Accepted"), cond("ResolvedRefs", "True", "ResolvedRefs")]),
         ("partner", vec![cond("Accepted", "True", "Accepted"), cond("ResolvedRefs", "True", "ResolvedRefs")]),
-        ("instance-metadata", vec![cond("Accepted", "False", "HostnameNotAllowed"), cond("ResolvedRefs", "True", "ResolvedRefs")]),
+        (
+            "instance-metadata",
+            vec![cond("Accepted", "False", "HostnameNotAllowed"), cond("ResolvedRefs", "True", "ResolvedRefs")],
+        ),
     ];
     for (name, conds) in &want {
         let got = eventually(Duration::from_secs(90), || async {
@@ -961,7 +1089,10 @@ spec:
         };
         let ancestors = obj.data["status"]["ancestors"].as_array().unwrap();
         assert_eq!(ancestors.len(), 1, "{name}: {ancestors:?}");
-        assert_eq!(ancestors[0]["ancestorRef"], json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": apps, "name": "edge"}));
+        assert_eq!(
+            ancestors[0]["ancestorRef"],
+            json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": apps, "name": "edge"})
+        );
         assert_eq!(ancestors[0]["controllerName"], DEFAULT_CONTROLLER_NAME);
     }
 
@@ -969,7 +1100,9 @@ spec:
     let events = support::dynamic(&client, &apps, "events.k8s.io", "v1", "Event");
     let event = eventually(Duration::from_secs(60), || async {
         let list = events.list(&ListParams::default()).await.ok()?;
-        list.items.into_iter().find(|e| e.data["reason"] == "HostnameNotAllowed" && e.data["regarding"]["name"] == "instance-metadata")
+        list.items
+            .into_iter()
+            .find(|e| e.data["reason"] == "HostnameNotAllowed" && e.data["regarding"]["name"] == "instance-metadata")
     })
     .await;
     let event = event.unwrap_or_else(|| panic!("no HostnameNotAllowed Event; log:\n{}", ctl.log()));
@@ -1031,7 +1164,14 @@ async fn static_binary_runs_in_cluster_style_as_nonroot_in_an_empty_root() {
     cmd.arg("--userspec=65532:65532")
         .arg(&root)
         // Its own controller name: the status test's controller shares this apiserver.
-        .args(["/usr/local/bin/xbackend-controller", "run", "--metrics-addr", &format!("127.0.0.1:{port}"), "--controller-name", "example.com/static-image"])
+        .args([
+            "/usr/local/bin/xbackend-controller",
+            "run",
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+            "--controller-name",
+            "example.com/static-image",
+        ])
         .env_clear()
         .env("KUBERNETES_SERVICE_HOST", &server.0)
         .env("KUBERNETES_SERVICE_PORT", server.1.to_string())
@@ -1039,7 +1179,10 @@ async fn static_binary_runs_in_cluster_style_as_nonroot_in_an_empty_root() {
         .env("HOME", "/home/nonroot");
     let mut ctl = Proc::spawn(cmd, port);
     ctl.wait_ready().await;
-    let holder = eventually(Duration::from_secs(60), || async { lease_holder(&client, &ns, "xbackend-controller").await.filter(|h| *h == pod_name) }).await;
+    let holder = eventually(Duration::from_secs(60), || async {
+        lease_holder(&client, &ns, "xbackend-controller").await.filter(|h| *h == pod_name)
+    })
+    .await;
     assert!(holder.is_some(), "no Lease in the pod's namespace held by {pod_name}; log:\n{}", ctl.log());
     let log = ctl.log();
     assert!(!log.to_ascii_lowercase().contains("forbidden"), "RBAC refused a request:\n{log}");
@@ -1048,7 +1191,10 @@ async fn static_binary_runs_in_cluster_style_as_nonroot_in_an_empty_root() {
 
 fn which(program: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file()).unwrap_or_else(|| panic!("{program} not on PATH"))
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} not on PATH"))
 }
 
 fn url_host_port(url: &str) -> (String, u16) {
@@ -1116,7 +1262,9 @@ async fn admission_policy_refuses_local_in_cluster_metadata_and_unlisted_hostnam
     let api = support::xbackend_api(&client, &ns);
 
     // A binding takes a moment to take effect.
-    let effective = eventually(Duration::from_secs(60), || async { try_create(&api, "probe", "localhost", true).await.err() }).await;
+    let effective =
+        eventually(Duration::from_secs(60), || async { try_create(&api, "probe", "localhost", true).await.err() })
+            .await;
     let msg = effective.expect("the policy never refused localhost");
     assert!(msg.contains("ValidatingAdmissionPolicy 'xbackend-egress-guardrails'"), "{msg}");
 
@@ -1134,7 +1282,10 @@ async fn admission_policy_refuses_local_in_cluster_metadata_and_unlisted_hostnam
     ];
     for (host, why) in refused {
         let err = try_create(&api, "x", host, true).await.expect_err(host);
-        assert!(err.contains("xbackend-egress-guardrails") && err.contains(why) && err.contains(&format!("\"{host}\"")), "{host}: {err}");
+        assert!(
+            err.contains("xbackend-egress-guardrails") && err.contains(why) && err.contains(&format!("\"{host}\"")),
+            "{host}: {err}"
+        );
     }
     // The upstream CRD already refuses *.cluster.local itself; either way it is refused.
     assert!(try_create(&api, "x", "kubernetes.default.svc.cluster.local", true).await.is_err());
@@ -1145,14 +1296,21 @@ async fn admission_policy_refuses_local_in_cluster_metadata_and_unlisted_hostnam
     let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), "xbackend-system");
     let patch = json!({"data": {"allowedHostnames": "api.openai.com, *.googleapis.com\n*.corp.internal", "clusterDomains": "corp.internal"}});
     cms.patch("xbackend-egress-guardrails", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-    let listed = eventually(Duration::from_secs(60), || async { try_create(&api, "x", "anything.example.org", true).await.err() }).await;
+    let listed = eventually(Duration::from_secs(60), || async {
+        try_create(&api, "x", "anything.example.org", true).await.err()
+    })
+    .await;
     let msg = listed.expect("the allow-list never took effect");
     assert!(msg.contains("not in the allow-list of ConfigMap xbackend-system/xbackend-egress-guardrails"), "{msg}");
-    assert!(msg.contains("api.openai.com, *.googleapis.com, *.corp.internal"), "the message lists what is allowed: {msg}");
+    assert!(
+        msg.contains("api.openai.com, *.googleapis.com, *.corp.internal"),
+        "the message lists what is allowed: {msg}"
+    );
     try_create(&api, "storage", "storage.googleapis.com", false).await.expect("a listed suffix");
     let apex = try_create(&api, "x", "googleapis.com", true).await.expect_err("*.suffix does not match the apex");
     assert!(apex.contains("not in the allow-list"), "{apex}");
-    let internal = try_create(&api, "x", "git.corp.internal", true).await.expect_err("a cluster domain wins over the allow-list");
+    let internal =
+        try_create(&api, "x", "git.corp.internal", true).await.expect_err("a cluster domain wins over the allow-list");
     assert!(internal.contains("in-cluster name") && internal.contains("corp.internal"), "{internal}");
 
     // Existing objects: spec changes are checked, status writes never are.
@@ -1166,7 +1324,11 @@ async fn admission_policy_refuses_local_in_cluster_metadata_and_unlisted_hostnam
         }
     })
     .await;
-    assert!(refused_update.expect("an update of a no longer allowed XBackend is refused").contains("not in the allow-list"));
+    assert!(
+        refused_update.expect("an update of a no longer allowed XBackend is refused").contains("not in the allow-list")
+    );
     let status = json!({"status": {"parents": []}});
-    api.patch_status("openai", &PatchParams::default(), &Patch::Merge(&status)).await.expect("status writes are not subject to the policy");
+    api.patch_status("openai", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("status writes are not subject to the policy");
 }

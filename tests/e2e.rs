@@ -10,8 +10,8 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use serde_json::json;
 use support::{
-    Channel, ControlPlane, Controller, TestGateway, apply_yaml, conditions_of, entries_of, route_yaml, wait_for_xbackend,
-    xbackend_api, xbackend_yaml,
+    Channel, ControlPlane, Controller, TestGateway, apply_yaml, conditions_of, entries_of, route_yaml,
+    wait_for_xbackend, xbackend_api, xbackend_yaml,
 };
 
 async fn setup(test: &str, gateways: &[&str]) -> (&'static ControlPlane, Client, String, TestGateway) {
@@ -27,7 +27,12 @@ fn cond(t: &str, s: &str, r: &str) -> (String, String, String) {
 }
 
 /// Accepted and ResolvedRefs of our single entry, once it has both.
-async fn wait_conditions(api: &Api<DynamicObject>, name: &str, ctl: &str, want: Vec<(String, String, String)>) -> DynamicObject {
+async fn wait_conditions(
+    api: &Api<DynamicObject>,
+    name: &str,
+    ctl: &str,
+    want: Vec<(String, String, String)>,
+) -> DynamicObject {
     wait_for_xbackend(api, name, &format!("conditions {want:?}"), |o| {
         let e = entries_of(o, "ancestors", ctl);
         e.len() == 1 && conditions_of(&e[0]) == want
@@ -120,14 +125,32 @@ async fn every_condition_reason_is_reported() {
 
     let ctl = Controller::start(
         &cp.kubeconfig,
-        &["--controller-name", &gw.controller_name, "--require-tls", "--cluster-domain", "corp.internal", "--deny-hostname", "*.blocked.example"],
+        &[
+            "--controller-name",
+            &gw.controller_name,
+            "--require-tls",
+            "--cluster-domain",
+            "corp.internal",
+            "--deny-hostname",
+            "*.blocked.example",
+        ],
     );
     ctl.wait_ready().await;
     let api = xbackend_api(&client, &ns);
     for (name, _, (a_status, a_reason), (r_status, r_reason)) in &cases {
-        let obj = wait_conditions(&api, name, &gw.controller_name, vec![cond("Accepted", a_status, a_reason), cond("ResolvedRefs", r_status, r_reason)]).await;
+        let obj = wait_conditions(
+            &api,
+            name,
+            &gw.controller_name,
+            vec![cond("Accepted", a_status, a_reason), cond("ResolvedRefs", r_status, r_reason)],
+        )
+        .await;
         let entry = &entries_of(&obj, "ancestors", &gw.controller_name)[0];
-        assert_eq!(entry["ancestorRef"], json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": ns, "name": "gw"}), "{name}");
+        assert_eq!(
+            entry["ancestorRef"],
+            json!({"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": ns, "name": "gw"}),
+            "{name}"
+        );
         for c in entry["conditions"].as_array().unwrap() {
             assert_eq!(c["observedGeneration"], 1, "{name}: {c}");
             assert!(!c["message"].as_str().unwrap_or("").is_empty(), "{name}: a message users can act on: {c}");
@@ -146,13 +169,21 @@ async fn status_follows_routes_gateways_secrets_and_grants() {
     let other_ns = cp.namespace("follows-other").await.1;
     let (cert, key) = certificate("client.example");
     apply_yaml(&client, Some(&other_ns), &tls_secret_yaml("client-cert", &cert, &key)).await;
-    apply_yaml(&client, Some(&ns), &(mtls_xbackend_yaml("b", "client-cert", Some(&other_ns)) + &route_yaml("r", &["gw-a", "gw-b"], "b"))).await;
+    apply_yaml(
+        &client,
+        Some(&ns),
+        &(mtls_xbackend_yaml("b", "client-cert", Some(&other_ns)) + &route_yaml("r", &["gw-a", "gw-b"], "b")),
+    )
+    .await;
 
     let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name]);
     ctl.wait_ready().await;
     let api = xbackend_api(&client, &ns);
     let names = |o: &DynamicObject| -> Vec<String> {
-        entries_of(o, "ancestors", &gw.controller_name).iter().map(|e| e["ancestorRef"]["name"].as_str().unwrap_or("").to_string()).collect()
+        entries_of(o, "ancestors", &gw.controller_name)
+            .iter()
+            .map(|e| e["ancestorRef"]["name"].as_str().unwrap_or("").to_string())
+            .collect()
     };
 
     // One entry per Gateway, sorted; the cross-namespace Secret is not permitted yet.
@@ -177,10 +208,14 @@ async fn status_follows_routes_gateways_secrets_and_grants() {
     .await;
 
     // Deleting the Secret breaks the reference.
-    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &other_ns).delete("client-cert", &DeleteParams::default()).await.unwrap();
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &other_ns)
+        .delete("client-cert", &DeleteParams::default())
+        .await
+        .unwrap();
     wait_for_xbackend(&api, "b", "InvalidClientCertificateRef after the Secret is deleted", |o| {
         let e = entries_of(o, "ancestors", &gw.controller_name);
-        !e.is_empty() && e.iter().all(|e| conditions_of(e)[1] == cond("ResolvedRefs", "False", "InvalidClientCertificateRef"))
+        !e.is_empty()
+            && e.iter().all(|e| conditions_of(e)[1] == cond("ResolvedRefs", "False", "InvalidClientCertificateRef"))
     })
     .await;
 
@@ -203,15 +238,23 @@ async fn other_controllers_entries_survive_our_writes() {
         "controllerName": "other.example.com/gateway",
         "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "theirs", "observedGeneration": 1, "lastTransitionTime": "2020-01-01T00:00:00Z"}]
     });
-    api.patch_status("b", &PatchParams::default(), &Patch::Merge(json!({"status": {"ancestors": [foreign.clone()]}}))).await.unwrap();
+    api.patch_status("b", &PatchParams::default(), &Patch::Merge(json!({"status": {"ancestors": [foreign.clone()]}})))
+        .await
+        .unwrap();
 
     let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name]);
     ctl.wait_ready().await;
-    wait_for_xbackend(&api, "b", "our entry next to theirs", |o| entries_of(o, "ancestors", &gw.controller_name).len() == 1).await;
+    wait_for_xbackend(&api, "b", "our entry next to theirs", |o| {
+        entries_of(o, "ancestors", &gw.controller_name).len() == 1
+    })
+    .await;
 
     // Our entries change (a second Gateway); theirs stays exactly as written.
     apply_yaml(&client, Some(&ns), &route_yaml("r", &["gw-a", "gw-b"], "b")).await;
-    let obj = wait_for_xbackend(&api, "b", "two entries of ours", |o| entries_of(o, "ancestors", &gw.controller_name).len() == 2).await;
+    let obj = wait_for_xbackend(&api, "b", "two entries of ours", |o| {
+        entries_of(o, "ancestors", &gw.controller_name).len() == 2
+    })
+    .await;
     let theirs = entries_of(&obj, "ancestors", "other.example.com/gateway");
     assert_eq!(theirs, vec![foreign], "foreign entry kept byte for byte");
 }
@@ -223,12 +266,16 @@ async fn observed_generation_follows_spec_and_transition_time_stays() {
     let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name]);
     ctl.wait_ready().await;
     let api = xbackend_api(&client, &ns);
-    let accepted = |o: &DynamicObject| entries_of(o, "ancestors", &gw.controller_name).first().map(|e| e["conditions"][0].clone());
+    let accepted =
+        |o: &DynamicObject| entries_of(o, "ancestors", &gw.controller_name).first().map(|e| e["conditions"][0].clone());
     let first = wait_for_xbackend(&api, "b", "accepted", |o| accepted(o).is_some_and(|c| c["status"] == "True")).await;
     let before = accepted(&first).unwrap();
 
     api.patch("b", &PatchParams::default(), &Patch::Merge(json!({"spec": {"port": {"port": 8443}}}))).await.unwrap();
-    let after = wait_for_xbackend(&api, "b", "observedGeneration 2", |o| accepted(o).is_some_and(|c| c["observedGeneration"] == 2)).await;
+    let after = wait_for_xbackend(&api, "b", "observedGeneration 2", |o| {
+        accepted(o).is_some_and(|c| c["observedGeneration"] == 2)
+    })
+    .await;
     let after = accepted(&after).unwrap();
     assert_eq!(after["lastTransitionTime"], before["lastTransitionTime"], "status did not flip, so the time stays");
 }
@@ -246,7 +293,13 @@ async fn no_writes_for_irrelevant_changes_or_after_restart() {
     let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name]);
     ctl.wait_ready().await;
     for i in 0..5 {
-        wait_conditions(&api, &format!("b{i}"), &gw.controller_name, vec![cond("Accepted", "True", "Accepted"), cond("ResolvedRefs", "True", "ResolvedRefs")]).await;
+        wait_conditions(
+            &api,
+            &format!("b{i}"),
+            &gw.controller_name,
+            vec![cond("Accepted", "True", "Accepted"), cond("ResolvedRefs", "True", "ResolvedRefs")],
+        )
+        .await;
     }
     let writes = ctl.metric("xbackend_status_writes_total").expect("writes metric");
     assert_eq!(writes, 5.0, "exactly one write per XBackend on a cold start");
@@ -254,13 +307,21 @@ async fn no_writes_for_irrelevant_changes_or_after_restart() {
     // Irrelevant changes: an unrelated Secret and ConfigMap, a label on a route and on an XBackend.
     apply_yaml(&client, Some(&ns), "apiVersion: v1\nkind: Secret\nmetadata: {name: unrelated}\nstringData: {a: b}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: unrelated}\ndata: {a: b}\n").await;
     let routes = support::dynamic(&client, &ns, "gateway.networking.k8s.io", "v1", "HTTPRoute");
-    routes.patch("r0", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"team": "a"}}}))).await.unwrap();
-    api.patch("b1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"team": "a"}}}))).await.unwrap();
+    routes
+        .patch("r0", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"team": "a"}}})))
+        .await
+        .unwrap();
+    api.patch("b1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"team": "a"}}})))
+        .await
+        .unwrap();
     let rvs = resource_versions(&api).await;
     let reconciles = ctl.metric("xbackend_reconciles_total").unwrap();
     // The label on b1 may make the controller look again (it cannot know the
     // change is irrelevant before it looks); give it the chance to.
-    let _ = support::eventually(Duration::from_secs(5), || async { (ctl.metric("xbackend_reconciles_total")? >= reconciles + 1.0).then_some(()) }).await;
+    let _ = support::eventually(Duration::from_secs(5), || async {
+        (ctl.metric("xbackend_reconciles_total")? >= reconciles + 1.0).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(ctl.metric("xbackend_status_writes_total"), Some(5.0), "irrelevant changes write nothing");
     assert_eq!(resource_versions(&api).await, rvs);
@@ -269,7 +330,11 @@ async fn no_writes_for_irrelevant_changes_or_after_restart() {
     assert_eq!(ctl.terminate(), Some(0), "graceful shutdown");
     let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name]);
     ctl.wait_ready().await;
-    support::eventually(Duration::from_secs(20), || async { (ctl.metric("xbackend_reconciles_total")? >= 5.0).then_some(()) }).await.expect("restarted controller reconciles");
+    support::eventually(Duration::from_secs(20), || async {
+        (ctl.metric("xbackend_reconciles_total")? >= 5.0).then_some(())
+    })
+    .await
+    .expect("restarted controller reconciles");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(ctl.metric("xbackend_status_writes_total"), Some(0.0), "a restart writes nothing");
     assert_eq!(resource_versions(&api).await, rvs);
@@ -307,7 +372,8 @@ async fn rejections_and_insecure_backends_get_events_without_any_route() {
 #[tokio::test]
 async fn a_full_list_keeps_other_controllers_entries_and_warns() {
     let (cp, client, ns, gw) = setup("cap", &["gw-a", "gw-b"]).await;
-    apply_yaml(&client, Some(&ns), &(xbackend_yaml("b", "api.example.com") + &route_yaml("r", &["gw-a", "gw-b"], "b"))).await;
+    apply_yaml(&client, Some(&ns), &(xbackend_yaml("b", "api.example.com") + &route_yaml("r", &["gw-a", "gw-b"], "b")))
+        .await;
     let api = xbackend_api(&client, &ns);
     // 31 entries of another controller leave room for one of our two.
     let foreign: Vec<serde_json::Value> = (0..31)
@@ -319,12 +385,21 @@ async fn a_full_list_keeps_other_controllers_entries_and_warns() {
             })
         })
         .collect();
-    api.patch_status("b", &PatchParams::default(), &Patch::Merge(json!({"status": {"ancestors": foreign.clone()}}))).await.unwrap();
+    api.patch_status("b", &PatchParams::default(), &Patch::Merge(json!({"status": {"ancestors": foreign.clone()}})))
+        .await
+        .unwrap();
 
     let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name]);
     ctl.wait_ready().await;
-    let obj = wait_for_xbackend(&api, "b", "one entry of ours", |o| entries_of(o, "ancestors", &gw.controller_name).len() == 1).await;
-    assert_eq!(entries_of(&obj, "ancestors", &gw.controller_name)[0]["ancestorRef"]["name"], "gw-a", "ours in sorted order up to the cap");
+    let obj = wait_for_xbackend(&api, "b", "one entry of ours", |o| {
+        entries_of(o, "ancestors", &gw.controller_name).len() == 1
+    })
+    .await;
+    assert_eq!(
+        entries_of(&obj, "ancestors", &gw.controller_name)[0]["ancestorRef"]["name"],
+        "gw-a",
+        "ours in sorted order up to the cap"
+    );
     assert_eq!(entries_of(&obj, "ancestors", "other.example.com/gateway"), foreign, "theirs all kept");
     assert_eq!(obj.data["status"]["ancestors"].as_array().unwrap().len(), 32);
 
@@ -381,11 +456,18 @@ subjects: [{{kind: ServiceAccount, name: controller, namespace: {ns}}}]
         (code == 503 && body.trim() == "waiting for watches: ConfigMap").then_some(body)
     })
     .await;
-    assert!(waiting.is_some(), "/readyz should say it waits for ConfigMaps only; {:?}; log:\n{}", ctl.http_get("/readyz"), ctl.log_tail());
+    assert!(
+        waiting.is_some(),
+        "/readyz should say it waits for ConfigMaps only; {:?}; log:\n{}",
+        ctl.http_get("/readyz"),
+        ctl.log_tail()
+    );
     assert_eq!(ctl.http_get("/healthz").map(|r| r.0), Some(200), "live while not ready");
     // Everything else is known, yet nothing is written before the last watch syncs.
     assert_eq!(ctl.metric("xbackend_status_writes_total"), Some(0.0));
-    assert!(entries_of(&xbackend_api(&client, &ns).get("b").await.unwrap(), "ancestors", &gw.controller_name).is_empty());
+    assert!(
+        entries_of(&xbackend_api(&client, &ns).get("b").await.unwrap(), "ancestors", &gw.controller_name).is_empty()
+    );
 }
 
 /// A kubeconfig file for the control plane that authenticates only with `token`.

@@ -4,7 +4,10 @@
 mod support;
 
 use kube::api::DynamicObject;
-use support::{Channel, ControlPlane, Controller, TestGateway, apply_yaml, conditions_of, entries_of, route_yaml, wait_for_xbackend, xbackend_api};
+use support::{
+    Channel, ControlPlane, Controller, TestGateway, apply_yaml, conditions_of, entries_of, route_yaml,
+    wait_for_xbackend, xbackend_api,
+};
 
 #[tokio::test]
 async fn writes_upstream_parents_then_follows_a_switch_to_our_crd() {

@@ -19,7 +19,9 @@ use futures::{StreamExt, TryStreamExt, stream};
 use kube::Client;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::{Channel, ControlPlane, ControlPlaneOpts, Controller, TestGateway, entries_of, install_crd, xbackend_api};
+use support::{
+    Channel, ControlPlane, ControlPlaneOpts, Controller, TestGateway, entries_of, install_crd, xbackend_api,
+};
 
 const GW_GROUP: &str = "gateway.networking.k8s.io";
 const THEIRS: &str = "other.example.com/writer";
@@ -80,7 +82,11 @@ fn routes_api(client: &Client, ns: &str) -> Api<DynamicObject> {
 /// Creates the objects with 16 requests in flight.
 async fn create_all(api: &Api<DynamicObject>, objects: Vec<DynamicObject>) {
     stream::iter(objects)
-        .map(|o| async move { api.create(&PostParams::default(), &o).await.map_err(|e| format!("create {}: {e}", o.metadata.name.unwrap_or_default())) })
+        .map(|o| async move {
+            api.create(&PostParams::default(), &o)
+                .await
+                .map_err(|e| format!("create {}: {e}", o.metadata.name.unwrap_or_default()))
+        })
         .buffer_unordered(16)
         .try_collect::<Vec<_>>()
         .await
@@ -113,13 +119,21 @@ fn converged(o: &DynamicObject, ctl: &str, gateways: &[&str]) -> bool {
             let cs = e["conditions"].as_array().cloned().unwrap_or_default();
             cs.len() == 2
                 && cs.iter().all(|c| {
-                    c["status"] == "True" && c["observedGeneration"] == generation && c["lastTransitionTime"].is_string()
+                    c["status"] == "True"
+                        && c["observedGeneration"] == generation
+                        && c["lastTransitionTime"].is_string()
                 })
         })
 }
 
 /// Lists the namespace until `ok` holds for every listed XBackend (and there are `n`).
-async fn wait_all(api: &Api<DynamicObject>, n: usize, timeout: Duration, what: &str, ok: impl Fn(&DynamicObject) -> bool) {
+async fn wait_all(
+    api: &Api<DynamicObject>,
+    n: usize,
+    timeout: Duration,
+    what: &str,
+    ok: impl Fn(&DynamicObject) -> bool,
+) {
     let deadline = Instant::now() + timeout;
     loop {
         let list = api.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
@@ -128,8 +142,15 @@ async fn wait_all(api: &Api<DynamicObject>, n: usize, timeout: Duration, what: &
             return;
         }
         if Instant::now() > deadline {
-            let first = bad.first().map(|o| format!("{}: {}", o.metadata.name.clone().unwrap_or_default(), o.data["status"])).unwrap_or_default();
-            panic!("{what}: {} of {} listed XBackends not there after {timeout:?}; first: {first}", bad.len(), list.len());
+            let first = bad
+                .first()
+                .map(|o| format!("{}: {}", o.metadata.name.clone().unwrap_or_default(), o.data["status"]))
+                .unwrap_or_default();
+            panic!(
+                "{what}: {} of {} listed XBackends not there after {timeout:?}; first: {first}",
+                bad.len(),
+                list.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -162,7 +183,12 @@ fn their_entry(ns: &str, gateway: &str, accepted: bool, op: usize) -> Value {
 /// Another controller: `ops` successful read-modify-writes (resourceVersion
 /// precondition, retry on 409) that add, change or remove its own entries.
 /// Returns what it believes each XBackend holds of its entries, in order.
-async fn their_writer(client: Client, ns: String, backends: usize, ops: usize) -> (BTreeMap<String, Vec<Value>>, usize) {
+async fn their_writer(
+    client: Client,
+    ns: String,
+    backends: usize,
+    ops: usize,
+) -> (BTreeMap<String, Vec<Value>>, usize) {
     let api = xbackend_api(&client, &ns);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut model: BTreeMap<String, Vec<Value>> = (0..backends).map(|i| (format!("b{i}"), Vec::new())).collect();
@@ -175,7 +201,8 @@ async fn their_writer(client: Client, ns: String, backends: usize, ops: usize) -
             let obj = api.get(&name).await.expect("get");
             let list = obj.data["status"]["ancestors"].as_array().cloned().unwrap_or_default();
             let theirs: Vec<usize> = (0..list.len()).filter(|i| list[*i]["controllerName"] == THEIRS).collect();
-            let names: BTreeSet<String> = theirs.iter().map(|i| list[*i]["ancestorRef"]["name"].as_str().unwrap().to_string()).collect();
+            let names: BTreeSet<String> =
+                theirs.iter().map(|i| list[*i]["ancestorRef"]["name"].as_str().unwrap().to_string()).collect();
             let free: Vec<String> = (0..4).map(|k| format!("t{k}")).filter(|g| !names.contains(g)).collect();
             let mut next = list.clone();
             match choice {
@@ -191,7 +218,8 @@ async fn their_writer(client: Client, ns: String, backends: usize, ops: usize) -
                 }
                 _ => next.push(their_entry(&ns, &free[pick % free.len()], true, op)),
             }
-            let patch = json!({"metadata": {"resourceVersion": obj.metadata.resource_version}, "status": {"ancestors": next}});
+            let patch =
+                json!({"metadata": {"resourceVersion": obj.metadata.resource_version}, "status": {"ancestors": next}});
             match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(_) => {
                     model.insert(name.clone(), next.into_iter().filter(|e| e["controllerName"] == THEIRS).collect());
@@ -543,8 +571,12 @@ fn malformed_cases(ns: &str, ours: &str) -> Vec<(Option<Value>, Option<Value>, E
         tls_v(json!({"hostname": "api.example.com", "caCertificateRefs": "ca"})),
         tls_v(json!({"hostname": "api.example.com", "caCertificateRefs": [1, 2]})),
         tls_v(json!({"hostname": "api.example.com", "subjectAltNames": [{"type": "Nope"}]})),
-        tls_v(json!({"hostname": "api.example.com", "subjectAltNames": vec![json!({"type": "Hostname", "hostname": "a.example.com"}); 50]})),
-        tls_v(json!({"hostname": "api.example.com", "caCertificateRefs": vec![json!({"group": "", "kind": "ConfigMap", "name": "ca"}); 20]})),
+        tls_v(
+            json!({"hostname": "api.example.com", "subjectAltNames": vec![json!({"type": "Hostname", "hostname": "a.example.com"}); 50]}),
+        ),
+        tls_v(
+            json!({"hostname": "api.example.com", "caCertificateRefs": vec![json!({"group": "", "kind": "ConfigMap", "name": "ca"}); 20]}),
+        ),
     ];
     let mut cases: Vec<(Option<Value>, Option<Value>, Expect)> = vec![(None, None, Expect::Invalid)];
     cases.extend(invalid_specs.into_iter().map(|s| (Some(s), None, Expect::Invalid)));
@@ -555,7 +587,14 @@ fn malformed_cases(ns: &str, ours: &str) -> Vec<(Option<Value>, Option<Value>, E
     cases.push((Some(unknown), None, Expect::Accepted { foreign: vec![] }));
 
     // Garbage in status: everything that is not ours stays; ours is rewritten.
-    let junk = vec![json!(1), json!("x"), Value::Null, json!({}), json!({"controllerName": 5}), json!({"controllerName": "vendor.example.com/gw", "ancestorRef": "not an object"})];
+    let junk = vec![
+        json!(1),
+        json!("x"),
+        Value::Null,
+        json!({}),
+        json!({"controllerName": 5}),
+        json!({"controllerName": "vendor.example.com/gw", "ancestorRef": "not an object"}),
+    ];
     let garbage_status: Vec<(Value, Vec<Value>)> = vec![
         (json!("garbage"), vec![]),
         (json!([1, 2, 3]), vec![]),
@@ -563,7 +602,10 @@ fn malformed_cases(ns: &str, ours: &str) -> Vec<(Option<Value>, Option<Value>, E
         (json!({"ancestors": {"a": 1}}), vec![]),
         (json!({"ancestors": junk.clone()}), junk.clone()),
         (json!({"ancestors": [{"controllerName": ours, "conditions": "x", "ancestorRef": 7}]}), vec![]),
-        (json!({"ancestors": [{"controllerName": ours, "ancestorRef": {"group": GW_GROUP, "kind": "Gateway", "namespace": ns, "name": "stale"}, "conditions": []}]}), vec![]),
+        (
+            json!({"ancestors": [{"controllerName": ours, "ancestorRef": {"group": GW_GROUP, "kind": "Gateway", "namespace": ns, "name": "stale"}, "conditions": []}]}),
+            vec![],
+        ),
         (json!({"ancestors": foreign_entries(ns, 31)}), foreign_entries(ns, 31)),
         (json!({"parents": "other layout", "ancestors": [], "extra": {"deep": [[[]]]}}), vec![]),
     ];
@@ -571,7 +613,11 @@ fn malformed_cases(ns: &str, ours: &str) -> Vec<(Option<Value>, Option<Value>, E
         cases.push((Some(g()), Some(status), Expect::Accepted { foreign }));
     }
     for n in [32, 33, 40, 100] {
-        cases.push((Some(g()), Some(json!({"ancestors": foreign_entries(ns, n)})), Expect::Capped { foreign: foreign_entries(ns, n) }));
+        cases.push((
+            Some(g()),
+            Some(json!({"ancestors": foreign_entries(ns, n)})),
+            Expect::Capped { foreign: foreign_entries(ns, n) },
+        ));
     }
     cases
 }
@@ -717,11 +763,16 @@ mod fuzz {
         h.len() <= 253
             && labels.iter().all(|l| label_ok(l))
             && !labels.last().unwrap().bytes().all(|c| c.is_ascii_digit())
-            && std::iter::once("cluster.local").chain(cluster_domains.iter().copied()).all(|d| h != d && !h.ends_with(&format!(".{d}")))
+            && std::iter::once("cluster.local")
+                .chain(cluster_domains.iter().copied())
+                .all(|d| h != d && !h.ends_with(&format!(".{d}")))
     }
 
     fn spec(hostname: &str) -> XBackendSpec {
-        serde_json::from_value(json!({"type": "ExternalHostname", "port": {"port": 443}, "externalHostname": {"hostname": hostname}})).unwrap()
+        serde_json::from_value(
+            json!({"type": "ExternalHostname", "port": {"port": 443}, "externalHostname": {"hostname": hostname}}),
+        )
+        .unwrap()
     }
 
     fn label() -> impl Strategy<Value = String> {
@@ -804,12 +855,16 @@ mod fuzz {
     fn pairs() -> &'static Vec<Pair> {
         static PAIRS: OnceLock<Vec<Pair>> = OnceLock::new();
         PAIRS.get_or_init(|| {
-            let algs: [&'static rcgen::SignatureAlgorithm; 3] = [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519];
+            let algs: [&'static rcgen::SignatureAlgorithm; 3] =
+                [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519];
             algs.iter()
                 .flat_map(|alg| (0..2).map(move |i| (alg, i)))
                 .map(|(alg, i)| {
                     let key = rcgen::KeyPair::generate_for(alg).unwrap();
-                    let cert = rcgen::CertificateParams::new(vec![format!("client{i}.example.com")]).unwrap().self_signed(&key).unwrap();
+                    let cert = rcgen::CertificateParams::new(vec![format!("client{i}.example.com")])
+                        .unwrap()
+                        .self_signed(&key)
+                        .unwrap();
                     Pair { cert: cert.pem(), key: key.serialize_pem() }
                 })
                 .collect()
@@ -824,7 +879,10 @@ mod fuzz {
                 ..Default::default()
             },
             type_: Some("kubernetes.io/tls".into()),
-            data: Some(BTreeMap::from([("tls.crt".to_string(), ByteString(crt.to_vec())), ("tls.key".to_string(), ByteString(key.to_vec()))])),
+            data: Some(BTreeMap::from([
+                ("tls.crt".to_string(), ByteString(crt.to_vec())),
+                ("tls.key".to_string(), ByteString(key.to_vec())),
+            ])),
             ..Default::default()
         }
     }
@@ -853,12 +911,15 @@ mod fuzz {
         prop_oneof![
             (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Flip(i, b)),
             any::<usize>().prop_map(Mutation::Truncate),
-            (any::<usize>(), prop_oneof![
-                prop::collection::vec(any::<u8>(), 0..8),
-                Just(b"-----BEGIN CERTIFICATE-----\n".to_vec()),
-                Just(b"-----END CERTIFICATE-----\n".to_vec()),
-                Just(b"\n-----BEGIN PRIVATE KEY-----\n".to_vec()),
-            ])
+            (
+                any::<usize>(),
+                prop_oneof![
+                    prop::collection::vec(any::<u8>(), 0..8),
+                    Just(b"-----BEGIN CERTIFICATE-----\n".to_vec()),
+                    Just(b"-----END CERTIFICATE-----\n".to_vec()),
+                    Just(b"\n-----BEGIN PRIVATE KEY-----\n".to_vec()),
+                ]
+            )
                 .prop_map(|(i, v)| Mutation::Insert(i, v)),
             any::<usize>().prop_map(Mutation::DropLine),
             any::<usize>().prop_map(Mutation::DupLine),
@@ -918,7 +979,8 @@ mod fuzz {
             Just(Value::Null),
             Just(json!({})),
             Just(json!({"controllerName": 5})),
-            "[a-z]{0,5}".prop_map(|s| json!({"controllerName": format!("{s}.example.com/x"), "ancestorRef": {"name": s}})),
+            "[a-z]{0,5}"
+                .prop_map(|s| json!({"controllerName": format!("{s}.example.com/x"), "ancestorRef": {"name": s}})),
         ]
     }
 

@@ -51,13 +51,29 @@ impl Default for Metrics {
             registry: Registry::default(),
         };
         registry.register("reconciles", "XBackend reconciles run", m.reconciles.clone());
-        registry.register("reconcile_errors", "XBackend reconciles that failed and were retried", m.reconcile_errors.clone());
+        registry.register(
+            "reconcile_errors",
+            "XBackend reconciles that failed and were retried",
+            m.reconcile_errors.clone(),
+        );
         registry.register("reconcile_duration_seconds", "Time to reconcile one XBackend", m.reconcile_seconds.clone());
         registry.register("status_writes", "Status patches sent", m.status_writes.clone());
-        registry.register("status_conflicts", "Status patches refused with 409 Conflict and retried", m.status_conflicts.clone());
+        registry.register(
+            "status_conflicts",
+            "Status patches refused with 409 Conflict and retried",
+            m.status_conflicts.clone(),
+        );
         registry.register("watch_events", "Watch events received, by kind", m.watch_events.clone());
-        registry.register("watch_errors", "Watch errors (the watch retries with backoff), by kind", m.watch_errors.clone());
-        registry.register("decode_failures", "Objects skipped because they did not decode, by kind", m.decode_failures.clone());
+        registry.register(
+            "watch_errors",
+            "Watch errors (the watch retries with backoff), by kind",
+            m.watch_errors.clone(),
+        );
+        registry.register(
+            "decode_failures",
+            "Objects skipped because they did not decode, by kind",
+            m.decode_failures.clone(),
+        );
         registry.register("objects", "XBackends by their Accepted verdict", m.xbackends.clone());
         registry.register("leader", "1 while this replica holds the leader Lease", m.leader.clone());
         registry.register("ready", "1 once every watch has synced", m.ready.clone());

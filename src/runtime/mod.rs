@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use kube::Client;
 use kube::api::{Api, DynamicObject};
 use kube::discovery::{ApiResource, Discovery};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::Client;
 use tokio::sync::watch as channel;
 use tracing::{info, warn};
 
@@ -179,21 +179,12 @@ struct Resources {
 }
 
 async fn discover(client: &Client) -> Result<Resources, Error> {
-    let discovery = Discovery::new(client.clone())
-        .filter(&[crate::api::GATEWAY_GROUP, crate::api::GROUP])
-        .run()
-        .await?;
-    let find = |group: &str, kind: &str| {
-        discovery
-            .get(group)
-            .and_then(|g| g.recommended_kind(kind))
-            .map(|(ar, _)| ar)
-    };
+    let discovery =
+        Discovery::new(client.clone()).filter(&[crate::api::GATEWAY_GROUP, crate::api::GROUP]).run().await?;
+    let find = |group: &str, kind: &str| discovery.get(group).and_then(|g| g.recommended_kind(kind)).map(|(ar, _)| ar);
     let xbackend = find(crate::api::GROUP, crate::api::KIND).ok_or(Error::CrdMissing(watch::XBACKEND_CRD))?;
-    let wanted = RouteKind::ALL
-        .iter()
-        .map(|r| Kind::Route(*r))
-        .chain([Kind::Gateway, Kind::GatewayClass, Kind::ReferenceGrant]);
+    let wanted =
+        RouteKind::ALL.iter().map(|r| Kind::Route(*r)).chain([Kind::Gateway, Kind::GatewayClass, Kind::ReferenceGrant]);
     let mut others = Vec::new();
     for kind in wanted {
         match find(crate::api::GATEWAY_GROUP, watch::kind_name(kind)) {
@@ -225,7 +216,10 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     sync_names.extend(["XBackend", "Secret", "ConfigMap", "CustomResourceDefinition"]);
 
     let shared = Arc::new(Shared {
-        recorder: Recorder::new(client.clone(), Reporter { controller: "xbackend-controller".into(), instance: Some(identity.clone()) }),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter { controller: "xbackend-controller".into(), instance: Some(identity.clone()) },
+        ),
         client: client.clone(),
         policy,
         controller_name: args.controller_name.clone(),
@@ -316,7 +310,8 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     Ok(())
 }
 
-type LeaseTask = tokio::task::JoinHandle<Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>>;
+type LeaseTask =
+    tokio::task::JoinHandle<Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>>;
 
 async fn start_leader_election(
     client: &Client,

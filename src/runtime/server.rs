@@ -23,7 +23,8 @@ pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<Soc
             let shared = shared.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| respond(req, shared.clone()));
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });
@@ -32,10 +33,16 @@ pub async fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<Soc
 
 async fn respond(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, body, content_type) = match req.uri().path() {
-        "/metrics" => (StatusCode::OK, shared.metrics.encode(), "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "/metrics" => {
+            (StatusCode::OK, shared.metrics.encode(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        }
         "/healthz" | "/livez" => (StatusCode::OK, "ok".to_string(), "text/plain"),
         "/readyz" if shared.synced.is_ready() => (StatusCode::OK, "ok".to_string(), "text/plain"),
-        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, format!("waiting for watches: {}", shared.synced.pending().join(", ")), "text/plain"),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("waiting for watches: {}", shared.synced.pending().join(", ")),
+            "text/plain",
+        ),
         _ => (StatusCode::NOT_FOUND, "not found".to_string(), "text/plain"),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));

@@ -7,9 +7,9 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject};
-use kube::runtime::watcher::{self, Event};
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
@@ -50,7 +50,13 @@ fn decode_object(shared: &Shared, kind: Kind, obj: &DynamicObject) -> Option<(Ob
 fn report_decode_failure(shared: &Shared, kind: Kind, obj: &DynamicObject, error: &str) {
     let name = kind_name(kind);
     shared.metrics.decode_failures.get_or_create(&Metrics::kind(name)).inc();
-    warn!(kind = name, namespace = obj.namespace().unwrap_or_default(), name = obj.name_any(), error, "skipping object that does not decode");
+    warn!(
+        kind = name,
+        namespace = obj.namespace().unwrap_or_default(),
+        name = obj.name_any(),
+        error,
+        "skipping object that does not decode"
+    );
 }
 
 /// What the writer needs of a stored XBackend beyond the index: its status and
@@ -172,7 +178,9 @@ pub async fn watch_refs(shared: Arc<Shared>, kind: RefKind) {
 }
 
 fn keys_of<K: Resource>(event: Event<K>) -> Event<ObjectRef> {
-    let key = |o: K| ObjectRef::new(o.meta().namespace.clone().unwrap_or_default(), o.meta().name.clone().unwrap_or_default());
+    let key = |o: K| {
+        ObjectRef::new(o.meta().namespace.clone().unwrap_or_default(), o.meta().name.clone().unwrap_or_default())
+    };
     match event {
         Event::Apply(o) => Event::Apply(key(o)),
         Event::Delete(o) => Event::Delete(key(o)),

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
-use kube::ResourceExt;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -16,8 +16,8 @@ use tracing::{debug, info, warn};
 use super::{Shared, Stored};
 use crate::conditions::reason;
 use crate::index::{Kind, Object};
-use crate::model::ObjectRef;
 use crate::judge::{Inputs, Judgement, judge, now_rfc3339};
+use crate::model::ObjectRef;
 use crate::status::{self, EventNote, Fetched, RefTarget};
 
 /// Attempts per reconcile when other writers keep changing the object.
@@ -60,7 +60,9 @@ pub async fn reconcile(shared: &Shared, key: &ObjectRef) -> Result<(), kube::Err
     for _ in 0..CONFLICT_RETRIES {
         let Some(targets) = ({
             let index = shared.index();
-            index.backend(key).map(|b| b.spec.as_ref().map(|s| status::refs_to_fetch(key, s, &index)).unwrap_or_default())
+            index
+                .backend(key)
+                .map(|b| b.spec.as_ref().map(|s| status::refs_to_fetch(key, s, &index)).unwrap_or_default())
         }) else {
             return Ok(()); // deleted
         };
@@ -69,8 +71,15 @@ pub async fn reconcile(shared: &Shared, key: &ObjectRef) -> Result<(), kube::Err
         let shape = shared.shape();
         let current = stored.status.get(shape.list_field()).and_then(Value::as_array).cloned().unwrap_or_default();
         let now = now_rfc3339();
-        let inputs = Inputs { policy: &shared.policy, controller_name: &shared.controller_name, shape, current: &current, now: &now };
-        let Some(Judgement { ancestors, verdicts, merged, notes }) = judge(&shared.index(), key, &fetched, &inputs) else {
+        let inputs = Inputs {
+            policy: &shared.policy,
+            controller_name: &shared.controller_name,
+            shape,
+            current: &current,
+            now: &now,
+        };
+        let Some(Judgement { ancestors, verdicts, merged, notes }) = judge(&shared.index(), key, &fetched, &inputs)
+        else {
             return Ok(());
         };
         shared.set_accepted(key, Some(verdicts.accepted.status));
@@ -131,12 +140,15 @@ async fn fetch(shared: &Shared, targets: &[RefTarget]) -> Result<Fetched, kube::
     for target in targets {
         match target {
             RefTarget::Secret(r) => {
-                if let Some(s) = Api::<Secret>::namespaced(shared.client.clone(), &r.namespace).get_opt(&r.name).await? {
+                if let Some(s) = Api::<Secret>::namespaced(shared.client.clone(), &r.namespace).get_opt(&r.name).await?
+                {
                     fetched.secrets.insert(r.clone(), s);
                 }
             }
             RefTarget::ConfigMap(r) => {
-                if let Some(c) = Api::<ConfigMap>::namespaced(shared.client.clone(), &r.namespace).get_opt(&r.name).await? {
+                if let Some(c) =
+                    Api::<ConfigMap>::namespaced(shared.client.clone(), &r.namespace).get_opt(&r.name).await?
+                {
                     fetched.config_maps.insert(r.clone(), c);
                 }
             }

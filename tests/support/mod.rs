@@ -43,11 +43,11 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    /// The control plane shared by every test of this binary.
+    /// The control plane shared by every test of this binary (one channel per
+    /// binary: the first caller's).
     pub fn shared(channel: Channel) -> &'static ControlPlane {
         static CP: OnceLock<ControlPlane> = OnceLock::new();
-        let cp = CP.get_or_init(|| ControlPlane::start(channel));
-        cp
+        CP.get_or_init(|| ControlPlane::start(channel))
     }
 
     /// Starts a control plane in a new temporary folder.
@@ -73,7 +73,8 @@ impl ControlPlane {
         BufReader::new(stdout).read_line(&mut line).expect("read control plane stdout");
         let Some(path) = line.trim().strip_prefix("KUBECONFIG=") else {
             let log = std::fs::read_to_string(dir.join("controlplane.log")).unwrap_or_default();
-            let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            let tail: String =
+                log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
             panic!("control plane did not start (stdout {line:?}); log tail:\n{tail}");
         };
         ControlPlane { kubeconfig: PathBuf::from(path), dir, _child: Mutex::new(child) }
@@ -107,7 +108,8 @@ pub async fn client_from(kubeconfig: &Path) -> Client {
 pub fn unique_name(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    let clean: String = prefix.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).take(40).collect();
+    let clean: String =
+        prefix.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).take(40).collect();
     format!("{}-{}-{}", clean.trim_matches('-'), std::process::id() % 100_000, N.fetch_add(1, Ordering::Relaxed))
 }
 
@@ -127,7 +129,8 @@ pub fn controlplane_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let src = repo_root().join("tests/controlplane");
-        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
         let bin = target.join("controlplane/controlplane");
         // Test binaries run in parallel; one builds, the others wait on the lock file.
         std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
@@ -173,16 +176,26 @@ pub async fn apply_yaml(client: &Client, ns: Option<&str>, yaml: &str) -> Vec<Dy
         let obj: DynamicObject = serde_json::from_value(value).expect("object");
         let (api, _) = dynamic_api(client, &discovery, &obj, ns);
         let pp = PatchParams::apply("xbackend-tests").force();
-        out.push(api.patch(&obj.name_any(), &pp, &Patch::Apply(&obj)).await.unwrap_or_else(|e| panic!("apply {}: {e}", obj.name_any())));
+        out.push(
+            api.patch(&obj.name_any(), &pp, &Patch::Apply(&obj))
+                .await
+                .unwrap_or_else(|e| panic!("apply {}: {e}", obj.name_any())),
+        );
     }
     out
 }
 
-pub fn dynamic_api(client: &Client, discovery: &Discovery, obj: &DynamicObject, ns: Option<&str>) -> (Api<DynamicObject>, ApiCapabilities) {
+pub fn dynamic_api(
+    client: &Client,
+    discovery: &Discovery,
+    obj: &DynamicObject,
+    ns: Option<&str>,
+) -> (Api<DynamicObject>, ApiCapabilities) {
     let tm = obj.types.as_ref().expect("apiVersion and kind");
     let (group, version) = tm.api_version.split_once('/').unwrap_or(("", &tm.api_version));
     let gvk = kube::api::GroupVersionKind::gvk(group, version, &tm.kind);
-    let (ar, caps): (ApiResource, ApiCapabilities) = discovery.resolve_gvk(&gvk).unwrap_or_else(|| panic!("unknown kind {gvk:?}"));
+    let (ar, caps): (ApiResource, ApiCapabilities) =
+        discovery.resolve_gvk(&gvk).unwrap_or_else(|| panic!("unknown kind {gvk:?}"));
     let api = match caps.scope {
         Scope::Cluster => Api::all_with(client.clone(), &ar),
         Scope::Namespaced => {
@@ -235,8 +248,10 @@ pub async fn service_account_token(client: &Client, namespace: &str, name: &str)
     use k8s_openapi::api::authentication::v1::TokenRequest;
     use k8s_openapi::api::core::v1::ServiceAccount;
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    let req: TokenRequest = serde_json::from_value(serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
-    let resp: TokenRequest = sas.create_subresource("token", name, &PostParams::default(), &req).await.expect("TokenRequest");
+    let req: TokenRequest =
+        serde_json::from_value(serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
+    let resp: TokenRequest =
+        sas.create_subresource("token", name, &PostParams::default(), &req).await.expect("TokenRequest");
     resp.status.and_then(|s| s.token).expect("TokenRequest returned a token")
 }
 
@@ -313,7 +328,8 @@ impl Controller {
 
     /// Waits until /readyz answers 200.
     pub async fn wait_ready(&self) {
-        let ready = eventually(Duration::from_secs(60), || async { (self.http_get("/readyz")?.0 == 200).then_some(()) }).await;
+        let ready =
+            eventually(Duration::from_secs(60), || async { (self.http_get("/readyz")?.0 == 200).then_some(()) }).await;
         assert!(ready.is_some(), "controller not ready; log:\n{}", self.log_tail());
     }
 
@@ -402,7 +418,8 @@ pub fn xbackend_yaml(name: &str, hostname: &str) -> String {
 }
 
 pub fn xbackend_api(client: &Client, ns: &str) -> Api<DynamicObject> {
-    let ar = ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk("gateway.networking.x-k8s.io", "v1alpha1", "XBackend"));
+    let ar =
+        ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk("gateway.networking.x-k8s.io", "v1alpha1", "XBackend"));
     Api::namespaced_with(client.clone(), ns, &ar)
 }
 
@@ -436,7 +453,12 @@ pub fn conditions_of(entry: &serde_json::Value) -> Vec<(String, String, String)>
 }
 
 /// Waits until `f` holds for the stored XBackend; returns it.
-pub async fn wait_for_xbackend(api: &Api<DynamicObject>, name: &str, what: &str, f: impl Fn(&DynamicObject) -> bool) -> DynamicObject {
+pub async fn wait_for_xbackend(
+    api: &Api<DynamicObject>,
+    name: &str,
+    what: &str,
+    f: impl Fn(&DynamicObject) -> bool,
+) -> DynamicObject {
     let found = eventually(Duration::from_secs(30), || async {
         let obj = api.get(name).await.ok()?;
         f(&obj).then_some(obj)
@@ -445,7 +467,11 @@ pub async fn wait_for_xbackend(api: &Api<DynamicObject>, name: &str, what: &str,
     match found {
         Some(obj) => obj,
         None => {
-            let last = api.get(name).await.map(|o| serde_json::to_string_pretty(&o.data["status"]).unwrap()).unwrap_or_default();
+            let last = api
+                .get(name)
+                .await
+                .map(|o| serde_json::to_string_pretty(&o.data["status"]).unwrap())
+                .unwrap_or_default();
             panic!("XBackend {name}: timed out waiting for {what}; status now:\n{last}")
         }
     }
@@ -516,17 +542,23 @@ fn spawn_controlplane(dir: &Path, opts: ControlPlaneOpts) -> (Child, PathBuf) {
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("open log");
     writeln!(log, "---- start (fsync: {}) ----", opts.fsync).ok();
     let mut cmd = Command::new(&bin);
-    cmd.arg("--dir").arg(dir.join("state")).arg("--gateway-api-channel").arg(opts.channel.flag()).arg("--exit-with-parent");
+    cmd.arg("--dir")
+        .arg(dir.join("state"))
+        .arg("--gateway-api-channel")
+        .arg(opts.channel.flag())
+        .arg("--exit-with-parent");
     if !opts.fsync {
         cmd.arg("--unsafe-no-fsync");
     }
-    let mut child = cmd.stdout(Stdio::piped()).stderr(log).spawn().unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+    let mut child =
+        cmd.stdout(Stdio::piped()).stderr(log).spawn().unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
     let stdout = child.stdout.take().expect("piped stdout");
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).expect("read control plane stdout");
     let Some(path) = line.trim().strip_prefix("KUBECONFIG=") else {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail: String =
+            log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
         panic!("control plane did not start (stdout {line:?}); log tail:\n{tail}");
     };
     (child, PathBuf::from(path))
