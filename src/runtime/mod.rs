@@ -52,6 +52,17 @@ pub struct Stored {
     pub status: serde_json::Value,
 }
 
+impl Stored {
+    pub fn of(obj: &DynamicObject) -> Stored {
+        use kube::ResourceExt;
+        Stored {
+            resource_version: obj.resource_version().unwrap_or_default(),
+            uid: obj.uid().unwrap_or_default(),
+            status: obj.data.get("status").cloned().unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
 /// Watches that must sync before the controller is ready and starts writing.
 pub struct Synced {
     pending: Mutex<BTreeSet<&'static str>>,
@@ -119,18 +130,26 @@ impl Shared {
         self.stored.lock().expect("stored lock").get(key).cloned()
     }
 
-    /// Keeps the newest of two views: a watch event can arrive after the
-    /// response to our own, later, write.
-    pub fn update_stored(&self, key: ObjectRef, new: Stored) {
+    /// Records the stored object's status and version. Returns false when that
+    /// tells nothing new: the watch echo of our own write (whose response we
+    /// stored already), or an event older than what we have (a watch can lag
+    /// behind the response to our own, later, write).
+    pub fn update_stored(&self, key: ObjectRef, new: Stored) -> bool {
         let mut stored = self.stored.lock().expect("stored lock");
         if let Some(old) = stored.get(&key)
-            && let (Ok(a), Ok(b)) = (old.resource_version.parse::<u64>(), new.resource_version.parse::<u64>())
-            && b < a
             && old.uid == new.uid
         {
-            return;
+            if old.resource_version == new.resource_version {
+                return false;
+            }
+            if let (Ok(a), Ok(b)) = (old.resource_version.parse::<u64>(), new.resource_version.parse::<u64>())
+                && b < a
+            {
+                return false;
+            }
         }
         stored.insert(key, new);
+        true
     }
 
     pub fn reset_stored(&self, all: Vec<(ObjectRef, Stored)>) {

@@ -59,16 +59,6 @@ fn report_decode_failure(shared: &Shared, kind: Kind, obj: &DynamicObject, error
     );
 }
 
-/// What the writer needs of a stored XBackend beyond the index: its status and
-/// the resourceVersion to send as precondition.
-fn stored_of(obj: &DynamicObject) -> Stored {
-    Stored {
-        resource_version: obj.resource_version().unwrap_or_default(),
-        uid: obj.uid().unwrap_or_default(),
-        status: obj.data.get("status").cloned().unwrap_or(serde_json::Value::Null),
-    }
-}
-
 /// Counts a watch event; logs and counts an error (the watch retries with backoff).
 fn counted<T>(shared: &Shared, kind: &'static str, event: Result<T, watcher::Error>) -> Option<T> {
     match event {
@@ -100,7 +90,7 @@ pub async fn watch_kind(shared: Arc<Shared>, kind: Kind, api: Api<DynamicObject>
             Event::InitApply(obj) => {
                 if let Some((key, object)) = decode_object(&shared, kind, &obj) {
                     if kind == Kind::XBackend {
-                        initial_stored.push((key.clone(), stored_of(&obj)));
+                        initial_stored.push((key.clone(), Stored::of(&obj)));
                     }
                     initial.push((key, object));
                 }
@@ -116,10 +106,13 @@ pub async fn watch_kind(shared: Arc<Shared>, kind: Kind, api: Api<DynamicObject>
             }
             Event::Apply(obj) => {
                 if let Some((key, object)) = decode_object(&shared, kind, &obj) {
-                    if kind == Kind::XBackend {
-                        shared.update_stored(key.clone(), stored_of(&obj));
+                    let news = kind != Kind::XBackend || shared.update_stored(key.clone(), Stored::of(&obj));
+                    let mut affected = shared.index().apply(key.clone(), object);
+                    if !news {
+                        // Nothing changed since we looked (typically our own write
+                        // coming back): reconciling it again would only confirm it.
+                        affected.remove(&key);
                     }
-                    let affected = shared.index().apply(key, object);
                     shared.queue.extend(affected);
                 }
             }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
-use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use serde_json::{Value, json};
@@ -98,7 +97,7 @@ pub async fn reconcile(shared: &Shared, key: &ObjectRef) -> Result<(), kube::Err
             Ok(obj) => {
                 shared.metrics.status_writes.inc();
                 debug!(xbackend = %key, ancestors = ancestors.len(), "status written");
-                shared.update_stored(key.clone(), stored_from(&obj));
+                shared.update_stored(key.clone(), Stored::of(&obj));
                 return Ok(());
             }
             Err(kube::Error::Api(e)) if e.code == 409 => {
@@ -122,16 +121,8 @@ async fn refresh(shared: &Shared, api: &Api<kube::api::DynamicObject>, key: &Obj
     if let Ok((k, object @ Object::XBackend(_))) = crate::decode::decode(Kind::XBackend, &value) {
         shared.index().apply(k, object);
     }
-    shared.update_stored(key.clone(), stored_from(&obj));
+    shared.update_stored(key.clone(), Stored::of(&obj));
     Ok(())
-}
-
-fn stored_from(obj: &kube::api::DynamicObject) -> Stored {
-    Stored {
-        resource_version: obj.resource_version().unwrap_or_default(),
-        uid: obj.uid().unwrap_or_default(),
-        status: obj.data.get("status").cloned().unwrap_or(Value::Null),
-    }
 }
 
 /// Reads the referenced Secrets and ConfigMaps (absent ones are left out).
