@@ -34,16 +34,16 @@ pub enum Command {
 /// Flags that decide whether an XBackend is accepted.
 #[derive(Args, Debug, Clone, Default)]
 pub struct PolicyArgs {
-    /// In-cluster DNS suffix to reject besides cluster.local (repeatable).
+    /// In-cluster DNS suffix to reject besides cluster.local (repeatable). Default: none, only cluster.local.
     #[arg(long = "cluster-domain", value_name = "DOMAIN")]
     pub cluster_domains: Vec<String>,
     /// Only hostnames matching one of these globs are accepted (repeatable; `*.example.com` matches subdomains, not the apex). Default: any hostname the built-in guardrails allow.
     #[arg(long = "allow-hostname", value_name = "GLOB")]
     pub allow_hostnames: Vec<String>,
-    /// Hostnames matching this glob are rejected with HostnameNotAllowed (repeatable).
+    /// Hostnames matching this glob are rejected with HostnameNotAllowed (repeatable). Default: none beyond the built-in guardrails.
     #[arg(long = "deny-hostname", value_name = "GLOB")]
     pub deny_hostnames: Vec<String>,
-    /// Reject XBackends without TLS (tls absent or mode None) with TLSRequired.
+    /// Reject XBackends without TLS (tls absent or mode None) with TLSRequired. Default: off (they are accepted with a Warning Event).
     #[arg(long)]
     pub require_tls: bool,
 }
@@ -75,7 +75,7 @@ pub struct RunArgs {
     /// Elect a leader through a Lease so that only one replica writes status (default on).
     #[arg(long, overrides_with = "no_leader_election", default_value_t = true)]
     pub leader_election: bool,
-    /// Write status without electing a leader (for a single local replica).
+    /// Write status without electing a leader (for a single local replica). Default: off.
     #[arg(long, overrides_with = "leader_election")]
     pub no_leader_election: bool,
     /// Namespace of the leader election Lease. Default: the namespace of the kubeconfig context or the pod.
