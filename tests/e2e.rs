@@ -499,3 +499,27 @@ async fn resource_versions(api: &Api<DynamicObject>) -> BTreeMap<String, String>
         .map(|o| (o.metadata.name.clone().unwrap_or_default(), o.metadata.resource_version.clone().unwrap_or_default()))
         .collect()
 }
+
+#[tokio::test]
+async fn grpc_routes_make_ancestors_like_http_routes() {
+    let (cp, client, ns, gw) = setup("grpc", &["gw"]).await;
+    let grpc_route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{group: gateway.networking.x-k8s.io, kind: XBackend, name: b, port: 443}]\n";
+    apply_yaml(&client, Some(&ns), &(xbackend_yaml("b", "grpc.example.com") + grpc_route)).await;
+    let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name]);
+    ctl.wait_ready().await;
+    let api = xbackend_api(&client, &ns);
+    wait_conditions(
+        &api,
+        "b",
+        &gw.controller_name,
+        vec![cond("Accepted", "True", "Accepted"), cond("ResolvedRefs", "True", "ResolvedRefs")],
+    )
+    .await;
+
+    // Removing the GRPCRoute removes the entry.
+    support::dynamic(&client, &ns, "gateway.networking.k8s.io", "v1", "GRPCRoute")
+        .delete("g", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for_xbackend(&api, "b", "no entries", |o| entries_of(o, "ancestors", &gw.controller_name).is_empty()).await;
+}
