@@ -156,13 +156,23 @@ impl Index {
     /// (XBackends included) affect nothing.
     pub fn reset(&mut self, kind: Kind, objects: Vec<(ObjectRef, Object)>) -> BTreeSet<ObjectRef> {
         let objects: BTreeMap<ObjectRef, Object> = objects.into_iter().filter(|(_, o)| o.kind() == kind).collect();
-        let gone: Vec<ObjectRef> = self.keys_of(kind).into_iter().filter(|key| !objects.contains_key(key)).collect();
+        let seen: BTreeSet<ObjectRef> = objects.keys().cloned().collect();
+        let mut affected = self.retain(kind, &seen);
+        for (key, object) in objects {
+            affected.extend(self.put(key, Some(object), false));
+        }
+        affected
+    }
+
+    /// Ends a re-list whose objects were applied one by one as they arrived:
+    /// deletes the objects of `kind` it did not see. Streaming a re-list this
+    /// way never holds two copies of every object, as collecting it for
+    /// `reset` would.
+    pub fn retain(&mut self, kind: Kind, seen: &BTreeSet<ObjectRef>) -> BTreeSet<ObjectRef> {
+        let gone: Vec<ObjectRef> = self.keys_of(kind).into_iter().filter(|key| !seen.contains(key)).collect();
         let mut affected = BTreeSet::new();
         for key in gone {
             affected.extend(self.remove(kind, &key));
-        }
-        for (key, object) in objects {
-            affected.extend(self.put(key, Some(object), false));
         }
         affected
     }
@@ -898,6 +908,20 @@ mod tests {
         // Every class gone.
         assert_eq!(index.reset(Kind::GatewayClass, vec![]), set(&[("app", "b")]));
         assert!(index.ancestors(&r("app", "b")).is_empty());
+    }
+
+    #[test]
+    fn retain_after_a_streamed_relist_deletes_only_the_unseen() {
+        let mut index = world();
+        http_route(&mut index, "app", "r1", simple_route(&[("infra", "gw")], &["b"]));
+        http_route(&mut index, "app", "r2", simple_route(&[("infra", "gw")], &["c"]));
+        let seen: BTreeSet<ObjectRef> = [r("app", "r1")].into_iter().collect();
+        assert_eq!(index.retain(Kind::Route(RouteKind::Http), &seen), set(&[("app", "c")]));
+        assert!(index.ancestors(&r("app", "c")).is_empty());
+        assert_eq!(index.ancestors(&r("app", "b")), vec![r("infra", "gw")]);
+        // Other kinds are untouched, and a second retain finds nothing more to delete.
+        assert!(index.retain(Kind::Route(RouteKind::Grpc), &BTreeSet::new()).is_empty());
+        assert!(index.retain(Kind::Route(RouteKind::Http), &seen).is_empty());
     }
 
     #[test]

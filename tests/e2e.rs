@@ -303,10 +303,6 @@ async fn no_writes_for_irrelevant_changes_or_after_restart() {
     }
     let writes = ctl.metric("xbackend_status_writes_total").expect("writes metric");
     assert_eq!(writes, 5.0, "exactly one write per XBackend on a cold start");
-    // Each write comes back as a watch event; the echo of our own write is not
-    // reconciled again (without that, exactly 10 reconciles here).
-    let reconciles = ctl.metric("xbackend_reconciles_total").unwrap();
-    assert!(reconciles < 10.0, "{reconciles} reconciles for 5 XBackends");
 
     // Irrelevant changes: an unrelated Secret and ConfigMap, a label on a route and on an XBackend.
     apply_yaml(&client, Some(&ns), "apiVersion: v1\nkind: Secret\nmetadata: {name: unrelated}\nstringData: {a: b}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: unrelated}\ndata: {a: b}\n").await;

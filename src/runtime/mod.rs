@@ -63,6 +63,19 @@ impl Stored {
     }
 }
 
+/// False when `new` tells nothing beyond `old`: the same object at the same
+/// resourceVersion (typically the watch echo of our own write, whose response
+/// we recorded already), or an older version (a watch can lag behind the
+/// response to our own, later, write). The echo can also arrive before the
+/// response; it then counts as news and costs one reconcile that writes nothing.
+fn is_news(old: Option<&Stored>, new: &Stored) -> bool {
+    let Some(old) = old.filter(|old| old.uid == new.uid) else { return true };
+    match (old.resource_version.parse::<u64>(), new.resource_version.parse::<u64>()) {
+        (Ok(a), Ok(b)) => b > a,
+        _ => old.resource_version != new.resource_version,
+    }
+}
+
 /// Watches that must sync before the controller is ready and starts writing.
 pub struct Synced {
     pending: Mutex<BTreeSet<&'static str>>,
@@ -130,30 +143,22 @@ impl Shared {
         self.stored.lock().expect("stored lock").get(key).cloned()
     }
 
-    /// Records the stored object's status and version. Returns false when that
-    /// tells nothing new: the watch echo of our own write (whose response we
-    /// stored already), or an event older than what we have (a watch can lag
-    /// behind the response to our own, later, write).
+    /// Records the stored object's status and version; returns whether that
+    /// was news (see `is_news`).
     pub fn update_stored(&self, key: ObjectRef, new: Stored) -> bool {
         let mut stored = self.stored.lock().expect("stored lock");
-        if let Some(old) = stored.get(&key)
-            && old.uid == new.uid
-        {
-            if old.resource_version == new.resource_version {
-                return false;
-            }
-            if let (Ok(a), Ok(b)) = (old.resource_version.parse::<u64>(), new.resource_version.parse::<u64>())
-                && b < a
-            {
-                return false;
-            }
+        let news = is_news(stored.get(&key), &new);
+        if news {
+            stored.insert(key, new);
         }
-        stored.insert(key, new);
-        true
+        news
     }
 
-    pub fn reset_stored(&self, all: Vec<(ObjectRef, Stored)>) {
-        *self.stored.lock().expect("stored lock") = all.into_iter().collect();
+    /// After a re-list: forgets the XBackends it did not see.
+    pub fn retain_stored(&self, seen: &BTreeSet<ObjectRef>) {
+        let gone: Vec<ObjectRef> =
+            self.stored.lock().expect("stored lock").keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        gone.iter().for_each(|k| self.forget(k));
     }
 
     pub fn forget(&self, key: &ObjectRef) {
@@ -371,5 +376,25 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(uid: &str, rv: &str) -> Stored {
+        Stored { resource_version: rv.into(), uid: uid.into(), status: serde_json::Value::Null }
+    }
+
+    #[test]
+    fn only_a_newer_version_of_the_same_object_is_news() {
+        assert!(is_news(None, &stored("u", "5")), "first sight");
+        assert!(!is_news(Some(&stored("u", "5")), &stored("u", "5")), "echo of our write");
+        assert!(!is_news(Some(&stored("u", "7")), &stored("u", "5")), "late event");
+        assert!(is_news(Some(&stored("u", "5")), &stored("u", "7")), "someone changed it");
+        assert!(is_news(Some(&stored("u", "7")), &stored("v", "5")), "deleted and created again");
+        assert!(is_news(Some(&stored("u", "x")), &stored("u", "y")), "opaque versions: different is news");
+        assert!(!is_news(Some(&stored("u", "x")), &stored("u", "x")));
     }
 }

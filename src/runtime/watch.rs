@@ -1,6 +1,7 @@
 //! Watches: each kind's events go into the index (apply / delete / reset on
 //! re-list), and the XBackends they affect go on the queue.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -74,47 +75,48 @@ fn counted<T>(shared: &Shared, kind: &'static str, event: Result<T, watcher::Err
     }
 }
 
+/// Puts one added or changed object into the index and queues what it
+/// affects; returns its key unless it did not decode.
+fn apply_object(shared: &Shared, kind: Kind, obj: &DynamicObject) -> Option<ObjectRef> {
+    let (key, object) = decode_object(shared, kind, obj)?;
+    let news = kind != Kind::XBackend || shared.update_stored(key.clone(), Stored::of(obj));
+    let mut affected = shared.index().apply(key.clone(), object);
+    if !news {
+        // Nothing changed since we looked (typically our own write coming
+        // back): reconciling it again would only confirm it.
+        affected.remove(&key);
+    }
+    shared.queue.extend(affected);
+    Some(key)
+}
+
 /// Watches one index kind until the process ends.
 pub async fn watch_kind(shared: Arc<Shared>, kind: Kind, api: Api<DynamicObject>) {
     let name = kind_name(kind);
     let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
-    let mut initial: Vec<(ObjectRef, Object)> = Vec::new();
-    let mut initial_stored = Vec::new();
+    // Keys seen since the last Init: a (re-)list is applied object by object
+    // as it streams in, and what it did not see is deleted at InitDone.
+    let mut seen: BTreeSet<ObjectRef> = BTreeSet::new();
     while let Some(event) = stream.next().await {
         let Some(event) = counted(&shared, name, event) else { continue };
         match event {
-            Event::Init => {
-                initial.clear();
-                initial_stored.clear();
-            }
+            Event::Init => seen.clear(),
             Event::InitApply(obj) => {
-                if let Some((key, object)) = decode_object(&shared, kind, &obj) {
-                    if kind == Kind::XBackend {
-                        initial_stored.push((key.clone(), Stored::of(&obj)));
-                    }
-                    initial.push((key, object));
+                if let Some(key) = apply_object(&shared, kind, &obj) {
+                    seen.insert(key);
                 }
+            }
+            Event::Apply(obj) => {
+                apply_object(&shared, kind, &obj);
             }
             Event::InitDone => {
                 if kind == Kind::XBackend {
-                    shared.reset_stored(std::mem::take(&mut initial_stored));
+                    shared.retain_stored(&seen);
                 }
-                let affected = shared.index().reset(kind, std::mem::take(&mut initial));
+                let affected = shared.index().retain(kind, &seen);
                 shared.queue.extend(affected);
                 shared.synced.mark(name);
                 info!(kind = name, "watch synced");
-            }
-            Event::Apply(obj) => {
-                if let Some((key, object)) = decode_object(&shared, kind, &obj) {
-                    let news = kind != Kind::XBackend || shared.update_stored(key.clone(), Stored::of(&obj));
-                    let mut affected = shared.index().apply(key.clone(), object);
-                    if !news {
-                        // Nothing changed since we looked (typically our own write
-                        // coming back): reconciling it again would only confirm it.
-                        affected.remove(&key);
-                    }
-                    shared.queue.extend(affected);
-                }
             }
             Event::Delete(obj) => {
                 let key = ObjectRef::new(obj.namespace().unwrap_or_default(), obj.name_any());
