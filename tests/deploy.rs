@@ -564,38 +564,6 @@ async fn install_release(client: &Client, release: &str, ns: &str, extra: &[&str
     docs(&yaml)
 }
 
-/// A kubeconfig file that authenticates with `token` only: the control
-/// plane's server and CA, no client certificate.
-fn kubeconfig_with_token(cp: &ControlPlane, token: &str, namespace: &str) -> PathBuf {
-    let kc = kube::config::Kubeconfig::read_from(&cp.kubeconfig).expect("read kubeconfig");
-    let cluster = kc.clusters[0].cluster.clone().expect("cluster");
-    let ca = match (&cluster.certificate_authority_data, &cluster.certificate_authority) {
-        (Some(data), _) => data.clone(),
-        (None, Some(path)) => base64(&std::fs::read(path).expect("read CA")),
-        _ => panic!("control plane kubeconfig has no CA"),
-    };
-    let server = cluster.server.expect("server");
-    let yaml = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: cp\n  cluster: {{server: '{server}', certificate-authority-data: '{ca}'}}\nusers:\n- name: sa\n  user: {{token: '{token}'}}\ncontexts:\n- name: sa\n  context: {{cluster: cp, user: sa, namespace: {namespace}}}\ncurrent-context: sa\n"
-    );
-    let path = support::tempdir("sa-kubeconfig").join("kubeconfig");
-    std::fs::write(&path, yaml).unwrap();
-    path
-}
-
-fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            out.push(if i <= chunk.len() { A[(n >> (18 - 6 * i)) as usize & 63] as char } else { '=' });
-        }
-    }
-    out
-}
-
 /// A controller process of this test; SIGTERM then SIGKILL on drop.
 struct Proc {
     child: Child,
@@ -675,25 +643,6 @@ fn certificate(name: &str, ca: bool) -> (String, String) {
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     }
     (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
-}
-
-fn conditions(obj: &DynamicObject) -> Vec<(String, String, String)> {
-    let mut out: Vec<_> = obj.data["status"]["ancestors"][0]["conditions"]
-        .as_array()
-        .map(|cs| {
-            cs.iter()
-                .map(|c| {
-                    (
-                        c["type"].as_str().unwrap_or("").into(),
-                        c["status"].as_str().unwrap_or("").into(),
-                        c["reason"].as_str().unwrap_or("").into(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
 }
 
 fn cond(t: &str, s: &str, r: &str) -> (String, String, String) {
@@ -957,7 +906,7 @@ async fn controller_under_the_chart_service_account_leads_and_converges_status()
     let rendered = install_release(&client, &release, &ns, &[]).await;
     let sa = one(&rendered, "ServiceAccount")["metadata"]["name"].as_str().unwrap().to_string();
     let token = support::service_account_token(&client, &ns, &sa).await;
-    let kubeconfig = kubeconfig_with_token(cp, &token, &ns);
+    let kubeconfig = support::token_kubeconfig(&cp.kubeconfig, &token, Some(&ns));
 
     // A GatewayClass served by the default controller name, a Gateway, the
     // seed XBackend and its route; an mTLS XBackend whose Secret and CA
@@ -965,7 +914,6 @@ async fn controller_under_the_chart_service_account_leads_and_converges_status()
     let class = support::unique_name("deploy-class");
     let (client_cert, client_key) = certificate("client.example.com", false);
     let (ca, _) = certificate("ca.example.com", true);
-    let b64 = |s: &str| base64(s.as_bytes());
     let route = |name: &str, backend: &str| {
         format!(
             "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}}}\nspec:\n  parentRefs: [{{name: edge}}]\n  rules:\n  - backendRefs: [{{group: gateway.networking.x-k8s.io, kind: XBackend, name: {backend}, port: 443}}]\n"
@@ -994,13 +942,7 @@ spec:
   tls:
     mode: ServerOnly
     validation: {{hostname: api.openai.com}}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: client-cert}}
-type: kubernetes.io/tls
-data: {{tls.crt: {crt}, tls.key: {key}}}
----
+{secret}---
 apiVersion: v1
 kind: ConfigMap
 metadata: {{name: partner-ca}}
@@ -1029,8 +971,7 @@ spec:
   port: {{port: 80}}
   externalHostname: {{hostname: metadata.google.internal}}
 "#,
-        crt = b64(&client_cert),
-        key = b64(&client_key),
+        secret = support::tls_secret_yaml("client-cert", &client_cert, &client_key),
     );
     yaml += &route("openai", "openai-api");
     yaml += &route("partner", "partner");
@@ -1080,7 +1021,7 @@ spec:
     for (name, conds) in &want {
         let got = eventually(Duration::from_secs(90), || async {
             let obj = api.get(name).await.ok()?;
-            (conditions(&obj) == *conds).then_some(obj)
+            (support::conditions_of(&obj.data["status"]["ancestors"][0]) == *conds).then_some(obj)
         })
         .await;
         let Some(obj) = got else {
@@ -1143,11 +1084,7 @@ async fn static_binary_runs_in_cluster_style_as_nonroot_in_an_empty_root() {
     std::fs::create_dir_all(&sa_dir).unwrap();
     let kc = kube::config::Kubeconfig::read_from(&cp.kubeconfig).unwrap();
     let cluster = kc.clusters[0].cluster.clone().unwrap();
-    let ca_pem = match (&cluster.certificate_authority_data, &cluster.certificate_authority) {
-        (_, Some(path)) => std::fs::read_to_string(path).unwrap(),
-        (Some(data), None) => decode_base64(data),
-        _ => panic!("no CA"),
-    };
+    let ca_pem = support::ca_pem(&cp.kubeconfig);
     std::fs::write(sa_dir.join("token"), &token).unwrap();
     std::fs::write(sa_dir.join("ca.crt"), ca_pem).unwrap();
     std::fs::write(sa_dir.join("namespace"), &ns).unwrap();
@@ -1202,22 +1139,6 @@ fn url_host_port(url: &str) -> (String, u16) {
     let rest = rest.split('/').next().unwrap();
     let (host, port) = rest.rsplit_once(':').expect("server has a port");
     (host.to_string(), port.parse().unwrap())
-}
-
-fn decode_base64(s: &str) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut bits = 0u32;
-    let mut n = 0;
-    let mut out = Vec::new();
-    for c in s.bytes().filter(|c| *c != b'=' && !c.is_ascii_whitespace()) {
-        bits = (bits << 6) | A.iter().position(|a| *a == c).expect("base64") as u32;
-        n += 6;
-        if n >= 8 {
-            n -= 8;
-            out.push((bits >> n) as u8);
-        }
-    }
-    String::from_utf8(out).unwrap()
 }
 
 // ---- Admission policy ----

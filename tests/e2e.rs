@@ -46,32 +46,6 @@ fn certificate(name: &str) -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
-fn tls_secret_yaml(name: &str, cert: &str, key: &str) -> String {
-    let b64 = |s: &str| base64_encode(s.as_bytes());
-    format!(
-        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n",
-        b64(cert),
-        b64(key)
-    )
-}
-
-fn base64_encode(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 fn mtls_xbackend_yaml(name: &str, secret: &str, secret_ns: Option<&str>) -> String {
     let ns = secret_ns.map(|n| format!(", namespace: {n}")).unwrap_or_default();
     format!(
@@ -114,14 +88,15 @@ async fn every_condition_reason_is_reported() {
         ("ca-kind", ca_xbackend_yaml("ca-kind", "Secret", "ca"), ("True", "Accepted"), ("False", "InvalidKind")),
     ];
 
-    let mut yaml = tls_secret_yaml("client-cert", &cert, &key) + &tls_secret_yaml("mismatched", &cert, &other_key);
+    let mut yaml = support::tls_secret_yaml("client-cert", &cert, &key)
+        + &support::tls_secret_yaml("mismatched", &cert, &other_key);
     yaml += &format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: ca}}\ndata:\n  ca.crt: {:?}\n", ca);
     for (name, backend, _, _) in &cases {
         yaml += backend;
         yaml += &route_yaml(&format!("to-{name}"), &["gw"], name);
     }
     apply_yaml(&client, Some(&ns), &yaml).await;
-    apply_yaml(&client, Some(&other_ns), &tls_secret_yaml("client-cert", &cert, &key)).await;
+    apply_yaml(&client, Some(&other_ns), &support::tls_secret_yaml("client-cert", &cert, &key)).await;
 
     let ctl = Controller::start(
         &cp.kubeconfig,
@@ -168,7 +143,7 @@ async fn status_follows_routes_gateways_secrets_and_grants() {
     let (cp, client, ns, gw) = setup("follows", &["gw-a", "gw-b"]).await;
     let other_ns = cp.namespace("follows-other").await.1;
     let (cert, key) = certificate("client.example");
-    apply_yaml(&client, Some(&other_ns), &tls_secret_yaml("client-cert", &cert, &key)).await;
+    apply_yaml(&client, Some(&other_ns), &support::tls_secret_yaml("client-cert", &cert, &key)).await;
     apply_yaml(
         &client,
         Some(&ns),
@@ -447,7 +422,7 @@ subjects: [{{kind: ServiceAccount, name: controller, namespace: {ns}}}]
     )
     .await;
     let token = support::service_account_token(&client, &ns, "controller").await;
-    let kubeconfig = token_kubeconfig(&cp.kubeconfig, &token);
+    let kubeconfig = support::token_kubeconfig(&cp.kubeconfig, &token, None);
 
     let ctl = Controller::start(&kubeconfig, &["--controller-name", &gw.controller_name]);
     let waiting = support::eventually(Duration::from_secs(30), || async {
@@ -468,22 +443,6 @@ subjects: [{{kind: ServiceAccount, name: controller, namespace: {ns}}}]
     assert!(
         entries_of(&xbackend_api(&client, &ns).get("b").await.unwrap(), "ancestors", &gw.controller_name).is_empty()
     );
-}
-
-/// A kubeconfig file for the control plane that authenticates only with `token`.
-fn token_kubeconfig(admin: &std::path::Path, token: &str) -> std::path::PathBuf {
-    let admin: serde_json::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(admin).unwrap()).unwrap();
-    let cluster = &admin["clusters"][0]["cluster"];
-    let config = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "cp", "cluster": cluster}],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "cp", "user": "sa"}}],
-        "current-context": "sa",
-    });
-    let path = support::tempdir("token-kubeconfig").join("kubeconfig");
-    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
-    path
 }
 
 async fn resource_versions(api: &Api<DynamicObject>) -> BTreeMap<String, String> {

@@ -622,3 +622,42 @@ pub fn proc_cpu_seconds(pid: u32) -> Option<f64> {
     // USER_HZ is 100 on every Linux this runs on.
     Some((utime + stime) / 100.0)
 }
+
+/// A kubernetes.io/tls Secret (as YAML) with the PEM given in `stringData`.
+pub fn tls_secret_yaml(name: &str, cert_pem: &str, key_pem: &str) -> String {
+    let q = |s: &str| serde_json::to_string(s).unwrap();
+    format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: {}\n  tls.key: {}\n",
+        q(cert_pem),
+        q(key_pem)
+    )
+}
+
+/// A kubeconfig file for the control plane at `admin` (its server and CA)
+/// that authenticates only with `token`.
+pub fn token_kubeconfig(admin: &Path, token: &str, namespace: Option<&str>) -> PathBuf {
+    let admin: serde_json::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(admin).unwrap()).unwrap();
+    let mut context = serde_json::json!({"cluster": "cp", "user": "sa"});
+    if let Some(ns) = namespace {
+        context["namespace"] = ns.into();
+    }
+    let config = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "cp", "cluster": admin["clusters"][0]["cluster"]}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": context}],
+        "current-context": "sa",
+    });
+    let path = tempdir("token-kubeconfig").join("kubeconfig");
+    std::fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+/// The PEM of the CA that signs the control plane's serving certificate.
+pub fn ca_pem(kubeconfig: &Path) -> String {
+    let kc: serde_json::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(kubeconfig).unwrap()).unwrap();
+    // ByteString decodes the kubeconfig's base64 for us.
+    let data: k8s_openapi::ByteString =
+        serde_json::from_value(kc["clusters"][0]["cluster"]["certificate-authority-data"].clone()).expect("CA data");
+    String::from_utf8(data.0).expect("PEM is text")
+}
