@@ -1,5 +1,5 @@
 //! In-memory index of the watched objects. Watches feed it (apply / delete /
-//! reset); each call returns the XBackends whose status may have changed.
+//! retain after a re-list); each call returns the XBackends whose status may have changed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -132,17 +132,13 @@ impl Index {
         Index { controller_name: controller_name.into(), ..Index::default() }
     }
 
-    pub fn controller_name(&self) -> &str {
-        &self.controller_name
-    }
-
     /// Adds or replaces one object (cluster-scoped kinds use an empty namespace).
     ///
     /// An XBackend always returns itself, even unchanged: its status is not in
     /// the index and may have been changed by someone else, and a reconcile
     /// that finds nothing to change writes nothing.
     pub fn apply(&mut self, key: ObjectRef, object: Object) -> BTreeSet<ObjectRef> {
-        self.put(key, Some(object), true)
+        self.put(key, Some(object))
     }
 
     /// Removes one object. Deleting an XBackend returns itself, so the caller
@@ -151,23 +147,9 @@ impl Index {
         self.remove(kind, key)
     }
 
-    /// Replaces every object of `kind` (a watch re-list): missing ones are deleted.
-    /// Objects of another kind in `objects` are ignored; unchanged objects
-    /// (XBackends included) affect nothing.
-    pub fn reset(&mut self, kind: Kind, objects: Vec<(ObjectRef, Object)>) -> BTreeSet<ObjectRef> {
-        let objects: BTreeMap<ObjectRef, Object> = objects.into_iter().filter(|(_, o)| o.kind() == kind).collect();
-        let seen: BTreeSet<ObjectRef> = objects.keys().cloned().collect();
-        let mut affected = self.retain(kind, &seen);
-        for (key, object) in objects {
-            affected.extend(self.put(key, Some(object), false));
-        }
-        affected
-    }
-
-    /// Ends a re-list whose objects were applied one by one as they arrived:
-    /// deletes the objects of `kind` it did not see. Streaming a re-list this
-    /// way never holds two copies of every object, as collecting it for
-    /// `reset` would.
+    /// Ends a watch re-list whose objects were applied one by one as they
+    /// arrived: deletes the objects of `kind` it did not see. Streaming a
+    /// re-list this way never holds two copies of every object.
     pub fn retain(&mut self, kind: Kind, seen: &BTreeSet<ObjectRef>) -> BTreeSet<ObjectRef> {
         let gone: Vec<ObjectRef> = self.keys_of(kind).into_iter().filter(|key| !seen.contains(key)).collect();
         let mut affected = BTreeSet::new();
@@ -267,7 +249,7 @@ impl Index {
         }
     }
 
-    fn put(&mut self, key: ObjectRef, object: Option<Object>, backend_returns_itself: bool) -> BTreeSet<ObjectRef> {
+    fn put(&mut self, key: ObjectRef, object: Option<Object>) -> BTreeSet<ObjectRef> {
         match object {
             None => BTreeSet::new(),
             Some(Object::Route(route_kind, route)) => self.put_route(route_kind, key, Some(route)),
@@ -275,8 +257,8 @@ impl Index {
             Some(Object::GatewayClass(class)) => self.put_class(&key.name, Some(class)),
             Some(Object::ReferenceGrant(grant)) => self.put_grant(key, Some(grant)),
             Some(Object::XBackend(backend)) => {
-                let changed = self.put_backend(key.clone(), Some(backend));
-                if changed || backend_returns_itself { BTreeSet::from([key]) } else { BTreeSet::new() }
+                self.put_backend(key.clone(), Some(backend));
+                BTreeSet::from([key])
             }
         }
     }
@@ -865,8 +847,20 @@ mod tests {
         assert_eq!(index.backend_keys(), vec![r("app", "b"), r("app", "c"), r("app", "odd")]);
     }
 
+    /// A watch re-list as the runtime applies it: each object as it arrives,
+    /// then `retain` of what was seen.
+    fn relist(index: &mut Index, kind: Kind, objects: Vec<(ObjectRef, Object)>) -> BTreeSet<ObjectRef> {
+        let seen: BTreeSet<ObjectRef> = objects.iter().map(|(k, _)| k.clone()).collect();
+        let mut affected = BTreeSet::new();
+        for (key, object) in objects {
+            affected.extend(index.apply(key, object));
+        }
+        affected.extend(index.retain(kind, &seen));
+        affected
+    }
+
     #[test]
-    fn reset_returns_deleted_and_changed_only() {
+    fn relist_returns_deleted_and_changed_only() {
         let mut index = world();
         http_route(&mut index, "app", "r1", simple_route(&[("infra", "gw")], &["b"]));
         http_route(&mut index, "app", "r2", simple_route(&[("infra", "gw")], &["c"]));
@@ -874,39 +868,46 @@ mod tests {
             Object::Route(RouteKind::Http, Route { gateways: set(gateways), backends: set(backends) })
         };
         // r1 unchanged, r2 gone.
-        let affected = index
-            .reset(Kind::Route(RouteKind::Http), vec![(r("app", "r1"), route(&[("infra", "gw")], &[("app", "b")]))]);
+        let affected = relist(
+            &mut index,
+            Kind::Route(RouteKind::Http),
+            vec![(r("app", "r1"), route(&[("infra", "gw")], &[("app", "b")]))],
+        );
         assert_eq!(affected, set(&[("app", "c")]));
         // The same list again: nothing.
         assert!(
-            index
-                .reset(Kind::Route(RouteKind::Http), vec![(r("app", "r1"), route(&[("infra", "gw")], &[("app", "b")]))])
-                .is_empty()
+            relist(
+                &mut index,
+                Kind::Route(RouteKind::Http),
+                vec![(r("app", "r1"), route(&[("infra", "gw")], &[("app", "b")]))]
+            )
+            .is_empty()
         );
         // GRPCRoutes are another kind: an empty re-list of them leaves HTTPRoutes alone.
-        assert!(index.reset(Kind::Route(RouteKind::Grpc), vec![]).is_empty());
+        assert!(relist(&mut index, Kind::Route(RouteKind::Grpc), vec![]).is_empty());
         assert_eq!(index.ancestors(&r("app", "b")), vec![r("infra", "gw")]);
 
         // Gateways: infra/gw changed class, app/local unchanged, infra/foreign gone.
         let gw = |class_name: &str| Object::Gateway(Gateway { class_name: class_name.into() });
         let affected =
-            index.reset(Kind::Gateway, vec![(r("infra", "gw"), gw("theirs")), (r("app", "local"), gw("ours"))]);
+            relist(&mut index, Kind::Gateway, vec![(r("infra", "gw"), gw("theirs")), (r("app", "local"), gw("ours"))]);
         assert_eq!(affected, set(&[("app", "b")]));
         assert!(
-            index
-                .reset(Kind::Gateway, vec![(r("infra", "gw"), gw("theirs")), (r("app", "local"), gw("ours"))])
+            relist(&mut index, Kind::Gateway, vec![(r("infra", "gw"), gw("theirs")), (r("app", "local"), gw("ours"))])
                 .is_empty()
         );
 
         // GatewayClasses: `theirs` becomes ours, `ours` unchanged.
         let cls = |controller: &str| Object::GatewayClass(GatewayClass { controller_name: controller.into() });
-        let affected = index.reset(Kind::GatewayClass, vec![(r("", "ours"), cls(OURS)), (r("", "theirs"), cls(OURS))]);
+        let affected =
+            relist(&mut index, Kind::GatewayClass, vec![(r("", "ours"), cls(OURS)), (r("", "theirs"), cls(OURS))]);
         assert_eq!(affected, set(&[("app", "b")]));
         assert!(
-            index.reset(Kind::GatewayClass, vec![(r("", "ours"), cls(OURS)), (r("", "theirs"), cls(OURS))]).is_empty()
+            relist(&mut index, Kind::GatewayClass, vec![(r("", "ours"), cls(OURS)), (r("", "theirs"), cls(OURS))])
+                .is_empty()
         );
         // Every class gone.
-        assert_eq!(index.reset(Kind::GatewayClass, vec![]), set(&[("app", "b")]));
+        assert_eq!(relist(&mut index, Kind::GatewayClass, vec![]), set(&[("app", "b")]));
         assert!(index.ancestors(&r("app", "b")).is_empty());
     }
 
@@ -925,49 +926,35 @@ mod tests {
     }
 
     #[test]
-    fn reset_grants_and_backends() {
+    fn relist_grants_and_backends() {
         let mut index = world();
         let m = || Object::XBackend(Backend { generation: 1, spec: Ok(mtls_spec(Some("certs"), "client", &[])) });
         index.apply(r("app", "m"), m());
         index.apply(r("certs", "g"), grant("app"));
-        assert!(index.reset(Kind::ReferenceGrant, vec![(r("certs", "g"), grant("app"))]).is_empty(), "unchanged");
-        assert_eq!(index.reset(Kind::ReferenceGrant, vec![]), set(&[("app", "m")]), "deleted");
+        assert!(
+            relist(&mut index, Kind::ReferenceGrant, vec![(r("certs", "g"), grant("app"))]).is_empty(),
+            "unchanged"
+        );
+        assert_eq!(relist(&mut index, Kind::ReferenceGrant, vec![]), set(&[("app", "m")]), "deleted");
         assert_eq!(
-            index.reset(Kind::ReferenceGrant, vec![(r("certs", "g2"), grant("app"))]),
+            relist(&mut index, Kind::ReferenceGrant, vec![(r("certs", "g2"), grant("app"))]),
             set(&[("app", "m")]),
             "created"
         );
 
         let plain = |generation| Object::XBackend(Backend { generation, spec: Ok(spec()) });
-        // b unchanged, c changed, m gone, n new.
-        let affected = index.reset(
-            Kind::XBackend,
-            vec![(r("app", "b"), plain(1)), (r("app", "c"), plain(2)), (r("app", "n"), plain(1))],
+        // b unchanged, c changed, m gone, n new. Every listed XBackend comes
+        // back (the runtime drops the ones whose resourceVersion it has seen),
+        // and the deleted one too.
+        let listed = || vec![(r("app", "b"), plain(1)), (r("app", "c"), plain(2)), (r("app", "n"), plain(1))];
+        assert_eq!(
+            relist(&mut index, Kind::XBackend, listed()),
+            set(&[("app", "b"), ("app", "c"), ("app", "m"), ("app", "n")])
         );
-        assert_eq!(affected, set(&[("app", "c"), ("app", "m"), ("app", "n")]));
-        assert!(
-            index
-                .reset(
-                    Kind::XBackend,
-                    vec![(r("app", "b"), plain(1)), (r("app", "c"), plain(2)), (r("app", "n"), plain(1))]
-                )
-                .is_empty()
-        );
+        assert!(index.backend(&r("app", "m")).is_none());
+        assert_eq!(index.backend(&r("app", "c")).map(|b| b.generation), Some(2));
+        assert_eq!(relist(&mut index, Kind::XBackend, listed()), set(&[("app", "b"), ("app", "c"), ("app", "n")]));
         assert!(index.referencing(RefKind::Secret, &r("certs", "client")).is_empty());
-        // Objects of another kind in the list are ignored.
-        assert!(
-            index
-                .reset(
-                    Kind::XBackend,
-                    vec![
-                        (r("app", "b"), plain(1)),
-                        (r("app", "c"), plain(2)),
-                        (r("app", "n"), plain(1)),
-                        (r("x", "gw"), Object::Gateway(Gateway::default()))
-                    ]
-                )
-                .is_empty()
-        );
     }
 
     #[test]

@@ -25,8 +25,7 @@ use crate::model::{ObjectRef, RouteKind};
 use crate::status::{EventNote, Shape};
 use crate::validate::Policy;
 
-pub use metrics::Metrics;
-pub use watch::shape_of;
+use metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -69,11 +69,6 @@ impl Queue {
         }
     }
 
-    pub fn len(&self) -> usize {
-        let s = self.state.lock().expect("queue lock");
-        s.order.len() + s.running.len()
-    }
-
     /// Keys being reconciled right now.
     pub fn running(&self) -> usize {
         self.state.lock().expect("queue lock").running.len()
@@ -96,7 +91,7 @@ mod tests {
         q.push(key("a"));
         assert_eq!(q.pop().await, key("a"));
         assert_eq!(q.pop().await, key("b"));
-        assert_eq!(q.len(), 2, "both still running");
+        assert_eq!(q.running(), 2, "both still running");
     }
 
     #[tokio::test]

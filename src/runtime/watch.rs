@@ -1,5 +1,5 @@
-//! Watches: each kind's events go into the index (apply / delete / reset on
-//! re-list), and the XBackends they affect go on the queue.
+//! Watches: each kind's events go into the index (apply / delete; a re-list is
+//! applied as it streams, then retained), and the XBackends they affect are queued.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -224,5 +224,23 @@ pub async fn watch_crd(shared: Arc<Shared>) {
                 warn!(error = %e, "CRD watch error; retrying");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_layout_follows_the_installed_crd() {
+        let mut crd = crate::api::crd();
+        assert_eq!(shape_of(&crd), Shape::Ancestors);
+        // Upstream v1.6 names the list `parents`.
+        let mut value = serde_json::to_value(&crd).unwrap();
+        let status = value.pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/status/properties").unwrap();
+        let list = status.as_object_mut().unwrap().remove("ancestors").unwrap();
+        status.as_object_mut().unwrap().insert("parents".into(), list);
+        crd = serde_json::from_value(value).unwrap();
+        assert_eq!(shape_of(&crd), Shape::Parents);
     }
 }
