@@ -236,7 +236,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     // Leadership: a watch channel that is constantly true without election.
     let (leader_tx, leader_rx) = channel::channel(!args.leader_election_enabled());
     let mut sync_names: Vec<&'static str> = resources.others.iter().map(|(k, _)| watch::kind_name(*k)).collect();
-    sync_names.extend(["XBackend", "Secret", "ConfigMap", "CustomResourceDefinition"]);
+    sync_names.extend(["XBackend", "Secret", "ConfigMap", "Pod", "CustomResourceDefinition"]);
 
     let shared = Arc::new(Shared {
         recorder: Recorder::new(
@@ -269,6 +269,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     }
     tasks.spawn(watch::watch_refs(shared.clone(), RefKind::Secret));
     tasks.spawn(watch::watch_refs(shared.clone(), RefKind::ConfigMap));
+    tasks.spawn(watch::watch_pods(shared.clone()));
 
     let lease = if args.leader_election_enabled() {
         let namespace = args.leader_election_namespace.clone().unwrap_or(default_namespace);
