@@ -12,11 +12,15 @@ use serde_json::Value;
 
 use crate::cli::{AnalyzeArgs, OutputFormat};
 use crate::decode;
-use crate::index::{Index, Kind};
+use crate::dns::{Resolution, Resolver};
+use crate::index::{Index, Kind, Object};
 use crate::judge::{Inputs, Judgement, judge};
 use crate::model::ObjectRef;
 use crate::status::{self, Fetched, RefTarget, Shape};
 use crate::validate::Policy;
+
+/// How long one DNS query may take with --dns-check.
+const DNS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Exit code when any XBackend is rejected or has unresolved references.
 pub const EXIT_FINDINGS: u8 = 3;
@@ -49,7 +53,19 @@ pub fn main(args: AnalyzeArgs) -> ExitCode {
             return ExitCode::from(EXIT_INPUT);
         }
     };
-    let report = analyze(docs, &policy, &args.controller_name, &crate::judge::now_rfc3339());
+    // Names only unless --dns-check: a CI run should not depend on DNS.
+    let dns = match args.dns_check.then(|| dns_client(&args)).transpose() {
+        Ok(dns) => dns,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INPUT);
+        }
+    };
+    let resolve = |hostname: &str| -> Option<Resolution> {
+        let (runtime, resolver) = dns.as_ref()?;
+        runtime.block_on(resolver.resolve(hostname)).ok()
+    };
+    let report = analyze(docs, &policy, &args.controller_name, &crate::judge::now_rfc3339(), &resolve);
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr().lock();
     let printed = match args.output {
@@ -67,6 +83,16 @@ pub fn main(args: AnalyzeArgs) -> ExitCode {
         return ExitCode::from(1);
     }
     if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FINDINGS) }
+}
+
+/// A resolver and the runtime its lookups run on.
+fn dns_client(args: &AnalyzeArgs) -> Result<(tokio::runtime::Runtime, Resolver), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the DNS client: {e}"))?;
+    let resolver = runtime.block_on(async { Resolver::new(&args.dns.dns_servers, DNS_TIMEOUT) })?;
+    Ok((runtime, resolver))
 }
 
 /// The verdict on every XBackend of a bundle.
@@ -151,7 +177,14 @@ impl Report {
 }
 
 /// Runs the controller's logic over the objects of a bundle.
-pub fn analyze(docs: Vec<Document>, policy: &Policy, controller_name: &str, now: &str) -> Report {
+/// `resolve` answers the DNS check for a hostname (None: judge by name only).
+pub fn analyze(
+    docs: Vec<Document>,
+    policy: &Policy,
+    controller_name: &str,
+    now: &str,
+    resolve: &dyn Fn(&str) -> Option<Resolution>,
+) -> Report {
     let mut index = Index::new(controller_name);
     let mut notes = Vec::new();
     let mut secrets: BTreeMap<ObjectRef, Secret> = BTreeMap::new();
@@ -165,6 +198,10 @@ pub fn analyze(docs: Vec<Document>, policy: &Policy, controller_name: &str, now:
         let kind_str = doc.value["kind"].as_str().unwrap_or_default().to_string();
         let mut value = doc.value;
         let key = object_key(&mut value, &kind_str);
+        // An object in a namespace shows that the namespace exists.
+        if !key.namespace.is_empty() {
+            index.apply(ObjectRef::new("", &key.namespace), Object::Namespace);
+        }
         // Nameless objects are ignored below (with a note); they do not replace each other.
         if !key.name.is_empty()
             && let Some(first) =
@@ -211,6 +248,11 @@ pub fn analyze(docs: Vec<Document>, policy: &Policy, controller_name: &str, now:
             None => continue,
         };
         let mut fetched = Fetched::default();
+        let hostname = index
+            .backend(&key)
+            .and_then(|b| b.spec.as_ref().ok())
+            .and_then(|spec| status::hostname_to_resolve(spec, policy, &index));
+        fetched.resolution = hostname.as_deref().and_then(resolve).map(std::sync::Arc::new);
         for target in targets {
             match target {
                 RefTarget::Secret(r) => {

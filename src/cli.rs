@@ -46,6 +46,15 @@ pub struct PolicyArgs {
     /// Reject XBackends without TLS (tls absent or mode None) with TLSRequired. Default: off (they are accepted with a Warning Event).
     #[arg(long)]
     pub require_tls: bool,
+    /// Allow hostnames under this suffix although it is not a public suffix (repeatable; e.g. corp for git.corp). Not an allow-list: other names are judged as usual. Default: none.
+    #[arg(long = "allow-private-suffix", value_name = "SUFFIX")]
+    pub allowed_suffixes: Vec<String>,
+    /// Reject hostnames that resolve into this range with AddressNotAllowed (repeatable; add your Pod and Service CIDRs). Default: none beyond the built-in ranges.
+    #[arg(long = "deny-cidr", value_name = "CIDR")]
+    pub deny_cidrs: Vec<String>,
+    /// Permit addresses in this range that a built-in range denies (repeatable; --deny-cidr still wins). Default: none.
+    #[arg(long = "allow-cidr", value_name = "CIDR")]
+    pub allow_cidrs: Vec<String>,
 }
 
 impl PolicyArgs {
@@ -55,8 +64,25 @@ impl PolicyArgs {
             allow_hostnames: self.allow_hostnames.clone(),
             deny_hostnames: self.deny_hostnames.clone(),
             require_tls: self.require_tls,
+            allowed_suffixes: self.allowed_suffixes.clone(),
+            deny_cidrs: self.deny_cidrs.clone(),
+            allow_cidrs: self.allow_cidrs.clone(),
         }
     }
+}
+
+/// Where and how often the resolved-address guardrail asks DNS.
+#[derive(Args, Debug, Clone)]
+pub struct DnsArgs {
+    /// DNS server to ask, as ADDR:PORT (repeatable). Default: the system resolver configuration (/etc/resolv.conf).
+    #[arg(long = "dns-server", value_name = "ADDR:PORT")]
+    pub dns_servers: Vec<SocketAddr>,
+    /// Re-resolve a hostname no sooner than this many seconds, whatever its TTL.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub dns_min_ttl: u64,
+    /// Re-resolve a hostname at least this often (seconds), whatever its TTL.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub dns_max_ttl: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -88,6 +114,15 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 15)]
     pub lease_duration: u64,
 
+    /// Resolve every allowed hostname (A, AAAA, CNAMEs) and reject those that reach denied addresses with AddressNotAllowed (default on).
+    #[arg(long, overrides_with = "no_dns_check", default_value_t = true)]
+    pub dns_check: bool,
+    /// Judge hostnames by name only, without DNS. Default: off.
+    #[arg(long, overrides_with = "dns_check")]
+    pub no_dns_check: bool,
+    #[command(flatten)]
+    pub dns: DnsArgs,
+
     /// XBackends reconciled at the same time.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
@@ -100,6 +135,10 @@ pub struct RunArgs {
 impl RunArgs {
     pub fn leader_election_enabled(&self) -> bool {
         !self.no_leader_election
+    }
+
+    pub fn dns_check_enabled(&self) -> bool {
+        !self.no_dns_check
     }
 }
 
@@ -128,6 +167,12 @@ pub struct AnalyzeArgs {
 
     #[command(flatten)]
     pub policy: PolicyArgs,
+
+    /// Also resolve each allowed hostname and judge its addresses, as `run` does. Default: off (names only, no DNS).
+    #[arg(long)]
+    pub dns_check: bool,
+    #[command(flatten)]
+    pub dns: DnsArgs,
 
     /// yaml or json: the XBackends with the status the controller would write; table: one line per XBackend and ancestor.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Yaml)]

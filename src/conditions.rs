@@ -8,6 +8,7 @@ pub mod reason {
     pub const INVALID: &str = "Invalid";
     pub const HOSTNAME_NOT_ALLOWED: &str = "HostnameNotAllowed";
     pub const TLS_REQUIRED: &str = "TLSRequired";
+    pub const ADDRESS_NOT_ALLOWED: &str = "AddressNotAllowed";
     pub const RESOLVED_REFS: &str = "ResolvedRefs";
     pub const INVALID_CLIENT_CERTIFICATE_REF: &str = "InvalidClientCertificateRef";
     pub const INVALID_CA_CERTIFICATE_REF: &str = "InvalidCACertificateRef";
@@ -47,6 +48,9 @@ pub fn hostname_not_allowed(message: impl Into<String>) -> Verdict {
 }
 pub fn tls_required(message: impl Into<String>) -> Verdict {
     verdict(ACCEPTED, false, reason::TLS_REQUIRED, message)
+}
+pub fn address_not_allowed(message: impl Into<String>) -> Verdict {
+    verdict(ACCEPTED, false, reason::ADDRESS_NOT_ALLOWED, message)
 }
 pub fn resolved_refs() -> Verdict {
     verdict(RESOLVED_REFS, true, reason::RESOLVED_REFS, "All references resolved.")

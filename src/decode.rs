@@ -16,7 +16,11 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 /// Which index kind an apiVersion/kind pair is, if any.
 pub fn kind_of(api_version: &str, kind: &str) -> Option<Kind> {
     if api_version == "v1" {
-        return (kind == "Pod").then_some(Kind::Pod);
+        return match kind {
+            "Pod" => Some(Kind::Pod),
+            "Namespace" => Some(Kind::Namespace),
+            _ => None,
+        };
     }
     let (group, version) = api_version.split_once('/')?;
     if version.is_empty() {
@@ -51,7 +55,7 @@ pub fn decode(kind: Kind, object: &Value) -> Result<(ObjectRef, Object), String>
         _ => return Err("object has no metadata.name".to_string()),
     };
     let namespace = match kind {
-        Kind::GatewayClass => "",
+        Kind::GatewayClass | Kind::Namespace => "",
         _ => match object.pointer("/metadata/namespace").and_then(Value::as_str) {
             Some(ns) if !ns.is_empty() => ns,
             _ => DEFAULT_NAMESPACE,
@@ -69,6 +73,7 @@ pub fn decode(kind: Kind, object: &Value) -> Result<(ObjectRef, Object), String>
             spec: decode_backend_spec(object.get("spec")),
         }),
         Kind::Pod => Object::Pod(decode_pod(object)),
+        Kind::Namespace => Object::Namespace,
     };
     Ok((key, decoded))
 }

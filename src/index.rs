@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::api::{self, XBackendSpec};
+use crate::guardrails;
 use crate::model::{Backend, Gateway, GatewayClass, ObjectRef, Pod, ReferenceGrant, Route, RouteKind};
 
 /// Every kind the index holds.
@@ -16,6 +17,8 @@ pub enum Kind {
     XBackend,
     /// Watched by metadata only; only labels matter.
     Pod,
+    /// Watched by metadata only; only names matter (cluster-aware guardrails).
+    Namespace,
 }
 
 /// One decoded object of some kind.
@@ -30,6 +33,7 @@ pub enum Object {
     ReferenceGrant(ReferenceGrant),
     XBackend(Backend),
     Pod(Pod),
+    Namespace,
 }
 
 impl Object {
@@ -41,6 +45,7 @@ impl Object {
             Object::ReferenceGrant(_) => Kind::ReferenceGrant,
             Object::XBackend(_) => Kind::XBackend,
             Object::Pod(_) => Kind::Pod,
+            Object::Namespace => Kind::Namespace,
         }
     }
 }
@@ -89,6 +94,11 @@ pub fn endpoint_selector(spec: &XBackendSpec) -> Option<&BTreeMap<String, String
     spec.endpoint_selector.as_ref().map(|selector| &selector.match_labels)
 }
 
+/// The normalized hostname of an ExternalHostname XBackend.
+pub fn external_hostname(spec: &XBackendSpec) -> Option<String> {
+    spec.external_hostname.as_ref().map(|e| guardrails::normalize(&e.hostname))
+}
+
 /// matchLabels semantics: every selector label is on the Pod. An empty
 /// selector selects nothing here (validation rejects it anyway).
 fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
@@ -130,6 +140,19 @@ pub struct Index {
     pods: HashMap<String, HashMap<String, BTreeMap<String, String>>>,
     /// Namespace -> EndpointSelector XBackends in it (their selectors are in `backends`).
     selectors_by_namespace: HashMap<String, BTreeSet<ObjectRef>>,
+
+    /// Namespaces of the cluster: a hostname ending in one reaches inside it.
+    namespaces: BTreeSet<String>,
+    /// Last label -> XBackends whose hostname (two or three labels) ends in it.
+    backends_by_last_label: HashMap<String, BTreeSet<ObjectRef>>,
+    /// Hostname -> XBackends of type ExternalHostname that name it, for DNS answers.
+    backends_by_hostname: HashMap<String, BTreeSet<ObjectRef>>,
+}
+
+impl guardrails::Namespaces for Index {
+    fn contains(&self, name: &str) -> bool {
+        self.namespaces.contains(name)
+    }
 }
 
 fn insert_into<K: std::hash::Hash + Eq, V: Ord>(map: &mut HashMap<K, BTreeSet<V>>, key: K, value: V) {
@@ -209,6 +232,11 @@ impl Index {
         self.pods.get(namespace).is_some_and(|pods| pods.values().any(|labels| selects(selector, labels)))
     }
 
+    /// The XBackends whose spec names `hostname` (normalized).
+    pub fn backends_with_hostname(&self, hostname: &str) -> BTreeSet<ObjectRef> {
+        self.backends_by_hostname.get(hostname).cloned().unwrap_or_default()
+    }
+
     pub fn backend(&self, key: &ObjectRef) -> Option<&Backend> {
         self.backends.get(key)
     }
@@ -258,6 +286,7 @@ impl Index {
             Kind::GatewayClass => self.classes.keys().map(|name| ObjectRef::new("", name)).collect(),
             Kind::ReferenceGrant => self.grants.keys().cloned().collect(),
             Kind::XBackend => self.backends.keys().cloned().collect(),
+            Kind::Namespace => self.namespaces.iter().map(|name| ObjectRef::new("", name)).collect(),
             Kind::Pod => self
                 .pods
                 .iter()
@@ -277,6 +306,7 @@ impl Index {
                 BTreeSet::from([key.clone()])
             }
             Kind::Pod => self.put_pod(key, None),
+            Kind::Namespace => self.put_namespace(&key.name, false),
         }
     }
 
@@ -295,7 +325,18 @@ impl Index {
                 let labels = pod.live.then_some(pod.labels);
                 self.put_pod(&key, labels)
             }
+            Some(Object::Namespace) => self.put_namespace(&key.name, true),
         }
+    }
+
+    /// A Namespace coming or going affects exactly the XBackends whose
+    /// two- or three-label hostname ends in its name.
+    fn put_namespace(&mut self, name: &str, exists: bool) -> BTreeSet<ObjectRef> {
+        let changed = if exists { self.namespaces.insert(name.to_string()) } else { self.namespaces.remove(name) };
+        if !changed {
+            return BTreeSet::new();
+        }
+        self.backends_by_last_label.get(name).cloned().unwrap_or_default()
     }
 
     /// A Pod affects the EndpointSelector XBackends of its namespace whose
@@ -462,6 +503,12 @@ impl Index {
             if endpoint_selector(spec).is_some() {
                 remove_from(&mut self.selectors_by_namespace, &key.namespace, &key);
             }
+            if let Some(hostname) = external_hostname(spec) {
+                if let Some(label) = guardrails::namespace_label(&hostname) {
+                    remove_from(&mut self.backends_by_last_label, &label, &key);
+                }
+                remove_from(&mut self.backends_by_hostname, &hostname, &key);
+            }
         }
         if let Some(Ok(spec)) = backend.as_ref().map(|b| &b.spec) {
             if let Some(secret) = client_certificate_secret(&key, spec) {
@@ -475,6 +522,12 @@ impl Index {
             }
             if endpoint_selector(spec).is_some() {
                 insert_into(&mut self.selectors_by_namespace, key.namespace.clone(), key.clone());
+            }
+            if let Some(hostname) = external_hostname(spec) {
+                if let Some(label) = guardrails::namespace_label(&hostname) {
+                    insert_into(&mut self.backends_by_last_label, label, key.clone());
+                }
+                insert_into(&mut self.backends_by_hostname, hostname, key.clone());
             }
         }
         true

@@ -1,11 +1,14 @@
 //! xbackend-controller: validates Gateway API XBackends and reports their status
 //! per Gateway ancestor.
 
+pub mod addresses;
 pub mod analyze;
 pub mod api;
 pub mod cli;
 pub mod conditions;
 pub mod decode;
+pub mod dns;
+pub mod guardrails;
 pub mod index;
 pub mod judge;
 pub mod model;

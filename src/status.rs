@@ -8,6 +8,8 @@ use serde_json::{Map, Value, json};
 
 use crate::api::{BackendType, GATEWAY_GROUP, MAX_ANCESTORS, XBackendSpec};
 use crate::conditions::{self, Verdict, reason};
+use crate::dns::Resolution;
+use crate::guardrails::{self, Namespaces};
 use crate::index::{self, Index, is_core_group};
 use crate::model::{Backend, ObjectRef};
 use crate::tls;
@@ -62,6 +64,8 @@ pub enum RefTarget {
 pub struct Fetched {
     pub secrets: BTreeMap<ObjectRef, Secret>,
     pub config_maps: BTreeMap<ObjectRef, ConfigMap>,
+    /// The hostname's last DNS answer, when the DNS check has one.
+    pub resolution: Option<std::sync::Arc<Resolution>>,
 }
 
 /// The Secrets and ConfigMaps `evaluate` will look at: only supported kinds,
@@ -83,13 +87,23 @@ pub fn refs_to_fetch(key: &ObjectRef, spec: &XBackendSpec, index: &Index) -> Vec
     targets
 }
 
+/// The hostname the DNS check resolves for this spec: one that passes the API
+/// rules and the name guardrails (DESIGN.md §5c), normalized.
+pub fn hostname_to_resolve(spec: &XBackendSpec, policy: &Policy, namespaces: &dyn Namespaces) -> Option<String> {
+    let external = spec.external_hostname.as_ref()?;
+    let passes = validate::validate(spec, policy).is_ok()
+        && guardrails::check_egress(&external.hostname, policy, namespaces).is_ok();
+    passes.then(|| guardrails::normalize(&external.hostname))
+}
+
 /// Accepted and ResolvedRefs for one XBackend (DESIGN.md §4).
 ///
 /// A spec that does not decode has no references anyone could resolve, so
 /// ResolvedRefs is True (with a message pointing at Accepted, which is
 /// Invalid): reporting a reference failure would send users after the wrong problem.
 pub fn evaluate(key: &ObjectRef, backend: &Backend, index: &Index, fetched: &Fetched, policy: &Policy) -> Verdicts {
-    let accepted = validate::accepted_verdict(backend.spec.as_ref().map_err(String::as_str), policy);
+    let context = validate::Context { namespaces: index, resolution: fetched.resolution.as_deref() };
+    let accepted = validate::accepted_verdict(backend.spec.as_ref().map_err(String::as_str), policy, context);
     let resolved_refs = match &backend.spec {
         Ok(spec) => resolve_refs(key, spec, index, fetched),
         Err(_) => Verdict {

@@ -1,24 +1,22 @@
-//! Spec validation (DESIGN.md §5a, reason Invalid) and egress guardrails (§5b,
-//! reason HostnameNotAllowed; --require-tls, reason TLSRequired).
+//! Spec validation (DESIGN.md §5a, reason Invalid), the operator's policy, and
+//! the Accepted verdict that combines them with the egress guardrails.
 
 use std::net::IpAddr;
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-
 use std::collections::BTreeMap;
 
+use crate::addresses::{self, AddressPolicy};
 use crate::api::{
     BackendPort, BackendProtocol, BackendTls, BackendType, CookieLifetimeType, LocalObjectReference,
     SecretObjectReference, SessionPersistence, SessionPersistenceType, SubjectAltName, SubjectAltNameType, TlsMode,
     TlsValidation, XBackendSpec,
 };
 use crate::conditions::{self, Verdict};
+use crate::dns::Resolution;
+use crate::guardrails::{self, Globs, Namespaces, NoNamespaces, has_dot_suffix, quoted};
 
 /// The in-cluster DNS suffix every cluster has, whatever --cluster-domain says.
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
-
-/// Cloud metadata endpoints reachable by name from inside a node or pod.
-const METADATA_HOSTNAMES: &[&str] = &["metadata.google.internal", "instance-data.ec2.internal"];
 
 // Limits the CRD enforces, repeated here because the CRD may not be the one installed.
 const MAX_HOSTNAME: usize = 253;
@@ -35,51 +33,14 @@ pub struct Policy {
     /// Normalized --cluster-domain values (lowercase, no leading/trailing dot),
     /// not including cluster.local, which always applies.
     pub cluster_domains: Vec<String>,
-    allow: Globs,
-    deny: Globs,
+    pub(crate) allow: Globs,
+    pub(crate) deny: Globs,
+    /// --allow-private-suffix values (lowercase, no leading/trailing dot).
+    pub(crate) allowed_suffixes: Vec<String>,
     /// --require-tls.
     pub require_tls: bool,
-}
-
-/// Compiled globs plus their source text, so a rejection can say which glob did it.
-#[derive(Clone, Debug, Default)]
-struct Globs {
-    set: GlobSet,
-    sources: Vec<String>,
-}
-
-impl Globs {
-    fn new(flag: &str, globs: &[String]) -> Result<Globs, String> {
-        let mut builder = GlobSetBuilder::new();
-        let mut sources = Vec::with_capacity(globs.len());
-        for glob in globs {
-            let trimmed = glob.trim();
-            if trimmed.is_empty() {
-                return Err(format!("{flag}: empty glob; give a hostname or a pattern such as *.example.com"));
-            }
-            // Hostnames are compared without a trailing dot, so a glob with one could never match.
-            let normalized = trimmed.strip_suffix('.').unwrap_or(trimmed);
-            let compiled = GlobBuilder::new(normalized)
-                .case_insensitive(true)
-                // No '/' occurs in a hostname, so '*' spans dots: *.example.com
-                // covers every depth of subdomain but never the apex.
-                .literal_separator(false)
-                .build()
-                .map_err(|e| format!("{flag} {glob:?} is not a valid glob: {}", e.kind()))?;
-            builder.add(compiled);
-            sources.push(glob.clone());
-        }
-        let set = builder.build().map_err(|e| format!("{flag}: cannot compile globs: {e}"))?;
-        Ok(Globs { set, sources })
-    }
-
-    fn first_match(&self, hostname: &str) -> Option<&str> {
-        self.set.matches(hostname).into_iter().min().map(|i| self.sources[i].as_str())
-    }
-
-    fn is_empty(&self) -> bool {
-        self.sources.is_empty()
-    }
+    /// --deny-cidr, --allow-cidr.
+    pub addresses: AddressPolicy,
 }
 
 /// Flags a Policy is built from.
@@ -91,8 +52,14 @@ pub struct PolicyConfig {
     pub allow_hostnames: Vec<String>,
     /// --deny-hostname globs.
     pub deny_hostnames: Vec<String>,
+    /// --allow-private-suffix: non-public suffixes whose names are allowed.
+    pub allowed_suffixes: Vec<String>,
     /// --require-tls.
     pub require_tls: bool,
+    /// --deny-cidr ranges.
+    pub deny_cidrs: Vec<String>,
+    /// --allow-cidr ranges.
+    pub allow_cidrs: Vec<String>,
 }
 
 impl Policy {
@@ -110,11 +77,23 @@ impl Policy {
                 cluster_domains.push(domain);
             }
         }
+        let mut allowed_suffixes = Vec::new();
+        for raw in &config.allowed_suffixes {
+            let suffix = raw.trim().trim_matches('.').to_ascii_lowercase();
+            if suffix.is_empty() || dns_subdomain_problem(&suffix).is_some() {
+                return Err(format!(
+                    "--allow-private-suffix {raw:?} is not a DNS suffix such as corp or internal.example"
+                ));
+            }
+            allowed_suffixes.push(suffix);
+        }
         Ok(Policy {
             cluster_domains,
             allow: Globs::new("--allow-hostname", &config.allow_hostnames)?,
             deny: Globs::new("--deny-hostname", &config.deny_hostnames)?,
+            allowed_suffixes,
             require_tls: config.require_tls,
+            addresses: AddressPolicy::new(&config.deny_cidrs, &config.allow_cidrs)?,
         })
     }
 
@@ -687,11 +666,6 @@ fn ends_in_numeric_label(hostname: &str) -> bool {
     hostname.rsplit('.').next().is_some_and(|last| !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// `name` ends with `.suffix` (suffix already lowercase).
-fn has_dot_suffix(name: &str, suffix: &str) -> bool {
-    name.len() > suffix.len() && name.ends_with(suffix) && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
-}
-
 /// The CRD's wellKnownCACertificates pattern: `System`, or `domain/name` with a
 /// DNS-subdomain prefix and a 1-63 character name.
 fn is_well_known_ca(value: &str) -> bool {
@@ -719,68 +693,23 @@ fn is_uri(value: &str) -> bool {
     !scheme.is_empty() && !scheme.contains(['/', '?', '#']) && rest.starts_with("//")
 }
 
-/// A user value for a message: quoted, and cut short so a huge field cannot
-/// blow up a condition message.
-fn quoted(value: &str) -> String {
-    const MAX: usize = 80;
-    if value.chars().count() <= MAX {
-        format!("{value:?}")
-    } else {
-        let head: String = value.chars().take(MAX).collect();
-        format!("{head:?}… ({} characters)", value.chars().count())
-    }
+/// What the Accepted verdict knows of the world beyond the spec.
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    pub namespaces: &'a dyn Namespaces,
+    /// The hostname's last resolution, when the DNS check has one.
+    pub resolution: Option<&'a Resolution>,
 }
 
-/// DESIGN.md §5b for one hostname: Err(message) when a guardrail rejects it.
-pub fn check_egress(hostname: &str, policy: &Policy) -> Result<(), String> {
-    let lower = hostname.to_ascii_lowercase();
-    // A fully qualified name with its root dot is the same destination.
-    let host = lower.strip_suffix('.').unwrap_or(&lower);
-    let shown = quoted(hostname);
-
-    if host == "localhost" || has_dot_suffix(host, "localhost") {
-        return Err(format!(
-            "hostname {shown} is a loopback name (localhost), which the built-in egress guardrail denies."
-        ));
-    }
-    if !host.contains('.') {
-        return Err(format!(
-            "hostname {shown} is a single-label name, which pods resolve through search domains into the cluster; the built-in egress guardrail denies it, use a fully qualified name."
-        ));
-    }
-    if has_dot_suffix(host, "svc") {
-        return Err(format!(
-            "hostname {shown} ends in .svc, an in-cluster Service name, which the built-in egress guardrail denies."
-        ));
-    }
-    for domain in policy.all_cluster_domains() {
-        let svc = format!("svc.{domain}");
-        if has_dot_suffix(host, &svc) {
-            return Err(format!(
-                "hostname {shown} ends in .{svc}, an in-cluster Service name, which the built-in egress guardrail denies."
-            ));
-        }
-    }
-    if METADATA_HOSTNAMES.contains(&host) {
-        return Err(format!(
-            "hostname {shown} is a cloud metadata endpoint, which the built-in egress guardrail denies."
-        ));
-    }
-    if let Some(glob) = policy.deny.first_match(host) {
-        return Err(format!("hostname {shown} matches --deny-hostname {glob:?}."));
-    }
-    if !policy.allow.is_empty() && policy.allow.first_match(host).is_none() {
-        return Err(format!(
-            "hostname {shown} matches no --allow-hostname glob ({}); only those destinations are allowed.",
-            policy.allow.sources.join(", ")
-        ));
-    }
-    Ok(())
+impl Context<'_> {
+    /// No cluster and no DNS: the verdict of the spec and the flags alone.
+    pub const STATIC: Context<'static> = Context { namespaces: &NoNamespaces, resolution: None };
 }
 
 /// The Accepted verdict for a spec (or the error that stopped it decoding):
-/// Invalid, then HostnameNotAllowed, then TLSRequired, else Accepted.
-pub fn accepted_verdict(spec: Result<&XBackendSpec, &str>, policy: &Policy) -> Verdict {
+/// Invalid, then HostnameNotAllowed, then TLSRequired, then AddressNotAllowed,
+/// else Accepted.
+pub fn accepted_verdict(spec: Result<&XBackendSpec, &str>, policy: &Policy, context: Context<'_>) -> Verdict {
     let spec = match spec {
         Ok(spec) => spec,
         Err(message) => return conditions::invalid(message),
@@ -789,7 +718,7 @@ pub fn accepted_verdict(spec: Result<&XBackendSpec, &str>, policy: &Policy) -> V
         return conditions::invalid(join_violations(&violations));
     }
     if let Some(ext) = &spec.external_hostname
-        && let Err(message) = check_egress(&ext.hostname, policy)
+        && let Err(message) = guardrails::check_egress(&ext.hostname, policy, context.namespaces)
     {
         return conditions::hostname_not_allowed(message);
     }
@@ -798,6 +727,11 @@ pub fn accepted_verdict(spec: Result<&XBackendSpec, &str>, policy: &Policy) -> V
         return conditions::tls_required(format!(
             "{what}, but this controller runs with --require-tls; set spec.tls.mode to ServerOnly or ClientAndServer."
         ));
+    }
+    if let (Some(ext), Some(resolution)) = (&spec.external_hostname, context.resolution)
+        && let Err(message) = addresses::check_resolution(&ext.hostname, resolution, policy, context.namespaces)
+    {
+        return conditions::address_not_allowed(message);
     }
     conditions::accepted()
 }
@@ -827,6 +761,15 @@ mod tests {
 
     fn spec(value: serde_json::Value) -> XBackendSpec {
         serde_json::from_value(value).expect("test spec decodes")
+    }
+
+    /// The verdict of the spec and the flags alone (no cluster, no DNS).
+    fn accepted_verdict(spec: Result<&XBackendSpec, &str>, policy: &Policy) -> Verdict {
+        super::accepted_verdict(spec, policy, Context::STATIC)
+    }
+
+    fn check_egress(hostname: &str, policy: &Policy) -> Result<(), String> {
+        guardrails::check_egress(hostname, policy, &NoNamespaces)
     }
 
     /// The seed example from the issue: must pass everything.
@@ -1272,7 +1215,9 @@ mod tests {
         let p = policy(PolicyConfig { cluster_domains: vec!["corp.internal".into()], ..Default::default() });
         let err = check_egress("db.ns.svc.corp.internal", &p).unwrap_err();
         assert!(err.contains(".svc.corp.internal"), "{err}");
-        assert_eq!(check_egress("db.ns.svc.corp.internal", &Policy::default()), Ok(()));
+        // Without the flag the name is still refused: .internal is special-use.
+        let err = check_egress("db.ns.svc.corp.internal", &Policy::default()).unwrap_err();
+        assert!(err.contains("special-use"), "{err}");
     }
 
     #[test]
@@ -1295,7 +1240,8 @@ mod tests {
         let p = policy(PolicyConfig { allow_hostnames: vec!["*".into()], ..Default::default() });
         assert!(check_egress("metadata.google.internal", &p).is_err());
         assert!(check_egress("localhost", &p).is_err());
-        assert_eq!(check_egress("anything.example", &p), Ok(()));
+        assert!(check_egress("printer.local", &p).is_err());
+        assert_eq!(check_egress("anything.example.org", &p), Ok(()));
     }
 
     // ---- accepted_verdict and is_insecure ----
@@ -1329,7 +1275,7 @@ mod tests {
         assert!(v.message.contains("spec.tls") && v.message.contains("--require-tls"), "{}", v.message);
         assert_eq!(accepted_verdict(Ok(&s), &Policy::default()), conditions::accepted());
         let clear = spec(
-            json!({"type": "ExternalHostname", "port": {"port": 80}, "externalHostname": {"hostname": "a.example"}, "tls": {"mode": "None"}}),
+            json!({"type": "ExternalHostname", "port": {"port": 80}, "externalHostname": {"hostname": "a.example.com"}, "tls": {"mode": "None"}}),
         );
         assert_eq!(accepted_verdict(Ok(&clear), &require).reason, reason::TLS_REQUIRED);
         assert_eq!(accepted_verdict(Ok(&spec(seed())), &require), conditions::accepted());
@@ -1425,6 +1371,7 @@ mod tests {
                 allow_hostnames: vec!["*.example.com".into()],
                 deny_hostnames: vec!["bad.example.com".into()],
                 require_tls,
+                ..Default::default()
             });
             let verdict = accepted_verdict(Ok(&s), &p);
             // Every non-accepted verdict explains itself.
@@ -1440,7 +1387,7 @@ mod tests {
 
         #[test]
         fn policy_new_never_panics(globs in proptest::collection::vec(any_text(), 0..4), domains in proptest::collection::vec(any_text(), 0..3)) {
-            let _ = Policy::new(PolicyConfig { cluster_domains: domains, allow_hostnames: globs.clone(), deny_hostnames: globs, require_tls: false });
+            let _ = Policy::new(PolicyConfig { cluster_domains: domains, allow_hostnames: globs.clone(), deny_hostnames: globs.clone(), allowed_suffixes: globs.clone(), deny_cidrs: globs.clone(), allow_cidrs: globs, require_tls: false });
         }
 
         #[test]

@@ -992,6 +992,8 @@ spec:
         &ns,
         "--log-format",
         "json",
+        // No test may ask the machine's resolver.
+        "--no-dns-check",
     ])
     .env("KUBECONFIG", &kubeconfig)
     .env("POD_NAME", &pod_name)

@@ -409,6 +409,7 @@ rules:
 - {{apiGroups: [gateway.networking.x-k8s.io], resources: [xbackends/status], verbs: [patch]}}
 - {{apiGroups: [gateway.networking.k8s.io], resources: [httproutes, grpcroutes, gateways, gatewayclasses, referencegrants], verbs: [list, watch]}}
 - {{apiGroups: [""], resources: [secrets], verbs: [get, list, watch]}}
+- {{apiGroups: [""], resources: [pods, namespaces], verbs: [list, watch]}}
 - {{apiGroups: [apiextensions.k8s.io], resources: [customresourcedefinitions], verbs: [list, watch]}}
 - {{apiGroups: [events.k8s.io], resources: [events], verbs: [create, patch]}}
 ---

@@ -494,7 +494,8 @@ enum Expect {
 }
 
 fn good_spec(host: &str) -> Value {
-    json!({"type": "ExternalHostname", "port": {"port": 443}, "externalHostname": {"hostname": host}, "tls": {"mode": "ServerOnly"}})
+    json!({"type": "ExternalHostname", "port": {"port": 443}, "externalHostname": {"hostname": host},
+           "tls": {"mode": "ServerOnly", "validation": {"hostname": host}}})
 }
 
 fn with(mut spec: Value, pointer: &str, v: Value) -> Value {
@@ -739,10 +740,15 @@ mod fuzz {
     use serde_json::{Value, json};
     use xbackend_controller::api::XBackendSpec;
     use xbackend_controller::conditions;
+    use xbackend_controller::guardrails::{self, NoNamespaces};
     use xbackend_controller::model::ObjectRef;
     use xbackend_controller::status::{Shape, Verdicts, merge};
     use xbackend_controller::tls::{check_ca_bundle, check_client_certificate};
-    use xbackend_controller::validate::{Policy, PolicyConfig, check_egress, validate};
+    use xbackend_controller::validate::{Policy, PolicyConfig, validate};
+
+    fn check_egress(hostname: &str, policy: &Policy) -> Result<(), String> {
+        guardrails::check_egress(hostname, policy, &NoNamespaces)
+    }
 
     // ---- hostname validation against an independent oracle ----
 
@@ -799,8 +805,8 @@ mod fuzz {
 
     // ---- guardrails against an independent oracle ----
 
-    const DENY: [&str; 2] = ["*.bad.example", "exact.example"];
-    const ALLOW: [&str; 2] = ["*.ok.example", "apex.example"];
+    const DENY: [&str; 2] = ["*.bad.com", "exact.com"];
+    const ALLOW: [&str; 2] = ["*.ok.com", "apex.com"];
 
     /// DESIGN.md §5b for a name that passed validation (lowercase, no trailing dot).
     fn oracle_denied(h: &str, allow: bool) -> bool {
@@ -813,22 +819,39 @@ mod fuzz {
             || under("svc.corp.internal")
             || h == "metadata.google.internal"
             || h == "instance-data.ec2.internal"
-            || under("bad.example")
-            || h == "exact.example"
-            || (allow && !(under("ok.example") || h == "apex.example"))
+            // Special-use names, and `lan`, which is no public suffix.
+            || ["local", "internal", "example", "test"].iter().any(|s| h == *s || under(s))
+            || h.ends_with(".lan")
+            || under("bad.com")
+            || h == "exact.com"
+            || (allow && !(under("ok.com") || h == "apex.com"))
     }
 
     fn guardrail_name() -> impl Strategy<Value = String> {
         let word = prop_oneof![
             3 => "[a-z0-9]{1,4}",
             2 => prop::sample::select(vec![
-                "localhost", "svc", "cluster", "local", "corp", "internal", "bad", "ok", "example", "exact", "apex",
+                "localhost", "svc", "cluster", "local", "corp", "internal", "bad", "ok", "com", "exact", "apex",
                 "metadata", "google", "instance-data", "ec2", "xlocalhost", "svcx",
             ])
             .prop_map(String::from),
         ];
         // The last label is never all digits, so nearly every name passes validation.
-        let last = prop_oneof![3 => "[a-z][a-z0-9]{0,3}", 2 => prop::sample::select(vec!["localhost", "svc", "local", "internal", "example", "apex", "exact"]).prop_map(String::from)];
+        // Public suffixes and names that are not, in equal parts.
+        let last = prop::sample::select(vec![
+            "com",
+            "net",
+            "io",
+            "dev",
+            "localhost",
+            "svc",
+            "local",
+            "internal",
+            "example",
+            "test",
+            "lan",
+        ])
+        .prop_map(String::from);
         (prop::collection::vec(word, 0..5), last).prop_map(|(mut ls, last)| {
             ls.push(last);
             ls.join(".")
@@ -840,7 +863,7 @@ mod fuzz {
             cluster_domains: vec!["corp.internal".into()],
             allow_hostnames: if allow { ALLOW.iter().map(|s| s.to_string()).collect() } else { vec![] },
             deny_hostnames: DENY.iter().map(|s| s.to_string()).collect(),
-            require_tls: false,
+            ..Default::default()
         })
         .unwrap()
     }

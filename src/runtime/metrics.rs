@@ -18,6 +18,24 @@ pub struct AcceptedLabel {
     pub accepted: String,
 }
 
+/// The outcome of a DNS lookup: ok, nxdomain, no_addresses, servfail, timeout.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+impl ResultLabel {
+    pub fn of(result: &str) -> ResultLabel {
+        ResultLabel { result: result.to_string() }
+    }
+}
+
+/// An Accepted=False reason (Invalid, HostnameNotAllowed, TLSRequired, AddressNotAllowed).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub reconciles: Counter,
@@ -29,6 +47,9 @@ pub struct Metrics {
     pub watch_errors: Family<KindLabel, Counter>,
     pub decode_failures: Family<KindLabel, Counter>,
     pub xbackends: Family<AcceptedLabel, Gauge>,
+    pub rejected: Family<ReasonLabel, Gauge>,
+    pub dns_lookups: Family<ResultLabel, Counter>,
+    pub dns_hostnames: Gauge,
     pub leader: Gauge,
     pub ready: Gauge,
 }
@@ -46,6 +67,9 @@ impl Default for Metrics {
             watch_errors: Family::default(),
             decode_failures: Family::default(),
             xbackends: Family::default(),
+            rejected: Family::default(),
+            dns_lookups: Family::default(),
+            dns_hostnames: Gauge::default(),
             leader: Gauge::default(),
             ready: Gauge::default(),
             registry: Registry::default(),
@@ -75,6 +99,9 @@ impl Default for Metrics {
             m.decode_failures.clone(),
         );
         registry.register("objects", "XBackends by their Accepted verdict", m.xbackends.clone());
+        registry.register("rejected", "XBackends with Accepted=False, by reason", m.rejected.clone());
+        registry.register("dns_lookups", "DNS lookups of XBackend hostnames, by result", m.dns_lookups.clone());
+        registry.register("dns_hostnames", "Distinct hostnames the DNS check tracks", m.dns_hostnames.clone());
         registry.register("leader", "1 while this replica holds the leader Lease", m.leader.clone());
         registry.register("ready", "1 once every watch has synced", m.ready.clone());
         Metrics { registry, ..m }

@@ -1,6 +1,7 @@
 //! `xbackend-controller run`: watches feed the index, a queue drives
 //! reconciles, and only the leader writes status.
 
+mod dns;
 mod metrics;
 mod queue;
 mod server;
@@ -116,7 +117,9 @@ pub struct Shared {
     leader: channel::Receiver<bool>,
     recorder: Recorder,
     emitted: Mutex<HashMap<ObjectRef, Vec<EventNote>>>,
-    accepted: Mutex<HashMap<ObjectRef, bool>>,
+    accepted: Mutex<HashMap<ObjectRef, (bool, &'static str)>>,
+    /// The resolved-address check (None with --no-dns-check).
+    pub dns: Option<dns::Tracker>,
 }
 
 impl Shared {
@@ -166,7 +169,8 @@ impl Shared {
         self.set_accepted(key, None);
     }
 
-    fn set_accepted(&self, key: &ObjectRef, accepted: Option<bool>) {
+    /// Records an XBackend's Accepted verdict (None: gone) as (status, reason).
+    fn set_accepted(&self, key: &ObjectRef, accepted: Option<(bool, &'static str)>) {
         let mut map = self.accepted.lock().expect("accepted lock");
         let old = match accepted {
             Some(a) => map.insert(key.clone(), a),
@@ -176,8 +180,17 @@ impl Shared {
         // exact): recounting the whole map on every reconcile made a cold
         // start O(N^2). Both series exist from the first call on.
         for value in [true, false] {
-            let delta = i64::from(accepted == Some(value)) - i64::from(old == Some(value));
+            let delta = i64::from(accepted.map(|a| a.0) == Some(value)) - i64::from(old.map(|a| a.0) == Some(value));
             self.metrics.xbackends.get_or_create(&metrics::AcceptedLabel { accepted: value.to_string() }).inc_by(delta);
+        }
+        if old != accepted {
+            let rejected = |a: Option<(bool, &'static str)>| a.filter(|a| !a.0).map(|a| a.1);
+            if let Some(reason) = rejected(old) {
+                self.metrics.rejected.get_or_create(&metrics::ReasonLabel { reason: reason.into() }).dec();
+            }
+            if let Some(reason) = rejected(accepted) {
+                self.metrics.rejected.get_or_create(&metrics::ReasonLabel { reason: reason.into() }).inc();
+            }
         }
     }
 
@@ -225,6 +238,9 @@ fn identity() -> String {
     })
 }
 
+/// How long one DNS query may take before it counts as a failure.
+const DNS_TIMEOUT: Duration = Duration::from_secs(3);
+
 pub async fn run(args: RunArgs) -> Result<(), Error> {
     let policy = Policy::new(args.policy.to_config()).map_err(Error::Usage)?;
     let config = kube::Config::infer().await.map_err(|e| Error::Config(e.to_string()))?;
@@ -236,7 +252,15 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     // Leadership: a watch channel that is constantly true without election.
     let (leader_tx, leader_rx) = channel::channel(!args.leader_election_enabled());
     let mut sync_names: Vec<&'static str> = resources.others.iter().map(|(k, _)| watch::kind_name(*k)).collect();
-    sync_names.extend(["XBackend", "Secret", "ConfigMap", "Pod", "CustomResourceDefinition"]);
+    sync_names.extend(["XBackend", "Secret", "ConfigMap", "Pod", "Namespace", "CustomResourceDefinition"]);
+
+    let dns = if args.dns_check_enabled() {
+        let resolver = crate::dns::Resolver::new(&args.dns.dns_servers, DNS_TIMEOUT).map_err(Error::Usage)?;
+        let ttl = |secs: u64| Duration::from_secs(secs);
+        Some(dns::Tracker::new(resolver, ttl(args.dns.dns_min_ttl), ttl(args.dns.dns_max_ttl)))
+    } else {
+        None
+    };
 
     let shared = Arc::new(Shared {
         recorder: Recorder::new(
@@ -256,6 +280,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         leader: leader_rx,
         emitted: Mutex::default(),
         accepted: Mutex::default(),
+        dns,
     });
 
     let addr = server::serve(args.metrics_addr, shared.clone()).await?;
@@ -270,6 +295,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     tasks.spawn(watch::watch_refs(shared.clone(), RefKind::Secret));
     tasks.spawn(watch::watch_refs(shared.clone(), RefKind::ConfigMap));
     tasks.spawn(watch::watch_pods(shared.clone()));
+    tasks.spawn(watch::watch_namespaces(shared.clone()));
 
     let lease = if args.leader_election_enabled() {
         let namespace = args.leader_election_namespace.clone().unwrap_or(default_namespace);

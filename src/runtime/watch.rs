@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject};
 use kube::core::PartialObjectMeta;
@@ -28,6 +28,7 @@ pub fn kind_name(kind: Kind) -> &'static str {
         Kind::ReferenceGrant => "ReferenceGrant",
         Kind::XBackend => "XBackend",
         Kind::Pod => "Pod",
+        Kind::Namespace => "Namespace",
     }
 }
 
@@ -177,16 +178,31 @@ pub async fn watch_refs(shared: Arc<Shared>, kind: RefKind) {
 /// Pod that finishes leaves the watch as a deletion.
 const LIVE_PODS: &str = "status.phase!=Succeeded,status.phase!=Failed";
 
-/// Watches Pod metadata (labels) for EndpointSelector XBackends: metadata only,
-/// so memory stays small with many unrelated Pods.
+/// Watches Pod metadata (labels) for EndpointSelector XBackends.
 pub async fn watch_pods(shared: Arc<Shared>) {
-    let name = kind_name(Kind::Pod);
     let api = Api::<PartialObjectMeta<Pod>>::all(shared.client.clone());
-    let mut stream = watcher::watcher(api, watcher::Config::default().fields(LIVE_PODS)).default_backoff().boxed();
+    watch_metadata(shared, Kind::Pod, api, watcher::Config::default().fields(LIVE_PODS)).await
+}
+
+/// Watches Namespace names for the cluster-aware hostname guardrail.
+pub async fn watch_namespaces(shared: Arc<Shared>) {
+    let api = Api::<PartialObjectMeta<Namespace>>::all(shared.client.clone());
+    watch_metadata(shared, Kind::Namespace, api, watcher::Config::default()).await
+}
+
+/// Watches an index kind by metadata only, so memory stays small however many
+/// unrelated objects there are: labels and names are all the index needs.
+async fn watch_metadata<K>(shared: Arc<Shared>, kind: Kind, api: Api<PartialObjectMeta<K>>, config: watcher::Config)
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default,
+{
+    let name = kind_name(kind);
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
     let mut seen: BTreeSet<ObjectRef> = BTreeSet::new();
-    let decode_pod = |pod: &PartialObjectMeta<Pod>| {
-        let value = serde_json::json!({"metadata": &pod.metadata});
-        decode::decode(Kind::Pod, &value).ok()
+    let decoded = |object: &PartialObjectMeta<K>| {
+        let value = serde_json::json!({"metadata": &object.metadata});
+        decode::decode(kind, &value).ok()
     };
     while let Some(event) = stream.next().await {
         let Some(event) = counted(&shared, name, event) else { continue };
@@ -195,17 +211,17 @@ pub async fn watch_pods(shared: Arc<Shared>) {
                 seen.clear();
                 continue;
             }
-            Event::InitApply(pod) | Event::Apply(pod) => {
-                let Some((key, object)) = decode_pod(&pod) else { continue };
+            Event::InitApply(object) | Event::Apply(object) => {
+                let Some((key, object)) = decoded(&object) else { continue };
                 seen.insert(key.clone());
                 shared.index().apply(key, object)
             }
-            Event::Delete(pod) => {
-                let key = ObjectRef::new(pod.namespace().unwrap_or_default(), pod.name_any());
-                shared.index().delete(Kind::Pod, &key)
+            Event::Delete(object) => {
+                let Some((key, _)) = decoded(&object) else { continue };
+                shared.index().delete(kind, &key)
             }
             Event::InitDone => {
-                let affected = shared.index().retain(Kind::Pod, &seen);
+                let affected = shared.index().retain(kind, &seen);
                 shared.synced.mark(name);
                 info!(kind = name, "watch synced");
                 affected

@@ -19,6 +19,10 @@ use crate::judge::{Inputs, Judgement, judge, now_rfc3339};
 use crate::model::ObjectRef;
 use crate::status::{self, EventNote, Fetched, RefTarget};
 
+/// DESIGN.md §5c: the first write for a hostname waits this long at most for
+/// its first lookup; a slower answer updates the status when it lands.
+const FIRST_LOOKUP_WAIT: Duration = Duration::from_secs(2);
+
 /// Attempts per reconcile when other writers keep changing the object.
 const CONFLICT_RETRIES: usize = 8;
 
@@ -55,17 +59,24 @@ pub async fn worker(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-pub async fn reconcile(shared: &Shared, key: &ObjectRef) -> Result<(), kube::Error> {
+pub async fn reconcile(shared: &Arc<Shared>, key: &ObjectRef) -> Result<(), kube::Error> {
     for _ in 0..CONFLICT_RETRIES {
-        let Some(targets) = ({
+        let Some((targets, hostname)) = ({
             let index = shared.index();
-            index
-                .backend(key)
-                .map(|b| b.spec.as_ref().map(|s| status::refs_to_fetch(key, s, &index)).unwrap_or_default())
+            index.backend(key).map(|b| match &b.spec {
+                Ok(spec) => (
+                    status::refs_to_fetch(key, spec, &index),
+                    status::hostname_to_resolve(spec, &shared.policy, &*index),
+                ),
+                Err(_) => (Vec::new(), None),
+            })
         }) else {
             return Ok(()); // deleted
         };
-        let fetched = fetch(shared, &targets).await?;
+        let mut fetched = fetch(shared, &targets).await?;
+        if let (Some(dns), Some(hostname)) = (&shared.dns, hostname) {
+            fetched.resolution = dns.resolution(shared, &hostname, FIRST_LOOKUP_WAIT).await;
+        }
         let Some(stored) = shared.stored(key) else { return Ok(()) };
         let shape = shared.shape();
         let current = stored.status.get(shape.list_field()).and_then(Value::as_array).cloned().unwrap_or_default();
@@ -81,7 +92,7 @@ pub async fn reconcile(shared: &Shared, key: &ObjectRef) -> Result<(), kube::Err
         else {
             return Ok(());
         };
-        shared.set_accepted(key, Some(verdicts.accepted.status));
+        shared.set_accepted(key, Some((verdicts.accepted.status, verdicts.accepted.reason)));
         publish_events(shared, key, &stored, notes).await;
 
         if !merged.changed {

@@ -2,6 +2,8 @@
 //! tests/controlplane) per test binary, a fresh namespace per test.
 #![allow(dead_code)]
 
+pub mod dns;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -296,6 +298,9 @@ impl Controller {
             .arg("run")
             .arg("--metrics-addr")
             .arg(format!("127.0.0.1:{metrics_port}"))
+            // No test may ask the machine's resolver: DNS tests pass
+            // --dns-check --dns-server for a server of their own, which overrides this.
+            .arg("--no-dns-check")
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,xbackend_controller=debug")
@@ -574,6 +579,9 @@ impl Controller {
         cmd.arg("run")
             .arg("--metrics-addr")
             .arg(format!("127.0.0.1:{metrics_port}"))
+            // No test may ask the machine's resolver: DNS tests pass
+            // --dns-check --dns-server for a server of their own, which overrides this.
+            .arg("--no-dns-check")
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,xbackend_controller=debug");

@@ -1,0 +1,211 @@
+//! What a hostname resolves to (A and AAAA, following CNAMEs), for the
+//! resolved-address guardrail (DESIGN.md §5c). One lookup, no caching: the
+//! runtime decides when to ask again.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use hickory_resolver::{Resolver as Hickory, TokioResolver};
+
+/// The answer for one hostname: the CNAME chain it passed through and the
+/// addresses at its end.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resolution {
+    /// Aliases in the order the chain visits them (without the queried name).
+    pub cnames: Vec<String>,
+    /// A and AAAA addresses, sorted. Empty when only the chain resolved (its
+    /// last name has no address from here).
+    pub addresses: Vec<IpAddr>,
+    /// The smallest TTL of the answer's records.
+    pub ttl: Duration,
+}
+
+impl Resolution {
+    /// Same chain and addresses; the TTL does not change a verdict.
+    pub fn same_answer(&self, other: &Resolution) -> bool {
+        self.cnames == other.cnames && self.addresses == other.addresses
+    }
+}
+
+/// Why a lookup gave no answer: never a reason to change a verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("the name does not exist (NXDOMAIN)")]
+    NxDomain,
+    #[error("the name has no A or AAAA records")]
+    NoAddresses,
+    #[error("the DNS server failed (SERVFAIL or another error code)")]
+    ServerFailure,
+    #[error("no DNS server answered in time")]
+    Timeout,
+}
+
+impl LookupError {
+    /// The `result` label of the lookups metric.
+    pub fn label(self) -> &'static str {
+        match self {
+            LookupError::NxDomain => "nxdomain",
+            LookupError::NoAddresses => "no_addresses",
+            LookupError::ServerFailure => "servfail",
+            LookupError::Timeout => "timeout",
+        }
+    }
+}
+
+/// A stub resolver: the given servers (UDP, then TCP for truncated answers) or
+/// the system's, never a search domain, never /etc/hosts, no cache of its own.
+#[derive(Clone)]
+pub struct Resolver {
+    inner: TokioResolver,
+}
+
+impl Resolver {
+    /// `servers` empty means the system resolver configuration (/etc/resolv.conf).
+    pub fn new(servers: &[SocketAddr], timeout: Duration) -> Result<Resolver, String> {
+        let mut builder = if servers.is_empty() {
+            Hickory::builder_tokio().map_err(|e| format!("cannot read the system resolver configuration: {e}"))?
+        } else {
+            let name_servers = servers
+                .iter()
+                .map(|addr| {
+                    let mut server = NameServerConfig::udp_and_tcp(addr.ip());
+                    for connection in &mut server.connections {
+                        connection.port = addr.port();
+                    }
+                    server
+                })
+                .collect();
+            Hickory::builder_with_config(
+                ResolverConfig::from_name_servers(name_servers),
+                TokioRuntimeProvider::default(),
+            )
+        };
+        let options: &mut ResolverOpts = builder.options_mut();
+        options.timeout = timeout;
+        options.attempts = 2;
+        options.cache_size = 0;
+        options.use_hosts_file = ResolveHosts::Never;
+        options.preserve_intermediates = true;
+        options.ndots = 0;
+        let inner = builder.build().map_err(|e| format!("cannot build the DNS resolver: {e}"))?;
+        Ok(Resolver { inner })
+    }
+
+    /// A and AAAA of `hostname` as an absolute name (no search domains).
+    pub async fn resolve(&self, hostname: &str) -> Result<Resolution, LookupError> {
+        let name =
+            Name::from_ascii(format!("{}.", hostname.trim_end_matches('.'))).map_err(|_| LookupError::NxDomain)?;
+        let (a, aaaa) = tokio::join!(
+            self.inner.lookup(name.clone(), RecordType::A),
+            self.inner.lookup(name.clone(), RecordType::AAAA)
+        );
+        let mut resolution = Resolution::default();
+        let mut ttl = u32::MAX;
+        let mut errors = Vec::new();
+        for result in [a, aaaa] {
+            match result {
+                Ok(lookup) => {
+                    for record in lookup.answers() {
+                        ttl = ttl.min(record.ttl);
+                        match &record.data {
+                            RData::A(a) => resolution.addresses.push(IpAddr::V4(a.0)),
+                            RData::AAAA(aaaa) => resolution.addresses.push(IpAddr::V6(aaaa.0)),
+                            RData::CNAME(target) => {
+                                let alias = target.0.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+                                if !resolution.cnames.contains(&alias) {
+                                    resolution.cnames.push(alias);
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Err(e) => errors.push(classify(&e)),
+            }
+        }
+        resolution.addresses.sort();
+        resolution.addresses.dedup();
+        if resolution.addresses.is_empty() {
+            // Both failed, or the name exists without addresses. An alias to a
+            // name that does not resolve from here (kubernetes.default.svc...)
+            // may still resolve inside the cluster: walk the chain on its own.
+            let error =
+                errors.into_iter().min_by_key(|e| *e != LookupError::NxDomain).unwrap_or(LookupError::NoAddresses);
+            let (cnames, ttl) = self.alias_chain(name).await;
+            if cnames.is_empty() {
+                return Err(error);
+            }
+            return Ok(Resolution { cnames, addresses: Vec::new(), ttl });
+        }
+        resolution.ttl = Duration::from_secs(u64::from(ttl));
+        Ok(resolution)
+    }
+
+    /// The CNAME chain from `name`, one query per hop (at most 8 hops).
+    async fn alias_chain(&self, mut name: Name) -> (Vec<String>, Duration) {
+        let mut chain = Vec::new();
+        let mut ttl = u32::MAX;
+        for _ in 0..8 {
+            let Ok(lookup) = self.inner.lookup(name.clone(), RecordType::CNAME).await else { break };
+            let Some((target, record_ttl)) = lookup.answers().iter().find_map(|r| match &r.data {
+                RData::CNAME(target) => Some((target.0.clone(), r.ttl)),
+                _ => None,
+            }) else {
+                break;
+            };
+            let alias = target.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+            if chain.contains(&alias) {
+                break;
+            }
+            ttl = ttl.min(record_ttl);
+            chain.push(alias);
+            name = target;
+        }
+        (chain, Duration::from_secs(u64::from(ttl)))
+    }
+}
+
+fn classify(error: &NetError) -> LookupError {
+    match error {
+        NetError::Dns(DnsError::NoRecordsFound(no)) if no.response_code == ResponseCode::NXDomain => {
+            LookupError::NxDomain
+        }
+        NetError::Dns(DnsError::NoRecordsFound(_)) => LookupError::NoAddresses,
+        NetError::Timeout => LookupError::Timeout,
+        _ => LookupError::ServerFailure,
+    }
+}
+
+/// How long to trust an answer: its TTL, clamped to --dns-min-ttl..--dns-max-ttl.
+pub fn clamp_ttl(ttl: Duration, min: Duration, max: Duration) -> Duration {
+    ttl.max(min).min(max.max(min))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_is_clamped() {
+        let (min, max) = (Duration::from_secs(30), Duration::from_secs(300));
+        assert_eq!(clamp_ttl(Duration::from_secs(0), min, max), min);
+        assert_eq!(clamp_ttl(Duration::from_secs(60), min, max), Duration::from_secs(60));
+        assert_eq!(clamp_ttl(Duration::from_secs(86400), min, max), max);
+        // A max below the min cannot make the interval shorter than the min.
+        assert_eq!(clamp_ttl(Duration::from_secs(5), min, Duration::from_secs(10)), min);
+    }
+
+    #[test]
+    fn same_answer_ignores_the_ttl() {
+        let a = Resolution { cnames: vec![], addresses: vec!["1.1.1.1".parse().unwrap()], ttl: Duration::from_secs(1) };
+        let b = Resolution { ttl: Duration::from_secs(99), ..a.clone() };
+        assert!(a.same_answer(&b));
+        let c = Resolution { addresses: vec!["1.0.0.1".parse().unwrap()], ..a.clone() };
+        assert!(!a.same_answer(&c));
+    }
+}
