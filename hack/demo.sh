@@ -51,7 +51,9 @@ for example in examples/*.yaml; do
 done
 
 echo "Starting the controller (logs: $state/controller.log)..."
-"$controller" run --no-leader-election --metrics-addr 127.0.0.1:0 >"$state/controller.log" 2>&1 &
+# --no-dns-check: the demo runs offline and asks no DNS server; drop it to see
+# the resolved-address guardrail against this machine's resolver.
+"$controller" run --no-leader-election --no-dns-check --metrics-addr 127.0.0.1:0 >"$state/controller.log" 2>&1 &
 pids+=($!)
 
 # Wait until every XBackend has an Accepted condition from us.
