@@ -146,7 +146,7 @@ pub fn check_resolution(
     for alias in &resolution.cnames {
         if let Some(why) = guardrails::builtin_problem(&guardrails::normalize(alias), policy, namespaces) {
             return Err(format!(
-                "hostname {shown} is an alias (CNAME) of {}, which {why}, so the egress guardrail denies it.",
+                "hostname {shown} is an alias (CNAME) of {}, which {why}; the egress guardrail denies it.",
                 quoted(alias)
             ));
         }

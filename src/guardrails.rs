@@ -82,7 +82,7 @@ pub fn check_egress(hostname: &str, policy: &Policy, namespaces: &dyn Namespaces
     let host = normalize(hostname);
     let shown = quoted(hostname);
     if let Some(why) = builtin_problem(&host, policy, namespaces) {
-        return Err(format!("hostname {shown} {why}, which the built-in egress guardrail denies."));
+        return Err(format!("hostname {shown} {why}; the built-in egress guardrail denies it."));
     }
     if let Some(glob) = policy.deny.first_match(&host) {
         return Err(format!("hostname {shown} matches --deny-hostname {glob:?}."));

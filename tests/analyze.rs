@@ -392,9 +392,9 @@ golden_runs! {
         says: &["metadata.google.internal", "localhost", "billing", ".svc"],
     };
     hostname_not_allowed_by_deny_flag: Run {
-        name: "hostname-deny", dir: "hostname-deny", args: &["-f", "bundle.yaml", "--deny-hostname", "*.blocked.example"], stdin: None, exit: 3,
+        name: "hostname-deny", dir: "hostname-deny", args: &["-f", "bundle.yaml", "--deny-hostname", "*.blocked.example.com"], stdin: None, exit: 3,
         verdicts: &[("default/blocked", 1, NOT_ALLOWED, REFS_OK), ("default/fine", 1, OK, REFS_OK)],
-        says: &["--deny-hostname \"*.blocked.example\""],
+        says: &["--deny-hostname \"*.blocked.example.com\""],
     };
     hostname_not_allowed_by_allow_flag: Run {
         name: "hostname-allow", dir: "hostname-allow", args: &["-f", "bundle.yaml", "--allow-hostname", "*.example.com"], stdin: None, exit: 3,
@@ -536,6 +536,18 @@ golden_runs! {
         verdicts: &[("default/exported", 2, OK, BAD_CA)],
         says: &[],
     };
+    names_inside_the_cluster_or_a_private_network: Run {
+        name: "cluster-names", dir: "cluster-names", args: &["-f", "bundle.yaml", "--allow-private-suffix", "corp"], stdin: None, exit: 3,
+        verdicts: &[
+            ("default/api-dev", 0, NOT_ALLOWED, REFS_OK),
+            ("default/git", 0, OK, REFS_OK),
+            ("default/kubernetes", 0, NOT_ALLOWED, REFS_OK),
+            ("default/nas", 0, NOT_ALLOWED, REFS_OK),
+            ("default/printer", 0, NOT_ALLOWED, REFS_OK),
+            ("default/public", 0, OK, REFS_OK),
+        ],
+        says: &["the name of a Namespace in this cluster", "not a public suffix", "special-use"],
+    };
     gateway_api_v1_7: Run {
         name: "v17", dir: "v17", args: &["-f", "bundle.yaml"], stdin: None, exit: 3,
         verdicts: &[
@@ -550,7 +562,7 @@ golden_runs! {
     };
     live_bundle: Run {
         name: "live", dir: "live",
-        args: &["-f", "bundle.yaml", "--controller-name", "example.com/xbackend-live", "--require-tls", "--cluster-domain", "corp.internal", "--deny-hostname", "*.blocked.example"],
+        args: &["-f", "bundle.yaml", "--controller-name", "example.com/xbackend-live", "--require-tls", "--cluster-domain", "corp.internal", "--deny-hostname", "*.blocked.example.com"],
         stdin: None, exit: 3,
         verdicts: &[
             ("ns-app/blocked", 2, NOT_ALLOWED, REFS_OK),
@@ -783,7 +795,7 @@ async fn analyze_and_controller_agree() {
         "--cluster-domain",
         "corp.internal",
         "--deny-hostname",
-        "*.blocked.example",
+        "*.blocked.example.com",
     ];
 
     let mut args = vec!["-f", "bundle.yaml"];

@@ -72,7 +72,7 @@ async fn every_condition_reason_is_reported() {
         ("ok", xbackend_yaml("ok", "api.openai.com"), ("True", "Accepted"), ("True", "ResolvedRefs")),
         ("in-cluster", xbackend_yaml("in-cluster", "api.corp.internal"), ("False", "Invalid"), ("True", "ResolvedRefs")),
         ("metadata", xbackend_yaml("metadata", "metadata.google.internal"), ("False", "HostnameNotAllowed"), ("True", "ResolvedRefs")),
-        ("denied", xbackend_yaml("denied", "x.blocked.example"), ("False", "HostnameNotAllowed"), ("True", "ResolvedRefs")),
+        ("denied", xbackend_yaml("denied", "x.blocked.example.com"), ("False", "HostnameNotAllowed"), ("True", "ResolvedRefs")),
         (
             "clear",
             "---\napiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackend\nmetadata: {name: clear}\nspec: {type: ExternalHostname, port: {port: 80}, externalHostname: {hostname: plain.example.com}}\n".into(),
@@ -107,7 +107,7 @@ async fn every_condition_reason_is_reported() {
             "--cluster-domain",
             "corp.internal",
             "--deny-hostname",
-            "*.blocked.example",
+            "*.blocked.example.com",
         ],
     );
     ctl.wait_ready().await;
