@@ -98,6 +98,7 @@ pub async fn reconcile(shared: &Arc<Shared>, key: &ObjectRef) -> Result<(), kube
         if !merged.changed {
             return Ok(());
         }
+        let written = merged.list.len();
         let list = if merged.list.is_empty() { Value::Null } else { Value::Array(merged.list) };
         let patch = json!({
             "metadata": {"resourceVersion": stored.resource_version},
@@ -109,6 +110,18 @@ pub async fn reconcile(shared: &Arc<Shared>, key: &ObjectRef) -> Result<(), kube
                 shared.metrics.status_writes.inc();
                 debug!(xbackend = %key, ancestors = ancestors.len(), "status written");
                 shared.update_stored(key.clone(), Stored::of(&obj));
+                // Right after the CRD changes, the apiserver can still prune
+                // with the old schema (a switch between `parents` and
+                // `ancestors`): what did not stick is tried again shortly.
+                let kept = obj.data["status"].get(shape.list_field()).and_then(Value::as_array).map_or(0, Vec::len);
+                if kept != written {
+                    info!(xbackend = %key, "the stored status lacks what was written (CRD schema changing?); retrying");
+                    let (shared, key) = (shared.clone(), key.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        shared.queue.push(key);
+                    });
+                }
                 return Ok(());
             }
             Err(kube::Error::Api(e)) if e.code == 409 => {
