@@ -75,9 +75,30 @@ pub fn ca_certificate_config_maps(backend: &ObjectRef, spec: &XBackendSpec) -> V
 
 /// Namespace of `spec.tls.clientCertificateRef` when it leaves the XBackend's
 /// namespace (of any kind: a grant there can change the verdict).
-fn cross_namespace_target(backend: &ObjectRef, spec: &XBackendSpec) -> Option<String> {
+pub fn cross_namespace_target(backend: &ObjectRef, spec: &XBackendSpec) -> Option<String> {
     let namespace = spec.tls.as_ref()?.client_certificate_ref.as_ref()?.namespace.as_ref()?;
     (*namespace != backend.namespace).then(|| namespace.clone())
+}
+
+/// True when one of `grants` (those of `to.namespace`) lets XBackends from
+/// `from_namespace` reference the object (`group`, `kind`, `to.name`).
+pub fn grants_permit<'a>(
+    mut grants: impl Iterator<Item = &'a ReferenceGrant>,
+    from_namespace: &str,
+    group: &str,
+    kind: &str,
+    to: &ObjectRef,
+) -> bool {
+    let same_group = |a: &str, b: &str| a == b || (is_core_group(Some(a)) && is_core_group(Some(b)));
+    grants.any(|grant| {
+        let from_ok =
+            grant.from.iter().any(|f| f.group == api::GROUP && f.kind == api::KIND && f.namespace == from_namespace);
+        let to_ok = grant
+            .to
+            .iter()
+            .any(|t| same_group(&t.group, group) && t.kind == kind && t.name.as_ref().is_none_or(|n| *n == to.name));
+        from_ok && to_ok
+    })
 }
 
 type RouteKey = (RouteKind, ObjectRef);
@@ -195,20 +216,11 @@ impl Index {
     /// True when a ReferenceGrant in `to.namespace` lets XBackends from
     /// `from_namespace` reference the object (`group`, `kind`, `to.name`).
     pub fn grant_permits(&self, from_namespace: &str, group: &str, kind: &str, to: &ObjectRef) -> bool {
-        let same_group = |a: &str, b: &str| a == b || (is_core_group(Some(a)) && is_core_group(Some(b)));
-        self.grants_in(&to.namespace).any(|grant| {
-            let from_ok = grant
-                .from
-                .iter()
-                .any(|f| f.group == api::GROUP && f.kind == api::KIND && f.namespace == from_namespace);
-            let to_ok = grant.to.iter().any(|t| {
-                same_group(&t.group, group) && t.kind == kind && t.name.as_ref().is_none_or(|n| *n == to.name)
-            });
-            from_ok && to_ok
-        })
+        grants_permit(self.grants_in(&to.namespace), from_namespace, group, kind, to)
     }
 
-    fn grants_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a ReferenceGrant> + 'a {
+    /// The ReferenceGrants of one namespace.
+    pub fn grants_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a ReferenceGrant> + 'a {
         self.grants
             .range(ObjectRef::new(namespace, "")..)
             .take_while(move |(key, _)| key.namespace == namespace)
@@ -484,7 +496,7 @@ mod tests {
     }
 
     fn backend(index: &mut Index, namespace: &str, name: &str) -> BTreeSet<ObjectRef> {
-        index.apply(r(namespace, name), Object::XBackend(Backend { generation: 1, spec: Ok(spec()) }))
+        index.apply(r(namespace, name), Object::XBackend(Backend::new(1, Ok(spec()))))
     }
 
     fn http_route(index: &mut Index, namespace: &str, name: &str, spec: Value) -> BTreeSet<ObjectRef> {
@@ -769,15 +781,15 @@ mod tests {
         let mut index = world();
         index.apply(
             r("app", "m"),
-            Object::XBackend(Backend { generation: 1, spec: Ok(mtls_spec(Some("certs"), "client", &[])) }),
+            Object::XBackend(Backend::new(1, Ok(mtls_spec(Some("certs"), "client", &[])))),
         );
         index.apply(
             r("web", "m"),
-            Object::XBackend(Backend { generation: 1, spec: Ok(mtls_spec(Some("certs"), "client", &[])) }),
+            Object::XBackend(Backend::new(1, Ok(mtls_spec(Some("certs"), "client", &[])))),
         );
         index.apply(
             r("app", "local-secret"),
-            Object::XBackend(Backend { generation: 1, spec: Ok(mtls_spec(None, "client", &[])) }),
+            Object::XBackend(Backend::new(1, Ok(mtls_spec(None, "client", &[])))),
         );
         assert_eq!(index.apply(r("certs", "g"), grant("app")), set(&[("app", "m")]));
         assert!(index.apply(r("certs", "g"), grant("app")).is_empty(), "unchanged");
@@ -804,7 +816,7 @@ mod tests {
         assert_eq!(
             index.apply(
                 m.clone(),
-                Object::XBackend(Backend { generation: 1, spec: Ok(mtls_spec(None, "client", &["ca1", "ca2"])) })
+                Object::XBackend(Backend::new(1, Ok(mtls_spec(None, "client", &["ca1", "ca2"]))))
             ),
             set(&[("app", "m")])
         );
@@ -817,7 +829,7 @@ mod tests {
         // Spec change: old refs forgotten, new ones indexed.
         index.apply(
             m.clone(),
-            Object::XBackend(Backend { generation: 2, spec: Ok(mtls_spec(Some("certs"), "client2", &["ca2"])) }),
+            Object::XBackend(Backend::new(2, Ok(mtls_spec(Some("certs"), "client2", &["ca2"])))),
         );
         assert!(index.referencing(RefKind::Secret, &r("app", "client")).is_empty());
         assert_eq!(index.referencing(RefKind::Secret, &r("certs", "client2")), set(&[("app", "m")]));
@@ -837,7 +849,7 @@ mod tests {
                 }]);
             }
         }
-        index.apply(r("app", "odd"), Object::XBackend(Backend { generation: 1, spec: Ok(odd) }));
+        index.apply(r("app", "odd"), Object::XBackend(Backend::new(1, Ok(odd))));
         assert!(index.referencing(RefKind::Secret, &r("app", "client")).is_empty());
         assert!(index.referencing(RefKind::ConfigMap, &r("app", "ca")).is_empty());
 
@@ -928,7 +940,7 @@ mod tests {
     #[test]
     fn relist_grants_and_backends() {
         let mut index = world();
-        let m = || Object::XBackend(Backend { generation: 1, spec: Ok(mtls_spec(Some("certs"), "client", &[])) });
+        let m = || Object::XBackend(Backend::new(1, Ok(mtls_spec(Some("certs"), "client", &[]))));
         index.apply(r("app", "m"), m());
         index.apply(r("certs", "g"), grant("app"));
         assert!(
@@ -942,7 +954,7 @@ mod tests {
             "created"
         );
 
-        let plain = |generation| Object::XBackend(Backend { generation, spec: Ok(spec()) });
+        let plain = |generation| Object::XBackend(Backend::new(generation, Ok(spec())));
         // b unchanged, c changed, m gone, n new. Every listed XBackend comes
         // back (the runtime drops the ones whose resourceVersion it has seen),
         // and the deleted one too.
@@ -1008,7 +1020,7 @@ mod tests {
         http_route(&mut index, "app", "r", simple_route(&[("infra", "gw")], &["b"]));
         index.apply(
             r("app", "m"),
-            Object::XBackend(Backend { generation: 1, spec: Ok(mtls_spec(Some("certs"), "client", &["ca"])) }),
+            Object::XBackend(Backend::new(1, Ok(mtls_spec(Some("certs"), "client", &["ca"])))),
         );
         index.delete(Kind::Route(RouteKind::Http), &r("app", "r"));
         for key in index.backend_keys() {
