@@ -88,6 +88,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 15)]
     pub lease_duration: u64,
 
+    /// Seconds between safety resyncs on the leader: every XBackend is reconciled again (nothing is written when nothing changed). 0 disables them.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub resync_interval: u64,
+
     /// XBackends reconciled at the same time.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
