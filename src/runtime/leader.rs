@@ -127,6 +127,7 @@ async fn watch_lease(api: Api<Lease>, name: String, identity: String, valid: Arc
                 continue;
             }
         };
+        tracing::debug!(valid_for = ?until.duration_since(SystemTime::now()).ok(), "Lease seen");
         *valid.lock().expect("lease lock") = until;
     }
 }

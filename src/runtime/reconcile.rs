@@ -139,6 +139,12 @@ pub async fn worker(ctx: Arc<Reconciler>, mut stop: watch::Receiver<bool>) {
         ctx.metrics.reconciles.inc();
         ctx.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
         match result {
+            Ok(Outcome::Fenced) => {
+                // Not an error: the Lease is not (yet) valid. Try again later;
+                // a new leader's full pass queues every key anyway.
+                let retry_in = ctx.queue.failed(&key);
+                debug!(xbackend = %key, ?retry_in, "fenced; retrying");
+            }
             Ok(outcome) => {
                 debug!(xbackend = %key, ?outcome, "reconciled");
                 ctx.queue.done(&key);
@@ -160,7 +166,7 @@ pub async fn reconcile(ctx: &Reconciler, key: &ObjectRef) -> Result<Outcome, Err
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &key.namespace, &ctx.xbackend);
     for attempt in 1..=CONFLICT_RETRIES {
         let plan = plan(&snapshot, &fetched, &ctx.policy, &ctx.controller_name, &now_rfc3339());
-        if !ctx.leadership.may_write() {
+        if (plan.patch.is_some() || !plan.events.is_empty()) && !ctx.leadership.may_write() {
             return Ok(fenced(ctx));
         }
         let uid = snapshot.backend.uid.clone();

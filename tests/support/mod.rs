@@ -2,6 +2,8 @@
 //! tests/controlplane) per test binary, a fresh namespace per test.
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
