@@ -1,6 +1,8 @@
 //! The `XBackend` API (gateway.networking.x-k8s.io/v1alpha1): Rust types the CRD
-//! in `crds/` is generated from. Schema rules mirror upstream Gateway API v1.6
-//! with the deliberate differences listed in docs/api.md.
+//! in `crds/` is generated from. A superset of upstream Gateway API v1.7.0's
+//! schema (and of v1.6's `port.port`) with the deliberate differences listed in docs/api.md.
+
+use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
@@ -35,23 +37,38 @@ pub const CONTROLLER_NAME_PATTERN: &str =
     namespaced,
     status = "XBackendStatus",
     printcolumn = r#"{"name":"Hostname","type":"string","jsonPath":".spec.externalHostname.hostname"}"#,
-    printcolumn = r#"{"name":"Port","type":"integer","jsonPath":".spec.port.port"}"#,
+    // One column for both port shapes: the union prints whichever field is set
+    // (both, when both are set to the same value).
+    printcolumn = r#"{"name":"Port","type":"string","jsonPath":".spec.port['number','port']"}"#,
     printcolumn = r#"{"name":"Protocol","type":"string","jsonPath":".spec.protocol"}"#,
     printcolumn = r#"{"name":"TLS","type":"string","jsonPath":".spec.tls.mode"}"#,
     printcolumn = r#"{"name":"Accepted","type":"string","description":"Accepted condition of each ancestor entry, for any controller","jsonPath":".status.ancestors[*].conditions[?(@.type==\"Accepted\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new(
-    "self.type == 'ExternalHostname' ? has(self.externalHostname) : !has(self.externalHostname)"
-).message("externalHostname must be set when type is ExternalHostname and must be unset otherwise"))]
+#[x_kube(
+    validation = Rule::new("self.type == 'ExternalHostname' ? has(self.externalHostname) : !has(self.externalHostname)")
+        .message("externalHostname must be set when type is ExternalHostname and must be unset otherwise"),
+    validation = Rule::new("self.type == 'EndpointSelector' ? has(self.endpointSelector) : !has(self.endpointSelector)")
+        .message("endpointSelector must be set when type is EndpointSelector and must be unset otherwise"),
+    validation = Rule::new("!has(self.protocol) || self.protocol != 'H2C' || !has(self.tls) || self.tls.mode == 'None'")
+        .message("protocol H2C is HTTP/2 in clear text: remove tls or set its mode to None (use HTTP2 for HTTP/2 over TLS)"),
+    validation = Rule::new("!has(self.protocol) || self.protocol != 'HTTP2' || (has(self.tls) && self.tls.mode != 'None')")
+        .message("protocol HTTP2 needs tls with mode ServerOnly or ClientAndServer (use H2C for HTTP/2 in clear text)"),
+    validation = Rule::new("!has(self.protocol) || self.protocol != 'WSS' || (has(self.tls) && self.tls.mode != 'None')")
+        .message("protocol WSS needs tls with mode ServerOnly or ClientAndServer"),
+    validation = Rule::new("has(self.sessionPersistence) ? self.type == 'EndpointSelector' : true")
+        .message("sessionPersistence can only be set when type is EndpointSelector"),
+)]
 pub struct XBackendSpec {
-    /// Type of the destination. ExternalHostname, the only type today, is a DNS
-    /// name outside the cluster given in `externalHostname`.
+    /// Type of the destination: ExternalHostname (a DNS name outside the
+    /// cluster, in `externalHostname`) or EndpointSelector (Pods of this
+    /// namespace selected by label, in `endpointSelector`).
     #[serde(rename = "type")]
     pub type_: BackendType,
 
-    /// Port the Gateway connects to on the destination.
+    /// Port the Gateway connects to on the destination: `number` (Gateway API
+    /// v1.7) or `port` (v1.6); not both with different values.
     pub port: BackendPort,
 
     /// The external DNS name to connect to. Required when type is
@@ -59,8 +76,19 @@ pub struct XBackendSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_hostname: Option<ExternalHostnameBackend>,
 
+    /// The Pods to send traffic to, selected by label in the XBackend's own
+    /// namespace. Required when type is EndpointSelector and must be unset otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_selector: Option<EndpointSelectorBackend>,
+
+    /// Session persistence across the selected Pods (cookie or header based).
+    /// Only for type EndpointSelector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_persistence: Option<SessionPersistence>,
+
     /// Protocol the Gateway speaks to the destination. Unset means the protocol
-    /// of the route or listener. One of TCP, HTTP, HTTP2, HTTP11, H2C, MCP.
+    /// of the route or listener. One of TCP, HTTP, HTTP2, HTTP11, H2C, MCP,
+    /// GRPC, WSS. H2C excludes TLS; HTTP2 and WSS require it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<BackendProtocol>,
 
@@ -77,10 +105,19 @@ pub struct XBackendSpec {
 pub enum BackendType {
     /// A fully qualified DNS name outside the cluster.
     ExternalHostname,
+    /// Pods of the XBackend's namespace, selected by label.
+    EndpointSelector,
 }
 
-/// The port to connect to.
+/// The port to connect to. Gateway API v1.7 names the number `number`; v1.6
+/// (and the XBackend docs page) `port`. Either is accepted.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(
+    validation = Rule::new("has(self.number) || has(self.port)")
+        .message("port needs a number: set port.number (Gateway API v1.7) or port.port (v1.6)"),
+    validation = Rule::new("!has(self.number) || !has(self.port) || self.number == self.port")
+        .message("port.number and port.port differ: keep only port.number"),
+)]
 pub struct BackendPort {
     /// Optional name of the port: empty or a DNS label (lowercase letters,
     /// digits and '-', starting and ending with a letter or digit, at most 63
@@ -93,9 +130,123 @@ pub struct BackendPort {
         .message("port name must be empty or a DNS label (lowercase letters, digits and '-', at most 63 characters)"))]
     pub name: Option<String>,
 
-    /// Port number, 1 to 65535.
+    /// Port number, 1 to 65535 (Gateway API v1.7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
-    pub port: i32,
+    pub number: Option<i32>,
+
+    /// Port number, 1 to 65535 (Gateway API v1.6 and the XBackend docs page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+}
+
+impl BackendPort {
+    /// The port to connect to, whichever field holds it (`number` first).
+    pub fn value(&self) -> Option<i32> {
+        self.number.or(self.port)
+    }
+}
+
+/// Pods selected by label, in the XBackend's namespace.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSelectorBackend {
+    /// Labels a Pod must all carry to receive traffic: 1 to 64 entries, keys and
+    /// values in Kubernetes label syntax.
+    #[schemars(schema_with = "match_labels_schema")]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+pub const LABEL_VALUE_PATTERN: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
+
+/// A label map as upstream spells it: the key rule is CEL (`format.qualifiedName`),
+/// which a Rust attribute on a map's keys cannot express.
+fn match_labels_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "minProperties": 1,
+        "maxProperties": 64,
+        "additionalProperties": {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN},
+        "x-kubernetes-validations": [{
+            "rule": "self.all(key, !format.qualifiedName().validate(key).hasValue())",
+            "message": "matchLabels keys must be label keys: an optional DNS subdomain prefix (at most 253 characters) and '/', then a name of at most 63 characters"
+        }]
+    })
+}
+
+pub const HTTP_TOKEN_PATTERN: &str = r"^[A-Za-z0-9!#$%&'*+\-.^_\x60|~]+$";
+
+/// Session persistence across the selected Pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.cookie) || !has(self.cookie.lifetimeType) || self.cookie.lifetimeType != 'Permanent' || has(self.absoluteTimeout)")
+        .message("absoluteTimeout must be set when cookie.lifetimeType is Permanent"),
+    validation = Rule::new("!has(self.cookie) || self.type == 'Cookie'").message("cookie must be unset unless type is Cookie"),
+    validation = Rule::new("self.type != 'Cookie' || has(self.cookie)").message("cookie must be set when type is Cookie"),
+    validation = Rule::new("!has(self.header) || self.type == 'Header'").message("header must be unset unless type is Header"),
+    validation = Rule::new("self.type != 'Header' || has(self.header)").message("header must be set when type is Header"),
+)]
+pub struct SessionPersistence {
+    /// Cookie (default) or Header.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "Cookie"))]
+    pub type_: Option<SessionPersistenceType>,
+    /// How long a session lasts at most, as a Gateway API duration (e.g. 1h, 30m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
+    pub absolute_timeout: Option<String>,
+    /// The session cookie, for type Cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<SessionCookie>,
+    /// The session header, for type Header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<SessionHeader>,
+}
+
+/// How a session is tracked.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionPersistenceType {
+    /// A cookie the Gateway sets.
+    Cookie,
+    /// A header the client sends.
+    Header,
+}
+
+/// The session cookie.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionCookie {
+    /// Session (default: ends with the browser session) or Permanent (needs absoluteTimeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "Session"))]
+    pub lifetime_type: Option<CookieLifetimeType>,
+    /// Cookie name (an HTTP token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256), regex(pattern = HTTP_TOKEN_PATTERN))]
+    pub name: Option<String>,
+    /// Cookie path; `/` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024), extend("default" = "/"))]
+    pub path: Option<String>,
+}
+
+/// Lifetime of the session cookie.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CookieLifetimeType {
+    /// Kept until absoluteTimeout.
+    Permanent,
+    /// Dropped when the browser session ends.
+    Session,
+}
+
+/// The session header.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct SessionHeader {
+    /// Header name (an HTTP token).
+    #[schemars(length(min = 1, max = 256), regex(pattern = HTTP_TOKEN_PATTERN))]
+    pub name: String,
 }
 
 /// An external destination given by DNS name.
@@ -138,14 +289,23 @@ pub enum BackendProtocol {
     /// Model Context Protocol.
     #[serde(rename = "MCP")]
     Mcp,
+    /// gRPC.
+    #[serde(rename = "GRPC")]
+    Grpc,
+    /// WebSocket over TLS.
+    #[serde(rename = "WSS")]
+    Wss,
 }
 
 /// TLS towards the destination.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new(
-    "self.mode == 'ClientAndServer' ? has(self.clientCertificateRef) : !has(self.clientCertificateRef)"
-).message("clientCertificateRef must be set if and only if mode is ClientAndServer"))]
+#[x_kube(
+    validation = Rule::new("self.mode == 'ClientAndServer' ? has(self.clientCertificateRef) : !has(self.clientCertificateRef)")
+        .message("clientCertificateRef must be set if and only if mode is ClientAndServer"),
+    validation = Rule::new("self.mode == 'None' ? !has(self.validation) : has(self.validation)")
+        .message("validation must be set when mode is ServerOnly or ClientAndServer and unset when mode is None"),
+)]
 pub struct BackendTls {
     /// None (clear text), ServerOnly (verify the server), or ClientAndServer
     /// (mutual TLS with `clientCertificateRef`).
@@ -158,8 +318,9 @@ pub struct BackendTls {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate_ref: Option<SecretObjectReference>,
 
-    /// How the server's certificate is verified. Only `hostname` set means the
-    /// system CA bundle (wellKnownCACertificates: System).
+    /// How the server's certificate is verified: required unless mode is None,
+    /// where it must be unset. Only `hostname` set means the system CA bundle
+    /// (wellKnownCACertificates: System).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<TlsValidation>,
 }
@@ -213,14 +374,13 @@ pub struct LocalObjectReference {
 /// Verification of the server certificate.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new(
-    "!(has(self.caCertificateRefs) && size(self.caCertificateRefs) > 0 && has(self.wellKnownCACertificates) && self.wellKnownCACertificates != '')"
-).message("caCertificateRefs and wellKnownCACertificates must not both be set"))]
+#[x_kube(validation = Rule::new("!(has(self.caCertificateRefs) && has(self.wellKnownCACertificates))")
+    .message("caCertificateRefs and wellKnownCACertificates must not both be set"))]
 pub struct TlsValidation {
     /// ConfigMaps (key `ca.crt`) holding the CA certificates that sign the
     /// server certificate. Must not be combined with wellKnownCACertificates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 8))]
+    #[schemars(length(min = 1, max = 8))]
     #[x_kube(merge_strategy = ListMerge::Atomic)]
     pub ca_certificate_refs: Option<Vec<LocalObjectReference>>,
 

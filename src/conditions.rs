@@ -13,6 +13,7 @@ pub mod reason {
     pub const INVALID_CA_CERTIFICATE_REF: &str = "InvalidCACertificateRef";
     pub const INVALID_KIND: &str = "InvalidKind";
     pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
+    pub const NO_MATCHING_PODS: &str = "NoMatchingPods";
 }
 
 /// One condition's verdict, before it gets a generation and a timestamp.
@@ -61,4 +62,7 @@ pub fn invalid_kind(message: impl Into<String>) -> Verdict {
 }
 pub fn ref_not_permitted(message: impl Into<String>) -> Verdict {
     verdict(RESOLVED_REFS, false, reason::REF_NOT_PERMITTED, message)
+}
+pub fn no_matching_pods(message: impl Into<String>) -> Verdict {
+    verdict(RESOLVED_REFS, false, reason::NO_MATCHING_PODS, message)
 }

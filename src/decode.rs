@@ -5,7 +5,9 @@ use serde_json::Value;
 
 use crate::api::{self, GATEWAY_GROUP, XBackendSpec};
 use crate::index::{Kind, Object};
-use crate::model::{Backend, Gateway, GatewayClass, GrantFrom, GrantTo, ObjectRef, ReferenceGrant, Route, RouteKind};
+use crate::model::{
+    Backend, Gateway, GatewayClass, GrantFrom, GrantTo, ObjectRef, Pod, ReferenceGrant, Route, RouteKind,
+};
 
 /// Namespace given to namespaced objects that carry none, as `kubectl apply`
 /// would with the default context (only `analyze` input can lack one).
@@ -13,6 +15,9 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// Which index kind an apiVersion/kind pair is, if any.
 pub fn kind_of(api_version: &str, kind: &str) -> Option<Kind> {
+    if api_version == "v1" {
+        return (kind == "Pod").then_some(Kind::Pod);
+    }
     let (group, version) = api_version.split_once('/')?;
     if version.is_empty() {
         return None;
@@ -70,6 +75,7 @@ pub fn decode(kind: Kind, object: &Value) -> Result<(ObjectRef, Object), String>
                 .to_string(),
             status: object.get("status").cloned().unwrap_or(Value::Null),
         }),
+        Kind::Pod => Object::Pod(decode_pod(object)),
     };
     Ok((key, decoded))
 }
@@ -153,6 +159,22 @@ fn add_backend(backend_ref: &Value, namespace: &str, route: &mut Route) {
         Some(_) => return,
     }
     route.backends.insert(ObjectRef::new(namespace, name));
+}
+
+/// Labels and liveness. The controller watches Pods by metadata only, with a
+/// field selector that leaves out finished Pods, so `status.phase` is read only
+/// when present (analyze input).
+fn decode_pod(object: &Value) -> Pod {
+    let labels = object
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_string())))
+        .collect();
+    let deleting = object.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null());
+    let finished = matches!(object.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
+    Pod { labels, live: !deleting && !finished }
 }
 
 fn decode_grant(spec: &Value) -> ReferenceGrant {
@@ -340,7 +362,7 @@ mod tests {
         let Object::XBackend(backend) = object else { panic!("not a backend") };
         assert_eq!(backend.generation, 3);
         let spec = backend.spec.unwrap();
-        assert_eq!(spec.port.port, 443);
+        assert_eq!(spec.port.value(), Some(443));
 
         let bad = json!({
             "metadata": {"name": "b", "namespace": "app"},

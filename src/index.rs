@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::api::{self, XBackendSpec};
-use crate::model::{Backend, Gateway, GatewayClass, ObjectRef, ReferenceGrant, Route, RouteKind};
+use crate::model::{Backend, Gateway, GatewayClass, ObjectRef, Pod, ReferenceGrant, Route, RouteKind};
 
 /// Every kind the index holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -14,6 +14,8 @@ pub enum Kind {
     GatewayClass,
     ReferenceGrant,
     XBackend,
+    /// Watched by metadata only; only labels matter.
+    Pod,
 }
 
 /// One decoded object of some kind.
@@ -27,6 +29,7 @@ pub enum Object {
     GatewayClass(GatewayClass),
     ReferenceGrant(ReferenceGrant),
     XBackend(Backend),
+    Pod(Pod),
 }
 
 impl Object {
@@ -37,6 +40,7 @@ impl Object {
             Object::GatewayClass(_) => Kind::GatewayClass,
             Object::ReferenceGrant(_) => Kind::ReferenceGrant,
             Object::XBackend(_) => Kind::XBackend,
+            Object::Pod(_) => Kind::Pod,
         }
     }
 }
@@ -101,6 +105,17 @@ pub fn grants_permit<'a>(
     })
 }
 
+/// The labels an EndpointSelector XBackend selects Pods by.
+pub fn endpoint_selector(spec: &XBackendSpec) -> Option<&BTreeMap<String, String>> {
+    spec.endpoint_selector.as_ref().map(|selector| &selector.match_labels)
+}
+
+/// matchLabels semantics: every selector label is on the Pod. An empty
+/// selector selects nothing here (validation rejects it anyway).
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(key, value)| labels.get(key) == Some(value))
+}
+
 type RouteKey = (RouteKind, ObjectRef);
 
 /// Plain maps of every kind plus reverse indexes, so each change finds the
@@ -131,6 +146,11 @@ pub struct Index {
     backends_by_config_map: HashMap<ObjectRef, BTreeSet<ObjectRef>>,
     /// Namespace -> XBackends of other namespaces whose clientCertificateRef points there.
     backends_by_target_namespace: HashMap<String, BTreeSet<ObjectRef>>,
+
+    /// Namespace -> live Pods' labels by Pod name.
+    pods: HashMap<String, HashMap<String, BTreeMap<String, String>>>,
+    /// Namespace -> EndpointSelector XBackends in it (their selectors are in `backends`).
+    selectors_by_namespace: HashMap<String, BTreeSet<ObjectRef>>,
 }
 
 fn insert_into<K: std::hash::Hash + Eq, V: Ord>(map: &mut HashMap<K, BTreeSet<V>>, key: K, value: V) {
@@ -205,6 +225,11 @@ impl Index {
         ancestors.into_iter().collect()
     }
 
+    /// True when a live Pod in `namespace` carries every label of `selector`.
+    pub fn has_matching_pod(&self, namespace: &str, selector: &BTreeMap<String, String>) -> bool {
+        self.pods.get(namespace).is_some_and(|pods| pods.values().any(|labels| selects(selector, labels)))
+    }
+
     pub fn backend(&self, key: &ObjectRef) -> Option<&Backend> {
         self.backends.get(key)
     }
@@ -245,6 +270,11 @@ impl Index {
             Kind::GatewayClass => self.classes.keys().map(|name| ObjectRef::new("", name)).collect(),
             Kind::ReferenceGrant => self.grants.keys().cloned().collect(),
             Kind::XBackend => self.backends.keys().cloned().collect(),
+            Kind::Pod => self
+                .pods
+                .iter()
+                .flat_map(|(namespace, pods)| pods.keys().map(move |name| ObjectRef::new(namespace, name)))
+                .collect(),
         }
     }
 
@@ -258,6 +288,7 @@ impl Index {
                 self.put_backend(key.clone(), None);
                 BTreeSet::from([key.clone()])
             }
+            Kind::Pod => self.put_pod(key, None),
         }
     }
 
@@ -272,7 +303,44 @@ impl Index {
                 self.put_backend(key.clone(), Some(backend));
                 BTreeSet::from([key])
             }
+            Some(Object::Pod(pod)) => {
+                let labels = pod.live.then_some(pod.labels);
+                self.put_pod(&key, labels)
+            }
         }
+    }
+
+    /// A Pod affects the EndpointSelector XBackends of its namespace whose
+    /// selector matched its labels before or matches them now.
+    fn put_pod(&mut self, key: &ObjectRef, labels: Option<BTreeMap<String, String>>) -> BTreeSet<ObjectRef> {
+        // The labels before and after: a backend that selects either is affected.
+        let seen = match labels {
+            Some(labels) => {
+                let pods = self.pods.entry(key.namespace.clone()).or_default();
+                let old = pods.insert(key.name.clone(), labels.clone());
+                if old.as_ref() == Some(&labels) {
+                    return BTreeSet::new();
+                }
+                [old, Some(labels)]
+            }
+            None => {
+                let Some(pods) = self.pods.get_mut(&key.namespace) else { return BTreeSet::new() };
+                let Some(old) = pods.remove(&key.name) else { return BTreeSet::new() };
+                if pods.is_empty() {
+                    self.pods.remove(&key.namespace);
+                }
+                [Some(old), None]
+            }
+        };
+        let candidates = self.selectors_by_namespace.get(&key.namespace).into_iter().flatten();
+        candidates
+            .filter(|backend| {
+                let selector =
+                    self.backends.get(*backend).and_then(|b| b.spec.as_ref().ok()).and_then(endpoint_selector);
+                selector.is_some_and(|selector| seen.iter().flatten().any(|labels| selects(selector, labels)))
+            })
+            .cloned()
+            .collect()
     }
 
     /// Only existing XBackends have a status to update.
@@ -403,6 +471,9 @@ impl Index {
             if let Some(namespace) = cross_namespace_target(&key, spec) {
                 remove_from(&mut self.backends_by_target_namespace, &namespace, &key);
             }
+            if endpoint_selector(spec).is_some() {
+                remove_from(&mut self.selectors_by_namespace, &key.namespace, &key);
+            }
         }
         if let Some(Ok(spec)) = backend.as_ref().map(|b| &b.spec) {
             if let Some(secret) = client_certificate_secret(&key, spec) {
@@ -413,6 +484,9 @@ impl Index {
             }
             if let Some(namespace) = cross_namespace_target(&key, spec) {
                 insert_into(&mut self.backends_by_target_namespace, namespace, key.clone());
+            }
+            if endpoint_selector(spec).is_some() {
+                insert_into(&mut self.selectors_by_namespace, key.namespace.clone(), key.clone());
             }
         }
         true
@@ -459,8 +533,10 @@ mod tests {
     fn spec() -> XBackendSpec {
         XBackendSpec {
             type_: BackendType::ExternalHostname,
-            port: BackendPort { name: None, port: 443 },
+            port: BackendPort { port: Some(443), ..BackendPort::default() },
             external_hostname: Some(ExternalHostnameBackend { hostname: "api.example.com".into() }),
+            endpoint_selector: None,
+            session_persistence: None,
             protocol: None,
             tls: None,
         }
@@ -1048,5 +1124,51 @@ mod tests {
         );
         assert!(index.routes.is_empty());
         assert!(index.routes_by_gateway.is_empty());
+    }
+
+    fn selector_backend(index: &mut Index, namespace: &str, name: &str, labels: Value) -> BTreeSet<ObjectRef> {
+        let spec =
+            json!({"type": "EndpointSelector", "port": {"number": 80}, "endpointSelector": {"matchLabels": labels}});
+        let value = json!({"metadata": {"name": name, "namespace": namespace, "generation": 1}, "spec": spec});
+        apply_json(index, &format!("{XGROUP}/v1alpha1"), "XBackend", value)
+    }
+
+    fn pod(index: &mut Index, namespace: &str, name: &str, labels: Value, phase: &str) -> BTreeSet<ObjectRef> {
+        let value =
+            json!({"metadata": {"name": name, "namespace": namespace, "labels": labels}, "status": {"phase": phase}});
+        apply_json(index, "v1", "Pod", value)
+    }
+
+    #[test]
+    fn pods_affect_exactly_the_selectors_that_match_them() {
+        let mut index = Index::new(OURS);
+        let web = json!({"app": "web"});
+        selector_backend(&mut index, "a", "web", web.clone());
+        selector_backend(&mut index, "a", "db", json!({"app": "db"}));
+        selector_backend(&mut index, "b", "web", web.clone());
+        backend(&mut index, "a", "external");
+        let selector = |app: &str| BTreeMap::from([("app".to_string(), app.to_string())]);
+        assert!(!index.has_matching_pod("a", &selector("web")));
+
+        assert_eq!(pod(&mut index, "a", "web-0", json!({"app": "web", "x": "y"}), "Pending"), set(&[("a", "web")]));
+        assert!(index.has_matching_pod("a", &selector("web")));
+        assert!(!index.has_matching_pod("b", &selector("web")), "Pods of another namespace never count");
+        // The same labels again change nothing.
+        assert!(pod(&mut index, "a", "web-0", json!({"app": "web", "x": "y"}), "Running").is_empty());
+        // Relabelled from web to db: both selectors are affected.
+        assert_eq!(pod(&mut index, "a", "web-0", json!({"app": "db"}), "Running"), set(&[("a", "db"), ("a", "web")]));
+        assert!(!index.has_matching_pod("a", &selector("web")));
+        // A finished Pod leaves the index.
+        assert_eq!(pod(&mut index, "a", "web-0", json!({"app": "db"}), "Succeeded"), set(&[("a", "db")]));
+        assert!(!index.has_matching_pod("a", &selector("db")));
+        // Unrelated Pods affect nothing.
+        assert!(pod(&mut index, "a", "other", json!({"app": "cache"}), "Running").is_empty());
+        assert!(pod(&mut index, "c", "web-1", web.clone(), "Running").is_empty());
+        // Deletion and re-list retain.
+        pod(&mut index, "b", "web-2", web.clone(), "Running");
+        assert_eq!(index.delete(Kind::Pod, &r("b", "web-2")), set(&[("b", "web")]));
+        pod(&mut index, "b", "web-3", web, "Running");
+        assert_eq!(index.retain(Kind::Pod, &set(&[("a", "other")])), set(&[("b", "web")]));
+        assert!(!index.has_matching_pod("c", &selector("web")));
     }
 }

@@ -90,6 +90,8 @@ pub struct Snapshot {
     pub ancestors: Vec<ObjectRef>,
     /// The grants of the namespace a cross-namespace clientCertificateRef points at.
     pub grants: Vec<ReferenceGrant>,
+    /// For an EndpointSelector: whether a live Pod of the namespace matches.
+    pub has_matching_pod: bool,
     pub shape: Shape,
 }
 
@@ -101,7 +103,13 @@ impl Snapshot {
             Some(namespace) => index.grants_in(&namespace).cloned().collect(),
             None => Vec::new(),
         };
-        Some(Snapshot { key: key.clone(), ancestors: index.ancestors(key), backend, grants, shape })
+        let has_matching_pod = backend
+            .spec
+            .as_ref()
+            .ok()
+            .and_then(index::endpoint_selector)
+            .is_some_and(|selector| index.has_matching_pod(&key.namespace, selector));
+        Some(Snapshot { key: key.clone(), ancestors: index.ancestors(key), backend, grants, has_matching_pod, shape })
     }
 
     /// The same snapshot for another version of the object (read after a 409).
@@ -124,6 +132,12 @@ impl Lookup for Snapshot {
         let in_namespace = self.backend.spec.as_ref().ok().and_then(|s| index::cross_namespace_target(&self.key, s));
         in_namespace.as_deref() == Some(to.namespace.as_str())
             && index::grants_permit(self.grants.iter(), from_namespace, group, kind, to)
+    }
+
+    fn has_matching_pod(&self, namespace: &str, selector: &std::collections::BTreeMap<String, String>) -> bool {
+        // Answered for the XBackend's own selector and namespace only.
+        let own = self.backend.spec.as_ref().ok().and_then(index::endpoint_selector);
+        namespace == self.key.namespace && own == Some(selector) && self.has_matching_pod
     }
 }
 

@@ -1,7 +1,7 @@
 //! The plain data the index keeps of each watched kind, decoded leniently from
 //! API objects so that one malformed object never stops a watch.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api::XBackendSpec;
 
@@ -86,6 +86,15 @@ pub struct GrantTo {
 pub struct ReferenceGrant {
     pub from: Vec<GrantFrom>,
     pub to: Vec<GrantTo>,
+}
+
+/// What the index keeps of a Pod: its labels, for EndpointSelector backends.
+/// `live` is false for Pods being deleted or finished (phase Succeeded or
+/// Failed); the index keeps only live ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pod {
+    pub labels: BTreeMap<String, String>,
+    pub live: bool,
 }
 
 /// An XBackend as the index holds it: the one record of it, so a reconcile

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use serde_json::{Map, Value, json};
 
-use crate::api::{GATEWAY_GROUP, MAX_ANCESTORS, XBackendSpec};
+use crate::api::{BackendType, GATEWAY_GROUP, MAX_ANCESTORS, XBackendSpec};
 use crate::conditions::{self, Verdict, reason};
 use crate::index::{self, Index, is_core_group};
 use crate::model::{Backend, ObjectRef};
@@ -73,11 +73,16 @@ pub trait Lookup {
     /// True when a ReferenceGrant in `to.namespace` lets XBackends from
     /// `from_namespace` reference the object (`group`, `kind`, `to.name`).
     fn grant_permits(&self, from_namespace: &str, group: &str, kind: &str, to: &ObjectRef) -> bool;
+    /// True when a live Pod in `namespace` carries every label of `selector`.
+    fn has_matching_pod(&self, namespace: &str, selector: &BTreeMap<String, String>) -> bool;
 }
 
 impl Lookup for Index {
     fn grant_permits(&self, from_namespace: &str, group: &str, kind: &str, to: &ObjectRef) -> bool {
         Index::grant_permits(self, from_namespace, group, kind, to)
+    }
+    fn has_matching_pod(&self, namespace: &str, selector: &BTreeMap<String, String>) -> bool {
+        Index::has_matching_pod(self, namespace, selector)
     }
 }
 
@@ -132,6 +137,17 @@ pub fn resolve_refs(
     index: &(impl Lookup + ?Sized),
     fetched: &Fetched,
 ) -> Verdict {
+    if let Some(selector) = index::endpoint_selector(spec)
+        && spec.type_ == BackendType::EndpointSelector
+        && !index.has_matching_pod(&key.namespace, selector)
+    {
+        let labels: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        return conditions::no_matching_pods(format!(
+            "spec.endpointSelector.matchLabels ({}) selects no running Pod in namespace {}; create Pods with these labels or fix the selector.",
+            labels.join(","),
+            key.namespace
+        ));
+    }
     let Some(tls) = &spec.tls else {
         return conditions::resolved_refs();
     };
@@ -209,14 +225,14 @@ pub fn events(backend: &Backend, verdicts: &Verdicts) -> Vec<EventNote> {
     if !accepted.status {
         notes.push(EventNote { warning: true, reason: accepted.reason, message: accepted.message.clone() });
     }
+    // In-cluster Pods (EndpointSelector) are the mesh's or the network's business.
     if let Ok(spec) = &backend.spec
+        && let Some(external) = &spec.external_hostname
         && accepted.reason != reason::TLS_REQUIRED
         && validate::is_insecure(spec)
     {
-        let destination = match &spec.external_hostname {
-            Some(external) => format!("{}:{}", external.hostname, spec.port.port),
-            None => format!("port {}", spec.port.port),
-        };
+        let port = spec.port.value().map(|p| p.to_string()).unwrap_or_default();
+        let destination = format!("{}:{port}", external.hostname);
         notes.push(EventNote {
             warning: true,
             reason: INSECURE_REASON,
@@ -399,8 +415,10 @@ mod tests {
     fn plain_spec() -> XBackendSpec {
         XBackendSpec {
             type_: BackendType::ExternalHostname,
-            port: BackendPort { name: None, port: 443 },
+            port: BackendPort { port: Some(443), ..BackendPort::default() },
             external_hostname: Some(ExternalHostnameBackend { hostname: "api.example.com".into() }),
+            endpoint_selector: None,
+            session_persistence: None,
             protocol: None,
             tls: None,
         }
@@ -549,6 +567,31 @@ mod tests {
         let index = Index::new(OURS);
         assert_reason(&resolve(&plain_spec(), &index, &Fetched::default()), true, reason::RESOLVED_REFS, &[]);
         assert_reason(&resolve(&tls_spec(None, vec![]), &index, &Fetched::default()), true, reason::RESOLVED_REFS, &[]);
+    }
+
+    #[test]
+    fn endpoint_selector_needs_a_live_matching_pod() {
+        let spec: XBackendSpec = serde_json::from_value(json!({
+            "type": "EndpointSelector", "port": {"number": 80}, "endpointSelector": {"matchLabels": {"app": "web"}}
+        }))
+        .unwrap();
+        let mut index = Index::new(OURS);
+        let no_pods = resolve(&spec, &index, &Fetched::default());
+        assert_reason(&no_pods, false, reason::NO_MATCHING_PODS, &["app=web", "namespace app"]);
+        let pod = |ns: &str, phase: &str| {
+            let value = json!({"metadata": {"name": "web-0", "namespace": ns, "labels": {"app": "web"}}, "status": {"phase": phase}});
+            let (key, object) = crate::decode::decode(crate::index::Kind::Pod, &value).unwrap();
+            (key, object)
+        };
+        let (k, o) = pod("other", "Running");
+        index.apply(k, o);
+        assert_eq!(resolve(&spec, &index, &Fetched::default()).reason, reason::NO_MATCHING_PODS);
+        let (k, o) = pod("app", "Failed");
+        index.apply(k, o);
+        assert_eq!(resolve(&spec, &index, &Fetched::default()).reason, reason::NO_MATCHING_PODS);
+        let (k, o) = pod("app", "Pending");
+        index.apply(k, o);
+        assert_reason(&resolve(&spec, &index, &Fetched::default()), true, reason::RESOLVED_REFS, &[]);
     }
 
     #[test]

@@ -5,8 +5,11 @@ use std::net::IpAddr;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
+use std::collections::BTreeMap;
+
 use crate::api::{
-    BackendTls, LocalObjectReference, SecretObjectReference, SubjectAltName, SubjectAltNameType, TlsMode,
+    BackendPort, BackendProtocol, BackendTls, BackendType, CookieLifetimeType, LocalObjectReference,
+    SecretObjectReference, SessionPersistence, SessionPersistenceType, SubjectAltName, SubjectAltNameType, TlsMode,
     TlsValidation, XBackendSpec,
 };
 use crate::conditions::{self, Verdict};
@@ -22,6 +25,9 @@ const MAX_HOSTNAME: usize = 253;
 const MAX_LABEL: usize = 63;
 const MAX_CA_REFS: usize = 8;
 const MAX_SANS: usize = 5;
+const MAX_MATCH_LABELS: usize = 64;
+const MAX_HTTP_TOKEN: usize = 256;
+const MAX_COOKIE_PATH: usize = 1024;
 
 /// The operator's guardrails, from `run`/`analyze` flags.
 #[derive(Clone, Debug, Default)]
@@ -136,28 +142,80 @@ impl Violation {
 pub fn validate(spec: &XBackendSpec, policy: &Policy) -> Result<(), Vec<Violation>> {
     let mut out = Vec::new();
 
-    // BackendType has a single variant, so "externalHostname set unless type is
-    // ExternalHostname" cannot be broken once the spec decoded.
-    match &spec.external_hostname {
-        None => out.push(Violation::new(
-            "spec.externalHostname",
-            "spec.externalHostname must be set when spec.type is ExternalHostname; add externalHostname.hostname.",
-        )),
-        Some(ext) => {
-            let field = "spec.externalHostname.hostname";
-            if let Some(problem) = external_hostname_problem(&ext.hostname, policy) {
-                out.push(Violation::new(field, format!("{field} {} {problem}.", quoted(&ext.hostname))));
+    match spec.type_ {
+        BackendType::ExternalHostname => match &spec.external_hostname {
+            None => out.push(Violation::new(
+                "spec.externalHostname",
+                "spec.externalHostname must be set when spec.type is ExternalHostname; add externalHostname.hostname.",
+            )),
+            Some(ext) => {
+                let field = "spec.externalHostname.hostname";
+                if let Some(problem) = external_hostname_problem(&ext.hostname, policy) {
+                    out.push(Violation::new(field, format!("{field} {} {problem}.", quoted(&ext.hostname))));
+                }
             }
+        },
+        BackendType::EndpointSelector => match &spec.endpoint_selector {
+            None => out.push(Violation::new(
+                "spec.endpointSelector",
+                "spec.endpointSelector must be set when spec.type is EndpointSelector; add endpointSelector.matchLabels.",
+            )),
+            Some(selector) => match_labels_problems(&selector.match_labels, &mut out),
+        },
+    }
+    let other_type = |field: &str| {
+        Violation::new(
+            field,
+            format!("{field} must be unset when spec.type is {:?}; remove it or change spec.type.", spec.type_),
+        )
+    };
+    if spec.type_ != BackendType::ExternalHostname && spec.external_hostname.is_some() {
+        out.push(other_type("spec.externalHostname"));
+    }
+    if spec.type_ != BackendType::EndpointSelector {
+        if spec.endpoint_selector.is_some() {
+            out.push(other_type("spec.endpointSelector"));
+        }
+        if spec.session_persistence.is_some() {
+            out.push(other_type("spec.sessionPersistence"));
         }
     }
-
-    if !(1..=65535).contains(&spec.port.port) {
-        out.push(Violation::new(
-            "spec.port.port",
-            format!("spec.port.port is {}; it must be between 1 and 65535.", spec.port.port),
-        ));
+    if let Some(persistence) = &spec.session_persistence {
+        session_persistence_problems(persistence, &mut out);
     }
-    if let Some(name) = spec.port.name.as_deref().filter(|n| !n.is_empty())
+
+    port_problems(&spec.port, &mut out);
+    protocol_problems(spec, &mut out);
+    if let Some(tls) = &spec.tls {
+        validate_tls(tls, &mut out);
+    }
+
+    if out.is_empty() { Ok(()) } else { Err(out) }
+}
+
+/// `number` (v1.7) or `port` (v1.6), each 1..65535, and the same value when both are set.
+fn port_problems(port: &BackendPort, out: &mut Vec<Violation>) {
+    for (field, value) in [("spec.port.number", port.number), ("spec.port.port", port.port)] {
+        if let Some(value) = value
+            && !(1..=65535).contains(&value)
+        {
+            out.push(Violation::new(field, format!("{field} is {value}; it must be between 1 and 65535.")));
+        }
+    }
+    match (port.number, port.port) {
+        (None, None) => out.push(Violation::new(
+            "spec.port",
+            "spec.port has no port number; set spec.port.number (Gateway API v1.7) or spec.port.port (v1.6).",
+        )),
+        (Some(number), Some(old)) if number != old => out.push(Violation::new(
+            "spec.port",
+            format!(
+                "spec.port.number is {number} but spec.port.port is {old}; keep only spec.port.number (the Gateway API v1.7 field)."
+            ),
+        )),
+        _ => {}
+    }
+    if let Some(name) = port.name.as_deref().filter(|n| !n.is_empty())
         && let Some(problem) = dns_label_problem(name)
     {
         out.push(Violation::new(
@@ -168,15 +226,179 @@ pub fn validate(spec: &XBackendSpec, policy: &Policy) -> Result<(), Vec<Violatio
             ),
         ));
     }
+}
 
-    if let Some(tls) = &spec.tls {
-        validate_tls(tls, &mut out);
+/// Gateway API v1.7's protocol/TLS pairs: H2C is clear text, HTTP2 and WSS need TLS.
+fn protocol_problems(spec: &XBackendSpec, out: &mut Vec<Violation>) {
+    let tls_on = spec.tls.as_ref().is_some_and(|tls| tls.mode != TlsMode::None);
+    let problem = match spec.protocol {
+        Some(BackendProtocol::H2c) if tls_on => {
+            "spec.protocol is H2C (HTTP/2 in clear text), but spec.tls.mode is not None; remove spec.tls or use protocol HTTP2 for HTTP/2 over TLS."
+        }
+        Some(BackendProtocol::Http2) if !tls_on => {
+            "spec.protocol is HTTP2, which needs spec.tls with mode ServerOnly or ClientAndServer; add TLS or use protocol H2C for HTTP/2 in clear text."
+        }
+        Some(BackendProtocol::Wss) if !tls_on => {
+            "spec.protocol is WSS (WebSocket over TLS), which needs spec.tls with mode ServerOnly or ClientAndServer."
+        }
+        _ => return,
+    };
+    out.push(Violation::new("spec.protocol", problem));
+}
+
+/// 1 to 64 labels, keys and values in Kubernetes label syntax.
+fn match_labels_problems(labels: &BTreeMap<String, String>, out: &mut Vec<Violation>) {
+    let field = "spec.endpointSelector.matchLabels";
+    if labels.is_empty() || labels.len() > MAX_MATCH_LABELS {
+        out.push(Violation::new(
+            field,
+            format!("{field} has {} entries; it needs 1 to {MAX_MATCH_LABELS} labels.", labels.len()),
+        ));
     }
+    for (key, value) in labels {
+        if let Some(problem) = label_key_problem(key) {
+            out.push(Violation::new(field, format!("{field} key {} {problem}.", quoted(key))));
+        }
+        if let Some(problem) = label_value_problem(value) {
+            out.push(Violation::new(
+                format!("{field}[{key}]"),
+                format!("{field}[{key}] value {} {problem}.", quoted(value)),
+            ));
+        }
+    }
+}
 
-    if out.is_empty() { Ok(()) } else { Err(out) }
+/// A qualified name: an optional DNS-subdomain prefix and '/', then a name of at
+/// most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric.
+fn label_key_problem(key: &str) -> Option<&'static str> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix
+        && (prefix.is_empty() || dns_subdomain_problem(prefix).is_some())
+    {
+        return Some("has a prefix that is not a lowercase DNS subdomain of at most 253 characters");
+    }
+    if name.is_empty() {
+        return Some("has an empty name; label keys are [prefix/]name");
+    }
+    label_value_problem(name)
+}
+
+/// A label value: empty, or at most 63 alphanumerics, '-', '_' or '.', starting
+/// and ending alphanumeric.
+fn label_value_problem(value: &str) -> Option<&'static str> {
+    if value.is_empty() {
+        return None;
+    }
+    if value.len() > MAX_LABEL {
+        return Some("is longer than 63 characters");
+    }
+    let edges_ok =
+        value.starts_with(|c: char| c.is_ascii_alphanumeric()) && value.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !edges_ok || !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return Some("must be letters, digits, '-', '_' or '.', starting and ending with a letter or digit");
+    }
+    None
+}
+
+/// The rules upstream's SessionPersistence schema carries (type defaults to Cookie).
+fn session_persistence_problems(persistence: &SessionPersistence, out: &mut Vec<Violation>) {
+    let base = "spec.sessionPersistence";
+    let type_ = persistence.type_.unwrap_or(SessionPersistenceType::Cookie);
+    match (type_, &persistence.cookie, &persistence.header) {
+        (SessionPersistenceType::Cookie, None, _) => out
+            .push(Violation::new(format!("{base}.cookie"), format!("{base}.cookie must be set when type is Cookie."))),
+        (SessionPersistenceType::Header, _, None) => out
+            .push(Violation::new(format!("{base}.header"), format!("{base}.header must be set when type is Header."))),
+        _ => {}
+    }
+    if type_ != SessionPersistenceType::Cookie && persistence.cookie.is_some() {
+        out.push(Violation::new(
+            format!("{base}.cookie"),
+            format!("{base}.cookie must be unset unless type is Cookie."),
+        ));
+    }
+    if type_ != SessionPersistenceType::Header && persistence.header.is_some() {
+        out.push(Violation::new(
+            format!("{base}.header"),
+            format!("{base}.header must be unset unless type is Header."),
+        ));
+    }
+    if let Some(timeout) = &persistence.absolute_timeout
+        && !is_gateway_duration(timeout)
+    {
+        out.push(Violation::new(
+            format!("{base}.absoluteTimeout"),
+            format!("{base}.absoluteTimeout {} is not a duration such as 1h or 30m.", quoted(timeout)),
+        ));
+    }
+    if let Some(cookie) = &persistence.cookie {
+        if cookie.lifetime_type == Some(CookieLifetimeType::Permanent) && persistence.absolute_timeout.is_none() {
+            out.push(Violation::new(
+                format!("{base}.absoluteTimeout"),
+                format!("{base}.absoluteTimeout must be set when cookie.lifetimeType is Permanent."),
+            ));
+        }
+        if let Some(name) = &cookie.name {
+            http_token_problems(&format!("{base}.cookie.name"), name, out);
+        }
+        if cookie.path.as_ref().is_some_and(|p| p.len() > MAX_COOKIE_PATH) {
+            out.push(Violation::new(
+                format!("{base}.cookie.path"),
+                format!("{base}.cookie.path is longer than {MAX_COOKIE_PATH} characters."),
+            ));
+        }
+    }
+    if let Some(header) = &persistence.header {
+        http_token_problems(&format!("{base}.header.name"), &header.name, out);
+    }
+}
+
+fn http_token_problems(field: &str, value: &str, out: &mut Vec<Violation>) {
+    let token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if value.is_empty() || value.len() > MAX_HTTP_TOKEN || !value.chars().all(token_char) {
+        out.push(Violation::new(
+            field,
+            format!("{field} {} is not an HTTP token of 1 to {MAX_HTTP_TOKEN} characters.", quoted(value)),
+        ));
+    }
+}
+
+/// Gateway API's Duration: one to four `<1-5 digits><h|m|s|ms>` parts.
+fn is_gateway_duration(value: &str) -> bool {
+    let mut rest = value;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if !(1..=5).contains(&digits) {
+            return false;
+        }
+        rest = &rest[digits..];
+        let unit = ["ms", "h", "m", "s"].into_iter().find(|u| rest.starts_with(u));
+        let Some(unit) = unit else { return false };
+        rest = &rest[unit.len()..];
+        parts += 1;
+    }
+    (1..=4).contains(&parts)
 }
 
 fn validate_tls(tls: &BackendTls, out: &mut Vec<Violation>) {
+    match (tls.mode, &tls.validation) {
+        (TlsMode::None, Some(_)) => out.push(Violation::new(
+            "spec.tls.validation",
+            "spec.tls.validation must be unset when spec.tls.mode is None; remove it or set mode to ServerOnly.",
+        )),
+        (TlsMode::ServerOnly | TlsMode::ClientAndServer, None) => out.push(Violation::new(
+            "spec.tls.validation",
+            format!(
+                "spec.tls.validation must be set when spec.tls.mode is {:?}; add validation.hostname, the name the server certificate must carry.",
+                tls.mode
+            ),
+        )),
+        _ => {}
+    }
     match (tls.mode, &tls.client_certificate_ref) {
         (TlsMode::ClientAndServer, None) => out.push(Violation::new(
             "spec.tls.clientCertificateRef",
@@ -209,6 +431,12 @@ fn validate_tls_validation(v: &TlsValidation, out: &mut Vec<Violation>) {
     }
 
     let refs = v.ca_certificate_refs.as_deref().unwrap_or_default();
+    if v.ca_certificate_refs.as_ref().is_some_and(Vec::is_empty) {
+        out.push(Violation::new(
+            "spec.tls.validation.caCertificateRefs",
+            "spec.tls.validation.caCertificateRefs is an empty list; name at least one ConfigMap or remove the field.",
+        ));
+    }
     if refs.len() > MAX_CA_REFS {
         out.push(Violation::new(
             "spec.tls.validation.caCertificateRefs",
@@ -234,7 +462,7 @@ fn validate_tls_validation(v: &TlsValidation, out: &mut Vec<Violation>) {
             ),
         ));
     }
-    if !refs.is_empty() && well_known.is_some_and(|wk| !wk.is_empty()) {
+    if v.ca_certificate_refs.is_some() && well_known.is_some() {
         out.push(Violation::new(
             "spec.tls.validation",
             "spec.tls.validation sets both caCertificateRefs and wellKnownCACertificates; keep only one.",
@@ -836,13 +1064,13 @@ mod tests {
         assert_rejected(mtls(), "spec.tls.clientCertificateRef", "must be set");
         let with_ref = with(mtls(), "/tls/clientCertificateRef", json!({"name": "client-cert"}));
         assert_valid(with_ref.clone());
-        for mode in ["ServerOnly", "None"] {
-            assert_rejected(
-                with(with_ref.clone(), "/tls/mode", json!(mode)),
-                "spec.tls.clientCertificateRef",
-                "must be unset",
-            );
-        }
+        assert_rejected(
+            with(with_ref.clone(), "/tls/mode", json!("ServerOnly")),
+            "spec.tls.clientCertificateRef",
+            "must be unset",
+        );
+        let mode_none = without(with(with_ref, "/tls/mode", json!("None")), "/tls/validation");
+        assert_rejected(mode_none, "spec.tls.clientCertificateRef", "must be unset");
         assert_valid(with(
             mtls(),
             "/tls/clientCertificateRef",
@@ -898,12 +1126,12 @@ mod tests {
             json!("System"),
         );
         assert_rejected(both, "spec.tls.validation", "both");
-        // An empty list does not count as a CA source, as in the CRD rule.
-        assert_valid(with(
+        // Gateway API v1.7: an empty list is refused (minItems 1), alone or not.
+        assert_rejected(
             with(seed(), "/tls/validation/caCertificateRefs", json!([])),
-            "/tls/validation/wellKnownCACertificates",
-            json!("System"),
-        ));
+            "spec.tls.validation.caCertificateRefs",
+            "empty list",
+        );
         assert_rejected(
             with(
                 seed(),
@@ -1166,8 +1394,10 @@ mod tests {
         (proptest::option::of(any_text()), any::<i32>(), proptest::option::of(any_text()), proptest::option::of(tls))
             .prop_map(|(hostname, port, name, tls)| XBackendSpec {
                 type_: crate::api::BackendType::ExternalHostname,
-                port: crate::api::BackendPort { name, port },
+                port: crate::api::BackendPort { name, number: None, port: Some(port) },
                 external_hostname: hostname.map(|hostname| crate::api::ExternalHostnameBackend { hostname }),
+                endpoint_selector: None,
+                session_persistence: None,
                 protocol: None,
                 tls,
             })
@@ -1245,5 +1475,112 @@ mod tests {
                 prop_assert!(v[0].message.contains("uppercase"));
             }
         }
+    }
+
+    // ---- Gateway API v1.7 ----
+
+    fn selector() -> serde_json::Value {
+        json!({"type": "EndpointSelector", "port": {"number": 8080}, "endpointSelector": {"matchLabels": {"app": "web"}}})
+    }
+
+    #[test]
+    fn both_port_shapes() {
+        assert_valid(with(seed(), "/port", json!({"number": 443})));
+        assert_valid(with(seed(), "/port", json!({"number": 443, "port": 443})));
+        assert_rejected(
+            with(seed(), "/port", json!({"number": 443, "port": 8443})),
+            "spec.port",
+            "keep only spec.port.number",
+        );
+        assert_rejected(with(seed(), "/port", json!({})), "spec.port", "spec.port.number");
+        assert_rejected(with(seed(), "/port", json!({"number": 0})), "spec.port.number", "between 1 and 65535");
+        assert_eq!(spec(with(seed(), "/port", json!({"number": 8443}))).port.value(), Some(8443));
+    }
+
+    #[test]
+    fn endpoint_selector_type() {
+        assert_valid(selector());
+        assert_valid(with(
+            selector(),
+            "/endpointSelector/matchLabels",
+            json!({"app.example.com/tier": "", "a": "b.c_d-e"}),
+        ));
+        assert_rejected(without(selector(), "/endpointSelector"), "spec.endpointSelector", "must be set");
+        assert_rejected(
+            with(selector(), "/externalHostname", json!({"hostname": "a.example.com"})),
+            "spec.externalHostname",
+            "must be unset",
+        );
+        assert_rejected(
+            with(seed(), "/endpointSelector", json!({"matchLabels": {"a": "b"}})),
+            "spec.endpointSelector",
+            "must be unset",
+        );
+        let labels = |l: serde_json::Value| with(selector(), "/endpointSelector/matchLabels", l);
+        assert_rejected(labels(json!({})), "spec.endpointSelector.matchLabels", "1 to 64");
+        let many: serde_json::Map<_, _> = (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
+        assert_rejected(labels(json!(many)), "spec.endpointSelector.matchLabels", "1 to 64");
+        for key in ["-app", "Example.com/app", "/app", "a/", &"k".repeat(64)] {
+            assert_rejected(labels(json!({key: "v"})), "spec.endpointSelector.matchLabels", "key");
+        }
+        for value in ["-web", "web_", &"v".repeat(64), "a b"] {
+            assert_rejected(labels(json!({"app": value})), "spec.endpointSelector.matchLabels[app]", "value");
+        }
+        // Guardrails are about hostnames: an EndpointSelector is judged by the API rules alone.
+        assert_eq!(accepted_verdict(Ok(&spec(selector())), &Policy::default()), conditions::accepted());
+    }
+
+    #[test]
+    fn session_persistence() {
+        let persist = |p: serde_json::Value| with(selector(), "/sessionPersistence", p);
+        assert_valid(persist(json!({"cookie": {"name": "session", "path": "/"}})));
+        assert_valid(persist(json!({"type": "Header", "header": {"name": "x-session"}})));
+        assert_valid(persist(json!({"absoluteTimeout": "1h30m", "cookie": {"lifetimeType": "Permanent"}})));
+        let field = "spec.sessionPersistence";
+        assert_rejected(with(seed(), "/sessionPersistence", json!({"cookie": {}})), field, "must be unset");
+        assert_rejected(persist(json!({})), &format!("{field}.cookie"), "must be set");
+        assert_rejected(persist(json!({"type": "Header"})), &format!("{field}.header"), "must be set");
+        assert_rejected(
+            persist(json!({"type": "Header", "header": {"name": "x"}, "cookie": {}})),
+            &format!("{field}.cookie"),
+            "must be unset",
+        );
+        assert_rejected(
+            persist(json!({"cookie": {"lifetimeType": "Permanent"}})),
+            &format!("{field}.absoluteTimeout"),
+            "must be set",
+        );
+        for bad in ["1d", "", "123456s", "1h1h1h1h1h", "h"] {
+            assert_rejected(
+                persist(json!({"absoluteTimeout": bad, "cookie": {}})),
+                &format!("{field}.absoluteTimeout"),
+                "duration",
+            );
+        }
+        assert_rejected(persist(json!({"cookie": {"name": "a b"}})), &format!("{field}.cookie.name"), "HTTP token");
+    }
+
+    #[test]
+    fn protocols_and_tls() {
+        let tls_on = seed()["tls"].clone();
+        let proto = |p: &str, tls: Option<serde_json::Value>| {
+            let v = with(seed(), "/protocol", json!(p));
+            match tls {
+                Some(tls) => with(v, "/tls", tls),
+                None => without(v, "/tls"),
+            }
+        };
+        for p in ["GRPC", "WSS", "HTTP2", "HTTP", "HTTP11", "TCP", "MCP"] {
+            assert_valid(proto(p, Some(tls_on.clone())));
+        }
+        assert_valid(proto("H2C", None));
+        assert_valid(proto("H2C", Some(json!({"mode": "None"}))));
+        assert_rejected(proto("H2C", Some(tls_on.clone())), "spec.protocol", "H2C");
+        for p in ["HTTP2", "WSS"] {
+            assert_rejected(proto(p, None), "spec.protocol", "needs spec.tls");
+            assert_rejected(proto(p, Some(json!({"mode": "None"}))), "spec.protocol", "needs spec.tls");
+        }
+        assert_rejected(with(seed(), "/tls", json!({"mode": "ServerOnly"})), "spec.tls.validation", "must be set");
+        assert_rejected(with(seed(), "/tls/mode", json!("None")), "spec.tls.validation", "must be unset");
     }
 }

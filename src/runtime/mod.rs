@@ -126,7 +126,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let identity = identity();
 
     let mut sync_names: Vec<&'static str> = resources.others.iter().map(|(k, _)| watch::kind_name(*k)).collect();
-    sync_names.extend(["XBackend", "Secret", "ConfigMap", "CustomResourceDefinition"]);
+    sync_names.extend(["XBackend", "Secret", "ConfigMap", "Pod", "CustomResourceDefinition"]);
     let metrics = Arc::new(Metrics::default());
     let state = Arc::new(State::new(&args.controller_name, metrics.clone(), Synced::new(sync_names)));
     let queue = Arc::new(Queue::default());
@@ -161,6 +161,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     }
     tasks.spawn(watch::watch_refs(feeds.clone(), RefKind::Secret));
     tasks.spawn(watch::watch_refs(feeds.clone(), RefKind::ConfigMap));
+    tasks.spawn(watch::watch_pods(feeds.clone()));
 
     let election = if args.leader_election_enabled() {
         let namespace = args.leader_election_namespace.clone().unwrap_or(default_namespace);

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject};
 use kube::core::PartialObjectMeta;
@@ -31,6 +31,7 @@ pub fn kind_name(kind: Kind) -> &'static str {
         Kind::GatewayClass => "GatewayClass",
         Kind::ReferenceGrant => "ReferenceGrant",
         Kind::XBackend => "XBackend",
+        Kind::Pod => "Pod",
     }
 }
 
@@ -175,6 +176,48 @@ pub async fn watch_refs(shared: Feeds, kind: RefKind) {
             }
             Event::Init | Event::InitApply(_) => {}
         }
+    }
+}
+
+/// Finished Pods never receive traffic; the apiserver filters them out, and a
+/// Pod that finishes leaves the watch as a deletion.
+const LIVE_PODS: &str = "status.phase!=Succeeded,status.phase!=Failed";
+
+/// Watches Pod metadata (labels) for EndpointSelector XBackends: metadata only,
+/// so memory stays small with many unrelated Pods.
+pub async fn watch_pods(shared: Feeds) {
+    let name = kind_name(Kind::Pod);
+    let api = Api::<PartialObjectMeta<Pod>>::all(shared.client.clone());
+    let mut stream = watcher::watcher(api, config().fields(LIVE_PODS)).default_backoff().boxed();
+    let mut seen: BTreeSet<ObjectRef> = BTreeSet::new();
+    let decode_pod = |pod: &PartialObjectMeta<Pod>| {
+        let value = serde_json::json!({"metadata": &pod.metadata});
+        decode::decode(Kind::Pod, &value).ok()
+    };
+    while let Some(event) = stream.next().await {
+        let Some(event) = counted(&shared, name, event) else { continue };
+        let affected = match event {
+            Event::Init => {
+                seen.clear();
+                continue;
+            }
+            Event::InitApply(pod) | Event::Apply(pod) => {
+                let Some((key, object)) = decode_pod(&pod) else { continue };
+                seen.insert(key.clone());
+                shared.state.apply(key, object)
+            }
+            Event::Delete(pod) => {
+                let key = ObjectRef::new(pod.namespace().unwrap_or_default(), pod.name_any());
+                shared.state.delete(Kind::Pod, &key)
+            }
+            Event::InitDone => {
+                let affected = shared.state.retain(Kind::Pod, &seen);
+                shared.state.synced.mark(name);
+                info!(kind = name, "watch synced");
+                affected
+            }
+        };
+        shared.queue.extend(affected);
     }
 }
 

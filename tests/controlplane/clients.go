@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -82,26 +84,69 @@ func (c *clients) waitNamespace(ctx context.Context, name string) error {
 	})
 }
 
-// gatewayAPICRDDir finds config/crd/<channel> of the pinned gateway-api module
-// in the module cache: the build downloaded it, so no copy lives in this repo.
-func gatewayAPICRDDir(channel string) (string, error) {
-	cache := os.Getenv("GOMODCACHE")
-	if cache == "" {
-		gopath := os.Getenv("GOPATH")
-		if gopath == "" {
-			home, err := os.UserHomeDir()
-			if err != nil {
-				return "", err
-			}
-			gopath = filepath.Join(home, "go")
-		}
-		cache = filepath.Join(strings.Split(gopath, string(os.PathListSeparator))[0], "pkg", "mod")
-	}
-	dir := filepath.Join(cache, "sigs.k8s.io", "gateway-api@"+consts.BundleVersion, "config", "crd", channel)
+// gatewayAPIVersions are the releases whose CRDs --gateway-api-version can
+// install. v1.6.3 is the module this program requires; v1.7.0's go.mod asks
+// for a newer Go than this module builds with, so its files are only read.
+var gatewayAPIVersions = []string{consts.BundleVersion, "v1.7.0"}
+
+// gatewayAPICRDDir finds config/crd/<channel> of gateway-api@version in the
+// module cache, downloading the module's files there when they are missing
+// (files only: nothing of v1.7.0 is built), so no copy of upstream YAML lives
+// in this repo.
+func gatewayAPICRDDir(version, channel string) (string, error) {
+	module := "sigs.k8s.io/gateway-api@" + version
+	dir := filepath.Join(moduleCache(), "sigs.k8s.io", "gateway-api@"+version)
 	if _, err := os.Stat(dir); err != nil {
-		return "", fmt.Errorf("Gateway API %s CRDs not found (run `go mod download sigs.k8s.io/gateway-api` in tests/controlplane, or pass --gateway-api-crd-dir): %w", consts.BundleVersion, err)
+		if dir, err = downloadModule(module); err != nil {
+			return "", fmt.Errorf("Gateway API %s CRDs not found and `go mod download %s` failed (or pass --gateway-api-crd-dir): %w", version, module, err)
+		}
 	}
-	return dir, nil
+	crds := filepath.Join(dir, "config", "crd", channel)
+	if _, err := os.Stat(crds); err != nil {
+		return "", fmt.Errorf("Gateway API %s has no %s channel: %w", version, channel, err)
+	}
+	return crds, nil
+}
+
+func moduleCache() string {
+	if cache := os.Getenv("GOMODCACHE"); cache != "" {
+		return cache
+	}
+	gopath := os.Getenv("GOPATH")
+	if gopath == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return ""
+		}
+		gopath = filepath.Join(home, "go")
+	}
+	return filepath.Join(strings.Split(gopath, string(os.PathListSeparator))[0], "pkg", "mod")
+}
+
+// moduleToolchain is the Go that `go mod download` runs as: gateway-api v1.7.0
+// declares go 1.27, and an older go refuses to report the module it has just
+// unpacked. The go command fetches this toolchain from the module proxy once.
+const moduleToolchain = "go1.27.3"
+
+// downloadModule runs `go mod download -json` outside any module and returns
+// the module's folder.
+func downloadModule(module string) (string, error) {
+	cmd := exec.Command("go", "mod", "download", "-json", module)
+	cmd.Dir = os.TempDir()
+	cmd.Env = append(os.Environ(), "GOTOOLCHAIN="+moduleToolchain, "GOFLAGS=-modcacherw")
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", err
+	}
+	var info struct{ Dir, Error string }
+	if err := json.Unmarshal(out, &info); err != nil {
+		return "", fmt.Errorf("reading `go mod download -json` output: %w", err)
+	}
+	if info.Error != "" {
+		return "", errors.New(info.Error)
+	}
+	return info.Dir, nil
 }
 
 // installCRDs creates (or, on a restarted folder, updates) every CRD in dir

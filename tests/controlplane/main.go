@@ -9,11 +9,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"k8s.io/kubernetes/cmd/kube-apiserver/app"
+	"sigs.k8s.io/gateway-api/pkg/consts"
 )
 
 func main() {
@@ -26,6 +29,7 @@ func main() {
 type options struct {
 	dir            string
 	channel        string
+	version        string
 	port           int
 	crdDir         string
 	noFsync        bool
@@ -38,6 +42,7 @@ func parseFlags() (options, error) {
 	fs := flag.NewFlagSet("controlplane", flag.ContinueOnError)
 	fs.StringVar(&o.dir, "dir", "", "state folder: etcd data, certificates, kubeconfig (reused on restart)")
 	fs.StringVar(&o.channel, "gateway-api-channel", "standard", "Gateway API CRDs to install: standard, experimental or none")
+	fs.StringVar(&o.version, "gateway-api-version", consts.BundleVersion, "Gateway API release whose CRDs to install: "+strings.Join(gatewayAPIVersions, " or "))
 	fs.IntVar(&o.port, "port", 0, "kube-apiserver port on 127.0.0.1 (0: the port saved in --dir, else a free one)")
 	fs.StringVar(&o.crdDir, "gateway-api-crd-dir", "", "read Gateway API CRDs from this folder instead of the pinned module")
 	fs.BoolVar(&o.noFsync, "unsafe-no-fsync", false, "etcd skips fsync (faster, loses data on power loss)")
@@ -53,6 +58,9 @@ func parseFlags() (options, error) {
 	case "standard", "experimental", "none":
 	default:
 		return o, fmt.Errorf("--gateway-api-channel must be standard, experimental or none, not %q", o.channel)
+	}
+	if !slices.Contains(gatewayAPIVersions, o.version) {
+		return o, fmt.Errorf("--gateway-api-version must be %s, not %q", strings.Join(gatewayAPIVersions, " or "), o.version)
 	}
 	abs, err := filepath.Abs(o.dir)
 	if err != nil {
@@ -170,7 +178,7 @@ func setup(ctx context.Context, o options, host string, pki pkiFiles, kubeconfig
 	if o.channel != "none" {
 		dir := o.crdDir
 		if dir == "" {
-			if dir, err = gatewayAPICRDDir(o.channel); err != nil {
+			if dir, err = gatewayAPICRDDir(o.version, o.channel); err != nil {
 				return err
 			}
 		}

@@ -22,16 +22,21 @@ pub const CRD_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/xbackends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Channel {
     Standard,
+    /// Gateway API v1.6.3's experimental channel (XBackend with `status.parents`).
     Experimental,
+    /// Gateway API v1.7.0's experimental channel (XBackend with `port.number`,
+    /// EndpointSelector and `status.ancestors`).
+    ExperimentalV17,
     None,
 }
 
 impl Channel {
-    fn flag(self) -> &'static str {
+    fn args(self) -> &'static [&'static str] {
         match self {
-            Channel::Standard => "standard",
-            Channel::Experimental => "experimental",
-            Channel::None => "none",
+            Channel::Standard => &["--gateway-api-channel", "standard"],
+            Channel::Experimental => &["--gateway-api-channel", "experimental"],
+            Channel::ExperimentalV17 => &["--gateway-api-channel", "experimental", "--gateway-api-version", "v1.7.0"],
+            Channel::None => &["--gateway-api-channel", "none"],
         }
     }
 }
@@ -60,8 +65,7 @@ impl ControlPlane {
         let mut child = Command::new(&bin)
             .arg("--dir")
             .arg(dir.join("state"))
-            .arg("--gateway-api-channel")
-            .arg(channel.flag())
+            .args(channel.args())
             // Test data is thrown away; fsync only slows the suite.
             .arg("--unsafe-no-fsync")
             // Dies with this test binary even when it exits without cleanup.
@@ -544,11 +548,7 @@ fn spawn_controlplane(dir: &Path, opts: ControlPlaneOpts) -> (Child, PathBuf) {
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("open log");
     writeln!(log, "---- start (fsync: {}) ----", opts.fsync).ok();
     let mut cmd = Command::new(&bin);
-    cmd.arg("--dir")
-        .arg(dir.join("state"))
-        .arg("--gateway-api-channel")
-        .arg(opts.channel.flag())
-        .arg("--exit-with-parent");
+    cmd.arg("--dir").arg(dir.join("state")).args(opts.channel.args()).arg("--exit-with-parent");
     if !opts.fsync {
         cmd.arg("--unsafe-no-fsync");
     }
