@@ -176,3 +176,65 @@ pub fn plan(snapshot: &Snapshot, fetched: &Fetched, policy: &Policy, controller_
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{BackendPort, BackendType, ExternalHostnameBackend, XBackendSpec};
+    use crate::validate::PolicyConfig;
+    use serde_json::json;
+
+    const OURS: &str = "example.com/xbackend-controller";
+
+    fn snapshot(status: Value, ancestors: &[&str]) -> Snapshot {
+        let spec = XBackendSpec {
+            type_: BackendType::ExternalHostname,
+            port: BackendPort { port: Some(443), ..BackendPort::default() },
+            external_hostname: Some(ExternalHostnameBackend { hostname: "api.example.com".into() }),
+            endpoint_selector: None,
+            session_persistence: None,
+            protocol: None,
+            tls: None,
+        };
+        let mut backend = Backend::new(3, Ok(spec));
+        backend.uid = "u".into();
+        backend.resource_version = "42".into();
+        backend.status = status;
+        Snapshot {
+            key: ObjectRef::new("app", "b"),
+            backend,
+            ancestors: ancestors.iter().map(|g| ObjectRef::new("infra", *g)).collect(),
+            grants: vec![],
+            has_matching_pod: false,
+            shape: Shape::Ancestors,
+        }
+    }
+
+    fn run(s: &Snapshot, now: &str) -> Plan {
+        plan(s, &Fetched::default(), &Policy::new(PolicyConfig::default()).unwrap(), OURS, now)
+    }
+
+    #[test]
+    fn a_plan_patches_with_the_snapshot_version_and_then_has_nothing_to_do() {
+        let first = run(&snapshot(Value::Null, &["gw"]), "2030-01-01T00:00:00Z");
+        let patch = first.patch.expect("a new entry is written");
+        assert_eq!(patch["metadata"]["resourceVersion"], "42", "the precondition is the snapshot's version");
+        let list = &patch["status"]["ancestors"];
+        assert_eq!(list.as_array().unwrap().len(), 1);
+        assert_eq!(list[0]["conditions"][0]["observedGeneration"], 3);
+        assert!(first.verdicts.accepted.status);
+        assert_eq!(first.events.len(), 1, "no TLS: an Insecure warning");
+
+        // The stored status now holds that list: a later plan writes nothing.
+        let again = run(&snapshot(json!({"ancestors": list}), &["gw"]), "2031-01-01T00:00:00Z");
+        assert_eq!(again.patch, None);
+        assert_eq!(again.events, first.events, "the same Events (the state decides whether to record them)");
+    }
+
+    #[test]
+    fn losing_every_ancestor_patches_the_list_to_null_keeping_nothing_of_ours() {
+        let stored = run(&snapshot(Value::Null, &["gw"]), "2030-01-01T00:00:00Z").patch.unwrap();
+        let gone = run(&snapshot(stored["status"].clone(), &[]), "2030-01-01T00:00:00Z");
+        assert_eq!(gone.patch.unwrap()["status"]["ancestors"], Value::Null);
+    }
+}
