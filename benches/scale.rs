@@ -12,7 +12,8 @@
 //!            periodic resync (every RESYNC_SECS here) must write nothing
 //!   restart  a new controller process must write nothing
 //!   reaction one Gateway moves to a foreign controller's class: N/10 entries go
-//!   rss      VmHWM at N, then with 10,000 extra unrelated 4 KiB Secrets
+//!   rss      VmHWM at N, then with 10,000 extra unrelated 4 KiB Secrets, then
+//!            with 10,000 unrelated Pods as well
 //!
 //! Not a test: `test = false` in Cargo.toml, and without `--bench` (which only
 //! `cargo bench` passes) it exits at once.
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
@@ -45,6 +46,8 @@ const CONCURRENCY: usize = 16;
 /// Requests in flight while creating objects.
 const CREATE_IN_FLIGHT: usize = 32;
 const SECRETS: usize = 10_000;
+/// Unrelated Pods (no XBackend selects them), watched by metadata for EndpointSelector backends.
+const PODS: usize = 10_000;
 const IDLE: Duration = Duration::from_secs(60);
 /// --resync-interval for the benchmark: short enough that the idle phase sees
 /// at least one periodic resync, long enough to stay out of a cold start.
@@ -353,7 +356,11 @@ async fn run(n: usize, fsync: bool) {
     // ---- setup
     let t = Instant::now();
     let namespaces = Api::<Namespace>::all(client.clone());
-    for ns in (0..NAMESPACES).map(|i| format!("bench-{i}")).chain([GW_NS.to_string(), "bench-secrets".to_string()]) {
+    for ns in (0..NAMESPACES).map(|i| format!("bench-{i}")).chain([
+        GW_NS.to_string(),
+        "bench-secrets".to_string(),
+        "bench-pods".to_string(),
+    ]) {
         namespaces
             .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap())
             .await
@@ -658,8 +665,51 @@ async fn run(n: usize, fsync: bool) {
         format!("{SECRETS} Secrets of 4 KiB created in {secrets_took:.1?}; to all {n} reconciled"),
     ));
     drop(ctl);
+
+    // ---- 10,000 unrelated Pods (labels like a Deployment's), then a fresh process again.
+    let t = Instant::now();
+    let pods = Api::<Pod>::namespaced(client.clone(), "bench-pods");
+    stream::iter(0..PODS)
+        .map(|i| {
+            let pods = pods.clone();
+            async move {
+                let pod: Pod = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("unrelated-{i}"), "labels": {
+                        "app": format!("app-{}", i % 100), "pod-template-hash": format!("{:010x}", i * 7919)
+                    }},
+                    "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}
+                }))
+                .expect("pod");
+                pods.create(&PostParams::default(), &pod).await.expect("pod")
+            }
+        })
+        .buffer_unordered(CREATE_IN_FLIGHT)
+        .collect::<Vec<_>>()
+        .await;
+    let pods_took = t.elapsed();
+    let before = cpu(&cp, None);
+    let started = Instant::now();
+    let ctl = start_controller(&cp);
+    wait_metric(&ctl, "xbackend_reconciles_total", Duration::from_secs(300), |r| r >= n as f64)
+        .await
+        .expect("reconciles all");
+    let with_pods_wall = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = cpu(&cp, Some(&ctl));
+    let rss_pods = ctl.peak_rss_kib().unwrap_or(0);
+    let pods_writes = metric(&ctl, "xbackend_status_writes_total");
+    rows.push(row(
+        "restart+pods",
+        with_pods_wall,
+        pods_writes,
+        &before,
+        &after,
+        format!("{PODS} Pods created in {pods_took:.1?}; to all {n} reconciled"),
+    ));
+    drop(ctl);
     watch.abort();
     let delta = rss_secrets as f64 - rss_restart as f64;
+    let pods_delta = rss_pods as f64 - rss_secrets as f64;
 
     // ---- report
     println!();
@@ -701,6 +751,11 @@ async fn run(n: usize, fsync: bool) {
         mib(rss_secrets)
     );
     println!("| RSS growth with {SECRETS} Secrets (fresh process) | {:.1} MiB | < 10 MiB |", delta / 1024.0);
+    println!(
+        "| RSS growth with {PODS} unrelated Pods (fresh process; VmHWM {:.1} MiB) | {:.1} MiB | < 10 MiB |",
+        mib(rss_pods),
+        pods_delta / 1024.0
+    );
     println!(
         "| live process while they were created: VmRSS {:.1} -> {:.1} MiB, VmHWM {:.1} MiB | | |",
         mib(rss_live_before),

@@ -143,7 +143,7 @@ pub fn resolve_refs(
     {
         let labels: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
         return conditions::no_matching_pods(format!(
-            "spec.endpointSelector.matchLabels ({}) selects no running Pod in namespace {}; create Pods with these labels or fix the selector.",
+            "spec.endpointSelector.matchLabels ({}) selects no live Pod in namespace {} (finished Pods and Pods being deleted do not count); create Pods with these labels or fix the selector.",
             labels.join(","),
             key.namespace
         ));

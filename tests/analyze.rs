@@ -29,6 +29,7 @@ const BAD_CLIENT_CERT: &str = "ResolvedRefs=False (InvalidClientCertificateRef)"
 const BAD_CA: &str = "ResolvedRefs=False (InvalidCACertificateRef)";
 const BAD_KIND: &str = "ResolvedRefs=False (InvalidKind)";
 const NOT_PERMITTED: &str = "ResolvedRefs=False (RefNotPermitted)";
+const NO_PODS: &str = "ResolvedRefs=False (NoMatchingPods)";
 
 fn cases_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/analyze")
@@ -535,6 +536,18 @@ golden_runs! {
         verdicts: &[("default/exported", 2, OK, BAD_CA)],
         says: &[],
     };
+    gateway_api_v1_7: Run {
+        name: "v17", dir: "v17", args: &["-f", "bundle.yaml"], stdin: None, exit: 3,
+        verdicts: &[
+            ("default/batch", 1, OK, NO_PODS),
+            ("default/h2c-with-tls", 1, INVALID, REFS_OK),
+            ("default/ports-differ", 1, INVALID, REFS_OK),
+            ("default/v16-port", 1, OK, REFS_OK),
+            ("default/v17-number", 1, OK, REFS_OK),
+            ("default/web", 1, OK, REFS_OK),
+        ],
+        says: &["keep only spec.port.number", "spec.protocol is H2C", "app=batch"],
+    };
     live_bundle: Run {
         name: "live", dir: "live",
         args: &["-f", "bundle.yaml", "--controller-name", "example.com/xbackend-live", "--require-tls", "--cluster-domain", "corp.internal", "--deny-hostname", "*.blocked.example"],
@@ -555,6 +568,9 @@ golden_runs! {
             ("ns-app/mtls-ok", 2, OK, REFS_OK),
             ("ns-app/ok", 2, OK, REFS_OK),
             ("ns-app/orphan", 0, NOT_ALLOWED, REFS_OK),
+            ("ns-app/pods-none", 2, OK, NO_PODS),
+            ("ns-app/pods-ok", 2, OK, REFS_OK),
+            ("ns-app/v17-number", 2, OK, REFS_OK),
         ],
         says: &[],
     };
@@ -789,10 +805,11 @@ async fn analyze_and_controller_agree() {
         "InvalidCACertificateRef",
         "InvalidKind",
         "RefNotPermitted",
+        "NoMatchingPods",
     ] {
         assert!(reasons.contains(reason), "analyze output lacks {reason}: {offline:#?}");
     }
-    assert_eq!(offline.len(), 15);
+    assert_eq!(offline.len(), 18);
     assert_eq!(offline["orphan"], vec![]);
     for (name, entries) in offline.iter().filter(|(n, _)| *n != "orphan") {
         let gateways: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();

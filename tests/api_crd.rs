@@ -166,7 +166,17 @@ fn cases() -> Vec<Case> {
             set(seed(), "/port/name", json!("Bad_Name")),
             Reject(&["spec.port.name", "DNS label"]),
         ),
-        case("protocol-grpc", set(seed(), "/protocol", json!("GRPC")), Reject(&["spec.protocol", "Unsupported value"])),
+        case(
+            "protocol-http3",
+            set(seed(), "/protocol", json!("HTTP3")),
+            Reject(&["spec.protocol", "Unsupported value"]),
+        ),
+        case(
+            "protocol-h2c-over-tls",
+            set(seed(), "/protocol", json!("H2C")),
+            Reject(&["protocol H2C is HTTP/2 in clear text"]),
+        ),
+        case("protocol-h2c-clear", set(unset(seed(), "/tls"), "/protocol", json!("H2C")), Accept),
         case(
             "client-and-server-without-ref",
             mtls.clone(),
@@ -228,7 +238,8 @@ fn cases() -> Vec<Case> {
             Reject(&["subjectAltNames", "must have at most 5 items"]),
         ),
     ];
-    for protocol in ["TCP", "HTTP", "HTTP2", "HTTP11", "H2C", "MCP"] {
+    // The seed has TLS, which H2C excludes (tested above).
+    for protocol in ["TCP", "HTTP", "HTTP2", "HTTP11", "MCP", "GRPC", "WSS"] {
         cases.push(Case { name: "protocol", spec: set(seed(), "/protocol", json!(protocol)), expect: Accept });
     }
     cases

@@ -785,6 +785,8 @@ async fn chart_service_account_is_allowed_exactly_what_the_controller_needs() {
         ask("get", "", "secrets", "", o, "client-cert"),
         ask("get", "", "configmaps", "", o, "ca"),
         ask("watch", "", "configmaps", "", None, ""),
+        ask("list", "", "pods", "", None, ""),
+        ask("watch", "", "pods", "", None, ""),
         ask("list", "apiextensions.k8s.io", "customresourcedefinitions", "", None, crd),
         ask("watch", "apiextensions.k8s.io", "customresourcedefinitions", "", None, crd),
         ask("create", "events.k8s.io", "events", "", o, ""),

@@ -494,3 +494,75 @@ async fn grpc_routes_make_ancestors_like_http_routes() {
         .unwrap();
     wait_for_xbackend(&api, "b", "no entries", |o| entries_of(o, "ancestors", &gw.controller_name).is_empty()).await;
 }
+
+/// Gateway API v1.7 objects on our CRD: both port shapes, EndpointSelector
+/// following its Pods, and one Port printer column for either shape.
+#[tokio::test]
+async fn v1_7_shapes_on_our_crd() {
+    let (cp, client, ns, gw) = setup("v17-ours", &["gw"]).await;
+    let backend = |name: &str, port: &str| {
+        format!(
+            "---\napiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackend\nmetadata: {{name: {name}}}\nspec:\n  type: ExternalHostname\n  port: {port}\n  externalHostname: {{hostname: api.example.com}}\n  tls:\n    mode: ServerOnly\n    validation: {{hostname: api.example.com, wellKnownCACertificates: System}}\n"
+        )
+    };
+    let selector = "---\napiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackend\nmetadata: {name: pods}\nspec:\n  type: EndpointSelector\n  port: {number: 8080}\n  endpointSelector: {matchLabels: {app: web}}\n";
+    let mut yaml = format!("{}{}{selector}", backend("v17", "{number: 8443}"), backend("v16", "{port: 443}"));
+    for name in ["v17", "v16", "pods"] {
+        yaml.push_str(&route_yaml(name, &["gw"], name));
+    }
+    apply_yaml(&client, Some(&ns), &yaml).await;
+
+    let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name]);
+    ctl.wait_ready().await;
+    let api = xbackend_api(&client, &ns);
+    let accepted = cond("Accepted", "True", "Accepted");
+    for name in ["v17", "v16"] {
+        wait_conditions(
+            &api,
+            name,
+            &gw.controller_name,
+            vec![accepted.clone(), cond("ResolvedRefs", "True", "ResolvedRefs")],
+        )
+        .await;
+    }
+    wait_conditions(
+        &api,
+        "pods",
+        &gw.controller_name,
+        vec![accepted.clone(), cond("ResolvedRefs", "False", "NoMatchingPods")],
+    )
+    .await;
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: web-0, labels: {app: web}}\nspec:\n  containers: [{name: c, image: registry.k8s.io/pause:3.10}]\n";
+    apply_yaml(&client, Some(&ns), pod).await;
+    wait_conditions(
+        &api,
+        "pods",
+        &gw.controller_name,
+        vec![accepted.clone(), cond("ResolvedRefs", "True", "ResolvedRefs")],
+    )
+    .await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
+    pods.delete("web-0", &DeleteParams::default()).await.expect("delete web-0");
+    wait_conditions(&api, "pods", &gw.controller_name, vec![accepted, cond("ResolvedRefs", "False", "NoMatchingPods")])
+        .await;
+
+    // `kubectl get` shows the port whichever field holds it.
+    let table = std::process::Command::new("kubectl")
+        .args(["get", "xbackends", "-n", &ns])
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .output()
+        .expect("run kubectl");
+    assert!(table.status.success(), "{}", String::from_utf8_lossy(&table.stderr));
+    let table = String::from_utf8_lossy(&table.stdout);
+    // Columns are aligned under their headers; cells may be empty.
+    let header = table.lines().next().unwrap_or_default();
+    let (start, end) = (header.find("PORT").expect("PORT column"), header.find("PROTOCOL").expect("PROTOCOL column"));
+    let port_of = |name: &str| -> String {
+        let row =
+            table.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name} in\n{table}"));
+        row.get(start..end).unwrap_or_default().trim().to_string()
+    };
+    assert_eq!(port_of("v17"), "8443", "{table}");
+    assert_eq!(port_of("v16"), "443", "{table}");
+    assert_eq!(port_of("pods"), "8080", "{table}");
+}
