@@ -53,10 +53,13 @@ const DENIED_V6: &[(&str, &str)] = &[
 /// Forms that carry an IPv4 address in their last 32 bits.
 const EMBEDDING_V6: &[(&str, &str)] = &[("::ffff:0:0/96", "IPv4-mapped"), ("64:ff9b::/96", "NAT64")];
 
-/// --deny-cidr and --allow-cidr on top of the built-in ranges.
+/// --deny-cidr, the cluster's Service ranges and --allow-cidr on top of the
+/// built-in ranges.
 #[derive(Clone, Debug, Default)]
 pub struct AddressPolicy {
     deny: Vec<IpNet>,
+    /// ServiceCIDR ranges read from the cluster, with the object's name.
+    services: Vec<(IpNet, String)>,
     allow: Vec<IpNet>,
 }
 
@@ -75,7 +78,23 @@ impl AddressPolicy {
                 })
                 .collect()
         };
-        Ok(AddressPolicy { deny: parse("--deny-cidr", deny)?, allow: parse("--allow-cidr", allow)? })
+        Ok(AddressPolicy {
+            deny: parse("--deny-cidr", deny)?,
+            services: Vec::new(),
+            allow: parse("--allow-cidr", allow)?,
+        })
+    }
+
+    /// Adds the cluster's Service ranges (ServiceCIDR `name`), denied like
+    /// --deny-cidr; values that do not parse are skipped.
+    pub fn deny_service_cidrs(&mut self, name: &str, cidrs: &[String]) {
+        let nets = cidrs.iter().filter_map(|c| c.trim().parse::<IpNet>().ok());
+        self.services.extend(nets.map(|n| (n.trunc(), name.to_string())));
+    }
+
+    /// The Service ranges found in the cluster, for the start-up log.
+    pub fn service_cidrs(&self) -> Vec<String> {
+        self.services.iter().map(|(net, _)| net.to_string()).collect()
     }
 }
 
@@ -84,6 +103,9 @@ impl AddressPolicy {
 pub fn denied(ip: IpAddr, policy: &AddressPolicy) -> Option<(String, String)> {
     if let Some(net) = policy.deny.iter().find(|n| n.contains(&ip)) {
         return Some((net.to_string(), "denied by --deny-cidr".into()));
+    }
+    if let Some((net, name)) = policy.services.iter().find(|(n, _)| n.contains(&ip)) {
+        return Some((net.to_string(), format!("the cluster's Service range, ServiceCIDR {name}")));
     }
     if policy.allow.iter().any(|n| n.contains(&ip)) {
         return None;
@@ -262,6 +284,17 @@ mod tests {
         assert!(d("fd12::1").is_none());
         assert!(d("127.0.0.1").is_some());
         assert!(AddressPolicy::new(&["nope".into()], &[]).is_err());
+        // The cluster's Service range is denied even inside an allowed range.
+        let mut p = AddressPolicy::new(&[], &["10.0.0.0/8".into()]).unwrap();
+        p.deny_service_cidrs("kubernetes", &["10.96.0.0/16".into(), "fd00:10:96::/112".into(), "junk".into()]);
+        let (range, what) = denied("10.96.0.10".parse().unwrap(), &p).unwrap();
+        assert_eq!(
+            (range.as_str(), what.as_str()),
+            ("10.96.0.0/16", "the cluster's Service range, ServiceCIDR kubernetes")
+        );
+        assert!(denied("fd00:10:96::a".parse().unwrap(), &p).is_some());
+        assert!(denied("10.1.2.3".parse().unwrap(), &p).is_none());
+        assert_eq!(p.service_cidrs(), ["10.96.0.0/16", "fd00:10:96::/112"]);
         assert_eq!(AddressPolicy::new(&["10.9.9.9".into()], &[]).unwrap().deny[0].to_string(), "10.9.9.9/32");
     }
 }

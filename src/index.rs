@@ -123,8 +123,18 @@ pub fn external_hostname(spec: &XBackendSpec) -> Option<String> {
 
 /// matchLabels semantics: every selector label is on the Pod. An empty
 /// selector selects nothing here (validation rejects it anyway).
-fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    !selector.is_empty() && selector.iter().all(|(key, value)| labels.get(key) == Some(value))
+fn selects(selector: &BTreeMap<String, String>, labels: &Labels) -> bool {
+    let get = |key: &str| labels.binary_search_by(|(k, _)| (**k).cmp(key)).ok().map(|i| &*labels[i].1);
+    !selector.is_empty() && selector.iter().all(|(key, value)| get(key) == Some(value.as_str()))
+}
+
+/// A Pod's labels, sorted by key, in one allocation per string: a BTreeMap
+/// costs a node of eleven slots even for the two labels most Pods carry, and
+/// the index keeps every live Pod of the cluster.
+type Labels = Box<[(Box<str>, Box<str>)]>;
+
+fn compact(labels: BTreeMap<String, String>) -> Labels {
+    labels.into_iter().map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str())).collect()
 }
 
 type RouteKey = (RouteKind, ObjectRef);
@@ -159,7 +169,7 @@ pub struct Index {
     backends_by_target_namespace: HashMap<String, BTreeSet<ObjectRef>>,
 
     /// Namespace -> live Pods' labels by Pod name.
-    pods: HashMap<String, HashMap<String, BTreeMap<String, String>>>,
+    pods: HashMap<String, HashMap<Box<str>, Labels>>,
     /// Namespace -> EndpointSelector XBackends in it (their selectors are in `backends`).
     selectors_by_namespace: HashMap<String, BTreeSet<ObjectRef>>,
 
@@ -309,7 +319,7 @@ impl Index {
             Kind::Pod => self
                 .pods
                 .iter()
-                .flat_map(|(namespace, pods)| pods.keys().map(move |name| ObjectRef::new(namespace, name)))
+                .flat_map(|(namespace, pods)| pods.keys().map(move |name| ObjectRef::new(namespace, &**name)))
                 .collect(),
         }
     }
@@ -368,8 +378,9 @@ impl Index {
         // The labels before and after: a backend that selects either is affected.
         let seen = match labels {
             Some(labels) => {
+                let labels = compact(labels);
                 let pods = self.pods.entry(key.namespace.clone()).or_default();
-                let old = pods.insert(key.name.clone(), labels.clone());
+                let old = pods.insert(key.name.as_str().into(), labels.clone());
                 if old.as_ref() == Some(&labels) {
                     return BTreeSet::new();
                 }
@@ -377,7 +388,7 @@ impl Index {
             }
             None => {
                 let Some(pods) = self.pods.get_mut(&key.namespace) else { return BTreeSet::new() };
-                let Some(old) = pods.remove(&key.name) else { return BTreeSet::new() };
+                let Some(old) = pods.remove(key.name.as_str()) else { return BTreeSet::new() };
                 if pods.is_empty() {
                     self.pods.remove(&key.namespace);
                 }

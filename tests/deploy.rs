@@ -794,6 +794,7 @@ async fn chart_service_account_is_allowed_exactly_what_the_controller_needs() {
         ask("watch", "", "pods", "", None, ""),
         ask("list", "", "namespaces", "", None, ""),
         ask("watch", "", "namespaces", "", None, ""),
+        ask("list", "networking.k8s.io", "servicecidrs", "", None, ""),
         ask("list", "apiextensions.k8s.io", "customresourcedefinitions", "", None, crd),
         ask("watch", "apiextensions.k8s.io", "customresourcedefinitions", "", None, crd),
         ask("create", "events.k8s.io", "events", "", o, ""),

@@ -188,3 +188,33 @@ async fn resolved_addresses_are_checked_and_rechecked_at_the_ttl() {
     let seen = seen.lock().unwrap().clone();
     assert!(!seen.is_empty() && seen.iter().all(|r| r == "AddressNotAllowed"), "Accepted reasons stored: {seen:?}");
 }
+
+#[tokio::test]
+async fn the_cluster_service_range_is_denied_even_inside_an_allowed_range() {
+    let cp = ControlPlane::shared(Channel::Standard);
+    let (client, ns) = cp.namespace("dns-service-cidr").await;
+    support::install_crd(&client).await;
+    let gw = TestGateway::create(&client, &ns, &["gw"]).await;
+    let dns = DnsServer::start().await;
+    // The test apiserver's ServiceCIDR `kubernetes` is 10.96.0.0/16.
+    dns.set("to-service.example.net", public("10.96.0.10"));
+    dns.set("egress-proxy.example.net", public("10.1.2.3"));
+    let yaml = [backend("to-service", "to-service.example.net"), backend("proxy", "egress-proxy.example.net")].concat();
+    apply_yaml(&client, Some(&ns), &yaml).await;
+    let server = dns.flag();
+    let args = [
+        "--controller-name",
+        &gw.controller_name,
+        "--dns-check",
+        "--dns-server",
+        &server,
+        "--allow-cidr",
+        "10.0.0.0/8",
+    ];
+    let ctl = Controller::start(&cp.kubeconfig, &args);
+    ctl.wait_ready().await;
+    let api = xbackend_api(&client, &ns);
+    wait_accepted(&api, "proxy", &gw.controller_name, "Accepted").await;
+    let message = wait_accepted(&api, "to-service", &gw.controller_name, "AddressNotAllowed").await;
+    assert!(message.contains("10.96.0.0/16") && message.contains("ServiceCIDR kubernetes"), "{message}");
+}

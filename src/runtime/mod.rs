@@ -118,8 +118,27 @@ fn identity() -> String {
     })
 }
 
+/// Denies the cluster's Service ranges (ServiceCIDR objects, Kubernetes 1.33+)
+/// as if given with --deny-cidr: a name resolving into them reaches a Service.
+/// Read once at start; a cluster without the API or the permission keeps the flags.
+async fn detect_service_cidrs(client: &Client, policy: &mut Policy) {
+    use k8s_openapi::api::networking::v1::ServiceCIDR;
+    let api: Api<ServiceCIDR> = Api::all(client.clone());
+    match tokio::time::timeout(reconcile::API_TIMEOUT, api.list(&Default::default())).await {
+        Ok(Ok(list)) => {
+            for object in list.items {
+                let cidrs = object.spec.and_then(|s| s.cidrs).unwrap_or_default();
+                policy.addresses.deny_service_cidrs(&object.metadata.name.unwrap_or_default(), &cidrs);
+            }
+            info!(service_cidrs = ?policy.addresses.service_cidrs(), "denying the cluster's Service ranges");
+        }
+        Ok(Err(e)) => info!(error = %e, "cannot read ServiceCIDRs; pass the Service range with --deny-cidr"),
+        Err(_) => info!("reading ServiceCIDRs timed out; pass the Service range with --deny-cidr"),
+    }
+}
+
 pub async fn run(args: RunArgs) -> Result<(), Error> {
-    let policy = Policy::new(args.policy.to_config()).map_err(Error::Usage)?;
+    let mut policy = Policy::new(args.policy.to_config()).map_err(Error::Usage)?;
     let mut config = kube::Config::infer().await?;
     config.read_timeout = Some(READ_TIMEOUT);
     // Count the read timeout from each request, not from when a pooled
@@ -128,6 +147,9 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let default_namespace = config.default_namespace.clone();
     let client = Client::try_from(config)?;
     let resources = discover(&client).await?;
+    if args.dns_check_enabled() {
+        detect_service_cidrs(&client, &mut policy).await;
+    }
     let identity = identity();
 
     let mut sync_names: Vec<&'static str> = resources.others.iter().map(|(k, _)| watch::kind_name(*k)).collect();
