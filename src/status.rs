@@ -1,7 +1,7 @@
 //! Pure status computation: verdicts for an XBackend, the entries this
 //! controller wants, and their merge into the stored (shared, atomic) list.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use serde_json::{Map, Value, json};
@@ -59,13 +59,18 @@ pub enum RefTarget {
     ConfigMap(ObjectRef),
 }
 
-/// Referenced objects as read; a target missing from the map does not exist.
+/// Referenced objects as read; a target missing from the map does not exist,
+/// unless it is `assumed`.
 #[derive(Clone, Debug, Default)]
 pub struct Fetched {
     pub secrets: BTreeMap<ObjectRef, Secret>,
     pub config_maps: BTreeMap<ObjectRef, ConfigMap>,
     /// The hostname's last DNS answer, when the DNS check has one.
     pub resolution: Option<std::sync::Arc<Resolution>>,
+    /// Targets that could not be read but count as present and valid:
+    /// `analyze --assume-refs-exist`, for objects made at run time. Never
+    /// set by `run`, which reads what is there.
+    pub assumed: BTreeSet<RefTarget>,
 }
 
 /// The Secrets and ConfigMaps `evaluate` will look at: only supported kinds,
@@ -151,6 +156,7 @@ pub fn resolve_refs(key: &ObjectRef, spec: &XBackendSpec, index: &Index, fetched
             ));
         }
         let problem = match fetched.secrets.get(&target) {
+            None if fetched.assumed.contains(&RefTarget::Secret(target.clone())) => None,
             None => Some("which does not exist".to_string()),
             Some(secret) => tls::check_client_certificate(secret)
                 .err()
@@ -172,6 +178,7 @@ pub fn resolve_refs(key: &ObjectRef, spec: &XBackendSpec, index: &Index, fetched
             ));
         }
         let problem = match fetched.config_maps.get(&target) {
+            None if fetched.assumed.contains(&RefTarget::ConfigMap(target.clone())) => None,
             None => Some("which does not exist".to_string()),
             Some(config_map) => tls::check_ca_bundle(config_map)
                 .err()
