@@ -349,6 +349,8 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
                 s(&["list", "watch"])
             ),
             (s(&[""]), s(&["secrets", "configmaps"]), s(&[]), s(&["get", "list", "watch"])),
+            (s(&[""]), s(&["pods"]), s(&[]), s(&["list", "watch"])),
+            (s(&[""]), s(&["namespaces"]), s(&[]), s(&["list", "watch"])),
             (
                 s(&["apiextensions.k8s.io"]),
                 s(&["customresourcedefinitions"]),
@@ -385,7 +387,7 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
             );
         }
     }
-    assert_eq!(rules_seen, 8, "six ClusterRole rules and two Role rules");
+    assert_eq!(rules_seen, 10, "eight ClusterRole rules and two Role rules");
     assert!(!source.contains("\"*\"") && !source.contains("['*']") && !source.contains("[*]"), "no wildcard in RBAC");
 }
 
