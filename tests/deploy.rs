@@ -583,8 +583,9 @@ fn static_binary() -> PathBuf {
 }
 
 /// A root folder like a container of the distroless static image: the
-/// binary, /etc/passwd with user nonroot (65532), /tmp, and the device nodes
-/// every OCI runtime creates (/dev/null, zero, random, urandom); nothing else
+/// binary, /etc/passwd with user nonroot (65532), /tmp, the /etc/resolv.conf
+/// and device nodes every OCI runtime provides (/dev/null, zero, random,
+/// urandom); nothing else
 /// (no libc, no shell). The devices matter: a static glibc binary has no
 /// dynamic `getrandom` symbol, so the getrandom crate reads /dev/urandom.
 fn distroless_like_root(bin: &Path) -> PathBuf {
@@ -603,6 +604,9 @@ fn distroless_like_root(bin: &Path) -> PathBuf {
     )
     .unwrap();
     std::fs::write(root.join("etc/group"), "root:x:0:\nnonroot:x:65532:\n").unwrap();
+    // Every container runtime mounts one (the kubelet's points at the cluster
+    // DNS); the DNS check reads it at start-up. Loopback only, as in all tests.
+    std::fs::write(root.join("etc/resolv.conf"), "nameserver 127.0.0.1\n").unwrap();
     std::fs::copy(bin, root.join("usr/local/bin/xbackend-controller")).unwrap();
     chmod(&root, 0o755);
     chmod(&root.join("tmp"), 0o1777);
@@ -1223,6 +1227,10 @@ async fn static_binary_runs_in_cluster_style_as_nonroot_in_an_empty_root() {
             &format!("127.0.0.1:{port}"),
             "--controller-name",
             "example.com/static-image",
+            // The DNS check stays on, as in the image, but asks a loopback
+            // port where nothing answers, never the machine's resolver.
+            "--dns-server",
+            &format!("127.0.0.1:{}", support::free_port()),
         ])
         .env_clear()
         .env("KUBERNETES_SERVICE_HOST", &server.0)
