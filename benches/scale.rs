@@ -8,7 +8,8 @@
 //!            sends) with the controller's concurrency: the physical limit
 //!   cold     controller start -> every XBackend has its correct status
 //!   idle     60 s: a forced resync (a label touched on every XBackend, then an
-//!            apiserver restart, which re-lists every watch) must write nothing
+//!            apiserver restart, which re-lists every watch) and the leader's
+//!            periodic resync (every RESYNC_SECS here) must write nothing
 //!   restart  a new controller process must write nothing
 //!   reaction one Gateway moves to a foreign controller's class: N/10 entries go
 //!   rss      VmHWM at N, then with 10,000 extra unrelated 4 KiB Secrets, then
@@ -48,6 +49,9 @@ const SECRETS: usize = 10_000;
 /// Unrelated Pods (no XBackend selects them), watched by metadata for EndpointSelector backends.
 const PODS: usize = 10_000;
 const IDLE: Duration = Duration::from_secs(60);
+/// --resync-interval for the benchmark: short enough that the idle phase sees
+/// at least one periodic resync, long enough to stay out of a cold start.
+const RESYNC_SECS: &str = "40";
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -286,7 +290,15 @@ const DNS_TTL: u32 = 30;
 
 fn start_controller(cp: &ControlPlane) -> Controller {
     let concurrency = CONCURRENCY.to_string();
-    let mut args = vec!["--no-leader-election", "--controller-name", CONTROLLER, "--concurrency", &concurrency];
+    let mut args = vec![
+        "--no-leader-election",
+        "--controller-name",
+        CONTROLLER,
+        "--concurrency",
+        &concurrency,
+        "--resync-interval",
+        RESYNC_SECS,
+    ];
     if let Some(Some(server)) = DNS_SERVER.get() {
         args.extend(["--dns-check", "--dns-server", server]);
     }
@@ -545,6 +557,16 @@ async fn run(n: usize, fsync: bool) {
     if let Some(rest) = IDLE.checked_sub(idle_start.elapsed()) {
         tokio::time::sleep(rest).await;
     }
+    // At least one periodic resync inside the phase, fully reconciled: the
+    // label touch, the re-list and the resync each reconcile all N.
+    let periodic = match wait_metric(&ctl, "xbackend_resyncs_total", Duration::from_secs(60), |r| r >= 1.0).await {
+        Some(_) => {
+            let target = reconciles0 + 3.0 * n as f64;
+            wait_metric(&ctl, "xbackend_reconciles_total", Duration::from_secs(120), |r| r >= target).await
+        }
+        None => None,
+    };
+    let resyncs = metric(&ctl, "xbackend_resyncs_total");
     let idle_wall = idle_start.elapsed();
     let idle_writes = metric(&ctl, "xbackend_status_writes_total") - writes0;
     let idle_reconciles = metric(&ctl, "xbackend_reconciles_total") - reconciles0;
@@ -557,11 +579,12 @@ async fn run(n: usize, fsync: bool) {
         &before,
         &after,
         format!(
-            "{idle_reconciles} reconciles: label on all {n} re-checked in {touch_took:.1?}{} (VmHWM then {:.1} MiB); apiserver restart {apiserver_restart:.1?}, all re-checked {resynced_in:.1?} after it began{} (VmHWM then {:.1} MiB)",
+            "{idle_reconciles} reconciles: label on all {n} re-checked in {touch_took:.1?}{} (VmHWM then {:.1} MiB); apiserver restart {apiserver_restart:.1?}, all re-checked {resynced_in:.1?} after it began{} (VmHWM then {:.1} MiB); {resyncs} periodic resyncs (every {RESYNC_SECS} s){}",
             if touched.is_some() { "" } else { " (NOT all)" },
             mib(rss_after_touch),
             if relisted.is_some() { "" } else { " (NOT all)" },
-            mib(ctl.peak_rss_kib().unwrap_or(0))
+            mib(ctl.peak_rss_kib().unwrap_or(0)),
+            if periodic.is_some() { "" } else { " (NOT completed)" }
         ),
     ));
     let rss_idle = ctl.peak_rss_kib().unwrap_or(0);

@@ -122,6 +122,9 @@ pub struct RunArgs {
     pub no_dns_check: bool,
     #[command(flatten)]
     pub dns: DnsArgs,
+    /// Seconds between safety resyncs on the leader: every XBackend is reconciled again (nothing is written when nothing changed). 0 disables them.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub resync_interval: u64,
 
     /// XBackends reconciled at the same time.
     #[arg(long, default_value_t = 16)]

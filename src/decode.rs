@@ -71,6 +71,13 @@ pub fn decode(kind: Kind, object: &Value) -> Result<(ObjectRef, Object), String>
         Kind::XBackend => Object::XBackend(Backend {
             generation: object.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0),
             spec: decode_backend_spec(object.get("spec")),
+            uid: object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_string(),
+            resource_version: object
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            status: object.get("status").cloned().unwrap_or(Value::Null),
         }),
         Kind::Pod => Object::Pod(decode_pod(object)),
         Kind::Namespace => Object::Namespace,

@@ -2,6 +2,7 @@
 //! retain after a re-list); each call returns the XBackends whose status may have changed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use crate::api::{self, XBackendSpec};
 use crate::guardrails;
@@ -84,9 +85,30 @@ pub fn ca_certificate_config_maps(backend: &ObjectRef, spec: &XBackendSpec) -> V
 
 /// Namespace of `spec.tls.clientCertificateRef` when it leaves the XBackend's
 /// namespace (of any kind: a grant there can change the verdict).
-fn cross_namespace_target(backend: &ObjectRef, spec: &XBackendSpec) -> Option<String> {
+pub fn cross_namespace_target(backend: &ObjectRef, spec: &XBackendSpec) -> Option<String> {
     let namespace = spec.tls.as_ref()?.client_certificate_ref.as_ref()?.namespace.as_ref()?;
     (*namespace != backend.namespace).then(|| namespace.clone())
+}
+
+/// True when one of `grants` (those of `to.namespace`) lets XBackends from
+/// `from_namespace` reference the object (`group`, `kind`, `to.name`).
+pub fn grants_permit<'a>(
+    mut grants: impl Iterator<Item = &'a ReferenceGrant>,
+    from_namespace: &str,
+    group: &str,
+    kind: &str,
+    to: &ObjectRef,
+) -> bool {
+    let same_group = |a: &str, b: &str| a == b || (is_core_group(Some(a)) && is_core_group(Some(b)));
+    grants.any(|grant| {
+        let from_ok =
+            grant.from.iter().any(|f| f.group == api::GROUP && f.kind == api::KIND && f.namespace == from_namespace);
+        let to_ok = grant
+            .to
+            .iter()
+            .any(|t| same_group(&t.group, group) && t.kind == kind && t.name.as_ref().is_none_or(|n| *n == to.name));
+        from_ok && to_ok
+    })
 }
 
 /// The labels an EndpointSelector XBackend selects Pods by.
@@ -142,7 +164,8 @@ pub struct Index {
     selectors_by_namespace: HashMap<String, BTreeSet<ObjectRef>>,
 
     /// Namespaces of the cluster: a hostname ending in one reaches inside it.
-    namespaces: BTreeSet<String>,
+    /// Shared with reconcile snapshots; copied only when a Namespace comes or goes.
+    namespaces: Arc<BTreeSet<String>>,
     /// Last label -> XBackends whose hostname (two or three labels) ends in it.
     backends_by_last_label: HashMap<String, BTreeSet<ObjectRef>>,
     /// Hostname -> XBackends of type ExternalHostname that name it, for DNS answers.
@@ -232,6 +255,11 @@ impl Index {
         self.pods.get(namespace).is_some_and(|pods| pods.values().any(|labels| selects(selector, labels)))
     }
 
+    /// The cluster's Namespaces, shared (cheap to hold in a snapshot).
+    pub fn namespaces(&self) -> Arc<BTreeSet<String>> {
+        self.namespaces.clone()
+    }
+
     /// The XBackends whose spec names `hostname` (normalized).
     pub fn backends_with_hostname(&self, hostname: &str) -> BTreeSet<ObjectRef> {
         self.backends_by_hostname.get(hostname).cloned().unwrap_or_default()
@@ -248,20 +276,11 @@ impl Index {
     /// True when a ReferenceGrant in `to.namespace` lets XBackends from
     /// `from_namespace` reference the object (`group`, `kind`, `to.name`).
     pub fn grant_permits(&self, from_namespace: &str, group: &str, kind: &str, to: &ObjectRef) -> bool {
-        let same_group = |a: &str, b: &str| a == b || (is_core_group(Some(a)) && is_core_group(Some(b)));
-        self.grants_in(&to.namespace).any(|grant| {
-            let from_ok = grant
-                .from
-                .iter()
-                .any(|f| f.group == api::GROUP && f.kind == api::KIND && f.namespace == from_namespace);
-            let to_ok = grant.to.iter().any(|t| {
-                same_group(&t.group, group) && t.kind == kind && t.name.as_ref().is_none_or(|n| *n == to.name)
-            });
-            from_ok && to_ok
-        })
+        grants_permit(self.grants_in(&to.namespace), from_namespace, group, kind, to)
     }
 
-    fn grants_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a ReferenceGrant> + 'a {
+    /// The ReferenceGrants of one namespace.
+    pub fn grants_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a ReferenceGrant> + 'a {
         self.grants
             .range(ObjectRef::new(namespace, "")..)
             .take_while(move |(key, _)| key.namespace == namespace)
@@ -332,7 +351,11 @@ impl Index {
     /// A Namespace coming or going affects exactly the XBackends whose
     /// two- or three-label hostname ends in its name.
     fn put_namespace(&mut self, name: &str, exists: bool) -> BTreeSet<ObjectRef> {
-        let changed = if exists { self.namespaces.insert(name.to_string()) } else { self.namespaces.remove(name) };
+        if self.namespaces.contains(name) == exists {
+            return BTreeSet::new();
+        }
+        let namespaces = Arc::make_mut(&mut self.namespaces);
+        let changed = if exists { namespaces.insert(name.to_string()) } else { namespaces.remove(name) };
         if !changed {
             return BTreeSet::new();
         }
@@ -613,7 +636,7 @@ mod tests {
     }
 
     fn backend(index: &mut Index, namespace: &str, name: &str) -> BTreeSet<ObjectRef> {
-        index.apply(r(namespace, name), Object::XBackend(Backend { generation: 1, spec: Ok(spec()) }))
+        index.apply(r(namespace, name), Object::XBackend(Backend::new(1, Ok(spec()))))
     }
 
     fn http_route(index: &mut Index, namespace: &str, name: &str, spec: Value) -> BTreeSet<ObjectRef> {
@@ -896,18 +919,9 @@ mod tests {
     #[test]
     fn reference_grant_apply_and_delete() {
         let mut index = world();
-        index.apply(
-            r("app", "m"),
-            Object::XBackend(Backend { generation: 1, spec: Ok(mtls_spec(Some("certs"), "client", &[])) }),
-        );
-        index.apply(
-            r("web", "m"),
-            Object::XBackend(Backend { generation: 1, spec: Ok(mtls_spec(Some("certs"), "client", &[])) }),
-        );
-        index.apply(
-            r("app", "local-secret"),
-            Object::XBackend(Backend { generation: 1, spec: Ok(mtls_spec(None, "client", &[])) }),
-        );
+        index.apply(r("app", "m"), Object::XBackend(Backend::new(1, Ok(mtls_spec(Some("certs"), "client", &[])))));
+        index.apply(r("web", "m"), Object::XBackend(Backend::new(1, Ok(mtls_spec(Some("certs"), "client", &[])))));
+        index.apply(r("app", "local-secret"), Object::XBackend(Backend::new(1, Ok(mtls_spec(None, "client", &[])))));
         assert_eq!(index.apply(r("certs", "g"), grant("app")), set(&[("app", "m")]));
         assert!(index.apply(r("certs", "g"), grant("app")).is_empty(), "unchanged");
         assert_eq!(index.apply(r("certs", "g"), grant("web")), set(&[("app", "m"), ("web", "m")]), "old and new from");
@@ -931,10 +945,7 @@ mod tests {
         assert_eq!(backend(&mut index, "app", "b"), set(&[("app", "b")]), "even unchanged");
         let m = r("app", "m");
         assert_eq!(
-            index.apply(
-                m.clone(),
-                Object::XBackend(Backend { generation: 1, spec: Ok(mtls_spec(None, "client", &["ca1", "ca2"])) })
-            ),
+            index.apply(m.clone(), Object::XBackend(Backend::new(1, Ok(mtls_spec(None, "client", &["ca1", "ca2"]))))),
             set(&[("app", "m")])
         );
         assert_eq!(index.referencing(RefKind::Secret, &r("app", "client")), set(&[("app", "m")]));
@@ -944,10 +955,7 @@ mod tests {
         assert!(index.referencing(RefKind::Secret, &r("other", "client")).is_empty());
 
         // Spec change: old refs forgotten, new ones indexed.
-        index.apply(
-            m.clone(),
-            Object::XBackend(Backend { generation: 2, spec: Ok(mtls_spec(Some("certs"), "client2", &["ca2"])) }),
-        );
+        index.apply(m.clone(), Object::XBackend(Backend::new(2, Ok(mtls_spec(Some("certs"), "client2", &["ca2"])))));
         assert!(index.referencing(RefKind::Secret, &r("app", "client")).is_empty());
         assert_eq!(index.referencing(RefKind::Secret, &r("certs", "client2")), set(&[("app", "m")]));
         assert!(index.referencing(RefKind::ConfigMap, &r("app", "ca1")).is_empty());
@@ -966,7 +974,7 @@ mod tests {
                 }]);
             }
         }
-        index.apply(r("app", "odd"), Object::XBackend(Backend { generation: 1, spec: Ok(odd) }));
+        index.apply(r("app", "odd"), Object::XBackend(Backend::new(1, Ok(odd))));
         assert!(index.referencing(RefKind::Secret, &r("app", "client")).is_empty());
         assert!(index.referencing(RefKind::ConfigMap, &r("app", "ca")).is_empty());
 
@@ -1057,7 +1065,7 @@ mod tests {
     #[test]
     fn relist_grants_and_backends() {
         let mut index = world();
-        let m = || Object::XBackend(Backend { generation: 1, spec: Ok(mtls_spec(Some("certs"), "client", &[])) });
+        let m = || Object::XBackend(Backend::new(1, Ok(mtls_spec(Some("certs"), "client", &[]))));
         index.apply(r("app", "m"), m());
         index.apply(r("certs", "g"), grant("app"));
         assert!(
@@ -1071,7 +1079,7 @@ mod tests {
             "created"
         );
 
-        let plain = |generation| Object::XBackend(Backend { generation, spec: Ok(spec()) });
+        let plain = |generation| Object::XBackend(Backend::new(generation, Ok(spec())));
         // b unchanged, c changed, m gone, n new. Every listed XBackend comes
         // back (the runtime drops the ones whose resourceVersion it has seen),
         // and the deleted one too.
@@ -1135,10 +1143,7 @@ mod tests {
     fn deleting_everything_leaves_no_reverse_entries() {
         let mut index = world();
         http_route(&mut index, "app", "r", simple_route(&[("infra", "gw")], &["b"]));
-        index.apply(
-            r("app", "m"),
-            Object::XBackend(Backend { generation: 1, spec: Ok(mtls_spec(Some("certs"), "client", &["ca"])) }),
-        );
+        index.apply(r("app", "m"), Object::XBackend(Backend::new(1, Ok(mtls_spec(Some("certs"), "client", &["ca"])))));
         index.delete(Kind::Route(RouteKind::Http), &r("app", "r"));
         for key in index.backend_keys() {
             index.delete(Kind::XBackend, &key);

@@ -1,10 +1,17 @@
-//! One XBackend's verdict and the status list to store, from the index and the
-//! objects its references point at. `run` and `analyze` share this step.
+//! One XBackend's verdict and the status list to store. `analyze` judges
+//! straight from an index; `run` takes a `Snapshot` under the lock and `plan`s
+//! from it without the lock.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
 
 use crate::conditions::Verdict;
-use crate::index::Index;
-use crate::model::ObjectRef;
-use crate::status::{self, EventNote, Fetched, MergeOutcome, Shape, Verdicts};
+use crate::guardrails::Namespaces;
+use crate::index::{self, Index};
+use crate::model::{Backend, ObjectRef, ReferenceGrant};
+use crate::status::{self, EventNote, Fetched, Lookup, MergeOutcome, RefTarget, Shape, Verdicts};
 use crate::validate::Policy;
 
 pub struct Judgement {
@@ -21,7 +28,7 @@ pub struct Inputs<'a> {
     pub controller_name: &'a str,
     pub shape: Shape,
     /// The stored status list (`status.<shape.list_field()>`), any JSON.
-    pub current: &'a [serde_json::Value],
+    pub current: &'a [Value],
     /// RFC 3339 time for conditions that are new or flip.
     pub now: &'a str,
 }
@@ -29,8 +36,18 @@ pub struct Inputs<'a> {
 /// None when the index has no such XBackend.
 pub fn judge(index: &Index, key: &ObjectRef, fetched: &Fetched, inputs: &Inputs<'_>) -> Option<Judgement> {
     let backend = index.backend(key)?;
-    let ancestors = index.ancestors(key);
-    let verdicts = status::evaluate(key, backend, index, fetched, inputs.policy);
+    Some(judge_with(key, backend, index.ancestors(key), index, fetched, inputs))
+}
+
+fn judge_with(
+    key: &ObjectRef,
+    backend: &Backend,
+    ancestors: Vec<ObjectRef>,
+    lookup: &impl Lookup,
+    fetched: &Fetched,
+    inputs: &Inputs<'_>,
+) -> Judgement {
+    let verdicts = status::evaluate(key, backend, lookup, fetched, inputs.policy);
     let merged = status::merge(
         inputs.current,
         inputs.shape,
@@ -53,7 +70,7 @@ pub fn judge(index: &Index, key: &ObjectRef, fetched: &Fetched, inputs: &Inputs<
             ),
         });
     }
-    Some(Judgement { ancestors, verdicts, merged, notes })
+    Judgement { ancestors, verdicts, merged, notes }
 }
 
 impl Judgement {
@@ -67,7 +84,179 @@ impl Judgement {
     }
 }
 
+/// What a reconcile copies out of the index under its lock: the XBackend's
+/// record (spec, generation, uid, resourceVersion and stored status of one
+/// version), its ancestors, and the ReferenceGrants its references can need.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub key: ObjectRef,
+    pub backend: Backend,
+    pub ancestors: Vec<ObjectRef>,
+    /// The grants of the namespace a cross-namespace clientCertificateRef points at.
+    pub grants: Vec<ReferenceGrant>,
+    /// For an EndpointSelector: whether a live Pod of the namespace matches.
+    pub has_matching_pod: bool,
+    /// The cluster's Namespaces (shared with the index, not copied), for the
+    /// cluster-aware name guardrail on the hostname and its CNAME chain.
+    pub namespaces: Arc<BTreeSet<String>>,
+    pub shape: Shape,
+}
+
+impl Snapshot {
+    /// None when the index has no such XBackend. Cheap: no parsing, no I/O.
+    pub fn take(index: &Index, key: &ObjectRef, shape: Shape) -> Option<Snapshot> {
+        let backend = index.backend(key)?.clone();
+        let grants = match backend.spec.as_ref().ok().and_then(|s| index::cross_namespace_target(key, s)) {
+            Some(namespace) => index.grants_in(&namespace).cloned().collect(),
+            None => Vec::new(),
+        };
+        let has_matching_pod = backend
+            .spec
+            .as_ref()
+            .ok()
+            .and_then(index::endpoint_selector)
+            .is_some_and(|selector| index.has_matching_pod(&key.namespace, selector));
+        Some(Snapshot {
+            key: key.clone(),
+            ancestors: index.ancestors(key),
+            backend,
+            grants,
+            has_matching_pod,
+            namespaces: index.namespaces(),
+            shape,
+        })
+    }
+
+    /// The same snapshot for another version of the object (read after a 409).
+    pub fn with_backend(&self, backend: Backend) -> Snapshot {
+        Snapshot { backend, ..self.clone() }
+    }
+
+    /// The Secrets and ConfigMaps to read before planning.
+    pub fn refs_to_fetch(&self) -> Vec<RefTarget> {
+        match &self.backend.spec {
+            Ok(spec) => status::refs_to_fetch(&self.key, spec, self),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Namespaces for Snapshot {
+    fn contains(&self, name: &str) -> bool {
+        self.namespaces.contains(name)
+    }
+}
+
+impl Lookup for Snapshot {
+    fn grant_permits(&self, from_namespace: &str, group: &str, kind: &str, to: &ObjectRef) -> bool {
+        // `grants` holds only the one namespace a reference can leave for.
+        let in_namespace = self.backend.spec.as_ref().ok().and_then(|s| index::cross_namespace_target(&self.key, s));
+        in_namespace.as_deref() == Some(to.namespace.as_str())
+            && index::grants_permit(self.grants.iter(), from_namespace, group, kind, to)
+    }
+
+    fn has_matching_pod(&self, namespace: &str, selector: &std::collections::BTreeMap<String, String>) -> bool {
+        // Answered for the XBackend's own selector and namespace only.
+        let own = self.backend.spec.as_ref().ok().and_then(index::endpoint_selector);
+        namespace == self.key.namespace && own == Some(selector) && self.has_matching_pod
+    }
+}
+
+/// What a reconcile does: at most one status patch, the Events to record, and
+/// the verdict (for the Accepted gauge).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// A JSON merge patch of the whole status list carrying the snapshot's
+    /// resourceVersion as a precondition; None when the stored list is right.
+    pub patch: Option<Value>,
+    pub events: Vec<EventNote>,
+    pub verdicts: Verdicts,
+    pub ancestors: usize,
+}
+
+/// The pure step of a reconcile: no lock, no I/O. `now` stamps conditions
+/// that are new or flip.
+pub fn plan(snapshot: &Snapshot, fetched: &Fetched, policy: &Policy, controller_name: &str, now: &str) -> Plan {
+    let shape = snapshot.shape;
+    let current = snapshot.backend.status.get(shape.list_field()).and_then(Value::as_array).map(Vec::as_slice);
+    let inputs = Inputs { policy, controller_name, shape, current: current.unwrap_or_default(), now };
+    let ancestors = snapshot.ancestors.clone();
+    let Judgement { ancestors, verdicts, merged, notes } =
+        judge_with(&snapshot.key, &snapshot.backend, ancestors, snapshot, fetched, &inputs);
+    let patch = merged.changed.then(|| {
+        let list = if merged.list.is_empty() { Value::Null } else { Value::Array(merged.list) };
+        json!({
+            "metadata": {"resourceVersion": snapshot.backend.resource_version},
+            "status": {shape.list_field(): list},
+        })
+    });
+    Plan { patch, events: notes, verdicts, ancestors: ancestors.len() }
+}
+
 /// Now as RFC 3339 with second precision, the form metav1.Time uses.
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{BackendPort, BackendType, ExternalHostnameBackend, XBackendSpec};
+    use crate::validate::PolicyConfig;
+    use serde_json::json;
+
+    const OURS: &str = "example.com/xbackend-controller";
+
+    fn snapshot(status: Value, ancestors: &[&str]) -> Snapshot {
+        let spec = XBackendSpec {
+            type_: BackendType::ExternalHostname,
+            port: BackendPort { port: Some(443), ..BackendPort::default() },
+            external_hostname: Some(ExternalHostnameBackend { hostname: "api.example.com".into() }),
+            endpoint_selector: None,
+            session_persistence: None,
+            protocol: None,
+            tls: None,
+        };
+        let mut backend = Backend::new(3, Ok(spec));
+        backend.uid = "u".into();
+        backend.resource_version = "42".into();
+        backend.status = status;
+        Snapshot {
+            key: ObjectRef::new("app", "b"),
+            backend,
+            ancestors: ancestors.iter().map(|g| ObjectRef::new("infra", *g)).collect(),
+            grants: vec![],
+            has_matching_pod: false,
+            namespaces: Arc::default(),
+            shape: Shape::Ancestors,
+        }
+    }
+
+    fn run(s: &Snapshot, now: &str) -> Plan {
+        plan(s, &Fetched::default(), &Policy::new(PolicyConfig::default()).unwrap(), OURS, now)
+    }
+
+    #[test]
+    fn a_plan_patches_with_the_snapshot_version_and_then_has_nothing_to_do() {
+        let first = run(&snapshot(Value::Null, &["gw"]), "2030-01-01T00:00:00Z");
+        let patch = first.patch.expect("a new entry is written");
+        assert_eq!(patch["metadata"]["resourceVersion"], "42", "the precondition is the snapshot's version");
+        let list = &patch["status"]["ancestors"];
+        assert_eq!(list.as_array().unwrap().len(), 1);
+        assert_eq!(list[0]["conditions"][0]["observedGeneration"], 3);
+        assert!(first.verdicts.accepted.status);
+        assert_eq!(first.events.len(), 1, "no TLS: an Insecure warning");
+
+        // The stored status now holds that list: a later plan writes nothing.
+        let again = run(&snapshot(json!({"ancestors": list}), &["gw"]), "2031-01-01T00:00:00Z");
+        assert_eq!(again.patch, None);
+        assert_eq!(again.events, first.events, "the same Events (the state decides whether to record them)");
+    }
+
+    #[test]
+    fn losing_every_ancestor_patches_the_list_to_null_keeping_nothing_of_ours() {
+        let stored = run(&snapshot(Value::Null, &["gw"]), "2030-01-01T00:00:00Z").patch.unwrap();
+        let gone = run(&snapshot(stored["status"].clone(), &[]), "2030-01-01T00:00:00Z");
+        assert_eq!(gone.patch.unwrap()["status"]["ancestors"], Value::Null);
+    }
 }

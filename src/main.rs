@@ -26,8 +26,8 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "controller stopped");
-                    eprintln!("error: {e}");
+                    // Once, with its causes; the logs may go to the same stream.
+                    eprintln!("error: {}", xbackend_controller::runtime::chain(&e));
                     ExitCode::from(1)
                 }
             }

@@ -97,10 +97,43 @@ pub struct Pod {
     pub live: bool,
 }
 
-/// An XBackend as the index holds it. `spec` is Err(message) when the stored
-/// object does not decode (possible when the CRD's schema was not enforced).
+/// An XBackend as the index holds it: the one record of it, so a reconcile
+/// sees spec, generation and stored status of the same resourceVersion.
+/// `spec` is Err(message) when the stored object does not decode (possible
+/// when the CRD's schema was not enforced).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Backend {
     pub generation: i64,
     pub spec: Result<XBackendSpec, String>,
+    /// Empty for objects read from files.
+    pub uid: String,
+    pub resource_version: String,
+    /// The stored `status` as is (any JSON; Null when absent).
+    pub status: serde_json::Value,
+}
+
+impl Backend {
+    /// A backend with no identity or status yet, as tests and files build them.
+    pub fn new(generation: i64, spec: Result<XBackendSpec, String>) -> Self {
+        Backend {
+            generation,
+            spec,
+            uid: String::new(),
+            resource_version: String::new(),
+            status: serde_json::Value::Null,
+        }
+    }
+
+    /// False when `self` tells nothing beyond `old`: the same object at the
+    /// same resourceVersion, or an older one (a watch can lag behind a read
+    /// made after a conflict). Opaque versions that differ count as news.
+    pub fn is_newer_than(&self, old: &Backend) -> bool {
+        if old.uid != self.uid {
+            return true;
+        }
+        match (old.resource_version.parse::<u64>(), self.resource_version.parse::<u64>()) {
+            (Ok(a), Ok(b)) => b > a,
+            _ => old.resource_version != self.resource_version,
+        }
+    }
 }

@@ -6,7 +6,6 @@
 //! the whole object, since a data plane loading it would fail too.
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -15,37 +14,108 @@ pub const TLS_CRT: &str = "tls.crt";
 pub const TLS_KEY: &str = "tls.key";
 pub const CA_CRT: &str = "ca.crt";
 
+/// Why a Secret is not a usable client certificate. `Display` completes the
+/// sentence "Secret ns/name is not a usable client certificate: …" (the caller
+/// names the Secret), never quotes key material, and has no final period.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateError {
+    #[error("its type is {0:?}; a client certificate Secret must have type {SECRET_TYPE_TLS}")]
+    WrongType(String),
+    #[error("it has no {TLS_CRT}; add the PEM client certificate")]
+    NoCertificate,
+    #[error("it has no {TLS_KEY}; add the PEM private key")]
+    NoKey,
+    #[error("{TLS_CRT} {0}")]
+    Certificates(#[source] PemError),
+    #[error("{TLS_KEY} {0}")]
+    Key(#[source] KeyError),
+    #[error("{TLS_KEY} is not a usable private key (supported: RSA of at least 2048 bits, ECDSA P-256/P-384, Ed25519)")]
+    UnsupportedKey,
+    #[error("{TLS_KEY} is a key type whose public key cannot be compared with {TLS_CRT}")]
+    IncomparableKey,
+    #[error(
+        "{TLS_KEY} does not match the first certificate in {TLS_CRT}; put the certificate and the key of the same pair in the Secret"
+    )]
+    KeyMismatch,
+}
+
+/// Why a ConfigMap is not a usable CA bundle; completes "ConfigMap ns/name is
+/// not a usable CA bundle: …".
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CaBundleError {
+    #[error("it has {CA_CRT} in binaryData; put the PEM CA bundle under data instead")]
+    InBinaryData,
+    #[error("it has no {CA_CRT} in data; put the PEM CA bundle under that key")]
+    Missing,
+    #[error("{CA_CRT} is empty; put the PEM CA bundle there")]
+    Empty,
+    #[error("{CA_CRT} {0}")]
+    Certificates(#[source] PemError),
+}
+
+/// A problem with the certificates of a PEM value; completes a sentence that
+/// starts with the key's name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PemError {
+    #[error("has a malformed PEM block after {after} certificate(s): {problem}")]
+    Malformed { after: usize, problem: PemProblem },
+    #[error("certificate {position} does not parse as X.509: {reason}")]
+    NotX509 { position: usize, reason: String },
+    #[error("has no PEM certificate (a -----BEGIN CERTIFICATE----- block)")]
+    NoCertificate,
+}
+
+/// A problem with a PEM private key; completes a sentence starting with `tls.key`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("is an encrypted private key; store it unencrypted (PKCS#1, PKCS#8 or SEC1 PEM)")]
+    Encrypted,
+    #[error("has no PEM private key (PKCS#1, PKCS#8 or SEC1)")]
+    Missing,
+    #[error("is not a valid PEM private key: {0}")]
+    Malformed(PemProblem),
+}
+
+/// What is wrong with a PEM block, without quoting it. `rustls_pki_types`'s
+/// own errors are not kept as sources on purpose: base64 errors carry offsets
+/// into secret data and section errors carry input lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PemProblem {
+    #[error("a BEGIN line has no matching END line")]
+    MissingEnd,
+    #[error("a BEGIN line is malformed")]
+    MalformedBegin,
+    #[error("the block is not valid base64")]
+    Base64,
+    #[error("a block is too large")]
+    TooLarge,
+    #[error("the PEM cannot be read")]
+    Unreadable,
+}
+
 /// Ok when the Secret is a usable client certificate: type kubernetes.io/tls,
 /// `tls.crt` and `tls.key` present, PEM that parses, key matching the
-/// certificate. Err is a message naming the Secret and the problem; it never
-/// contains key material.
-pub fn check_client_certificate(secret: &Secret) -> Result<(), String> {
-    let who = describe("Secret", &secret.metadata);
+/// certificate.
+pub fn check_client_certificate(secret: &Secret) -> Result<(), CertificateError> {
     let type_ = secret.type_.as_deref().unwrap_or("Opaque");
     if type_ != SECRET_TYPE_TLS {
-        return Err(format!("{who} has type {type_:?}; a client certificate Secret must have type {SECRET_TYPE_TLS}."));
+        return Err(CertificateError::WrongType(type_.to_string()));
     }
-    let crt = secret_value(secret, TLS_CRT)
-        .ok_or_else(|| format!("{who} has no {TLS_CRT}; add the PEM client certificate."))?;
-    let key =
-        secret_value(secret, TLS_KEY).ok_or_else(|| format!("{who} has no {TLS_KEY}; add the PEM private key."))?;
+    let crt = secret_value(secret, TLS_CRT).ok_or(CertificateError::NoCertificate)?;
+    let key = secret_value(secret, TLS_KEY).ok_or(CertificateError::NoKey)?;
 
-    let certs = parse_certificates(crt).map_err(|problem| format!("{who}: {TLS_CRT} {problem}."))?;
-    let leaf = certs.first().ok_or_else(|| format!("{who}: {TLS_CRT} has no certificate."))?;
-    let key_der = parse_private_key(key).map_err(|problem| format!("{who}: {TLS_KEY} {problem}."))?;
+    let certs = parse_certificates(crt).map_err(CertificateError::Certificates)?;
+    // parse_certificates never returns an empty list.
+    let leaf = certs.first().ok_or(CertificateError::Certificates(PemError::NoCertificate))?;
+    let key_der = parse_private_key(key).map_err(CertificateError::Key)?;
 
-    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|_| {
-        format!("{who}: {TLS_KEY} is not a usable private key (supported: RSA of at least 2048 bits, ECDSA P-256/P-384, Ed25519).")
-    })?;
-    let key_spki = signing_key
-        .public_key()
-        .ok_or_else(|| format!("{who}: {TLS_KEY} is a key type whose public key cannot be compared with {TLS_CRT}."))?;
+    let signing_key =
+        rustls::crypto::ring::sign::any_supported_type(&key_der).map_err(|_| CertificateError::UnsupportedKey)?;
+    let key_spki = signing_key.public_key().ok_or(CertificateError::IncomparableKey)?;
     let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| format!("{who}: {TLS_CRT} first certificate does not parse as X.509: {e}."))?;
+        .map_err(|e| CertificateError::Certificates(PemError::NotX509 { position: 1, reason: e.to_string() }))?;
     if parsed.tbs_certificate.subject_pki.raw != key_spki.as_ref() {
-        return Err(format!(
-            "{who}: {TLS_KEY} does not match the first certificate in {TLS_CRT}; put the certificate and the key of the same pair in the Secret."
-        ));
+        return Err(CertificateError::KeyMismatch);
     }
     Ok(())
 }
@@ -55,59 +125,52 @@ pub fn check_client_certificate(secret: &Secret) -> Result<(), String> {
 /// Only `data` counts: Gateway API names the key `ca.crt` of a ConfigMap's
 /// data, and data planes read it from there, so a bundle in `binaryData` is
 /// reported as misplaced rather than silently accepted.
-pub fn check_ca_bundle(config_map: &ConfigMap) -> Result<(), String> {
-    let who = describe("ConfigMap", &config_map.metadata);
+pub fn check_ca_bundle(config_map: &ConfigMap) -> Result<(), CaBundleError> {
     let Some(bundle) = config_map.data.as_ref().and_then(|d| d.get(CA_CRT)) else {
         if config_map.binary_data.as_ref().is_some_and(|d| d.contains_key(CA_CRT)) {
-            return Err(format!("{who} has {CA_CRT} in binaryData; put the PEM CA bundle under data instead."));
+            return Err(CaBundleError::InBinaryData);
         }
-        return Err(format!("{who} has no {CA_CRT} in data; put the PEM CA bundle under that key."));
+        return Err(CaBundleError::Missing);
     };
     if bundle.trim().is_empty() {
-        return Err(format!("{who}: {CA_CRT} is empty; put the PEM CA bundle there."));
+        return Err(CaBundleError::Empty);
     }
-    parse_certificates(bundle.as_bytes()).map(|_| ()).map_err(|problem| format!("{who}: {CA_CRT} {problem}."))
+    parse_certificates(bundle.as_bytes()).map(|_| ()).map_err(CaBundleError::Certificates)
 }
 
 /// Every CERTIFICATE block, each checked to be X.509; at least one required.
-/// The error completes a sentence starting with the key's name.
-fn parse_certificates(pem_bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+fn parse_certificates(pem_bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, PemError> {
     let mut certs = Vec::new();
     for (i, item) in CertificateDer::pem_slice_iter(pem_bytes).enumerate() {
-        let der =
-            item.map_err(|e| format!("has a malformed PEM block after {i} certificate(s): {}", pem_problem(&e)))?;
+        let der = item.map_err(|e| PemError::Malformed { after: i, problem: pem_problem(&e) })?;
         if let Err(e) = x509_parser::parse_x509_certificate(&der) {
-            return Err(format!("certificate {} does not parse as X.509: {e}", i + 1));
+            return Err(PemError::NotX509 { position: i + 1, reason: e.to_string() });
         }
         certs.push(der);
     }
     if certs.is_empty() {
-        return Err("has no PEM certificate (a -----BEGIN CERTIFICATE----- block)".into());
+        return Err(PemError::NoCertificate);
     }
     Ok(certs)
 }
 
 /// The first private key block. Errors describe the problem without echoing
 /// any of the input, which is secret.
-fn parse_private_key(pem_bytes: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
+fn parse_private_key(pem_bytes: &[u8]) -> Result<PrivateKeyDer<'static>, KeyError> {
     PrivateKeyDer::from_pem_slice(pem_bytes).map_err(|e| match e {
-        pem::Error::NoItemsFound if contains(pem_bytes, b"ENCRYPTED PRIVATE KEY") => {
-            "is an encrypted private key; store it unencrypted (PKCS#1, PKCS#8 or SEC1 PEM)".into()
-        }
-        pem::Error::NoItemsFound => "has no PEM private key (PKCS#1, PKCS#8 or SEC1)".into(),
-        other => format!("is not a valid PEM private key: {}", pem_problem(&other)),
+        pem::Error::NoItemsFound if contains(pem_bytes, b"ENCRYPTED PRIVATE KEY") => KeyError::Encrypted,
+        pem::Error::NoItemsFound => KeyError::Missing,
+        other => KeyError::Malformed(pem_problem(&other)),
     })
 }
 
-/// A description of a PEM error that never quotes the input: base64 errors
-/// carry offsets into secret data and section errors carry input lines.
-fn pem_problem(e: &pem::Error) -> &'static str {
+fn pem_problem(e: &pem::Error) -> PemProblem {
     match e {
-        pem::Error::MissingSectionEnd { .. } => "a BEGIN line has no matching END line",
-        pem::Error::IllegalSectionStart { .. } => "a BEGIN line is malformed",
-        pem::Error::Base64Decode(_) => "the block is not valid base64",
-        pem::Error::SectionTooLarge => "a block is too large",
-        _ => "the PEM cannot be read",
+        pem::Error::MissingSectionEnd { .. } => PemProblem::MissingEnd,
+        pem::Error::IllegalSectionStart { .. } => PemProblem::MalformedBegin,
+        pem::Error::Base64Decode(_) => PemProblem::Base64,
+        pem::Error::SectionTooLarge => PemProblem::TooLarge,
+        _ => PemProblem::Unreadable,
     }
 }
 
@@ -123,18 +186,11 @@ fn secret_value<'a>(secret: &'a Secret, key: &str) -> Option<&'a [u8]> {
     from_string.or_else(from_data).filter(|v| !v.iter().all(u8::is_ascii_whitespace))
 }
 
-fn describe(kind: &str, meta: &ObjectMeta) -> String {
-    match (meta.namespace.as_deref(), meta.name.as_deref()) {
-        (Some(ns), Some(name)) => format!("{kind} {ns}/{name}"),
-        (None, Some(name)) => format!("{kind} {name}"),
-        _ => kind.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::ByteString;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use proptest::prelude::*;
     use rcgen::{CertificateParams, KeyPair, SignatureAlgorithm};
     use std::collections::BTreeMap;
@@ -182,13 +238,14 @@ mod tests {
         }
     }
 
-    /// Asserts the error names the object and contains `needle`, and that no
-    /// line of the private key leaks into it.
+    /// Asserts the error contains `needle`, does not name the object (the
+    /// caller's sentence does), and that no line of the private key leaks into it.
     #[track_caller]
-    fn assert_err(result: Result<(), String>, needle: &str, key_pem: &str) {
-        let err = result.expect_err("expected an error");
+    fn assert_err(result: Result<(), CertificateError>, needle: &str, key_pem: &str) {
+        let err = result.expect_err("expected an error").to_string();
         assert!(err.contains(needle), "expected {needle:?} in: {err}");
-        assert!(err.contains("apps/"), "the message should name the object: {err}");
+        assert!(!err.contains("apps/"), "the caller names the object: {err}");
+        assert!(!err.ends_with('.'), "completes the caller's sentence: {err}");
         for line in key_pem.lines().filter(|l| !l.starts_with("-----") && l.len() > 8) {
             assert!(!err.contains(line), "key material leaked into: {err}");
         }
@@ -337,7 +394,7 @@ mod tests {
         for (key, needle) in cases {
             let result = check_client_certificate(&tls_secret(&p.cert_pem, &key));
             assert_err(result.clone(), needle, &key);
-            assert!(!result.unwrap_err().contains("U0VDUkVU"), "secret body echoed");
+            assert!(!result.unwrap_err().to_string().contains("U0VDUkVU"), "secret body echoed");
         }
     }
 
@@ -381,16 +438,15 @@ mod tests {
             ),
         ];
         for (cm, needle) in cases {
-            let err = check_ca_bundle(&cm).expect_err(needle);
-            assert!(err.contains(needle) && err.contains("ConfigMap apps/ca"), "{needle:?}: {err}");
+            let err = check_ca_bundle(&cm).expect_err(needle).to_string();
+            assert!(err.contains(needle) && !err.contains("apps/ca"), "{needle:?}: {err}");
         }
         let mut binary = config_map(&[]);
         binary.binary_data = Some(BTreeMap::from([(CA_CRT.to_string(), ByteString(a.cert_pem.into_bytes()))]));
-        let err = check_ca_bundle(&binary).unwrap_err();
-        assert!(err.contains("binaryData"), "{err}");
+        assert_eq!(check_ca_bundle(&binary), Err(CaBundleError::InBinaryData));
         let mut no_data = config_map(&[]);
         no_data.data = None;
-        assert!(check_ca_bundle(&no_data).unwrap_err().contains("no ca.crt"));
+        assert_eq!(check_ca_bundle(&no_data), Err(CaBundleError::Missing));
     }
 
     // ---- properties ----
@@ -415,7 +471,7 @@ mod tests {
         fn arbitrary_bytes_never_panic(crt in pemish(), key in pemish(), type_ in proptest::option::of("[a-z./]{0,20}")) {
             let s = secret(type_.as_deref(), &[(TLS_CRT, &crt), (TLS_KEY, &key)]);
             if let Err(e) = check_client_certificate(&s) {
-                prop_assert!(e.starts_with("Secret apps/client-cert"));
+                prop_assert!(!e.to_string().contains("client-cert"), "the caller names the Secret: {}", e);
             }
             let _ = check_client_certificate(&tls_secret(&String::from_utf8_lossy(&crt), &String::from_utf8_lossy(&key)));
             let bundle = String::from_utf8_lossy(&crt).into_owned();

@@ -231,6 +231,7 @@ fn default_render_is_a_hardened_two_replica_install_with_leader_election() {
             "--lease-name=xbackend-controller",
             "--lease-duration=15",
             "--concurrency=16",
+            "--resync-interval=300",
             "--log-format=json",
         ]
     );
@@ -266,6 +267,7 @@ fn every_value_reaches_the_rendered_flags_and_objects() {
             "--lease-name=xbc-leader",
             "--lease-duration=30",
             "--concurrency=4",
+            "--resync-interval=300",
             "--log-format=text",
             "--future-flag=1",
         ]
@@ -364,7 +366,12 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
         rules("Role"),
         vec![
             (s(&["coordination.k8s.io"]), s(&["leases"]), s(&[]), s(&["create"])),
-            (s(&["coordination.k8s.io"]), s(&["leases"]), s(&["xbackend-controller"]), s(&["get", "patch"])),
+            (
+                s(&["coordination.k8s.io"]),
+                s(&["leases"]),
+                s(&["xbackend-controller"]),
+                s(&["get", "list", "watch", "patch"])
+            ),
         ]
     );
     let binding = one(&docs, "ClusterRoleBinding");

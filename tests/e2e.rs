@@ -289,17 +289,33 @@ async fn no_writes_for_irrelevant_changes_or_after_restart() {
     api.patch("b1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"team": "a"}}})))
         .await
         .unwrap();
-    let rvs = resource_versions(&api).await;
     let reconciles = ctl.metric("xbackend_reconciles_total").unwrap();
-    // The label on b1 may make the controller look again (it cannot know the
-    // change is irrelevant before it looks); give it the chance to.
-    let _ = support::eventually(Duration::from_secs(5), || async {
-        (ctl.metric("xbackend_reconciles_total")? >= reconciles + 1.0).then_some(())
+    // Sentinels behind the irrelevant changes on the same watches: r3 leaves
+    // the Gateway (HTTPRoute watch) and b2 changes its hostname (XBackend
+    // watch). Both must be written; once they are, and the label on b1 had its
+    // reconcile, an unwanted write would have happened already.
+    routes.patch("r3", &PatchParams::default(), &Patch::Merge(json!({"spec": {"parentRefs": []}}))).await.unwrap();
+    api.patch(
+        "b2",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"externalHostname": {"hostname": "moved.example.com"}}})),
+    )
+    .await
+    .unwrap();
+    let ctl_name = gw.controller_name.clone();
+    wait_for_xbackend(&api, "b3", "its entry removed", |o| entries_of(o, "ancestors", &ctl_name).is_empty()).await;
+    wait_for_xbackend(&api, "b2", "observedGeneration 2", |o| {
+        let entries = entries_of(o, "ancestors", &ctl_name);
+        !entries.is_empty() && entries.iter().all(|e| e["conditions"][0]["observedGeneration"] == 2)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(ctl.metric("xbackend_status_writes_total"), Some(5.0), "irrelevant changes write nothing");
-    assert_eq!(resource_versions(&api).await, rvs);
+    support::eventually(Duration::from_secs(10), || async {
+        (ctl.metric("xbackend_reconciles_total")? >= reconciles + 3.0).then_some(())
+    })
+    .await
+    .expect("b1, b2 and b3 reconciled");
+    assert_eq!(ctl.metric("xbackend_status_writes_total"), Some(7.0), "irrelevant changes write nothing");
+    let rvs = resource_versions(&api).await;
 
     // A restart reconciles everything again and writes nothing; SIGTERM exits cleanly.
     assert_eq!(ctl.terminate(), Some(0), "graceful shutdown");
@@ -310,7 +326,7 @@ async fn no_writes_for_irrelevant_changes_or_after_restart() {
     })
     .await
     .expect("restarted controller reconciles");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A reconcile counts after its write, so five counted means five done.
     assert_eq!(ctl.metric("xbackend_status_writes_total"), Some(0.0), "a restart writes nothing");
     assert_eq!(resource_versions(&api).await, rvs);
 }

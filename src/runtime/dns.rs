@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, watch};
 use tracing::{debug, warn};
 
-use super::Shared;
+use super::metrics::{Metrics, ResultLabel};
+use super::queue::Queue;
+use super::state::State;
 use crate::dns::{self, LookupError, Resolution, Resolver};
 
 /// Lookups in flight at once, whatever the number of hostnames.
@@ -30,6 +32,9 @@ struct Lookup {
 /// Per-hostname lookup loops and their latest answers.
 pub struct Tracker {
     resolver: Resolver,
+    state: Arc<State>,
+    queue: Arc<Queue>,
+    metrics: Arc<Metrics>,
     min_ttl: Duration,
     max_ttl: Duration,
     limit: Semaphore,
@@ -39,9 +44,18 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new(resolver: Resolver, min_ttl: Duration, max_ttl: Duration) -> Tracker {
+    pub fn new(
+        resolver: Resolver,
+        (min_ttl, max_ttl): (Duration, Duration),
+        state: Arc<State>,
+        queue: Arc<Queue>,
+        metrics: Arc<Metrics>,
+    ) -> Tracker {
         Tracker {
             resolver,
+            state,
+            queue,
+            metrics,
             min_ttl,
             max_ttl,
             limit: Semaphore::new(CONCURRENT_LOOKUPS),
@@ -55,12 +69,7 @@ impl Tracker {
     /// lookup loop; until the first lookup finishes, callers wait for it up to
     /// `first_wait`, so an XBackend is not shown Accepted before its addresses
     /// were checked. None: no answer yet (or only failures).
-    pub async fn resolution(
-        &self,
-        shared: &Arc<Shared>,
-        hostname: &str,
-        first_wait: Duration,
-    ) -> Option<Arc<Resolution>> {
+    pub async fn resolution(self: &Arc<Self>, hostname: &str, first_wait: Duration) -> Option<Arc<Resolution>> {
         let mut rx = {
             let mut hosts = self.hosts.lock().expect("dns hosts lock");
             match hosts.get(hostname) {
@@ -68,8 +77,8 @@ impl Tracker {
                 None => {
                     let (tx, rx) = watch::channel(Lookup::default());
                     hosts.insert(hostname.to_string(), rx.clone());
-                    shared.metrics.dns_hostnames.set(hosts.len() as i64);
-                    tokio::spawn(lookup_loop(Arc::downgrade(shared), hostname.to_string(), tx));
+                    self.metrics.dns_hostnames.set(hosts.len() as i64);
+                    tokio::spawn(lookup_loop(Arc::downgrade(self), hostname.to_string(), tx));
                     rx
                 }
             }
@@ -81,10 +90,10 @@ impl Tracker {
         answer
     }
 
-    fn forget(&self, shared: &Shared, hostname: &str) {
+    fn forget(&self, hostname: &str) {
         let mut hosts = self.hosts.lock().expect("dns hosts lock");
         hosts.remove(hostname);
-        shared.metrics.dns_hostnames.set(hosts.len() as i64);
+        self.metrics.dns_hostnames.set(hosts.len() as i64);
     }
 
     fn log_failure(&self, hostname: &str, error: LookupError) {
@@ -103,12 +112,11 @@ impl Tracker {
 /// Resolves `hostname` until no XBackend names it any more (or the controller
 /// stops). A changed answer queues the XBackends that use the hostname; a
 /// failure keeps the last answer and tries again after the minimum TTL.
-async fn lookup_loop(shared: Weak<Shared>, hostname: String, tx: watch::Sender<Lookup>) {
+async fn lookup_loop(tracker: Weak<Tracker>, hostname: String, tx: watch::Sender<Lookup>) {
     loop {
-        let Some(strong) = shared.upgrade() else { return };
-        let Some(tracker) = strong.dns.as_ref() else { return };
-        if strong.index().backends_with_hostname(&hostname).is_empty() {
-            tracker.forget(&strong, &hostname);
+        let Some(tracker) = tracker.upgrade() else { return };
+        if tracker.state.backends_with_hostname(&hostname).is_empty() {
+            tracker.forget(&hostname);
             return;
         }
         let result = {
@@ -117,7 +125,7 @@ async fn lookup_loop(shared: Weak<Shared>, hostname: String, tx: watch::Sender<L
         };
         let wait = match result {
             Ok(mut resolution) => {
-                strong.metrics.dns_lookups.get_or_create(&super::metrics::ResultLabel::of("ok")).inc();
+                tracker.metrics.dns_lookups.get_or_create(&ResultLabel::of("ok")).inc();
                 // A chain whose end gave no address is a partial failure: the
                 // last addresses stand (a failure never flips a verdict).
                 if resolution.addresses.is_empty()
@@ -129,21 +137,20 @@ async fn lookup_loop(shared: Weak<Shared>, hostname: String, tx: watch::Sender<L
                 let changed = tx.borrow().answer.as_ref().is_none_or(|old| !old.same_answer(&resolution));
                 if changed {
                     tx.send_replace(Lookup { done: true, answer: Some(Arc::new(resolution)) });
-                    let affected = strong.index().backends_with_hostname(&hostname);
-                    strong.queue.extend(affected);
+                    tracker.queue.extend(tracker.state.backends_with_hostname(&hostname));
                 } else {
                     tx.send_if_modified(|lookup| !std::mem::replace(&mut lookup.done, true));
                 }
                 wait
             }
             Err(error) => {
-                strong.metrics.dns_lookups.get_or_create(&super::metrics::ResultLabel::of(error.label())).inc();
+                tracker.metrics.dns_lookups.get_or_create(&ResultLabel::of(error.label())).inc();
                 tracker.log_failure(&hostname, error);
                 tx.send_if_modified(|lookup| !std::mem::replace(&mut lookup.done, true));
                 tracker.min_ttl
             }
         };
-        drop(strong);
+        drop(tracker);
         tokio::time::sleep(wait).await;
     }
 }

@@ -36,13 +36,22 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// A reconcile error's kind (`reconcile::Error::label`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    pub error: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub reconciles: Counter,
     pub reconcile_errors: Counter,
+    pub reconcile_failures: Family<ErrorLabel, Counter>,
     pub reconcile_seconds: Histogram,
     pub status_writes: Counter,
     pub status_conflicts: Counter,
+    pub status_writes_fenced: Counter,
+    pub resyncs: Counter,
     pub watch_events: Family<KindLabel, Counter>,
     pub watch_errors: Family<KindLabel, Counter>,
     pub decode_failures: Family<KindLabel, Counter>,
@@ -60,9 +69,12 @@ impl Default for Metrics {
         let m = Metrics {
             reconciles: Counter::default(),
             reconcile_errors: Counter::default(),
+            reconcile_failures: Family::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             status_writes: Counter::default(),
             status_conflicts: Counter::default(),
+            status_writes_fenced: Counter::default(),
+            resyncs: Counter::default(),
             watch_events: Family::default(),
             watch_errors: Family::default(),
             decode_failures: Family::default(),
@@ -80,6 +92,11 @@ impl Default for Metrics {
             "XBackend reconciles that failed and were retried",
             m.reconcile_errors.clone(),
         );
+        registry.register(
+            "reconcile_failures",
+            "XBackend reconciles that failed, by error (timeout, api, conflict); each is retried with backoff",
+            m.reconcile_failures.clone(),
+        );
         registry.register("reconcile_duration_seconds", "Time to reconcile one XBackend", m.reconcile_seconds.clone());
         registry.register("status_writes", "Status patches sent", m.status_writes.clone());
         registry.register(
@@ -87,6 +104,12 @@ impl Default for Metrics {
             "Status patches refused with 409 Conflict and retried",
             m.status_conflicts.clone(),
         );
+        registry.register(
+            "status_writes_fenced",
+            "Status writes not sent because this replica's leader Lease was lost or its renewal overdue",
+            m.status_writes_fenced.clone(),
+        );
+        registry.register("resyncs", "Periodic safety resyncs started (every XBackend queued)", m.resyncs.clone());
         registry.register("watch_events", "Watch events received, by kind", m.watch_events.clone());
         registry.register(
             "watch_errors",

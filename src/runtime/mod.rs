@@ -1,202 +1,82 @@
-//! `xbackend-controller run`: watches feed the index, a queue drives
-//! reconciles, and only the leader writes status.
+//! `xbackend-controller run`: wiring. Watches (`watch`) are the only writers
+//! of the state (`state`); workers (`reconcile`) plan from snapshots and write
+//! status while this replica holds the Lease (`leader`).
 
 mod dns;
+mod leader;
 mod metrics;
 mod queue;
+mod reconcile;
 mod server;
+mod state;
 mod watch;
-mod writer;
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::StatusCode;
 use kube::Client;
-use kube::api::{Api, DynamicObject};
+use kube::api::Api;
 use kube::discovery::{ApiResource, Discovery};
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::watch as channel;
 use tracing::{info, warn};
 
 use crate::cli::{LogFormat, RunArgs};
-use crate::index::{Index, Kind, RefKind};
-use crate::model::{ObjectRef, RouteKind};
-use crate::status::{EventNote, Shape};
+use crate::index::{Kind, RefKind};
+use crate::model::RouteKind;
 use crate::validate::Policy;
 
+use leader::Leadership;
 use metrics::Metrics;
+use queue::Queue;
+use reconcile::Reconciler;
+use state::{State, Synced};
+use watch::Feeds;
+
+/// Server-side timeout of each watch request. The watcher also gives up on a
+/// stream silent for 5 s longer, so a half-open connection is replaced within
+/// 35 s. Short on purpose: a reconnect can land on another dead connection
+/// from the client's pool and need a second cycle, and two must fit in the
+/// 2 minutes we promise.
+pub const WATCH_TIMEOUT_SECS: u32 = 30;
+/// Client-side bound on a read from the apiserver going idle (lists included,
+/// which the watch idle timeout does not cover). Above WATCH_TIMEOUT_SECS, so
+/// a quiet but live watch is never cut.
+const READ_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long one DNS query may take before it counts as a failure.
+const DNS_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid flag: {0}")]
     Usage(String),
-    #[error("cannot reach the Kubernetes API: {0}")]
+    #[error("cannot reach the Kubernetes API")]
     Kube(#[from] kube::Error),
-    #[error("cannot load kubeconfig: {0}")]
-    Config(String),
+    #[error("cannot load kubeconfig")]
+    Config(#[from] kube::config::InferConfigError),
     #[error("the XBackend CRD ({0}) is not installed: apply crds/xbackends.yaml first")]
     CrdMissing(&'static str),
-    #[error("metrics address: {0}")]
+    #[error("cannot serve the metrics address")]
     Listen(#[from] std::io::Error),
-    #[error("leader election: {0}")]
-    Lease(String),
+    #[error("cannot start leader election")]
+    Lease(#[source] kube_lease_manager::LeaseManagerError),
 }
 
-/// What the writer knows of a stored XBackend besides the index's view.
-#[derive(Clone, Debug, Default)]
-pub struct Stored {
-    pub resource_version: String,
-    pub uid: String,
-    pub status: serde_json::Value,
-}
-
-impl Stored {
-    pub fn of(obj: &DynamicObject) -> Stored {
-        use kube::ResourceExt;
-        Stored {
-            resource_version: obj.resource_version().unwrap_or_default(),
-            uid: obj.uid().unwrap_or_default(),
-            status: obj.data.get("status").cloned().unwrap_or(serde_json::Value::Null),
+/// An error and its sources, as one line: "outer: inner: innermost".
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        // Some errors repeat their source in their own message.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
         }
+        source = s.source();
     }
-}
-
-/// False when `new` tells nothing beyond `old`: the same object at the same
-/// resourceVersion (typically the watch echo of our own write, whose response
-/// we recorded already), or an older version (a watch can lag behind the
-/// response to our own, later, write). The echo can also arrive before the
-/// response; it then counts as news and costs one reconcile that writes nothing.
-fn is_news(old: Option<&Stored>, new: &Stored) -> bool {
-    let Some(old) = old.filter(|old| old.uid == new.uid) else { return true };
-    match (old.resource_version.parse::<u64>(), new.resource_version.parse::<u64>()) {
-        (Ok(a), Ok(b)) => b > a,
-        _ => old.resource_version != new.resource_version,
-    }
-}
-
-/// Watches that must sync before the controller is ready and starts writing.
-pub struct Synced {
-    pending: Mutex<BTreeSet<&'static str>>,
-    ready: channel::Sender<bool>,
-}
-
-impl Synced {
-    fn new(names: impl IntoIterator<Item = &'static str>) -> Self {
-        let pending: BTreeSet<_> = names.into_iter().collect();
-        let (ready, _) = channel::channel(pending.is_empty());
-        Synced { pending: Mutex::new(pending), ready }
-    }
-    pub fn mark(&self, name: &str) {
-        let mut pending = self.pending.lock().expect("synced lock");
-        pending.remove(name);
-        if pending.is_empty() {
-            self.ready.send_replace(true);
-        }
-    }
-    pub fn is_ready(&self) -> bool {
-        *self.ready.borrow()
-    }
-    pub fn pending(&self) -> Vec<&'static str> {
-        self.pending.lock().expect("synced lock").iter().copied().collect()
-    }
-}
-
-pub struct Shared {
-    pub client: Client,
-    pub policy: Policy,
-    pub controller_name: String,
-    pub xbackend_resource: ApiResource,
-    pub metrics: Metrics,
-    pub queue: queue::Queue,
-    pub synced: Synced,
-    index: Mutex<Index>,
-    stored: Mutex<HashMap<ObjectRef, Stored>>,
-    shape: AtomicU8,
-    leader: channel::Receiver<bool>,
-    recorder: Recorder,
-    emitted: Mutex<HashMap<ObjectRef, Vec<EventNote>>>,
-    accepted: Mutex<HashMap<ObjectRef, (bool, &'static str)>>,
-    /// The resolved-address check (None with --no-dns-check).
-    pub dns: Option<dns::Tracker>,
-}
-
-impl Shared {
-    pub fn index(&self) -> MutexGuard<'_, Index> {
-        self.index.lock().expect("index lock")
-    }
-
-    pub fn shape(&self) -> Shape {
-        if self.shape.load(Ordering::Relaxed) == 1 { Shape::Parents } else { Shape::Ancestors }
-    }
-
-    /// Returns true when the layout changed.
-    pub fn set_shape(&self, shape: Shape) -> bool {
-        let v = u8::from(shape == Shape::Parents);
-        self.shape.swap(v, Ordering::Relaxed) != v
-    }
-
-    pub fn is_leader(&self) -> bool {
-        *self.leader.borrow()
-    }
-
-    pub fn stored(&self, key: &ObjectRef) -> Option<Stored> {
-        self.stored.lock().expect("stored lock").get(key).cloned()
-    }
-
-    /// Records the stored object's status and version; returns whether that
-    /// was news (see `is_news`).
-    pub fn update_stored(&self, key: ObjectRef, new: Stored) -> bool {
-        let mut stored = self.stored.lock().expect("stored lock");
-        let news = is_news(stored.get(&key), &new);
-        if news {
-            stored.insert(key, new);
-        }
-        news
-    }
-
-    /// After a re-list: forgets the XBackends it did not see.
-    pub fn retain_stored(&self, seen: &BTreeSet<ObjectRef>) {
-        let gone: Vec<ObjectRef> =
-            self.stored.lock().expect("stored lock").keys().filter(|k| !seen.contains(*k)).cloned().collect();
-        gone.iter().for_each(|k| self.forget(k));
-    }
-
-    pub fn forget(&self, key: &ObjectRef) {
-        self.stored.lock().expect("stored lock").remove(key);
-        self.emitted.lock().expect("emitted lock").remove(key);
-        self.set_accepted(key, None);
-    }
-
-    /// Records an XBackend's Accepted verdict (None: gone) as (status, reason).
-    fn set_accepted(&self, key: &ObjectRef, accepted: Option<(bool, &'static str)>) {
-        let mut map = self.accepted.lock().expect("accepted lock");
-        let old = match accepted {
-            Some(a) => map.insert(key.clone(), a),
-            None => map.remove(key),
-        };
-        // Adjust the gauges by this one change (under the lock, so they stay
-        // exact): recounting the whole map on every reconcile made a cold
-        // start O(N^2). Both series exist from the first call on.
-        for value in [true, false] {
-            let delta = i64::from(accepted.map(|a| a.0) == Some(value)) - i64::from(old.map(|a| a.0) == Some(value));
-            self.metrics.xbackends.get_or_create(&metrics::AcceptedLabel { accepted: value.to_string() }).inc_by(delta);
-        }
-        if old != accepted {
-            let rejected = |a: Option<(bool, &'static str)>| a.filter(|a| !a.0).map(|a| a.1);
-            if let Some(reason) = rejected(old) {
-                self.metrics.rejected.get_or_create(&metrics::ReasonLabel { reason: reason.into() }).dec();
-            }
-            if let Some(reason) = rejected(accepted) {
-                self.metrics.rejected.get_or_create(&metrics::ReasonLabel { reason: reason.into() }).inc();
-            }
-        }
-    }
-
-    pub fn xbackends(&self, namespace: &str) -> Api<DynamicObject> {
-        Api::namespaced_with(self.client.clone(), namespace, &self.xbackend_resource)
-    }
+    out
 }
 
 pub fn init_logging(format: LogFormat) {
@@ -238,31 +118,84 @@ fn identity() -> String {
     })
 }
 
-/// How long one DNS query may take before it counts as a failure.
-const DNS_TIMEOUT: Duration = Duration::from_secs(3);
-
 pub async fn run(args: RunArgs) -> Result<(), Error> {
     let policy = Policy::new(args.policy.to_config()).map_err(Error::Usage)?;
-    let config = kube::Config::infer().await.map_err(|e| Error::Config(e.to_string()))?;
+    let mut config = kube::Config::infer().await?;
+    config.read_timeout = Some(READ_TIMEOUT);
+    // Count the read timeout from each request, not from when a pooled
+    // connection went idle.
+    config.reset_reader_on_write = true;
     let default_namespace = config.default_namespace.clone();
     let client = Client::try_from(config)?;
     let resources = discover(&client).await?;
     let identity = identity();
 
-    // Leadership: a watch channel that is constantly true without election.
-    let (leader_tx, leader_rx) = channel::channel(!args.leader_election_enabled());
     let mut sync_names: Vec<&'static str> = resources.others.iter().map(|(k, _)| watch::kind_name(*k)).collect();
     sync_names.extend(["XBackend", "Secret", "ConfigMap", "Pod", "Namespace", "CustomResourceDefinition"]);
+    let metrics = Arc::new(Metrics::default());
+    let state = Arc::new(State::new(&args.controller_name, metrics.clone(), Synced::new(sync_names)));
+    let queue = Arc::new(Queue::default());
 
-    let dns = if args.dns_check_enabled() {
-        let resolver = crate::dns::Resolver::new(&args.dns.dns_servers, DNS_TIMEOUT).map_err(Error::Usage)?;
-        let ttl = |secs: u64| Duration::from_secs(secs);
-        Some(dns::Tracker::new(resolver, ttl(args.dns.dns_min_ttl), ttl(args.dns.dns_max_ttl)))
+    let endpoints = {
+        let (metrics, state) = (metrics.clone(), state.clone());
+        Arc::new(move |path: &str| -> server::Reply {
+            match path {
+                "/metrics" => {
+                    (StatusCode::OK, metrics.encode(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
+                }
+                "/healthz" | "/livez" => (StatusCode::OK, "ok".to_string(), "text/plain"),
+                "/readyz" if state.synced.is_ready() => (StatusCode::OK, "ok".to_string(), "text/plain"),
+                "/readyz" => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("waiting for watches: {}", state.synced.pending().join(", ")),
+                    "text/plain",
+                ),
+                _ => (StatusCode::NOT_FOUND, "not found".to_string(), "text/plain"),
+            }
+        })
+    };
+    let addr = server::serve(args.metrics_addr, server::Limits::default(), endpoints).await?;
+    info!(%addr, controller_name = %args.controller_name, "serving /metrics, /healthz, /readyz");
+
+    let feeds = Feeds { client: client.clone(), state: state.clone(), queue: queue.clone(), metrics: metrics.clone() };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(watch::watch_crd(feeds.clone()));
+    tasks.spawn(watch::watch_kind(feeds.clone(), Kind::XBackend, Api::all_with(client.clone(), &resources.xbackend)));
+    for (kind, ar) in &resources.others {
+        tasks.spawn(watch::watch_kind(feeds.clone(), *kind, Api::all_with(client.clone(), ar)));
+    }
+    tasks.spawn(watch::watch_refs(feeds.clone(), RefKind::Secret));
+    tasks.spawn(watch::watch_refs(feeds.clone(), RefKind::ConfigMap));
+    tasks.spawn(watch::watch_pods(feeds.clone()));
+    tasks.spawn(watch::watch_namespaces(feeds.clone()));
+
+    let election = if args.leader_election_enabled() {
+        let namespace = args.leader_election_namespace.clone().unwrap_or(default_namespace);
+        let lease = leader::LeaseArgs {
+            name: &args.lease_name,
+            namespace: &namespace,
+            identity: &identity,
+            duration: args.lease_duration,
+        };
+        Some(leader::elect(&client, lease).await?)
     } else {
         None
     };
+    let leadership = election.as_ref().map(|e| e.leadership.clone()).unwrap_or_else(Leadership::always);
 
-    let shared = Arc::new(Shared {
+    // A new leader starts from a full pass: the old one may have died mid-way.
+    // While leading, a periodic safety resync does the same (it writes
+    // nothing when nothing changed).
+    tasks.spawn(lead(leadership.changes(), state.clone(), queue.clone(), metrics.clone(), args.resync_interval));
+
+    let dns = if args.dns_check_enabled() {
+        let resolver = crate::dns::Resolver::new(&args.dns.dns_servers, DNS_TIMEOUT).map_err(Error::Usage)?;
+        let ttls = (Duration::from_secs(args.dns.dns_min_ttl), Duration::from_secs(args.dns.dns_max_ttl));
+        Some(Arc::new(dns::Tracker::new(resolver, ttls, state.clone(), queue.clone(), metrics.clone())))
+    } else {
+        None
+    };
+    let reconciler = Arc::new(Reconciler {
         recorder: Recorder::new(
             client.clone(),
             Reporter { controller: "xbackend-controller".into(), instance: Some(identity.clone()) },
@@ -270,127 +203,76 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         client: client.clone(),
         policy,
         controller_name: args.controller_name.clone(),
-        xbackend_resource: resources.xbackend.clone(),
-        metrics: Metrics::default(),
-        queue: queue::Queue::default(),
-        synced: Synced::new(sync_names),
-        index: Mutex::new(Index::new(args.controller_name.clone())),
-        stored: Mutex::default(),
-        shape: AtomicU8::new(0),
-        leader: leader_rx,
-        emitted: Mutex::default(),
-        accepted: Mutex::default(),
+        xbackend: resources.xbackend.clone(),
+        state: state.clone(),
+        queue: queue.clone(),
+        metrics: metrics.clone(),
+        leadership,
         dns,
     });
-
-    let addr = server::serve(args.metrics_addr, shared.clone()).await?;
-    info!(%addr, controller_name = %args.controller_name, "serving /metrics, /healthz, /readyz");
-
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(watch::watch_crd(shared.clone()));
-    tasks.spawn(watch::watch_kind(shared.clone(), Kind::XBackend, Api::all_with(client.clone(), &resources.xbackend)));
-    for (kind, ar) in &resources.others {
-        tasks.spawn(watch::watch_kind(shared.clone(), *kind, Api::all_with(client.clone(), ar)));
-    }
-    tasks.spawn(watch::watch_refs(shared.clone(), RefKind::Secret));
-    tasks.spawn(watch::watch_refs(shared.clone(), RefKind::ConfigMap));
-    tasks.spawn(watch::watch_pods(shared.clone()));
-    tasks.spawn(watch::watch_namespaces(shared.clone()));
-
-    let lease = if args.leader_election_enabled() {
-        let namespace = args.leader_election_namespace.clone().unwrap_or(default_namespace);
-        Some(start_leader_election(&client, &args, &namespace, &identity, leader_tx).await?)
-    } else {
-        shared.metrics.leader.set(1);
-        None
-    };
-
-    // A new leader starts from a full pass: the old one may have died mid-way.
-    let mut leader_changes = shared.leader.clone();
-    let on_leader = shared.clone();
-    tasks.spawn(async move {
-        loop {
-            let leading = *leader_changes.borrow_and_update();
-            on_leader.metrics.leader.set(i64::from(leading));
-            if leading {
-                info!("leading: reconciling every XBackend");
-                let all = on_leader.index().backend_keys();
-                on_leader.queue.extend(all);
-            }
-            if leader_changes.changed().await.is_err() {
-                return;
-            }
-        }
-    });
-
     let (stop_tx, stop_rx) = channel::channel(false);
     for _ in 0..args.concurrency.max(1) {
-        tasks.spawn(writer::worker(shared.clone(), stop_rx.clone()));
+        tasks.spawn(reconcile::worker(reconciler.clone(), stop_rx.clone()));
     }
-    let mut ready = shared.synced.ready.subscribe();
-    let ready_metric = shared.clone();
+    let mut ready = state.synced.subscribe();
+    let ready_metric = metrics.clone();
     tasks.spawn(async move {
         let _ = ready.wait_for(|r| *r).await;
-        ready_metric.metrics.ready.set(1);
+        ready_metric.ready.set(1);
         info!("every watch synced: ready");
     });
 
     shutdown_signal().await;
     info!("shutting down: finishing in-flight reconciles");
     stop_tx.send_replace(true);
-    // Workers take no new keys once stopped; wait for the ones already running.
+    // Workers take no new keys once stopped; wait for the ones already running
+    // (each API call they make is bounded).
     let drain = async {
-        while shared.queue.running() > 0 {
+        while queue.running() > 0 {
             tokio::time::sleep(Duration::from_millis(50)).await
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
-    if let Some((forwarder, handle)) = lease {
-        // Dropping the last receiver makes the lease task release the Lease, so
-        // a standby replica takes over at once instead of after expiry.
-        forwarder.abort();
-        let _ = forwarder.await;
-        match tokio::time::timeout(Duration::from_secs(5), handle).await {
-            Ok(Ok(Ok(_))) => info!("leader Lease released"),
-            Ok(Ok(Err(e))) => warn!(error = %e, "could not release the leader Lease"),
-            _ => warn!("leader Lease release timed out"),
-        }
+    if let Some(election) = election {
+        election.release().await;
     }
     tasks.abort_all();
     Ok(())
 }
 
-type LeaseTask =
-    tokio::task::JoinHandle<Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>>;
-
-async fn start_leader_election(
-    client: &Client,
-    args: &RunArgs,
-    namespace: &str,
-    identity: &str,
-    leader_tx: channel::Sender<bool>,
-) -> Result<(tokio::task::JoinHandle<()>, LeaseTask), Error> {
-    let duration = args.lease_duration.max(3);
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-        .with_namespace(namespace)
-        .with_identity(identity)
-        .with_duration(duration)
-        .with_grace((duration / 3).max(1))
-        .build()
-        .await
-        .map_err(|e| Error::Lease(e.to_string()))?;
-    let (mut rx, handle) = manager.watch().await;
-    info!(lease = %args.lease_name, namespace, identity, "leader election started");
-    let forwarder = tokio::spawn(async move {
-        loop {
-            leader_tx.send_replace(*rx.borrow_and_update());
-            if rx.changed().await.is_err() {
-                leader_tx.send_replace(false);
-                return;
-            }
+/// Follows leadership: the leader metric, a full pass on takeover, and the
+/// periodic resync while leading (`resync_secs` 0: none).
+async fn lead(
+    mut changes: channel::Receiver<bool>,
+    state: Arc<State>,
+    queue: Arc<Queue>,
+    metrics: Arc<Metrics>,
+    resync_secs: u64,
+) {
+    let period = (resync_secs > 0).then(|| Duration::from_secs(resync_secs));
+    loop {
+        let leading = *changes.borrow_and_update();
+        metrics.leader.set(i64::from(leading));
+        if leading {
+            info!("leading: reconciling every XBackend");
+            queue.extend(state.backend_keys());
         }
-    });
-    Ok((forwarder, handle))
+        let resync = async {
+            match period {
+                Some(period) if leading => loop {
+                    tokio::time::sleep(period).await;
+                    metrics.resyncs.inc();
+                    info!("periodic resync: reconciling every XBackend");
+                    queue.extend(state.backend_keys());
+                },
+                _ => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = resync => {}
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -402,25 +284,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn stored(uid: &str, rv: &str) -> Stored {
-        Stored { resource_version: rv.into(), uid: uid.into(), status: serde_json::Value::Null }
-    }
-
-    #[test]
-    fn only_a_newer_version_of_the_same_object_is_news() {
-        assert!(is_news(None, &stored("u", "5")), "first sight");
-        assert!(!is_news(Some(&stored("u", "5")), &stored("u", "5")), "echo of our write");
-        assert!(!is_news(Some(&stored("u", "7")), &stored("u", "5")), "late event");
-        assert!(is_news(Some(&stored("u", "5")), &stored("u", "7")), "someone changed it");
-        assert!(is_news(Some(&stored("u", "7")), &stored("v", "5")), "deleted and created again");
-        assert!(is_news(Some(&stored("u", "x")), &stored("u", "y")), "opaque versions: different is news");
-        assert!(!is_news(Some(&stored("u", "x")), &stored("u", "x")));
     }
 }

@@ -1,12 +1,25 @@
-//! Work queue of XBackends to reconcile: deduplicated, and never the same key
-//! on two workers at once (a key pushed while running runs again afterwards).
+//! Work queue of XBackends to reconcile: deduplicated, never the same key on
+//! two workers at once, and failed keys retried after a jittered exponential backoff.
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use crate::model::ObjectRef;
+
+/// Retry delays: `BASE * 2^failures`, capped at `MAX`, each drawn from its
+/// upper half so that keys failing together spread out.
+pub const BACKOFF_BASE: Duration = Duration::from_millis(250);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(120);
+
+/// The delay before retry number `failures` (1 for the first failure).
+pub fn backoff(failures: u32, base: Duration, max: Duration) -> Duration {
+    let exp = base.saturating_mul(1u32.checked_shl(failures.saturating_sub(1)).unwrap_or(u32::MAX)).min(max);
+    let half = exp / 2;
+    half + half.mul_f64(fastrand::f64())
+}
 
 #[derive(Default)]
 pub struct Queue {
@@ -20,6 +33,8 @@ struct State {
     queued: HashSet<ObjectRef>,
     running: HashSet<ObjectRef>,
     again: HashSet<ObjectRef>,
+    /// Consecutive failures per key; gone after a success.
+    failures: HashMap<ObjectRef, u32>,
 }
 
 impl Queue {
@@ -38,7 +53,7 @@ impl Queue {
         keys.into_iter().for_each(|k| self.push(k));
     }
 
-    /// Waits for the next key and marks it running; call `done` after.
+    /// Waits for the next key and marks it running; call `done` or `failed` after.
     pub async fn pop(&self) -> ObjectRef {
         loop {
             let notified = self.notify.notified();
@@ -58,10 +73,38 @@ impl Queue {
         }
     }
 
+    /// The reconcile succeeded: its failure count starts over.
     pub fn done(&self, key: &ObjectRef) {
+        self.finish(key, true);
+    }
+
+    /// The reconcile failed: the key runs again after a backoff (sooner if
+    /// pushed meanwhile). Returns the delay.
+    pub fn failed(self: &Arc<Self>, key: &ObjectRef) -> Duration {
+        let failures = {
+            let mut s = self.state.lock().expect("queue lock");
+            let n = s.failures.entry(key.clone()).or_default();
+            *n = n.saturating_add(1);
+            *n
+        };
+        self.finish(key, false);
+        let delay = backoff(failures, BACKOFF_BASE, BACKOFF_MAX);
+        let queue = Arc::clone(self);
+        let key = key.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            queue.push(key);
+        });
+        delay
+    }
+
+    fn finish(&self, key: &ObjectRef, success: bool) {
         let again = {
             let mut s = self.state.lock().expect("queue lock");
             s.running.remove(key);
+            if success {
+                s.failures.remove(key);
+            }
             s.again.remove(key)
         };
         if again {
@@ -103,5 +146,48 @@ mod tests {
         assert_eq!(q.state.lock().unwrap().order.len(), 0, "not queued while running");
         q.done(&a);
         assert_eq!(q.pop().await, key("a"));
+    }
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_is_capped() {
+        let (base, max) = (Duration::from_millis(100), Duration::from_secs(10));
+        for failures in 1..40 {
+            let full = base.saturating_mul(1 << (failures - 1).min(20)).min(max);
+            for _ in 0..20 {
+                let d = backoff(failures, base, max);
+                assert!(d >= full / 2 && d <= full, "{failures}: {d:?} outside [{:?}, {full:?}]", full / 2);
+            }
+        }
+        assert!(backoff(u32::MAX, base, max) <= max);
+        let draws: HashSet<Duration> = (0..20).map(|_| backoff(3, base, max)).collect();
+        assert!(draws.len() > 1, "jittered");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_key_comes_back_after_its_backoff_and_grows_until_a_success() {
+        let q = Arc::new(Queue::default());
+        q.push(key("a"));
+        let mut last = Duration::ZERO;
+        for round in 1..=4u32 {
+            let a = q.pop().await;
+            let delay = q.failed(&a);
+            let full = BACKOFF_BASE * 2u32.pow(round - 1);
+            assert!(delay >= full / 2 && delay <= full, "round {round}: {delay:?}");
+            assert!(round == 1 || delay > last / 2, "grows");
+            last = delay;
+            let started = tokio::time::Instant::now();
+            assert_eq!(q.pop().await, key("a"));
+            assert!(started.elapsed() >= delay, "not before its backoff");
+            // Put it back into the running state the loop expects.
+            q.state.lock().unwrap().running.remove(&a);
+            q.push(a);
+        }
+        let a = q.pop().await;
+        q.done(&a);
+        assert!(q.state.lock().unwrap().failures.is_empty(), "a success resets the count");
+        q.push(key("a"));
+        let a = q.pop().await;
+        let delay = q.failed(&a);
+        assert!(delay <= BACKOFF_BASE, "starts over: {delay:?}");
     }
 }

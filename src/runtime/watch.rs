@@ -1,5 +1,7 @@
-//! Watches: each kind's events go into the index (apply / delete; a re-list is
-//! applied as it streams, then retained), and the XBackends they affect are queued.
+//! Watches: the only writers of the state. Each kind's events go into it
+//! (apply / delete; a re-list is applied as it streams, then retained), and the
+//! XBackends they affect are queued. A dead connection, half-open included, is
+//! noticed by the watcher's idle timeout (`WATCH_TIMEOUT_SECS` + 5 s) and reconnected.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -11,10 +13,12 @@ use kube::api::{Api, DynamicObject};
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use kube::{Resource, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use tracing::{info, warn};
 
-use super::{Shared, Stored, metrics::Metrics};
+use super::metrics::Metrics;
+use super::queue::Queue;
+use super::state::State;
 use crate::decode;
 use crate::index::{Kind, Object, RefKind};
 use crate::model::ObjectRef;
@@ -32,8 +36,23 @@ pub fn kind_name(kind: Kind) -> &'static str {
     }
 }
 
+/// What every watch feeds.
+#[derive(Clone)]
+pub struct Feeds {
+    pub client: Client,
+    pub state: Arc<State>,
+    pub queue: Arc<Queue>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Server-side timeout of every watch request: the watcher reconnects after
+/// it, and treats a stream silent for 5 s longer as dead.
+fn config() -> watcher::Config {
+    watcher::Config::default().timeout(super::WATCH_TIMEOUT_SECS)
+}
+
 /// Decodes one watched object; failures are logged and counted, never fatal.
-fn decode_object(shared: &Shared, kind: Kind, obj: &DynamicObject) -> Option<(ObjectRef, Object)> {
+fn decode_object(shared: &Feeds, kind: Kind, obj: &DynamicObject) -> Option<(ObjectRef, Object)> {
     let value = match serde_json::to_value(obj) {
         Ok(v) => v,
         Err(e) => {
@@ -50,7 +69,7 @@ fn decode_object(shared: &Shared, kind: Kind, obj: &DynamicObject) -> Option<(Ob
     }
 }
 
-fn report_decode_failure(shared: &Shared, kind: Kind, obj: &DynamicObject, error: &str) {
+fn report_decode_failure(shared: &Feeds, kind: Kind, obj: &DynamicObject, error: &str) {
     let name = kind_name(kind);
     shared.metrics.decode_failures.get_or_create(&Metrics::kind(name)).inc();
     warn!(
@@ -63,7 +82,7 @@ fn report_decode_failure(shared: &Shared, kind: Kind, obj: &DynamicObject, error
 }
 
 /// Counts a watch event; logs and counts an error (the watch retries with backoff).
-fn counted<T>(shared: &Shared, kind: &'static str, event: Result<T, watcher::Error>) -> Option<T> {
+fn counted<T>(shared: &Feeds, kind: &'static str, event: Result<T, watcher::Error>) -> Option<T> {
     match event {
         Ok(e) => {
             shared.metrics.watch_events.get_or_create(&Metrics::kind(kind)).inc();
@@ -79,23 +98,17 @@ fn counted<T>(shared: &Shared, kind: &'static str, event: Result<T, watcher::Err
 
 /// Puts one added or changed object into the index and queues what it
 /// affects; returns its key unless it did not decode.
-fn apply_object(shared: &Shared, kind: Kind, obj: &DynamicObject) -> Option<ObjectRef> {
+fn apply_object(shared: &Feeds, kind: Kind, obj: &DynamicObject) -> Option<ObjectRef> {
     let (key, object) = decode_object(shared, kind, obj)?;
-    let news = kind != Kind::XBackend || shared.update_stored(key.clone(), Stored::of(obj));
-    let mut affected = shared.index().apply(key.clone(), object);
-    if !news {
-        // Nothing changed since we looked (typically our own write coming
-        // back): reconciling it again would only confirm it.
-        affected.remove(&key);
-    }
+    let affected = shared.state.apply(key.clone(), object);
     shared.queue.extend(affected);
     Some(key)
 }
 
 /// Watches one index kind until the process ends.
-pub async fn watch_kind(shared: Arc<Shared>, kind: Kind, api: Api<DynamicObject>) {
+pub async fn watch_kind(shared: Feeds, kind: Kind, api: Api<DynamicObject>) {
     let name = kind_name(kind);
-    let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
+    let mut stream = watcher::watcher(api, config()).default_backoff().boxed();
     // Keys seen since the last Init: a (re-)list is applied object by object
     // as it streams in, and what it did not see is deleted at InitDone.
     let mut seen: BTreeSet<ObjectRef> = BTreeSet::new();
@@ -112,20 +125,14 @@ pub async fn watch_kind(shared: Arc<Shared>, kind: Kind, api: Api<DynamicObject>
                 apply_object(&shared, kind, &obj);
             }
             Event::InitDone => {
-                if kind == Kind::XBackend {
-                    shared.retain_stored(&seen);
-                }
-                let affected = shared.index().retain(kind, &seen);
+                let affected = shared.state.retain(kind, &seen);
                 shared.queue.extend(affected);
-                shared.synced.mark(name);
+                shared.state.synced.mark(name);
                 info!(kind = name, "watch synced");
             }
             Event::Delete(obj) => {
                 let key = ObjectRef::new(obj.namespace().unwrap_or_default(), obj.name_any());
-                if kind == Kind::XBackend {
-                    shared.forget(&key);
-                }
-                let affected = shared.index().delete(kind, &key);
+                let affected = shared.state.delete(kind, &key);
                 shared.queue.extend(affected);
             }
         }
@@ -134,12 +141,12 @@ pub async fn watch_kind(shared: Arc<Shared>, kind: Kind, api: Api<DynamicObject>
 
 /// Watches Secret or ConfigMap metadata only: contents are read per
 /// reconcile, so memory does not grow with unrelated objects.
-pub async fn watch_refs(shared: Arc<Shared>, kind: RefKind) {
+pub async fn watch_refs(shared: Feeds, kind: RefKind) {
     let name = match kind {
         RefKind::Secret => "Secret",
         RefKind::ConfigMap => "ConfigMap",
     };
-    let config = watcher::Config::default();
+    let config = config();
     // Api<PartialObjectMeta<_>> makes metadata-only list and watch requests.
     let mut stream = match kind {
         RefKind::Secret => watcher::watcher(Api::<PartialObjectMeta<Secret>>::all(shared.client.clone()), config)
@@ -156,17 +163,16 @@ pub async fn watch_refs(shared: Arc<Shared>, kind: RefKind) {
         let Some(event) = counted(&shared, name, event) else { continue };
         match event {
             Event::Apply(key) | Event::Delete(key) => {
-                let affected = shared.index().referencing(kind, &key);
+                let affected = shared.state.referencing(kind, &key);
                 shared.queue.extend(affected);
             }
             Event::InitDone => {
                 relists += 1;
-                shared.synced.mark(name);
+                shared.state.synced.mark(name);
                 // A re-list hides what changed while the watch was down: recheck
                 // every XBackend (unchanged results write nothing).
                 if relists > 1 {
-                    let all = shared.index().backend_keys();
-                    shared.queue.extend(all);
+                    shared.queue.extend(shared.state.backend_keys());
                 }
             }
             Event::Init | Event::InitApply(_) => {}
@@ -179,20 +185,20 @@ pub async fn watch_refs(shared: Arc<Shared>, kind: RefKind) {
 const LIVE_PODS: &str = "status.phase!=Succeeded,status.phase!=Failed";
 
 /// Watches Pod metadata (labels) for EndpointSelector XBackends.
-pub async fn watch_pods(shared: Arc<Shared>) {
+pub async fn watch_pods(shared: Feeds) {
     let api = Api::<PartialObjectMeta<Pod>>::all(shared.client.clone());
-    watch_metadata(shared, Kind::Pod, api, watcher::Config::default().fields(LIVE_PODS)).await
+    watch_metadata(shared, Kind::Pod, api, config().fields(LIVE_PODS)).await
 }
 
 /// Watches Namespace names for the cluster-aware hostname guardrail.
-pub async fn watch_namespaces(shared: Arc<Shared>) {
+pub async fn watch_namespaces(shared: Feeds) {
     let api = Api::<PartialObjectMeta<Namespace>>::all(shared.client.clone());
-    watch_metadata(shared, Kind::Namespace, api, watcher::Config::default()).await
+    watch_metadata(shared, Kind::Namespace, api, config()).await
 }
 
 /// Watches an index kind by metadata only, so memory stays small however many
 /// unrelated objects there are: labels and names are all the index needs.
-async fn watch_metadata<K>(shared: Arc<Shared>, kind: Kind, api: Api<PartialObjectMeta<K>>, config: watcher::Config)
+async fn watch_metadata<K>(shared: Feeds, kind: Kind, api: Api<PartialObjectMeta<K>>, config: watcher::Config)
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default,
@@ -214,15 +220,15 @@ where
             Event::InitApply(object) | Event::Apply(object) => {
                 let Some((key, object)) = decoded(&object) else { continue };
                 seen.insert(key.clone());
-                shared.index().apply(key, object)
+                shared.state.apply(key, object)
             }
             Event::Delete(object) => {
                 let Some((key, _)) = decoded(&object) else { continue };
-                shared.index().delete(kind, &key)
+                shared.state.delete(kind, &key)
             }
             Event::InitDone => {
-                let affected = shared.index().retain(kind, &seen);
-                shared.synced.mark(name);
+                let affected = shared.state.retain(kind, &seen);
+                shared.state.synced.mark(name);
                 info!(kind = name, "watch synced");
                 affected
             }
@@ -262,21 +268,20 @@ pub fn shape_of(crd: &CustomResourceDefinition) -> Shape {
 
 /// Follows the XBackend CRD so that a switch between our CRD and upstream's
 /// moves our entries to the new status layout.
-pub async fn watch_crd(shared: Arc<Shared>) {
+pub async fn watch_crd(shared: Feeds) {
     let api: Api<CustomResourceDefinition> = Api::all(shared.client.clone());
-    let config = watcher::Config::default().fields(&format!("metadata.name={XBACKEND_CRD}"));
+    let config = config().fields(&format!("metadata.name={XBACKEND_CRD}"));
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
     while let Some(event) = stream.next().await {
         match event {
             Ok(Event::Apply(crd)) | Ok(Event::InitApply(crd)) => {
                 let shape = shape_of(&crd);
-                if shared.set_shape(shape) {
+                if shared.state.set_shape(shape) {
                     info!(?shape, "XBackend CRD status layout changed; rechecking every XBackend");
-                    let all = shared.index().backend_keys();
-                    shared.queue.extend(all);
+                    shared.queue.extend(shared.state.backend_keys());
                 }
             }
-            Ok(Event::InitDone) => shared.synced.mark("CustomResourceDefinition"),
+            Ok(Event::InitDone) => shared.state.synced.mark("CustomResourceDefinition"),
             Ok(_) => {}
             Err(e) => {
                 shared.metrics.watch_errors.get_or_create(&Metrics::kind("CustomResourceDefinition")).inc();

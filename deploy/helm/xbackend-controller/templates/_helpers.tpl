@@ -97,6 +97,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - --no-leader-election
 {{- end }}
 - {{ printf "--concurrency=%d" (int .Values.controller.concurrency) | quote }}
+- {{ printf "--resync-interval=%d" (int .Values.controller.resyncInterval) | quote }}
 - {{ printf "--log-format=%s" .Values.controller.logFormat | quote }}
 {{- range .Values.controller.extraArgs }}
 - {{ . | quote }}

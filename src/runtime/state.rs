@@ -1,0 +1,298 @@
+//! The controller's state behind one short lock: the index (one record per
+//! XBackend, written only by the watches), the status layout, and what the
+//! last reconcile of each XBackend reported.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch as channel;
+
+use super::metrics::{AcceptedLabel, Metrics, ReasonLabel};
+use crate::conditions::Verdict;
+use crate::index::{Index, Kind, Object, RefKind};
+use crate::judge::Snapshot;
+use crate::model::ObjectRef;
+use crate::status::{EventNote, Shape};
+
+/// What a reconcile last did for one XBackend (object `uid`): reconciles
+/// write it, the watches drop it with the object. It is memory of our own
+/// output, not a cache of the cluster.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Reported {
+    pub uid: String,
+    /// The Events recorded, so an unchanged set is not recorded again.
+    pub events: Vec<EventNote>,
+    /// The Accepted verdict (status, reason) counted in the gauges.
+    pub accepted: Option<(bool, &'static str)>,
+    /// The resourceVersion our last status patch produced: its watch echo is
+    /// no news (the echo rule).
+    pub written: Option<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    index: Index,
+    shape: Shape,
+    reported: HashMap<ObjectRef, Reported>,
+}
+
+pub struct State {
+    inner: Mutex<Inner>,
+    metrics: Arc<Metrics>,
+    pub synced: Synced,
+}
+
+impl State {
+    pub fn new(controller_name: &str, metrics: Arc<Metrics>, synced: Synced) -> State {
+        let inner = Inner { index: Index::new(controller_name), ..Inner::default() };
+        State { inner: Mutex::new(inner), metrics, synced }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().expect("state lock")
+    }
+
+    /// Applies one added or changed object; returns the XBackends to reconcile.
+    ///
+    /// An XBackend event that is not newer than the record is dropped, and
+    /// the echo of our own write updates the record without a reconcile:
+    /// reconciling it would only confirm it.
+    pub fn apply(&self, key: ObjectRef, object: Object) -> BTreeSet<ObjectRef> {
+        let mut inner = self.lock();
+        let mut echo = false;
+        if let Object::XBackend(new) = &object {
+            if inner.index.backend(&key).is_some_and(|old| !new.is_newer_than(old)) {
+                return BTreeSet::new();
+            }
+            echo = inner
+                .reported
+                .get(&key)
+                .is_some_and(|r| r.uid == new.uid && r.written.as_deref() == Some(new.resource_version.as_str()));
+        }
+        let mut affected = inner.index.apply(key.clone(), object);
+        if echo {
+            affected.remove(&key);
+        }
+        affected
+    }
+
+    pub fn delete(&self, kind: Kind, key: &ObjectRef) -> BTreeSet<ObjectRef> {
+        let mut inner = self.lock();
+        let affected = inner.index.delete(kind, key);
+        self.sweep(&mut inner, kind, affected)
+    }
+
+    /// Ends a re-list: deletes the objects of `kind` it did not see.
+    pub fn retain(&self, kind: Kind, seen: &BTreeSet<ObjectRef>) -> BTreeSet<ObjectRef> {
+        let mut inner = self.lock();
+        let affected = inner.index.retain(kind, seen);
+        self.sweep(&mut inner, kind, affected)
+    }
+
+    /// Drops what was reported for XBackends that are gone, with their gauge.
+    fn sweep(&self, inner: &mut Inner, kind: Kind, affected: BTreeSet<ObjectRef>) -> BTreeSet<ObjectRef> {
+        if kind != Kind::XBackend {
+            return affected;
+        }
+        let gone: Vec<ObjectRef> = affected.iter().filter(|k| inner.index.backend(k).is_none()).cloned().collect();
+        for key in &gone {
+            if let Some(r) = inner.reported.remove(key) {
+                self.count(r.accepted, None);
+            }
+        }
+        affected.into_iter().filter(|k| !gone.contains(k)).collect()
+    }
+
+    pub fn referencing(&self, kind: RefKind, key: &ObjectRef) -> BTreeSet<ObjectRef> {
+        self.lock().index.referencing(kind, key)
+    }
+
+    /// The XBackends whose spec names `hostname`, for the DNS check.
+    pub fn backends_with_hostname(&self, hostname: &str) -> BTreeSet<ObjectRef> {
+        self.lock().index.backends_with_hostname(hostname)
+    }
+
+    pub fn backend_keys(&self) -> Vec<ObjectRef> {
+        self.lock().index.backend_keys()
+    }
+
+    /// Returns true when the layout changed.
+    pub fn set_shape(&self, shape: Shape) -> bool {
+        std::mem::replace(&mut self.lock().shape, shape) != shape
+    }
+
+    /// A copy of what one reconcile needs; None when the XBackend is gone.
+    pub fn snapshot(&self, key: &ObjectRef) -> Option<Snapshot> {
+        let inner = self.lock();
+        Snapshot::take(&inner.index, key, inner.shape)
+    }
+
+    /// Records a reconcile's verdict and Events for the XBackend with `uid`;
+    /// returns the Events to record now (empty when the same were recorded
+    /// last time). Ignored when the object is gone or was replaced.
+    pub fn report(&self, key: &ObjectRef, uid: &str, accepted: &Verdict, events: Vec<EventNote>) -> Vec<EventNote> {
+        let accepted = (accepted.status, accepted.reason);
+        let mut inner = self.lock();
+        if inner.index.backend(key).is_none_or(|b| b.uid != uid) {
+            return Vec::new();
+        }
+        let entry = inner.reported.entry(key.clone()).or_default();
+        if entry.uid != uid {
+            *entry = Reported { uid: uid.to_string(), ..Reported::default() };
+        }
+        let old = entry.accepted.replace(accepted);
+        let fresh = entry.events != events;
+        if fresh {
+            entry.events = events.clone();
+        }
+        self.count(old, Some(accepted));
+        if fresh { events } else { Vec::new() }
+    }
+
+    /// Remembers the resourceVersion our patch produced (the echo rule).
+    pub fn wrote(&self, key: &ObjectRef, uid: &str, resource_version: String) {
+        let mut inner = self.lock();
+        if let Some(r) = inner.reported.get_mut(key).filter(|r| r.uid == uid) {
+            r.written = Some(resource_version);
+        }
+    }
+
+    /// Moves the Accepted gauges (by status, and rejections by reason) by one
+    /// XBackend's change (under the lock, so they stay exact without
+    /// recounting every XBackend).
+    fn count(&self, old: Option<(bool, &'static str)>, new: Option<(bool, &'static str)>) {
+        for value in [true, false] {
+            let delta = i64::from(new.map(|a| a.0) == Some(value)) - i64::from(old.map(|a| a.0) == Some(value));
+            self.metrics.xbackends.get_or_create(&AcceptedLabel { accepted: value.to_string() }).inc_by(delta);
+        }
+        if old == new {
+            return;
+        }
+        let rejected = |a: Option<(bool, &'static str)>| a.filter(|a| !a.0).map(|a| ReasonLabel { reason: a.1.into() });
+        if let Some(label) = rejected(old) {
+            self.metrics.rejected.get_or_create(&label).dec();
+        }
+        if let Some(label) = rejected(new) {
+            self.metrics.rejected.get_or_create(&label).inc();
+        }
+    }
+}
+
+/// Watches that must sync before the controller is ready and starts writing.
+pub struct Synced {
+    pending: Mutex<BTreeSet<&'static str>>,
+    ready: channel::Sender<bool>,
+}
+
+impl Synced {
+    pub fn new(names: impl IntoIterator<Item = &'static str>) -> Self {
+        let pending: BTreeSet<_> = names.into_iter().collect();
+        let (ready, _) = channel::channel(pending.is_empty());
+        Synced { pending: Mutex::new(pending), ready }
+    }
+    pub fn mark(&self, name: &str) {
+        let mut pending = self.pending.lock().expect("synced lock");
+        pending.remove(name);
+        if pending.is_empty() {
+            self.ready.send_replace(true);
+        }
+    }
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+    pub fn subscribe(&self) -> channel::Receiver<bool> {
+        self.ready.subscribe()
+    }
+    pub fn pending(&self) -> Vec<&'static str> {
+        self.pending.lock().expect("synced lock").iter().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conditions;
+    use crate::model::Backend;
+
+    fn backend(uid: &str, rv: &str) -> Object {
+        let mut b = Backend::new(1, Err("no spec".into()));
+        b.uid = uid.into();
+        b.resource_version = rv.into();
+        Object::XBackend(b)
+    }
+
+    fn state() -> State {
+        State::new("ctl", Arc::new(Metrics::default()), Synced::new([]))
+    }
+
+    fn gauge(state: &State, accepted: bool) -> i64 {
+        state.metrics.xbackends.get_or_create(&AcceptedLabel { accepted: accepted.to_string() }).get()
+    }
+
+    #[test]
+    fn only_a_newer_version_of_the_same_object_is_news() {
+        let s = state();
+        let k = ObjectRef::new("ns", "b");
+        let cases = [
+            ("u", "5", true, "first sight"),
+            ("u", "5", false, "the same version again"),
+            ("u", "4", false, "a late event"),
+            ("u", "7", true, "someone changed it"),
+            ("v", "3", true, "deleted and created again"),
+            ("v", "x", true, "opaque versions: different is news"),
+            ("v", "x", false, "opaque versions: the same is not"),
+        ];
+        for (uid, rv, news, what) in cases {
+            assert_eq!(s.apply(k.clone(), backend(uid, rv)).contains(&k), news, "{what}");
+        }
+        assert_eq!(s.snapshot(&k).unwrap().backend.resource_version, "x", "late events never move the record back");
+    }
+
+    #[test]
+    fn the_echo_of_our_write_updates_the_record_without_a_reconcile() {
+        let s = state();
+        let k = ObjectRef::new("ns", "b");
+        s.apply(k.clone(), backend("u", "5"));
+        s.report(&k, "u", &conditions::accepted(), vec![]);
+        s.wrote(&k, "u", "6".into());
+        assert!(s.apply(k.clone(), backend("u", "6")).is_empty(), "our echo");
+        assert_eq!(s.snapshot(&k).unwrap().backend.resource_version, "6", "but the record follows it");
+        assert!(s.apply(k.clone(), backend("u", "7")).contains(&k), "someone else's write");
+    }
+
+    #[test]
+    fn events_are_reported_once_and_gauges_follow_verdicts_and_deletes() {
+        let s = state();
+        let k = ObjectRef::new("ns", "b");
+        s.apply(k.clone(), backend("u", "1"));
+        let (ok, invalid) = (conditions::accepted(), conditions::invalid("m"));
+        let note = EventNote { warning: true, reason: "Invalid", message: "m".into() };
+        assert_eq!(s.report(&k, "u", &invalid, vec![note.clone()]), vec![note.clone()]);
+        assert_eq!(s.report(&k, "u", &invalid, vec![note.clone()]), vec![], "unchanged: not again");
+        assert_eq!((gauge(&s, true), gauge(&s, false), rejected(&s, "Invalid")), (0, 1, 1));
+        assert_eq!(s.report(&k, "other-uid", &ok, vec![]), vec![], "a stale reconcile of a replaced object");
+        s.report(&k, "u", &conditions::address_not_allowed("a"), vec![]);
+        assert_eq!(
+            (rejected(&s, "Invalid"), rejected(&s, "AddressNotAllowed")),
+            (0, 1),
+            "rejections follow the reason"
+        );
+        s.report(&k, "u", &ok, vec![]);
+        assert_eq!((gauge(&s, true), gauge(&s, false), rejected(&s, "AddressNotAllowed")), (1, 0, 0));
+        s.delete(Kind::XBackend, &k);
+        assert_eq!((gauge(&s, true), gauge(&s, false)), (0, 0), "a deleted XBackend leaves the gauges");
+        s.apply(k.clone(), backend("u2", "9"));
+        assert_eq!(s.report(&k, "u2", &invalid, vec![note.clone()]), vec![note], "a new object starts afresh");
+        s.retain(Kind::XBackend, &BTreeSet::new());
+        assert_eq!(
+            (gauge(&s, true), gauge(&s, false), rejected(&s, "Invalid")),
+            (0, 0, 0),
+            "a re-list that misses it too"
+        );
+        assert!(s.lock().reported.is_empty());
+    }
+
+    fn rejected(s: &State, reason: &str) -> i64 {
+        s.metrics.rejected.get_or_create(&ReasonLabel { reason: reason.into() }).get()
+    }
+}
