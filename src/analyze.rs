@@ -65,7 +65,8 @@ pub fn main(args: AnalyzeArgs) -> ExitCode {
         let (runtime, resolver) = dns.as_ref()?;
         runtime.block_on(resolver.resolve(hostname)).ok()
     };
-    let report = analyze(docs, &policy, &args.controller_name, &crate::judge::now_rfc3339(), &resolve);
+    let options = Options { controller_name: &args.controller_name, assume_refs_exist: args.assume_refs_exist };
+    let report = analyze(docs, &policy, &options, &crate::judge::now_rfc3339(), &resolve);
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr().lock();
     let printed = match args.output {
@@ -176,15 +177,25 @@ impl Report {
     }
 }
 
+/// How to judge a bundle, besides the guardrail policy.
+pub struct Options<'a> {
+    /// The GatewayClass controllerName to judge as.
+    pub controller_name: &'a str,
+    /// Referenced Secrets and ConfigMaps the bundle does not hold count as
+    /// present and valid (made at run time by cert-manager and the like).
+    pub assume_refs_exist: bool,
+}
+
 /// Runs the controller's logic over the objects of a bundle.
 /// `resolve` answers the DNS check for a hostname (None: judge by name only).
 pub fn analyze(
     docs: Vec<Document>,
     policy: &Policy,
-    controller_name: &str,
+    options: &Options<'_>,
     now: &str,
     resolve: &dyn Fn(&str) -> Option<Resolution>,
 ) -> Report {
+    let controller_name = options.controller_name;
     let mut index = Index::new(controller_name);
     let mut notes = Vec::new();
     let mut secrets: BTreeMap<ObjectRef, Secret> = BTreeMap::new();
@@ -242,11 +253,15 @@ pub fn analyze(
     }
 
     let mut analyzed = Vec::new();
+    // Each assumed target and the XBackends that reference it, for the summary.
+    let mut assumed: BTreeMap<RefTarget, Vec<ObjectRef>> = BTreeMap::new();
     for (key, mut object) in backends {
         let targets = match index.backend(&key) {
             Some(b) => b.spec.as_ref().map(|s| status::refs_to_fetch(&key, s, &index)).unwrap_or_default(),
             None => continue,
         };
+        // refs_to_fetch leaves out other kinds and cross-namespace Secrets no
+        // ReferenceGrant permits, so those are never assumed: they still fail.
         let mut fetched = Fetched::default();
         let hostname = index
             .backend(&key)
@@ -254,17 +269,15 @@ pub fn analyze(
             .and_then(|spec| status::hostname_to_resolve(spec, policy, &index));
         fetched.resolution = hostname.as_deref().and_then(resolve).map(std::sync::Arc::new);
         for target in targets {
-            match target {
-                RefTarget::Secret(r) => {
-                    if let Some(s) = secrets.get(&r) {
-                        fetched.secrets.insert(r, s.clone());
-                    }
-                }
+            let found = match &target {
+                RefTarget::Secret(r) => secrets.get(r).map(|s| fetched.secrets.insert(r.clone(), s.clone())).is_some(),
                 RefTarget::ConfigMap(r) => {
-                    if let Some(c) = config_maps.get(&r) {
-                        fetched.config_maps.insert(r, c.clone());
-                    }
+                    config_maps.get(r).map(|c| fetched.config_maps.insert(r.clone(), c.clone())).is_some()
                 }
+            };
+            if !found && options.assume_refs_exist {
+                assumed.entry(target.clone()).or_default().push(key.clone());
+                fetched.assumed.insert(target);
             }
         }
         let shape = Shape::Ancestors;
@@ -276,6 +289,14 @@ pub fn analyze(
         set_status(&mut object, shape.list_field(), list);
         analyzed.push(Analyzed { key, object, judgement });
     }
+    notes.extend(assumed.into_iter().map(|(target, users)| {
+        let (kind, name) = match &target {
+            RefTarget::Secret(r) => ("Secret", r),
+            RefTarget::ConfigMap(r) => ("ConfigMap", r),
+        };
+        let users = users.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        format!("assumed {kind} {name} exists and is valid (not in the input; --assume-refs-exist), referenced by XBackend {users}")
+    }));
     Report { backends: analyzed, notes }
 }
 

@@ -177,6 +177,10 @@ pub struct AnalyzeArgs {
     #[command(flatten)]
     pub dns: DnsArgs,
 
+    /// Count Secrets and ConfigMaps that XBackends reference but the input does not hold as present and valid, for bundles whose certificates cert-manager, external-secrets or a CSI driver create at run time; the summary lists each one assumed. Objects in the input, reference kinds and ReferenceGrants are still checked. Default: off (an absent reference is a finding).
+    #[arg(long)]
+    pub assume_refs_exist: bool,
+
     /// yaml or json: the XBackends with the status the controller would write; table: one line per XBackend and ancestor.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Yaml)]
     pub output: OutputFormat,

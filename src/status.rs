@@ -1,7 +1,7 @@
 //! Pure status computation: verdicts for an XBackend, the entries this
 //! controller wants, and their merge into the stored (shared, atomic) list.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use serde_json::{Map, Value, json};
@@ -60,14 +60,19 @@ pub enum RefTarget {
 }
 
 /// What a reconcile read off the watch path before judging: the referenced
-/// objects (a target missing from a map does not exist). Anything else looked
-/// up per XBackend (such as resolved addresses) joins here.
+/// objects (a target missing from a map does not exist, unless it is
+/// `assumed`). Anything else looked up per XBackend (such as resolved
+/// addresses) joins here.
 #[derive(Clone, Debug, Default)]
 pub struct Fetched {
     pub secrets: BTreeMap<ObjectRef, Secret>,
     pub config_maps: BTreeMap<ObjectRef, ConfigMap>,
     /// The hostname's last DNS answer, when the DNS check has one.
     pub resolution: Option<std::sync::Arc<Resolution>>,
+    /// Targets that could not be read but count as present and valid:
+    /// `analyze --assume-refs-exist`, for objects made at run time. Never
+    /// set by `run`, which reads what is there.
+    pub assumed: BTreeSet<RefTarget>,
 }
 
 /// What judging references asks of the cluster besides the fetched objects:
@@ -184,6 +189,7 @@ pub fn resolve_refs(
             ));
         }
         let problem = match fetched.secrets.get(&target) {
+            None if fetched.assumed.contains(&RefTarget::Secret(target.clone())) => None,
             None => Some("which does not exist".to_string()),
             Some(secret) => tls::check_client_certificate(secret)
                 .err()
@@ -205,6 +211,7 @@ pub fn resolve_refs(
             ));
         }
         let problem = match fetched.config_maps.get(&target) {
+            None if fetched.assumed.contains(&RefTarget::ConfigMap(target.clone())) => None,
             None => Some("which does not exist".to_string()),
             Some(config_map) => {
                 tls::check_ca_bundle(config_map).err().map(|e| format!("which is not a usable CA bundle: {e}"))

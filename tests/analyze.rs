@@ -353,6 +353,20 @@ fn parse_verdict(s: &str) -> (String, String, String) {
     (type_.into(), status.into(), reason.trim_end_matches(')').into())
 }
 
+/// Only what cannot be checked offline is assumed: a reference of another
+/// kind, or to a Secret no ReferenceGrant lets the XBackend use, is never
+/// listed, because those fail whether or not the object exists.
+#[test]
+fn assume_refs_exist_assumes_only_permitted_refs_of_supported_kinds() {
+    let out =
+        analyze(&cases_dir().join("assume-refs"), &["-f", "checked.yaml", "--assume-refs-exist", "-o", "table"], None);
+    let assumed: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("note: assumed ")).collect();
+    assert_eq!(assumed.len(), 1, "{}", out.stdout);
+    assert!(assumed[0].starts_with("note: assumed ConfigMap default/runtime-ca "), "{}", out.stdout);
+    let plain = analyze(&cases_dir().join("assume-refs"), &["-f", "runtime.yaml", "-o", "table"], None);
+    assert!(!plain.stdout.contains("assumed"), "nothing is assumed without the flag: {}", plain.stdout);
+}
+
 macro_rules! golden_runs {
     ($($test:ident: $run:expr;)*) => {
         $(
@@ -448,6 +462,33 @@ golden_runs! {
         name: "ref-granted", dir: "ref-granted", args: &["-f", "../ref-not-permitted/bundle.yaml", "-f", "grant.yaml"], stdin: None, exit: 0,
         verdicts: &[("default/mtls", 1, OK, REFS_OK)],
         says: &[],
+    };
+    refs_made_at_run_time_are_missing_by_default: Run {
+        name: "runtime-default", dir: "assume-refs", args: &["-f", "runtime.yaml"], stdin: None, exit: 3,
+        verdicts: &[("default/partner", 1, OK, BAD_CLIENT_CERT), ("default/partner-eu", 1, OK, BAD_CLIENT_CERT), ("default/shared", 1, OK, BAD_CLIENT_CERT)],
+        says: &["Secret default/mtls-client-cert, which does not exist", "Secret certs/shared-client, which does not exist"],
+    };
+    assume_refs_exist_accepts_refs_made_at_run_time_and_lists_them: Run {
+        name: "runtime-assumed", dir: "assume-refs", args: &["-f", "runtime.yaml", "--assume-refs-exist"], stdin: None, exit: 0,
+        verdicts: &[("default/partner", 1, OK, REFS_OK), ("default/partner-eu", 1, OK, REFS_OK), ("default/shared", 1, OK, REFS_OK)],
+        says: &[
+            "note: assumed Secret certs/shared-client exists and is valid (not in the input; --assume-refs-exist), referenced by XBackend default/shared\n",
+            "note: assumed Secret default/mtls-client-cert exists and is valid (not in the input; --assume-refs-exist), referenced by XBackend default/partner, default/partner-eu\n",
+            "note: assumed ConfigMap default/partner-ca exists and is valid (not in the input; --assume-refs-exist), referenced by XBackend default/partner, default/partner-eu",
+        ],
+    };
+    assume_refs_exist_still_checks_bundle_objects_kinds_and_grants: Run {
+        name: "checked", dir: "assume-refs", args: &["-f", "checked.yaml", "--assume-refs-exist", "-o", "table"], stdin: None, exit: 3,
+        verdicts: &[
+            ("default/ca-in-bundle-bad", 1, OK, BAD_CA),
+            ("default/cert-foreign", 1, OK, NOT_PERMITTED),
+            ("default/cert-in-bundle-opaque", 1, OK, BAD_CLIENT_CERT),
+            ("default/cert-kind", 1, OK, BAD_KIND),
+        ],
+        says: &[
+            "caCertificateRefs[1] names ConfigMap default/garbage-ca, which is not a usable CA bundle",
+            "note: assumed ConfigMap default/runtime-ca exists and is valid (not in the input; --assume-refs-exist), referenced by XBackend default/ca-in-bundle-bad",
+        ],
     };
     findings_without_ancestors_exit_3: Run {
         name: "no-ancestors", dir: "no-ancestors", args: &["-f", "bundle.yaml"], stdin: None, exit: 3,

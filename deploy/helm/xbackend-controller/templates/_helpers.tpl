@@ -103,3 +103,23 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - {{ . | quote }}
 {{- end }}
 {{- end }}
+
+{{/*
+An alert's labels: its severity plus metrics.prometheusRule.alertLabels (which
+win, so a team may map severities its own way). Argument: (list rule severity).
+*/}}
+{{- define "xbackend-controller.alertLabels" -}}
+labels:
+  {{- toYaml (merge (dict) (index . 0).alertLabels (dict "severity" (index . 1))) | nindent 2 }}
+{{- end }}
+
+{{/*
+runbook_url of an alert, pointing at its section of deploy/README.md, when
+metrics.prometheusRule.runbookBaseURL is set; nothing otherwise. Starts with
+its own newline and the annotations' indentation. Argument: (list rule alert).
+*/}}
+{{- define "xbackend-controller.runbook" -}}
+{{- with (index . 0).runbookBaseURL }}
+{{- printf "runbook_url: %s" (printf "%s#%s" . (lower (index $ 1)) | quote) | nindent 12 }}
+{{- end }}
+{{- end }}
