@@ -138,6 +138,10 @@ controller:
   allowHostnames: ["*.example.com", api.openai.com]
   denyHostnames: ["*.blocked.example.com"]
   requireTLS: true
+  allowPrivateSuffixes: [corp]
+  denyCIDRs: [10.244.0.0/16]
+  allowCIDRs: [10.8.0.0/16]
+  dns: {servers: ["10.96.0.10:53"], minTTL: 10, maxTTL: 60}
   concurrency: 4
   logFormat: text
   logLevel: debug
@@ -225,6 +229,8 @@ fn default_render_is_a_hardened_two_replica_install_with_leader_election() {
         [
             "run",
             "--controller-name=gateway.networking.x-k8s.io/xbackend-controller",
+            "--dns-min-ttl=30",
+            "--dns-max-ttl=300",
             "--metrics-addr=0.0.0.0:8080",
             "--leader-election",
             "--leader-election-namespace=xbackend-system",
@@ -261,6 +267,12 @@ fn every_value_reaches_the_rendered_flags_and_objects() {
             "--allow-hostname=api.openai.com",
             "--deny-hostname=*.blocked.example.com",
             "--require-tls",
+            "--allow-private-suffix=corp",
+            "--deny-cidr=10.244.0.0/16",
+            "--allow-cidr=10.8.0.0/16",
+            "--dns-server=10.96.0.10:53",
+            "--dns-min-ttl=10",
+            "--dns-max-ttl=60",
             "--metrics-addr=[::]:9090",
             "--leader-election",
             "--leader-election-namespace=leases",
@@ -353,6 +365,7 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
             (s(&[""]), s(&["secrets", "configmaps"]), s(&[]), s(&["get", "list", "watch"])),
             (s(&[""]), s(&["pods"]), s(&[]), s(&["list", "watch"])),
             (s(&[""]), s(&["namespaces"]), s(&[]), s(&["list", "watch"])),
+            (s(&["networking.k8s.io"]), s(&["servicecidrs"]), s(&[]), s(&["list"])),
             (
                 s(&["apiextensions.k8s.io"]),
                 s(&["customresourcedefinitions"]),
@@ -394,7 +407,7 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
             );
         }
     }
-    assert_eq!(rules_seen, 10, "eight ClusterRole rules and two Role rules");
+    assert_eq!(rules_seen, 11, "nine ClusterRole rules and two Role rules");
     assert!(!source.contains("\"*\"") && !source.contains("['*']") && !source.contains("[*]"), "no wildcard in RBAC");
 }
 

@@ -87,6 +87,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.controller.requireTLS }}
 - --require-tls
 {{- end }}
+{{- range .Values.controller.allowPrivateSuffixes }}
+- {{ printf "--allow-private-suffix=%s" . | quote }}
+{{- end }}
+{{- range .Values.controller.denyCIDRs }}
+- {{ printf "--deny-cidr=%s" . | quote }}
+{{- end }}
+{{- range .Values.controller.allowCIDRs }}
+- {{ printf "--allow-cidr=%s" . | quote }}
+{{- end }}
+{{- if .Values.controller.dns.check }}
+{{- range .Values.controller.dns.servers }}
+- {{ printf "--dns-server=%s" . | quote }}
+{{- end }}
+- {{ printf "--dns-min-ttl=%d" (int .Values.controller.dns.minTTL) | quote }}
+- {{ printf "--dns-max-ttl=%d" (int .Values.controller.dns.maxTTL) | quote }}
+{{- else }}
+- --no-dns-check
+{{- end }}
 - {{ printf "--metrics-addr=%s" (include "xbackend-controller.metricsAddr" .) | quote }}
 {{- if .Values.leaderElection.enabled }}
 - --leader-election
