@@ -16,7 +16,8 @@ use crate::dns::{Resolution, Resolver};
 use crate::index::{Index, Kind, Object};
 use crate::judge::{Inputs, Judgement, judge};
 use crate::model::ObjectRef;
-use crate::status::{self, Fetched, RefTarget, Shape};
+use crate::refs::{self, Fetched, RefTarget};
+use crate::status::Shape;
 use crate::validate::Policy;
 
 /// How long one DNS query may take with --dns-check.
@@ -257,7 +258,7 @@ pub fn analyze(
     let mut assumed: BTreeMap<RefTarget, Vec<ObjectRef>> = BTreeMap::new();
     for (key, mut object) in backends {
         let targets = match index.backend(&key) {
-            Some(b) => b.spec.as_ref().map(|s| status::refs_to_fetch(&key, s, &index)).unwrap_or_default(),
+            Some(b) => b.spec.as_ref().map(|s| refs::refs_to_fetch(&key, s, &index)).unwrap_or_default(),
             None => continue,
         };
         // refs_to_fetch leaves out other kinds and cross-namespace Secrets no
@@ -266,7 +267,7 @@ pub fn analyze(
         let hostname = index
             .backend(&key)
             .and_then(|b| b.spec.as_ref().ok())
-            .and_then(|spec| status::hostname_to_resolve(spec, policy, &index));
+            .and_then(|spec| refs::hostname_to_resolve(spec, policy, &index));
         fetched.resolution = hostname.as_deref().and_then(resolve).map(std::sync::Arc::new);
         for target in targets {
             let found = match &target {

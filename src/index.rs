@@ -571,10 +571,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{
-        BackendPort, BackendTls, BackendType, ExternalHostnameBackend, LocalObjectReference, SecretObjectReference,
-        TlsMode, TlsValidation,
-    };
+    use crate::api::{BackendTls, LocalObjectReference, SecretObjectReference, TlsMode, TlsValidation};
     use crate::decode::{decode, kind_of};
     use crate::model::{GrantFrom, GrantTo};
     use serde_json::{Value, json};
@@ -606,15 +603,7 @@ mod tests {
     }
 
     fn spec() -> XBackendSpec {
-        XBackendSpec {
-            type_: BackendType::ExternalHostname,
-            port: BackendPort { port: Some(443), ..BackendPort::default() },
-            external_hostname: Some(ExternalHostnameBackend { hostname: "api.example.com".into() }),
-            endpoint_selector: None,
-            session_persistence: None,
-            protocol: None,
-            tls: None,
-        }
+        crate::testing::plain_spec()
     }
 
     fn mtls_spec(secret_namespace: Option<&str>, secret: &str, config_maps: &[&str]) -> XBackendSpec {

@@ -11,7 +11,8 @@ use crate::conditions::Verdict;
 use crate::guardrails::Namespaces;
 use crate::index::{self, Index};
 use crate::model::{Backend, ObjectRef, ReferenceGrant};
-use crate::status::{self, EventNote, Fetched, Lookup, MergeOutcome, RefTarget, Shape, Verdicts};
+use crate::refs::{self, Fetched, Lookup, RefTarget};
+use crate::status::{self, EventNote, MergeOutcome, Shape, Verdicts};
 use crate::validate::Policy;
 
 pub struct Judgement {
@@ -135,7 +136,7 @@ impl Snapshot {
     /// The Secrets and ConfigMaps to read before planning.
     pub fn refs_to_fetch(&self) -> Vec<RefTarget> {
         match &self.backend.spec {
-            Ok(spec) => status::refs_to_fetch(&self.key, spec, self),
+            Ok(spec) => refs::refs_to_fetch(&self.key, spec, self),
             Err(_) => Vec::new(),
         }
     }
@@ -201,23 +202,13 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{BackendPort, BackendType, ExternalHostnameBackend, XBackendSpec};
     use crate::validate::PolicyConfig;
     use serde_json::json;
 
     const OURS: &str = "example.com/xbackend-controller";
 
     fn snapshot(status: Value, ancestors: &[&str]) -> Snapshot {
-        let spec = XBackendSpec {
-            type_: BackendType::ExternalHostname,
-            port: BackendPort { port: Some(443), ..BackendPort::default() },
-            external_hostname: Some(ExternalHostnameBackend { hostname: "api.example.com".into() }),
-            endpoint_selector: None,
-            session_persistence: None,
-            protocol: None,
-            tls: None,
-        };
-        let mut backend = Backend::new(3, Ok(spec));
+        let mut backend = Backend::new(3, Ok(crate::testing::plain_spec()));
         backend.uid = "u".into();
         backend.resource_version = "42".into();
         backend.status = status;

@@ -12,7 +12,10 @@ pub mod guardrails;
 pub mod index;
 pub mod judge;
 pub mod model;
+pub mod refs;
 pub mod runtime;
 pub mod status;
+#[cfg(test)]
+pub mod testing;
 pub mod tls;
 pub mod validate;

@@ -86,8 +86,7 @@ impl Tracker {
         // Every XBackend naming a hostname whose first lookup is still running
         // waits for it (bounded), not only the one that started it.
         let _ = tokio::time::timeout(first_wait, rx.wait_for(|lookup| lookup.done)).await;
-        let answer = rx.borrow().answer.clone();
-        answer
+        rx.borrow().answer.clone()
     }
 
     fn forget(&self, hostname: &str) {

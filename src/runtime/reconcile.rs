@@ -26,7 +26,8 @@ use crate::conditions::reason;
 use crate::index::{Kind, Object};
 use crate::judge::{now_rfc3339, plan};
 use crate::model::ObjectRef;
-use crate::status::{EventNote, Fetched, RefTarget, hostname_to_resolve};
+use crate::refs::{Fetched, RefTarget, hostname_to_resolve};
+use crate::status::EventNote;
 use crate::validate::Policy;
 
 /// Bound on each API call a reconcile makes: a stalled connection must not
