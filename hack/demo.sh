@@ -72,6 +72,11 @@ done
 
 echo
 kubectl get xbackends -A
+if [[ -n "$gateway_api" ]]; then
+  # Upstream's CRD prints only Age: show the verdicts explicitly.
+  echo
+  kubectl get xbackends -A -o custom-columns='NAMESPACE:.metadata.namespace,NAME:.metadata.name,ACCEPTED:.status.ancestors[*].conditions[?(@.type=="Accepted")].reason,RESOLVEDREFS:.status.ancestors[*].conditions[?(@.type=="ResolvedRefs")].reason'
+fi
 echo
 kubectl get xbackend instance-metadata -o jsonpath='{range .status.ancestors[*].conditions[*]}{.type}={.status} {.reason}: {.message}{"\n"}{end}'
 echo
