@@ -305,6 +305,22 @@ fn start_controller(cp: &ControlPlane) -> Controller {
     Controller::start_with_env(&cp.kubeconfig, &args, &[("RUST_LOG", "info")])
 }
 
+/// A fresh controller process until it has reconciled all `n`: its row and
+/// its VmHWM at that point (the processes compared in the RSS rows).
+async fn fresh_process(cp: &ControlPlane, n: usize, phase: &str, note: String) -> (Row, u64) {
+    let before = cpu(cp, None);
+    let started = Instant::now();
+    let ctl = start_controller(cp);
+    wait_metric(&ctl, "xbackend_reconciles_total", Duration::from_secs(300), |r| r >= n as f64)
+        .await
+        .expect("reconciles all");
+    let wall = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = cpu(cp, Some(&ctl));
+    let writes = metric(&ctl, "xbackend_status_writes_total");
+    (row(phase, wall, writes, &before, &after, note), ctl.peak_rss_kib().unwrap_or(0))
+}
+
 /// Polls /readyz every 20 ms from `started`; returns how long it took.
 async fn time_to_ready(ctl: &Controller, started: Instant) -> Duration {
     loop {
@@ -663,26 +679,9 @@ async fn run(n: usize, fsync: bool) {
     let rss_live_after = ctl.rss_kib().unwrap_or(0);
     let hwm_live_after = ctl.peak_rss_kib().unwrap_or(0);
     assert_eq!(ctl.terminate(), Some(0));
-    let before = cpu(&cp, None);
-    let started = Instant::now();
-    let ctl = start_controller(&cp);
-    wait_metric(&ctl, "xbackend_reconciles_total", Duration::from_secs(300), |r| r >= n as f64)
-        .await
-        .expect("reconciles all");
-    let with_secrets_wall = started.elapsed();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = cpu(&cp, Some(&ctl));
-    let rss_secrets = ctl.peak_rss_kib().unwrap_or(0);
-    let secrets_writes = metric(&ctl, "xbackend_status_writes_total");
-    rows.push(row(
-        "restart+secrets",
-        with_secrets_wall,
-        secrets_writes,
-        &before,
-        &after,
-        format!("{SECRETS} Secrets of 4 KiB created in {secrets_took:.1?}; to all {n} reconciled"),
-    ));
-    drop(ctl);
+    let note = format!("{SECRETS} Secrets of 4 KiB created in {secrets_took:.1?}; to all {n} reconciled");
+    let (secrets_row, rss_secrets) = fresh_process(&cp, n, "restart+secrets", note).await;
+    rows.push(secrets_row);
 
     // ---- 10,000 unrelated Pods (labels like a Deployment's), then a fresh process again.
     let t = Instant::now();
@@ -705,26 +704,9 @@ async fn run(n: usize, fsync: bool) {
         .collect::<Vec<_>>()
         .await;
     let pods_took = t.elapsed();
-    let before = cpu(&cp, None);
-    let started = Instant::now();
-    let ctl = start_controller(&cp);
-    wait_metric(&ctl, "xbackend_reconciles_total", Duration::from_secs(300), |r| r >= n as f64)
-        .await
-        .expect("reconciles all");
-    let with_pods_wall = started.elapsed();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = cpu(&cp, Some(&ctl));
-    let rss_pods = ctl.peak_rss_kib().unwrap_or(0);
-    let pods_writes = metric(&ctl, "xbackend_status_writes_total");
-    rows.push(row(
-        "restart+pods",
-        with_pods_wall,
-        pods_writes,
-        &before,
-        &after,
-        format!("{PODS} Pods created in {pods_took:.1?}; to all {n} reconciled"),
-    ));
-    drop(ctl);
+    let note = format!("{PODS} Pods created in {pods_took:.1?}; to all {n} reconciled");
+    let (pods_row, rss_pods) = fresh_process(&cp, n, "restart+pods", note).await;
+    rows.push(pods_row);
     watch.abort();
     let delta = rss_secrets as f64 - rss_restart as f64;
     let pods_delta = rss_pods as f64 - rss_secrets as f64;
