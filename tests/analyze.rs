@@ -888,3 +888,37 @@ async fn analyze_and_controller_agree() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     similar_asserts::assert_eq!(analyze: offline, controller: live().await.unwrap());
 }
+
+/// `--dns-check` judges resolved addresses as `run` does, against a DNS server
+/// of this test's own; without it, analyze never asks DNS.
+#[test]
+fn dns_check_judges_resolved_addresses_only_when_asked() {
+    use support::dns::{Answer, DnsServer};
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let dns = runtime.block_on(DnsServer::start());
+    dns.set("rebound.example.net", Answer::Addresses(vec!["169.254.169.254".parse().unwrap()], 30));
+    dns.set("public.example.net", Answer::Addresses(vec!["93.184.215.14".parse().unwrap()], 30));
+    let dir = support::tempdir("analyze-dns");
+    let backend = |name: &str, host: &str| {
+        format!(
+            "---\napiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackend\nmetadata: {{name: {name}}}\nspec:\n  type: ExternalHostname\n  port: {{number: 443}}\n  externalHostname: {{hostname: {host}}}\n  tls:\n    mode: ServerOnly\n    validation: {{hostname: {host}}}\n"
+        )
+    };
+    let bundle = format!("{}{}", backend("rebound", "rebound.example.net"), backend("public", "public.example.net"));
+    std::fs::write(dir.join("bundle.yaml"), bundle).unwrap();
+    let server = dns.flag();
+    let verdict = |out: &Output, name: &str| -> String {
+        let line = out.stderr.lines().find(|l| l.starts_with(&format!("XBackend default/{name} "))).unwrap_or_default();
+        line.split("Accepted=").nth(1).unwrap_or_default().split(')').next().unwrap_or_default().to_string()
+    };
+
+    let names_only = analyze(&dir, &["-f", "bundle.yaml", "--dns-server", &server], None);
+    assert_eq!(names_only.code, 0, "{}", names_only.stderr);
+    assert_eq!(dns.queries("rebound.example.net"), 0, "no lookup without --dns-check");
+
+    let checked = analyze(&dir, &["-f", "bundle.yaml", "--dns-check", "--dns-server", &server], None);
+    assert_eq!(checked.code, 3, "{}", checked.stderr);
+    assert_eq!(verdict(&checked, "rebound"), "False (AddressNotAllowed", "{}", checked.stderr);
+    assert_eq!(verdict(&checked, "public"), "True (Accepted", "{}", checked.stderr);
+    assert!(checked.stderr.contains("169.254.169.254") && checked.stderr.contains("metadata"), "{}", checked.stderr);
+}
