@@ -11,6 +11,9 @@
 //!            apiserver restart, which re-lists every watch) and the leader's
 //!            periodic resync (every RESYNC_SECS here) must write nothing
 //!   restart  a new controller process must write nothing
+//!   latency  with N converged, 50 new XBackends (each with a route) created one
+//!            at a time: apply -> correct status seen by a watch (p50, p99),
+//!            next to the p50 of one status PATCH round trip (the floor)
 //!   reaction one Gateway moves to a foreign controller's class: N/10 entries go
 //!   rss      VmHWM at N, then with 10,000 extra unrelated 4 KiB Secrets, then
 //!            with 10,000 unrelated Pods as well
@@ -49,6 +52,9 @@ const SECRETS: usize = 10_000;
 /// Unrelated Pods (no XBackend selects them), watched by metadata for EndpointSelector backends.
 const PODS: usize = 10_000;
 const IDLE: Duration = Duration::from_secs(60);
+/// XBackends created one at a time in the latency phase.
+const LATENCY_SAMPLES: usize = 50;
+const LATENCY_NS: &str = "bench-latency";
 /// --resync-interval for the benchmark: short enough that the idle phase sees
 /// at least one periodic resync, long enough to stay out of a cold start.
 const RESYNC_SECS: &str = "40";
@@ -118,6 +124,8 @@ struct Tracker {
     actual: HashMap<String, Seen>,
     mismatches: usize,
     zero_at: Option<Instant>,
+    /// When each XBackend was first seen with a correct status (latency phase).
+    first_correct: HashMap<String, Instant>,
 }
 
 impl Tracker {
@@ -127,6 +135,9 @@ impl Tracker {
         self.zero_at = (self.mismatches == 0).then(Instant::now);
     }
     fn observe(&mut self, key: String, now: Seen) {
+        if matches!(now, Seen::Correct(_)) {
+            self.first_correct.entry(key.clone()).or_insert_with(Instant::now);
+        }
         let want = self.expected.get(&key).copied();
         let before = self.actual.insert(key, now);
         let was_ok = want.is_some() && before == want;
@@ -289,6 +300,27 @@ static DNS_SERVER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::ne
 const DNS_TTL: u32 = 30;
 
 fn start_controller(cp: &ControlPlane) -> Controller {
+    start_controller_env(cp, &[])
+}
+
+/// BENCH_HEAPTRACK=1: the cold-start process (through cold and idle) runs
+/// under heaptrack's preload library, writing raw data to
+/// target/bench/heaptrack-cold.raw; `hack/heap-profile.sh` turns it into the
+/// by-owner table. For profiling runs only: it slows every allocation.
+fn start_profiled_controller(cp: &ControlPlane) -> Controller {
+    if !std::env::var("BENCH_HEAPTRACK").is_ok_and(|v| v == "1") {
+        return start_controller(cp);
+    }
+    let raw = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/heaptrack-cold.raw");
+    let _ = std::fs::remove_file(&raw);
+    let raw = raw.to_str().expect("utf-8 path").to_string();
+    start_controller_env(
+        cp,
+        &[("LD_PRELOAD", "/usr/lib/heaptrack/libheaptrack_preload.so"), ("DUMP_HEAPTRACK_OUTPUT", &raw)],
+    )
+}
+
+fn start_controller_env(cp: &ControlPlane, env: &[(&str, &str)]) -> Controller {
     let concurrency = CONCURRENCY.to_string();
     let mut args = vec![
         "--no-leader-election",
@@ -302,7 +334,9 @@ fn start_controller(cp: &ControlPlane) -> Controller {
     if let Some(Some(server)) = DNS_SERVER.get() {
         args.extend(["--dns-check", "--dns-server", server]);
     }
-    Controller::start_with_env(&cp.kubeconfig, &args, &[("RUST_LOG", "info")])
+    let mut env = env.to_vec();
+    env.push(("RUST_LOG", "info"));
+    Controller::start_with_env(&cp.kubeconfig, &args, &env)
 }
 
 /// A fresh controller process until it has reconciled all `n`: its row and
@@ -504,7 +538,7 @@ async fn run(n: usize, fsync: bool) {
     tracker.lock().unwrap().expect(|i| Seen::Correct(gw_of(i)), n);
     let before = cpu(&cp, None);
     let started = Instant::now();
-    let ctl = start_controller(&cp);
+    let ctl = start_profiled_controller(&cp);
     let perf = perf_start("cold", &[cp.pid(), ctl.pid(), std::process::id()]);
     let ready_in = time_to_ready(&ctl, started).await;
     let done_at = settled(&tracker, Duration::from_secs(600), "cold start").await;
@@ -531,6 +565,7 @@ async fn run(n: usize, fsync: bool) {
         ),
     ));
     let ratio = cold.as_secs_f64() / floor.as_secs_f64();
+    let ctrl_cpu = after.controller - before.controller;
 
     // ---- idle 60 s with a forced resync: every XBackend touched (a label),
     // then the apiserver restarted (every watch re-lists).
@@ -629,6 +664,11 @@ async fn run(n: usize, fsync: bool) {
         format!("ready after {ready_in:.2?}; to all {n} reconciled"),
     ));
 
+    // ---- latency: apply -> status seen, one new XBackend at a time.
+    let latency = latency_phase(&client, &ctl, dns.as_ref(), &tracker).await;
+    rows.push(latency.row);
+    let rss_latency = ctl.peak_rss_kib().unwrap_or(0);
+
     // ---- reaction: gw-0 moves to a foreign controller's class.
     tracker.lock().unwrap().expect(|i| if gw_of(i) == 0 { Seen::Empty } else { Seen::Correct(gw_of(i)) }, n);
     let writes0 = metric(&ctl, "xbackend_status_writes_total");
@@ -710,6 +750,10 @@ async fn run(n: usize, fsync: bool) {
     watch.abort();
     let delta = rss_secrets as f64 - rss_restart as f64;
     let pods_delta = rss_pods as f64 - rss_secrets as f64;
+    let rss_peak = [rss_cold, rss_idle, rss_restart, rss_latency, hwm_live_after, rss_secrets, rss_pods]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
 
     // ---- report
     println!();
@@ -751,6 +795,17 @@ async fn run(n: usize, fsync: bool) {
     );
     println!("| reaction time | {:.2} s | |", reaction.as_secs_f64());
     println!(
+        "| latency apply -> status seen, {LATENCY_SAMPLES} new XBackends: p50 / p99 | {:.1} / {:.1} ms | p99 <= 2 x floor + 50 ms = {:.1} ms |",
+        latency.p50_ms,
+        latency.p99_ms,
+        2.0 * latency.floor_ms + 50.0
+    );
+    println!("| floor: one status PATCH round trip, p50 | {:.1} ms | |", latency.floor_ms);
+    println!(
+        "| controller CPU in the cold phase | {ctrl_cpu:.2} s ({:.2} s per 1,000 reconciles) | |",
+        1000.0 * ctrl_cpu / reconciles.max(1.0)
+    );
+    println!(
         "| controller VmHWM: cold at N / after idle / restart at N / restart with {SECRETS} Secrets | {:.1} / {:.1} / {:.1} / {:.1} MiB | |",
         mib(rss_cold),
         mib(rss_idle),
@@ -769,12 +824,118 @@ async fn run(n: usize, fsync: bool) {
         mib(rss_live_after),
         mib(hwm_live_after)
     );
+    println!("| controller VmHWM, every phase (peak) | {:.1} MiB ({:.1} KiB per XBackend) | <= 64 MiB |", mib(rss_peak), rss_peak as f64 / n as f64);
     println!("| total bench wall time | {:.0} s | |", total.elapsed().as_secs_f64());
     println!();
     println!(
-        "bench: n={n} ratio={ratio:.2} cold_writes={cold_writes} idle_writes={idle_writes} restart_writes={restart_writes} reaction_writes={reaction_writes} rss_mib={:.0} rss_secrets_delta_mib={:.1}",
-        mib(rss_cold.max(rss_idle)),
-        delta / 1024.0
+        "bench: n={n} ratio={ratio:.2} cold_writes={cold_writes} idle_writes={idle_writes} restart_writes={restart_writes} reaction_writes={reaction_writes} rss_mib={:.0} rss_secrets_delta_mib={:.1} p50_react_ms={:.1} p99_react_ms={:.1} floor_patch_ms={:.1} ctrl_cpu_s={ctrl_cpu:.2}",
+        mib(rss_peak),
+        delta / 1024.0,
+        latency.p50_ms,
+        latency.p99_ms,
+        latency.floor_ms
     );
     cp.stop();
+}
+
+// ---------------------------------------------------------------- latency
+
+struct Latency {
+    row: Row,
+    p50_ms: f64,
+    p99_ms: f64,
+    floor_ms: f64,
+}
+
+/// The sample at quantile `q` (nearest rank) of sorted `samples`.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// With the controller converged: per sample, one status PATCH round trip on
+/// an XBackend no route references (the floor, a real write each time), then
+/// a new XBackend whose route already exists, timed from the create request
+/// to the benchmark's watch seeing its correct status. New backends use
+/// gw-1..gw-9, so the reaction phase (gw-0) is not changed by them.
+async fn latency_phase(
+    client: &Client,
+    ctl: &Controller,
+    dns: Option<&support::dns::DnsServer>,
+    tracker: &Mutex<Tracker>,
+) -> Latency {
+    let namespaces = Api::<Namespace>::all(client.clone());
+    namespaces
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": LATENCY_NS}})).unwrap())
+        .await
+        .unwrap();
+    let xb = support::xbackend_api(client, LATENCY_NS);
+    let routes = support::dynamic(client, LATENCY_NS, "gateway.networking.k8s.io", "v1", "HTTPRoute");
+    let spec = |host: &str| json!({"type": "ExternalHostname", "port": {"port": 443}, "externalHostname": {"hostname": host}});
+    // The floor's objects: no route references them, so the controller writes nothing for them.
+    let floor_object = |i: usize| {
+        object(json!({"apiVersion": "gateway.networking.x-k8s.io/v1alpha1", "kind": "XBackend",
+            "metadata": {"name": format!("floor-{i}")}, "spec": spec(&format!("floor{i}.example.com"))}))
+    };
+    let mut floor_rv = Vec::new();
+    for i in 0..LATENCY_SAMPLES {
+        if let Some(dns) = dns {
+            for host in [format!("floor{i}.example.com"), format!("new{i}.example.com")] {
+                dns.set(&host, support::dns::Answer::Addresses(vec!["93.184.215.14".parse().unwrap()], DNS_TTL));
+            }
+        }
+        floor_rv.push(xb.create(&PostParams::default(), &floor_object(i)).await.expect("floor object").resource_version().expect("resourceVersion"));
+    }
+    let writes0 = metric(ctl, "xbackend_status_writes_total");
+    let mut floor_ms = Vec::new();
+    let mut react_ms = Vec::new();
+    let started = Instant::now();
+    for (i, rv) in floor_rv.into_iter().enumerate() {
+        let body = json!({"metadata": {"resourceVersion": rv}, "status": {"ancestors": [{
+            "ancestorRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": GW_NS, "name": "gw-x"},
+            "controllerName": FOREIGN,
+            "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "floor",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]}]}});
+        let t = Instant::now();
+        xb.patch_status(&format!("floor-{i}"), &PatchParams::default(), &Patch::Merge(&body)).await.expect("floor patch");
+        floor_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+
+        let name = format!("new-{i}");
+        let gw = 1 + i % (GATEWAYS - 1);
+        let route = object(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": format!("r-{name}")},
+            "spec": {"parentRefs": [{"name": format!("gw-{gw}"), "namespace": GW_NS}],
+                     "rules": [{"backendRefs": [{"group": "gateway.networking.x-k8s.io", "kind": "XBackend", "name": name, "port": 443}]}]}
+        }));
+        routes.create(&PostParams::default(), &route).await.expect("latency route");
+        let key = format!("{LATENCY_NS}/{name}");
+        let backend = object(json!({"apiVersion": "gateway.networking.x-k8s.io/v1alpha1", "kind": "XBackend",
+            "metadata": {"name": name}, "spec": spec(&format!("new{i}.example.com"))}));
+        let t = Instant::now();
+        xb.create(&PostParams::default(), &backend).await.expect("latency XBackend");
+        let seen = support::eventually(Duration::from_secs(60), || async {
+            tracker.lock().unwrap().first_correct.get(&key).copied()
+        })
+        .await
+        .unwrap_or_else(|| panic!("{key} never got its status; log:\n{}", ctl.log_tail()));
+        react_ms.push(seen.saturating_duration_since(t).as_secs_f64() * 1000.0);
+    }
+    let wall = started.elapsed();
+    let writes = metric(ctl, "xbackend_status_writes_total") - writes0;
+    for v in [&mut floor_ms, &mut react_ms] {
+        v.sort_by(f64::total_cmp);
+    }
+    let (p50_ms, p99_ms, floor_p50) = (quantile(&react_ms, 0.5), quantile(&react_ms, 0.99), quantile(&floor_ms, 0.5));
+    let row = Row {
+        phase: "latency".into(),
+        wall,
+        writes: writes.to_string(),
+        cpu: None,
+        note: format!(
+            "{LATENCY_SAMPLES} new XBackends one at a time: apply -> status seen p50 {p50_ms:.1} ms, p99 {p99_ms:.1} ms; one status PATCH round trip p50 {floor_p50:.1} ms (p99 {:.1} ms)",
+            quantile(&floor_ms, 0.99)
+        ),
+    };
+    Latency { row, p50_ms, p99_ms, floor_ms: floor_p50 }
 }

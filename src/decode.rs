@@ -6,7 +6,8 @@ use serde_json::Value;
 use crate::api::{self, GATEWAY_GROUP, XBackendSpec};
 use crate::index::{Kind, Object};
 use crate::model::{
-    Backend, Gateway, GatewayClass, GrantFrom, GrantTo, ObjectRef, Pod, ReferenceGrant, Route, RouteKind,
+    Backend, Gateway, GatewayClass, GrantFrom, GrantTo, ObjectRef, Pod, ReferenceGrant, Refs, Route, RouteKind,
+    StoredStatus,
 };
 
 /// Namespace given to namespaced objects that carry none, as `kubectl apply`
@@ -77,7 +78,7 @@ pub fn decode(kind: Kind, object: &Value) -> Result<(ObjectRef, Object), String>
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string(),
-            status: object.get("status").cloned().unwrap_or(Value::Null),
+            status: StoredStatus::from_value(object.get("status").unwrap_or(&Value::Null)),
         }),
         Kind::Pod => Object::Pod(decode_pod(object)),
         Kind::Namespace => Object::Namespace,
@@ -119,7 +120,7 @@ fn items<'a>(value: &'a Value, field: &str) -> impl Iterator<Item = &'a Value> {
 
 /// HTTPRoute and GRPCRoute share the fields read here.
 fn decode_route(namespace: &str, spec: &Value) -> Route {
-    let mut route = Route::default();
+    let mut gateways = Vec::new();
     for parent in items(spec, "parentRefs") {
         let group = optional_string_at(parent, "group").unwrap_or(GATEWAY_GROUP);
         let kind = optional_string_at(parent, "kind").unwrap_or("Gateway");
@@ -128,30 +129,31 @@ fn decode_route(namespace: &str, spec: &Value) -> Route {
             continue;
         }
         let parent_namespace = optional_string_at(parent, "namespace").filter(|ns| !ns.is_empty()).unwrap_or(namespace);
-        route.gateways.insert(ObjectRef::new(parent_namespace, name));
+        gateways.push(ObjectRef::new(parent_namespace, name));
     }
+    let mut backends = Vec::new();
     for rule in items(spec, "rules") {
-        mirror_targets(rule, namespace, &mut route);
+        mirror_targets(rule, namespace, &mut backends);
         for backend_ref in items(rule, "backendRefs") {
-            add_backend(backend_ref, namespace, &mut route);
-            mirror_targets(backend_ref, namespace, &mut route);
+            add_backend(backend_ref, namespace, &mut backends);
+            mirror_targets(backend_ref, namespace, &mut backends);
         }
     }
-    route
+    Route { gateways: Refs::from_iter(gateways), backends: Refs::from_iter(backends) }
 }
 
 /// `filters[].requestMirror.backendRef` of a rule or of a backendRef.
-fn mirror_targets(holder: &Value, namespace: &str, route: &mut Route) {
+fn mirror_targets(holder: &Value, namespace: &str, backends: &mut Vec<ObjectRef>) {
     for filter in items(holder, "filters") {
         if let Some(backend_ref) = filter.pointer("/requestMirror/backendRef") {
-            add_backend(backend_ref, namespace, route);
+            add_backend(backend_ref, namespace, backends);
         }
     }
 }
 
 /// Keeps a backendRef only when it is an XBackend in the route's namespace:
 /// GEP-4894 does not let routes use Backends of other namespaces.
-fn add_backend(backend_ref: &Value, namespace: &str, route: &mut Route) {
+fn add_backend(backend_ref: &Value, namespace: &str, backends: &mut Vec<ObjectRef>) {
     let group = optional_string_at(backend_ref, "group").unwrap_or_default();
     let kind = optional_string_at(backend_ref, "kind").unwrap_or("Service");
     let name = optional_string_at(backend_ref, "name").unwrap_or_default();
@@ -163,7 +165,7 @@ fn add_backend(backend_ref: &Value, namespace: &str, route: &mut Route) {
         Some(ns) if ns == namespace => {}
         Some(_) => return,
     }
-    route.backends.insert(ObjectRef::new(namespace, name));
+    backends.push(ObjectRef::new(namespace, name));
 }
 
 /// Labels and liveness. The controller watches Pods by metadata only, with a
@@ -212,7 +214,7 @@ mod tests {
         }
     }
 
-    fn refs(items: &[(&str, &str)]) -> std::collections::BTreeSet<ObjectRef> {
+    fn refs(items: &[(&str, &str)]) -> Refs {
         items.iter().map(|(ns, name)| ObjectRef::new(*ns, *name)).collect()
     }
 

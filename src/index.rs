@@ -153,33 +153,34 @@ pub struct Index {
     classes: HashMap<String, GatewayClass>,
     /// Ordered so the grants of one namespace are a contiguous range.
     grants: BTreeMap<ObjectRef, ReferenceGrant>,
-    backends: BTreeMap<ObjectRef, Backend>,
+    /// Shared with reconcile snapshots, which then copy no spec or status.
+    backends: BTreeMap<ObjectRef, Arc<Backend>>,
 
     /// XBackend (may not exist yet) -> routes with a backendRef to it.
-    routes_by_backend: HashMap<ObjectRef, BTreeSet<RouteKey>>,
+    routes_by_backend: HashMap<ObjectRef, Members<RouteKey>>,
     /// Gateway (may not exist yet) -> routes with a parentRef to it.
-    routes_by_gateway: HashMap<ObjectRef, BTreeSet<RouteKey>>,
+    routes_by_gateway: HashMap<ObjectRef, Members<RouteKey>>,
     /// GatewayClass name -> existing Gateways of that class.
-    gateways_by_class: HashMap<String, BTreeSet<ObjectRef>>,
+    gateways_by_class: HashMap<String, Members<ObjectRef>>,
     /// Secret -> XBackends whose clientCertificateRef names it.
-    backends_by_secret: HashMap<ObjectRef, BTreeSet<ObjectRef>>,
+    backends_by_secret: HashMap<ObjectRef, Members<ObjectRef>>,
     /// ConfigMap -> XBackends whose caCertificateRefs name it.
-    backends_by_config_map: HashMap<ObjectRef, BTreeSet<ObjectRef>>,
+    backends_by_config_map: HashMap<ObjectRef, Members<ObjectRef>>,
     /// Namespace -> XBackends of other namespaces whose clientCertificateRef points there.
-    backends_by_target_namespace: HashMap<String, BTreeSet<ObjectRef>>,
+    backends_by_target_namespace: HashMap<String, Members<ObjectRef>>,
 
     /// Namespace -> live Pods' labels by Pod name.
     pods: HashMap<String, HashMap<Box<str>, Labels>>,
     /// Namespace -> EndpointSelector XBackends in it (their selectors are in `backends`).
-    selectors_by_namespace: HashMap<String, BTreeSet<ObjectRef>>,
+    selectors_by_namespace: HashMap<String, Members<ObjectRef>>,
 
     /// Namespaces of the cluster: a hostname ending in one reaches inside it.
     /// Shared with reconcile snapshots; copied only when a Namespace comes or goes.
     namespaces: Arc<BTreeSet<String>>,
     /// Last label -> XBackends whose hostname (two or three labels) ends in it.
-    backends_by_last_label: HashMap<String, BTreeSet<ObjectRef>>,
+    backends_by_last_label: HashMap<String, Members<ObjectRef>>,
     /// Hostname -> XBackends of type ExternalHostname that name it, for DNS answers.
-    backends_by_hostname: HashMap<String, BTreeSet<ObjectRef>>,
+    backends_by_hostname: HashMap<String, Members<ObjectRef>>,
 }
 
 impl guardrails::Namespaces for Index {
@@ -188,17 +189,91 @@ impl guardrails::Namespaces for Index {
     }
 }
 
-fn insert_into<K: std::hash::Hash + Eq, V: Ord>(map: &mut HashMap<K, BTreeSet<V>>, key: K, value: V) {
-    map.entry(key).or_default().insert(value);
+fn insert_into<K: std::hash::Hash + Eq, V: Ord>(map: &mut HashMap<K, Members<V>>, key: K, value: V) {
+    match map.entry(key) {
+        std::collections::hash_map::Entry::Occupied(mut members) => members.get_mut().insert(value),
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            slot.insert(Members::One(value));
+        }
+    }
 }
 
-/// Removes `value` and drops the set once empty, so deleted objects leave nothing behind.
-fn remove_from<K: std::hash::Hash + Eq, V: Ord>(map: &mut HashMap<K, BTreeSet<V>>, key: &K, value: &V) {
-    if let Some(set) = map.get_mut(key) {
-        set.remove(value);
-        if set.is_empty() {
-            map.remove(key);
+/// Removes `value` and drops the entry once empty, so deleted objects leave nothing behind.
+fn remove_from<K: std::hash::Hash + Eq, V: Ord>(map: &mut HashMap<K, Members<V>>, key: &K, value: &V) {
+    if let Some(members) = map.get_mut(key)
+        && members.remove(value)
+    {
+        map.remove(key);
+    }
+}
+
+/// The members behind one key of a reverse index. Most keys have exactly one
+/// (a hostname, a backend's routes), and a BTreeSet would allocate a node of
+/// eleven slots for it: at 10,000 XBackends that was most of the index.
+#[derive(Debug)]
+enum Members<V> {
+    One(V),
+    Many(BTreeSet<V>),
+}
+
+impl<V: Ord> Members<V> {
+    fn insert(&mut self, value: V) {
+        match self {
+            Members::One(one) if *one == value => {}
+            Members::One(_) => {
+                let Members::One(one) = std::mem::replace(self, Members::Many(BTreeSet::new())) else { unreachable!() };
+                *self = Members::Many(BTreeSet::from([one, value]));
+            }
+            Members::Many(set) => {
+                set.insert(value);
+            }
         }
+    }
+
+    /// Returns true when nothing is left.
+    fn remove(&mut self, value: &V) -> bool {
+        match self {
+            Members::One(one) => one == value,
+            Members::Many(set) => {
+                set.remove(value);
+                match set.len() {
+                    0 => true,
+                    1 => {
+                        *self = Members::One(set.pop_first().expect("one member"));
+                        false
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+
+    fn iter(&self) -> MembersIter<'_, V> {
+        let (one, many) = match self {
+            Members::One(one) => (Some(one), None),
+            Members::Many(set) => (None, Some(set.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    fn to_set(&self) -> BTreeSet<V>
+    where
+        V: Clone,
+    {
+        self.iter().cloned().collect()
+    }
+}
+
+type MembersIter<'a, V> = std::iter::Chain<
+    std::option::IntoIter<&'a V>,
+    std::iter::Flatten<std::option::IntoIter<std::collections::btree_set::Iter<'a, V>>>,
+>;
+
+impl<'a, V: Ord> IntoIterator for &'a Members<V> {
+    type Item = &'a V;
+    type IntoIter = MembersIter<'a, V>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
     }
 }
 
@@ -241,7 +316,7 @@ impl Index {
             RefKind::Secret => &self.backends_by_secret,
             RefKind::ConfigMap => &self.backends_by_config_map,
         };
-        map.get(key).cloned().unwrap_or_default()
+        map.get(key).map(Members::to_set).unwrap_or_default()
     }
 
     /// DESIGN.md §3: this controller's Gateways behind routes to `backend`,
@@ -272,11 +347,16 @@ impl Index {
 
     /// The XBackends whose spec names `hostname` (normalized).
     pub fn backends_with_hostname(&self, hostname: &str) -> BTreeSet<ObjectRef> {
-        self.backends_by_hostname.get(hostname).cloned().unwrap_or_default()
+        self.backends_by_hostname.get(hostname).map(Members::to_set).unwrap_or_default()
     }
 
     pub fn backend(&self, key: &ObjectRef) -> Option<&Backend> {
-        self.backends.get(key)
+        self.backends.get(key).map(|b| &**b)
+    }
+
+    /// The record itself, shared (cheap to hold in a snapshot).
+    pub fn backend_shared(&self, key: &ObjectRef) -> Option<Arc<Backend>> {
+        self.backends.get(key).cloned()
     }
 
     pub fn backend_keys(&self) -> Vec<ObjectRef> {
@@ -369,7 +449,7 @@ impl Index {
         if !changed {
             return BTreeSet::new();
         }
-        self.backends_by_last_label.get(name).cloned().unwrap_or_default()
+        self.backends_by_last_label.get(name).map(Members::to_set).unwrap_or_default()
     }
 
     /// A Pod affects the EndpointSelector XBackends of its namespace whose
@@ -414,9 +494,9 @@ impl Index {
     fn put_route(&mut self, route_kind: RouteKind, key: ObjectRef, route: Option<Route>) -> BTreeSet<ObjectRef> {
         // GEP-4894: a route only ever sends to XBackends of its own namespace.
         let new = route
-            .map(|mut r| {
-                r.backends.retain(|b| b.namespace == key.namespace);
-                r
+            .map(|r| Route {
+                backends: r.backends.iter().filter(|b| b.namespace == key.namespace).cloned().collect(),
+                ..r
             })
             .filter(|r| !r.backends.is_empty());
         let route_key = (route_kind, key);
@@ -451,7 +531,8 @@ impl Index {
         let (old_live, new_live) = (live(&old), live(&new));
         let old_backends = old.map(|r| r.backends).unwrap_or_default();
         let new_backends = new.map(|r| r.backends).unwrap_or_default();
-        let affected = old_backends.union(&new_backends).filter(|backend| {
+        let both: BTreeSet<&ObjectRef> = old_backends.iter().chain(new_backends.iter()).collect();
+        let affected = both.into_iter().filter(|backend| {
             let before = if old_backends.contains(*backend) { &old_live } else { &BTreeSet::new() };
             let after = if new_backends.contains(*backend) { &new_live } else { &BTreeSet::new() };
             before != after
@@ -517,6 +598,7 @@ impl Index {
 
     /// Returns whether the stored XBackend changed.
     fn put_backend(&mut self, key: ObjectRef, backend: Option<Backend>) -> bool {
+        let backend = backend.map(Arc::new);
         let old = match &backend {
             Some(new) => self.backends.insert(key.clone(), new.clone()),
             None => self.backends.remove(&key),
@@ -577,6 +659,26 @@ mod tests {
     use serde_json::{Value, json};
 
     const OURS: &str = "example.com/xbackend-controller";
+
+    #[test]
+    fn members_grow_and_shrink_back_to_one() {
+        let mut map: HashMap<&str, Members<u32>> = HashMap::new();
+        insert_into(&mut map, "k", 1);
+        insert_into(&mut map, "k", 1);
+        assert!(matches!(map["k"], Members::One(1)), "a duplicate adds nothing");
+        insert_into(&mut map, "k", 3);
+        insert_into(&mut map, "k", 2);
+        assert_eq!(map["k"].to_set(), BTreeSet::from([1, 2, 3]));
+        assert_eq!((&map["k"]).into_iter().copied().collect::<Vec<_>>(), [1, 2, 3], "in order");
+        remove_from(&mut map, &"k", &1);
+        remove_from(&mut map, &"k", &9);
+        remove_from(&mut map, &"k", &3);
+        assert!(matches!(map["k"], Members::One(2)), "back to one slot");
+        remove_from(&mut map, &"k", &5);
+        assert!(map.contains_key("k"), "removing a non-member keeps the entry");
+        remove_from(&mut map, &"k", &2);
+        assert!(map.is_empty(), "the last member takes the entry with it");
+    }
     const THEIRS: &str = "other.example/controller";
     const XGROUP: &str = "gateway.networking.x-k8s.io";
 
@@ -722,7 +824,7 @@ mod tests {
         );
         assert!(index.ancestors(&r("app", "b")).is_empty());
         // A hand-built route (as analyze could make) is held to the same rule.
-        let route = Route { gateways: set(&[("infra", "gw")]), backends: set(&[("app", "b")]) };
+        let route = Route { gateways: set(&[("infra", "gw")]).into_iter().collect(), backends: set(&[("app", "b")]).into_iter().collect() };
         assert!(index.apply(r("other", "hand"), Object::Route(RouteKind::Http, route)).is_empty());
         assert!(index.ancestors(&r("app", "b")).is_empty());
     }
@@ -1002,7 +1104,7 @@ mod tests {
         http_route(&mut index, "app", "r1", simple_route(&[("infra", "gw")], &["b"]));
         http_route(&mut index, "app", "r2", simple_route(&[("infra", "gw")], &["c"]));
         let route = |gateways: &[(&str, &str)], backends: &[(&str, &str)]| {
-            Object::Route(RouteKind::Http, Route { gateways: set(gateways), backends: set(backends) })
+            Object::Route(RouteKind::Http, Route { gateways: set(gateways).into_iter().collect(), backends: set(backends).into_iter().collect() })
         };
         // r1 unchanged, r2 gone.
         let affected = relist(

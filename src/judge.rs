@@ -91,7 +91,8 @@ impl Judgement {
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub key: ObjectRef,
-    pub backend: Backend,
+    /// Shared with the index: a snapshot copies no spec or status.
+    pub backend: Arc<Backend>,
     pub ancestors: Vec<ObjectRef>,
     /// The grants of the namespace a cross-namespace clientCertificateRef points at.
     pub grants: Vec<ReferenceGrant>,
@@ -106,7 +107,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// None when the index has no such XBackend. Cheap: no parsing, no I/O.
     pub fn take(index: &Index, key: &ObjectRef, shape: Shape) -> Option<Snapshot> {
-        let backend = index.backend(key)?.clone();
+        let backend = index.backend_shared(key)?;
         let grants = match backend.spec.as_ref().ok().and_then(|s| index::cross_namespace_target(key, s)) {
             Some(namespace) => index.grants_in(&namespace).cloned().collect(),
             None => Vec::new(),
@@ -130,7 +131,7 @@ impl Snapshot {
 
     /// The same snapshot for another version of the object (read after a 409).
     pub fn with_backend(&self, backend: Backend) -> Snapshot {
-        Snapshot { backend, ..self.clone() }
+        Snapshot { backend: Arc::new(backend), ..self.clone() }
     }
 
     /// The Secrets and ConfigMaps to read before planning.
@@ -179,7 +180,8 @@ pub struct Plan {
 /// that are new or flip.
 pub fn plan(snapshot: &Snapshot, fetched: &Fetched, policy: &Policy, controller_name: &str, now: &str) -> Plan {
     let shape = snapshot.shape;
-    let current = snapshot.backend.status.get(shape.list_field()).and_then(Value::as_array).map(Vec::as_slice);
+    let stored = snapshot.backend.status.list(shape.list_field());
+    let current = stored.as_deref();
     let inputs = Inputs { policy, controller_name, shape, current: current.unwrap_or_default(), now };
     let ancestors = snapshot.ancestors.clone();
     let Judgement { ancestors, verdicts, merged, notes } =
@@ -203,6 +205,7 @@ pub fn now_rfc3339() -> String {
 mod tests {
     use super::*;
     use crate::validate::PolicyConfig;
+    use crate::model::StoredStatus;
     use serde_json::json;
 
     const OURS: &str = "example.com/xbackend-controller";
@@ -211,10 +214,10 @@ mod tests {
         let mut backend = Backend::new(3, Ok(crate::testing::plain_spec()));
         backend.uid = "u".into();
         backend.resource_version = "42".into();
-        backend.status = status;
+        backend.status = StoredStatus::from_value(&status);
         Snapshot {
             key: ObjectRef::new("app", "b"),
-            backend,
+            backend: Arc::new(backend),
             ancestors: ancestors.iter().map(|g| ObjectRef::new("infra", *g)).collect(),
             grants: vec![],
             has_matching_pod: false,

@@ -1,7 +1,7 @@
 //! The plain data the index keeps of each watched kind, decoded leniently from
 //! API objects so that one malformed object never stops a watch.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::api::XBackendSpec;
 
@@ -45,15 +45,49 @@ impl RouteKind {
     }
 }
 
+/// A sorted list of distinct references in one allocation: a route names one
+/// or two, where a BTreeSet would cost a node of eleven slots per route.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Refs(Box<[ObjectRef]>);
+
+impl Refs {
+    pub fn iter(&self) -> std::slice::Iter<'_, ObjectRef> {
+        self.0.iter()
+    }
+    pub fn contains(&self, key: &ObjectRef) -> bool {
+        self.0.binary_search(key).is_ok()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<ObjectRef> for Refs {
+    fn from_iter<I: IntoIterator<Item = ObjectRef>>(iter: I) -> Self {
+        let mut refs: Vec<ObjectRef> = iter.into_iter().collect();
+        refs.sort_unstable();
+        refs.dedup();
+        Refs(refs.into_boxed_slice())
+    }
+}
+
+impl<'a> IntoIterator for &'a Refs {
+    type Item = &'a ObjectRef;
+    type IntoIter = std::slice::Iter<'a, ObjectRef>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 /// What the index needs of a route: the Gateways it attaches to and the
 /// XBackends (in the route's own namespace) it sends or mirrors traffic to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Route {
     /// Gateways from parentRefs (group/kind defaults applied; other parent kinds dropped).
-    pub gateways: BTreeSet<ObjectRef>,
+    pub gateways: Refs,
     /// XBackends from rule backendRefs and requestMirror filters (rule- and
     /// backendRef-level), only those in the route's namespace.
-    pub backends: BTreeSet<ObjectRef>,
+    pub backends: Refs,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -108,8 +142,47 @@ pub struct Backend {
     /// Empty for objects read from files.
     pub uid: String,
     pub resource_version: String,
-    /// The stored `status` as is (any JSON; Null when absent).
-    pub status: serde_json::Value,
+    pub status: StoredStatus,
+}
+
+/// The stored `status` as compact JSON text (empty when absent). Only a write
+/// reads it, to merge into it, so it is parsed then: as a `Value` tree it
+/// would cost several times its text in every XBackend's record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredStatus(Box<str>);
+
+impl StoredStatus {
+    pub fn from_value(status: &serde_json::Value) -> Self {
+        if status.is_null() {
+            return StoredStatus::default();
+        }
+        StoredStatus(status.to_string().into_boxed_str())
+    }
+
+    /// The JSON text as the apiserver sent it (null becomes empty).
+    pub fn from_json(text: &str) -> Self {
+        let text = text.trim();
+        if text == "null" { StoredStatus::default() } else { StoredStatus(text.into()) }
+    }
+
+    /// The whole status (Null when absent or not JSON).
+    pub fn value(&self) -> serde_json::Value {
+        if self.0.is_empty() {
+            return serde_json::Value::Null;
+        }
+        serde_json::from_str(&self.0).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The array at `status.<field>`, when the stored status has one.
+    pub fn list(&self, field: &str) -> Option<Vec<serde_json::Value>> {
+        match self.value() {
+            serde_json::Value::Object(mut status) => match status.remove(field) {
+                Some(serde_json::Value::Array(list)) => Some(list),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
 }
 
 impl Backend {
@@ -120,7 +193,7 @@ impl Backend {
             spec,
             uid: String::new(),
             resource_version: String::new(),
-            status: serde_json::Value::Null,
+            status: StoredStatus::default(),
         }
     }
 
