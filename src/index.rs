@@ -533,8 +533,8 @@ impl Index {
         let new_backends = new.map(|r| r.backends).unwrap_or_default();
         let both: BTreeSet<&ObjectRef> = old_backends.iter().chain(new_backends.iter()).collect();
         let affected = both.into_iter().filter(|backend| {
-            let before = if old_backends.contains(*backend) { &old_live } else { &BTreeSet::new() };
-            let after = if new_backends.contains(*backend) { &new_live } else { &BTreeSet::new() };
+            let before = if old_backends.contains(backend) { &old_live } else { &BTreeSet::new() };
+            let after = if new_backends.contains(backend) { &new_live } else { &BTreeSet::new() };
             before != after
         });
         self.existing(affected.cloned().collect::<Vec<_>>())
