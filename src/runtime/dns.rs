@@ -1,13 +1,14 @@
-//! The resolved-address check's runtime: one lookup loop per distinct
-//! hostname, off the status-writing path, re-resolving at the clamped TTL and
+//! The resolved-address check's runtime: one scheduler for every hostname,
+//! off the status-writing path, re-resolving each at its clamped TTL and
 //! queueing the XBackends that use a hostname whenever its answer changes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::metrics::{Metrics, ResultLabel};
@@ -20,7 +21,7 @@ const CONCURRENT_LOOKUPS: usize = 16;
 /// At most one failure log line per this interval (the metric counts them all).
 const FAILURE_LOG_EVERY: Duration = Duration::from_secs(30);
 
-/// What a hostname's loop has found so far.
+/// What is known of one hostname so far.
 #[derive(Clone, Debug, Default)]
 struct Lookup {
     /// The first lookup finished (answered or failed).
@@ -29,7 +30,11 @@ struct Lookup {
     answer: Option<Arc<Resolution>>,
 }
 
-/// Per-hostname lookup loops and their latest answers.
+/// The hostnames in use, their latest answers and when each is next resolved.
+///
+/// One task schedules every hostname and a task exists only per lookup in
+/// flight: a sleeping task per hostname held a lookup future's worth of memory
+/// each (16 MiB at 10,000 hostnames).
 pub struct Tracker {
     resolver: Resolver,
     state: Arc<State>,
@@ -37,48 +42,56 @@ pub struct Tracker {
     metrics: Arc<Metrics>,
     min_ttl: Duration,
     max_ttl: Duration,
-    limit: Semaphore,
-    hosts: Mutex<HashMap<String, watch::Receiver<Lookup>>>,
+    limit: Arc<Semaphore>,
+    hosts: Mutex<HashMap<Box<str>, watch::Sender<Lookup>>>,
+    /// (when, hostname): the next lookup of each hostname not in flight.
+    due: Mutex<BTreeSet<(Instant, Box<str>)>>,
+    wake: Arc<Notify>,
     last_failure_log: AtomicU64,
     started: Instant,
 }
 
 impl Tracker {
-    pub fn new(
+    /// Starts the scheduler; it ends when the tracker is dropped.
+    pub fn start(
         resolver: Resolver,
         (min_ttl, max_ttl): (Duration, Duration),
         state: Arc<State>,
         queue: Arc<Queue>,
         metrics: Arc<Metrics>,
-    ) -> Tracker {
-        Tracker {
+    ) -> Arc<Tracker> {
+        let tracker = Arc::new(Tracker {
             resolver,
             state,
             queue,
             metrics,
             min_ttl,
             max_ttl,
-            limit: Semaphore::new(CONCURRENT_LOOKUPS),
+            limit: Arc::new(Semaphore::new(CONCURRENT_LOOKUPS)),
             hosts: Mutex::default(),
+            due: Mutex::default(),
+            wake: Arc::new(Notify::new()),
             last_failure_log: AtomicU64::new(0),
             started: Instant::now(),
-        }
+        });
+        tokio::spawn(schedule(Arc::downgrade(&tracker), tracker.wake.clone()));
+        tracker
     }
 
-    /// The latest answer for `hostname` (normalized). The first call starts its
-    /// lookup loop; until the first lookup finishes, callers wait for it up to
+    /// The latest answer for `hostname` (normalized). The first call schedules
+    /// its first lookup; until that finishes, callers wait for it up to
     /// `first_wait`, so an XBackend is not shown Accepted before its addresses
     /// were checked. None: no answer yet (or only failures).
-    pub async fn resolution(self: &Arc<Self>, hostname: &str, first_wait: Duration) -> Option<Arc<Resolution>> {
+    pub async fn resolution(&self, hostname: &str, first_wait: Duration) -> Option<Arc<Resolution>> {
         let mut rx = {
             let mut hosts = self.hosts.lock().expect("dns hosts lock");
             match hosts.get(hostname) {
-                Some(rx) => rx.clone(),
+                Some(tx) => tx.subscribe(),
                 None => {
                     let (tx, rx) = watch::channel(Lookup::default());
-                    hosts.insert(hostname.to_string(), rx.clone());
+                    hosts.insert(hostname.into(), tx);
                     self.metrics.dns_hostnames.set(hosts.len() as i64);
-                    tokio::spawn(lookup_loop(Arc::downgrade(self), hostname.to_string(), tx));
+                    self.schedule_at(Instant::now(), hostname.into());
                     rx
                 }
             }
@@ -89,10 +102,73 @@ impl Tracker {
         rx.borrow().answer.clone()
     }
 
-    fn forget(&self, hostname: &str) {
-        let mut hosts = self.hosts.lock().expect("dns hosts lock");
-        hosts.remove(hostname);
-        self.metrics.dns_hostnames.set(hosts.len() as i64);
+    fn schedule_at(&self, at: Instant, hostname: Box<str>) {
+        self.due.lock().expect("dns schedule lock").insert((at, hostname));
+        self.wake.notify_one();
+    }
+
+    /// The hostnames due by `now`, and when the next one after them is due.
+    fn take_due(&self, now: Instant) -> (Vec<Box<str>>, Option<Instant>) {
+        let mut due = self.due.lock().expect("dns schedule lock");
+        let mut ready = Vec::new();
+        while let Some((at, _)) = due.first()
+            && *at <= now
+        {
+            ready.push(due.pop_first().expect("first entry").1);
+        }
+        (ready, due.first().map(|(at, _)| *at))
+    }
+
+    /// One lookup of `hostname`; schedules the next unless no XBackend names it any more.
+    async fn lookup(self: Arc<Self>, hostname: Box<str>, permit: OwnedSemaphorePermit) {
+        if self.state.backends_with_hostname(&hostname).is_empty() {
+            let mut hosts = self.hosts.lock().expect("dns hosts lock");
+            hosts.remove(&hostname);
+            self.metrics.dns_hostnames.set(hosts.len() as i64);
+            return;
+        }
+        let result = self.resolver.resolve(&hostname).await;
+        drop(permit);
+        let (wait, changed) = match result {
+            Ok(resolution) => {
+                self.metrics.dns_lookups.get_or_create(&ResultLabel::of("ok")).inc();
+                let wait = dns::clamp_ttl(resolution.ttl, self.min_ttl, self.max_ttl);
+                (wait, self.record(&hostname, Some(resolution)))
+            }
+            Err(error) => {
+                self.metrics.dns_lookups.get_or_create(&ResultLabel::of(error.label())).inc();
+                self.log_failure(&hostname, error);
+                (self.min_ttl, self.record(&hostname, None))
+            }
+        };
+        if changed {
+            self.queue.extend(self.state.backends_with_hostname(&hostname));
+        }
+        self.schedule_at(Instant::now() + wait, hostname);
+    }
+
+    /// Marks the first lookup done and keeps a new answer; returns whether the
+    /// answer changed. A failure (None), or a chain whose end gave no address,
+    /// keeps the last addresses: a failure never flips a verdict.
+    fn record(&self, hostname: &str, resolution: Option<Resolution>) -> bool {
+        let hosts = self.hosts.lock().expect("dns hosts lock");
+        let Some(tx) = hosts.get(hostname) else { return false };
+        let Some(mut resolution) = resolution else {
+            tx.send_if_modified(|lookup| !std::mem::replace(&mut lookup.done, true));
+            return false;
+        };
+        if resolution.addresses.is_empty()
+            && let Some(old) = tx.borrow().answer.as_ref()
+        {
+            resolution.addresses = old.addresses.clone();
+        }
+        let changed = tx.borrow().answer.as_ref().is_none_or(|old| !old.same_answer(&resolution));
+        if changed {
+            tx.send_replace(Lookup { done: true, answer: Some(Arc::new(resolution)) });
+        } else {
+            tx.send_if_modified(|lookup| !std::mem::replace(&mut lookup.done, true));
+        }
+        changed
     }
 
     fn log_failure(&self, hostname: &str, error: LookupError) {
@@ -108,48 +184,28 @@ impl Tracker {
     }
 }
 
-/// Resolves `hostname` until no XBackend names it any more (or the controller
-/// stops). A changed answer queues the XBackends that use the hostname; a
-/// failure keeps the last answer and tries again after the minimum TTL.
-async fn lookup_loop(tracker: Weak<Tracker>, hostname: String, tx: watch::Sender<Lookup>) {
+/// Starts each hostname's lookup when it is due, at most
+/// `CONCURRENT_LOOKUPS` at once, and sleeps until the next one is due or a new
+/// hostname arrives.
+async fn schedule(tracker: Weak<Tracker>, wake: Arc<Notify>) {
     loop {
-        let Some(tracker) = tracker.upgrade() else { return };
-        if tracker.state.backends_with_hostname(&hostname).is_empty() {
-            tracker.forget(&hostname);
-            return;
+        let next = {
+            let Some(tracker) = tracker.upgrade() else { return };
+            let (ready, next) = tracker.take_due(Instant::now());
+            for hostname in ready {
+                let permit = tracker.limit.clone().acquire_owned().await.expect("semaphore never closed");
+                tokio::spawn(tracker.clone().lookup(hostname, permit));
+            }
+            next
+        };
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
         }
-        let result = {
-            let _permit = tracker.limit.acquire().await;
-            tracker.resolver.resolve(&hostname).await
-        };
-        let wait = match result {
-            Ok(mut resolution) => {
-                tracker.metrics.dns_lookups.get_or_create(&ResultLabel::of("ok")).inc();
-                // A chain whose end gave no address is a partial failure: the
-                // last addresses stand (a failure never flips a verdict).
-                if resolution.addresses.is_empty()
-                    && let Some(old) = tx.borrow().answer.as_ref()
-                {
-                    resolution.addresses = old.addresses.clone();
-                }
-                let wait = dns::clamp_ttl(resolution.ttl, tracker.min_ttl, tracker.max_ttl);
-                let changed = tx.borrow().answer.as_ref().is_none_or(|old| !old.same_answer(&resolution));
-                if changed {
-                    tx.send_replace(Lookup { done: true, answer: Some(Arc::new(resolution)) });
-                    tracker.queue.extend(tracker.state.backends_with_hostname(&hostname));
-                } else {
-                    tx.send_if_modified(|lookup| !std::mem::replace(&mut lookup.done, true));
-                }
-                wait
-            }
-            Err(error) => {
-                tracker.metrics.dns_lookups.get_or_create(&ResultLabel::of(error.label())).inc();
-                tracker.log_failure(&hostname, error);
-                tx.send_if_modified(|lookup| !std::mem::replace(&mut lookup.done, true));
-                tracker.min_ttl
-            }
-        };
-        drop(tracker);
-        tokio::time::sleep(wait).await;
     }
 }

@@ -213,7 +213,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let dns = if args.dns_check_enabled() {
         let resolver = crate::dns::Resolver::new(&args.dns.dns_servers, DNS_TIMEOUT).map_err(Error::Usage)?;
         let ttls = (Duration::from_secs(args.dns.dns_min_ttl), Duration::from_secs(args.dns.dns_max_ttl));
-        Some(Arc::new(dns::Tracker::new(resolver, ttls, state.clone(), queue.clone(), metrics.clone())))
+        Some(dns::Tracker::start(resolver, ttls, state.clone(), queue.clone(), metrics.clone()))
     } else {
         None
     };
