@@ -1,7 +1,12 @@
 //! Lenient decoding of API objects (as JSON) into the index's model. Shared by
 //! the watches and `analyze`; an object that does not decode is reported, not fatal.
 
+use std::borrow::Cow;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::{ApiResource, DynamicResourceScope};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::api::{self, GATEWAY_GROUP, XBackendSpec};
 use crate::index::{Kind, Object};
@@ -51,24 +56,12 @@ pub fn decode(kind: Kind, object: &Value) -> Result<(ObjectRef, Object), String>
     if !object.is_object() {
         return Err("object is not a JSON object".to_string());
     }
-    let name = match object.pointer("/metadata/name").and_then(Value::as_str) {
-        Some(name) if !name.is_empty() => name,
-        _ => return Err("object has no metadata.name".to_string()),
-    };
-    let namespace = match kind {
-        Kind::GatewayClass | Kind::Namespace => "",
-        _ => match object.pointer("/metadata/namespace").and_then(Value::as_str) {
-            Some(ns) if !ns.is_empty() => ns,
-            _ => DEFAULT_NAMESPACE,
-        },
-    };
-    let key = ObjectRef::new(namespace, name);
+    let str_at = |pointer: &str| object.pointer(pointer).and_then(Value::as_str);
+    let key = key_of(kind, str_at("/metadata/namespace"), str_at("/metadata/name"))?;
+    let namespace = key.namespace.as_str();
     let spec = object.get("spec").unwrap_or(&Value::Null);
     let decoded = match kind {
-        Kind::Route(route_kind) => Object::Route(route_kind, decode_route(namespace, spec)),
-        Kind::Gateway => Object::Gateway(Gateway { class_name: string_at(spec, "gatewayClassName") }),
-        Kind::GatewayClass => Object::GatewayClass(GatewayClass { controller_name: string_at(spec, "controllerName") }),
-        Kind::ReferenceGrant => Object::ReferenceGrant(decode_grant(spec)),
+        Kind::Route(_) | Kind::Gateway | Kind::GatewayClass | Kind::ReferenceGrant => decode_spec(kind, namespace, spec),
         Kind::XBackend => Object::XBackend(Backend {
             generation: object.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0),
             spec: decode_backend_spec(object.get("spec")),
@@ -84,6 +77,132 @@ pub fn decode(kind: Kind, object: &Value) -> Result<(ObjectRef, Object), String>
         Kind::Namespace => Object::Namespace,
     };
     Ok((key, decoded))
+}
+
+/// The index key of an object; cluster-scoped kinds get an empty namespace.
+fn key_of(kind: Kind, namespace: Option<&str>, name: Option<&str>) -> Result<ObjectRef, String> {
+    let name = match name {
+        Some(name) if !name.is_empty() => name,
+        _ => return Err("object has no metadata.name".to_string()),
+    };
+    let namespace = match kind {
+        Kind::GatewayClass | Kind::Namespace => "",
+        _ => namespace.filter(|ns| !ns.is_empty()).unwrap_or(DEFAULT_NAMESPACE),
+    };
+    Ok(ObjectRef::new(namespace, name))
+}
+
+/// The kinds whose model is read from the spec alone.
+fn decode_spec(kind: Kind, namespace: &str, spec: &Value) -> Object {
+    match kind {
+        Kind::Route(route_kind) => Object::Route(route_kind, decode_route(namespace, spec)),
+        Kind::Gateway => Object::Gateway(Gateway { class_name: string_at(spec, "gatewayClassName") }),
+        Kind::GatewayClass => Object::GatewayClass(GatewayClass { controller_name: string_at(spec, "controllerName") }),
+        Kind::ReferenceGrant => Object::ReferenceGrant(decode_grant(spec)),
+        Kind::XBackend | Kind::Pod | Kind::Namespace => unreachable!("{kind:?} is not decoded from its spec alone"),
+    }
+}
+
+/// An object as a watch delivers it, decoded straight from the response
+/// bytes: the metadata the index reads, spec and status as JSON text. The
+/// parser skips annotations and managedFields (often larger than the spec)
+/// without building them.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct Watched {
+    #[serde(deserialize_with = "lean_metadata")]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: Option<Box<RawValue>>,
+    #[serde(default)]
+    pub status: Option<Box<RawValue>>,
+}
+
+/// The fields of `metadata` the index and the watcher read.
+fn lean_metadata<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Lean {
+        name: Option<String>,
+        namespace: Option<String>,
+        uid: Option<String>,
+        resource_version: Option<String>,
+        generation: Option<i64>,
+    }
+    let lean = <Lean as serde::Deserialize>::deserialize(deserializer)?;
+    Ok(ObjectMeta {
+        name: lean.name,
+        namespace: lean.namespace,
+        uid: lean.uid,
+        resource_version: lean.resource_version,
+        generation: lean.generation,
+        ..ObjectMeta::default()
+    })
+}
+
+/// Like `DynamicObject`: the API resource is given at run time.
+impl kube::Resource for Watched {
+    type DynamicType = ApiResource;
+    type Scope = DynamicResourceScope;
+
+    fn group(dt: &ApiResource) -> Cow<'_, str> {
+        dt.group.as_str().into()
+    }
+    fn version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.version.as_str().into()
+    }
+    fn kind(dt: &ApiResource) -> Cow<'_, str> {
+        dt.kind.as_str().into()
+    }
+    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.api_version.as_str().into()
+    }
+    fn plural(dt: &ApiResource) -> Cow<'_, str> {
+        dt.plural.as_str().into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Decodes a watched object of an index kind watched in full (not Pods or
+/// Namespaces, which are watched by metadata). The same model as `decode`:
+/// an XBackend's spec goes from its text straight to the typed spec, the
+/// other kinds read a few fields of their spec.
+pub fn decode_watched(kind: Kind, object: &Watched) -> Result<(ObjectRef, Object), String> {
+    let meta = &object.metadata;
+    let key = key_of(kind, meta.namespace.as_deref(), meta.name.as_deref())?;
+    let spec = object.spec.as_deref().map(RawValue::get);
+    let decoded = match kind {
+        Kind::XBackend => Object::XBackend(Backend {
+            generation: meta.generation.unwrap_or(0),
+            spec: backend_spec_from_json(spec),
+            uid: meta.uid.clone().unwrap_or_default(),
+            resource_version: meta.resource_version.clone().unwrap_or_default(),
+            status: object.status.as_deref().map(|s| StoredStatus::from_json(s.get())).unwrap_or_default(),
+        }),
+        Kind::Route(_) | Kind::Gateway | Kind::GatewayClass | Kind::ReferenceGrant => {
+            let spec: Value = spec.and_then(|s| serde_json::from_str(s).ok()).unwrap_or(Value::Null);
+            decode_spec(kind, &key.namespace, &spec)
+        }
+        Kind::Pod | Kind::Namespace => return Err(format!("{kind:?} is watched by metadata only")),
+    };
+    Ok((key, decoded))
+}
+
+/// The XBackend spec from its JSON text; only a spec that does not decode
+/// takes the slower path through a `Value`, for the same message as `decode`.
+fn backend_spec_from_json(spec: Option<&str>) -> Result<XBackendSpec, String> {
+    match spec.map(serde_json::from_str::<XBackendSpec>) {
+        Some(Ok(spec)) => Ok(spec),
+        Some(Err(_)) => {
+            let value: Option<Value> = spec.and_then(|s| serde_json::from_str(s).ok());
+            decode_backend_spec(value.as_ref())
+        }
+        None => decode_backend_spec(None),
+    }
 }
 
 /// The XBackend spec, or a message naming the first field that does not
@@ -356,6 +475,55 @@ mod tests {
                 ],
             })
         );
+    }
+
+    /// A watch's bytes and a file's JSON give the same model, however the
+    /// spec is broken; metadata the index does not read is skipped.
+    #[test]
+    fn watched_bytes_decode_like_json() {
+        let meta = |ns: &str| {
+            json!({"name": "o", "namespace": ns, "uid": "u-1", "resourceVersion": "7", "generation": 2,
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{\"big\": true}"},
+                "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]})
+        };
+        let status = json!({"ancestors": [{"controllerName": "example.com/other", "conditions": []}]});
+        let backend_spec = json!({"type": "ExternalHostname", "port": {"number": 443}, "externalHostname": {"hostname": "api.example.com"}});
+        let cases = [
+            (Kind::XBackend, json!({"metadata": meta("app"), "spec": backend_spec, "status": status})),
+            (Kind::XBackend, json!({"metadata": meta("app"), "spec": {"type": "ExternalHostname", "port": {"port": "443"}}})),
+            (Kind::XBackend, json!({"metadata": meta("app"), "spec": {"type": "ExternalHostname", "port": {"port": 1}, "tls": {"mode": "Sometimes"}}})),
+            (Kind::XBackend, json!({"metadata": meta("app")})),
+            (Kind::XBackend, json!({"metadata": meta("app"), "spec": null, "status": null})),
+            (Kind::Route(RouteKind::Http), json!({"metadata": meta("app"), "spec": {"parentRefs": [{"name": "gw"}],
+                "rules": [{"backendRefs": [{"group": "gateway.networking.x-k8s.io", "kind": "XBackend", "name": "b"}]}]}})),
+            (Kind::Route(RouteKind::Grpc), json!({"metadata": meta("app"), "spec": {"parentRefs": "garbage"}})),
+            (Kind::Gateway, json!({"metadata": meta(""), "spec": {"gatewayClassName": "c"}})),
+            (Kind::GatewayClass, json!({"metadata": meta("x"), "spec": {"controllerName": "example.com/c"}})),
+            (Kind::ReferenceGrant, json!({"metadata": meta("certs"), "spec": {"from": [{"group": "g", "kind": "k", "namespace": "n"}], "to": 3}})),
+        ];
+        for (kind, object) in cases {
+            let watched: Watched = serde_json::from_str(&object.to_string()).unwrap();
+            assert!(watched.metadata.managed_fields.is_none() && watched.metadata.annotations.is_none());
+            assert_eq!(decode_watched(kind, &watched), decode(kind, &object), "{kind:?} {object}");
+        }
+        let nameless: Watched = serde_json::from_str(r#"{"metadata": {}, "spec": {}}"#).unwrap();
+        assert!(decode_watched(Kind::Gateway, &nameless).is_err());
+    }
+
+    /// The containers kube-runtime's watcher decodes into carry `Watched` as
+    /// the apiserver sends them: list pages and watch lines.
+    #[test]
+    fn watched_through_list_pages_and_watch_lines() {
+        let page = r#"{"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "9", "continue": "c"},
+            "items": [{"metadata": {"name": "a", "namespace": "n", "resourceVersion": "8"}, "spec": {"x": [1, 2]}, "status": {"y": {}}}]}"#;
+        let list: kube::core::ObjectList<Watched> = serde_json::from_str(page).unwrap();
+        assert_eq!(list.items[0].spec.as_deref().map(RawValue::get), Some(r#"{"x": [1, 2]}"#));
+        assert_eq!(list.items[0].status.as_deref().map(RawValue::get), Some(r#"{"y": {}}"#));
+        let line = r#"{"type":"MODIFIED","object":{"metadata":{"name":"a","resourceVersion":"10"},"spec":{"gatewayClassName":"c"}}}"#;
+        let event: kube::core::WatchEvent<Watched> = serde_json::from_str(line).unwrap();
+        let kube::core::WatchEvent::Modified(watched) = event else { panic!("not a modification") };
+        assert_eq!(watched.metadata.resource_version.as_deref(), Some("10"));
+        assert_eq!(decode_watched(Kind::Gateway, &watched).unwrap().1, Object::Gateway(Gateway { class_name: "c".into() }));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject};
+use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use super::metrics::Metrics;
 use super::queue::Queue;
 use super::state::State;
-use crate::decode;
+use crate::decode::{self, Watched};
 use crate::index::{Kind, Object, RefKind};
 use crate::model::ObjectRef;
 use crate::status::Shape;
@@ -52,15 +52,8 @@ fn config() -> watcher::Config {
 }
 
 /// Decodes one watched object; failures are logged and counted, never fatal.
-fn decode_object(shared: &Feeds, kind: Kind, obj: &DynamicObject) -> Option<(ObjectRef, Object)> {
-    let value = match serde_json::to_value(obj) {
-        Ok(v) => v,
-        Err(e) => {
-            report_decode_failure(shared, kind, obj, &e.to_string());
-            return None;
-        }
-    };
-    match decode::decode(kind, &value) {
+fn decode_object(shared: &Feeds, kind: Kind, obj: &Watched) -> Option<(ObjectRef, Object)> {
+    match decode::decode_watched(kind, obj) {
         Ok(decoded) => Some(decoded),
         Err(e) => {
             report_decode_failure(shared, kind, obj, &e);
@@ -69,7 +62,7 @@ fn decode_object(shared: &Feeds, kind: Kind, obj: &DynamicObject) -> Option<(Obj
     }
 }
 
-fn report_decode_failure(shared: &Feeds, kind: Kind, obj: &DynamicObject, error: &str) {
+fn report_decode_failure(shared: &Feeds, kind: Kind, obj: &Watched, error: &str) {
     let name = kind_name(kind);
     shared.metrics.decode_failures.get_or_create(&Metrics::kind(name)).inc();
     warn!(
@@ -98,15 +91,16 @@ fn counted<T>(shared: &Feeds, kind: &'static str, event: Result<T, watcher::Erro
 
 /// Puts one added or changed object into the index and queues what it
 /// affects; returns its key unless it did not decode.
-fn apply_object(shared: &Feeds, kind: Kind, obj: &DynamicObject) -> Option<ObjectRef> {
+fn apply_object(shared: &Feeds, kind: Kind, obj: &Watched) -> Option<ObjectRef> {
     let (key, object) = decode_object(shared, kind, obj)?;
     let affected = shared.state.apply(key.clone(), object);
     shared.queue.extend(affected);
     Some(key)
 }
 
-/// Watches one index kind until the process ends.
-pub async fn watch_kind(shared: Feeds, kind: Kind, api: Api<DynamicObject>) {
+/// Watches one index kind until the process ends. Objects are decoded from
+/// the response bytes into `Watched` (no `DynamicObject` tree in between).
+pub async fn watch_kind(shared: Feeds, kind: Kind, api: Api<Watched>) {
     let name = kind_name(kind);
     let mut stream = watcher::watcher(api, config()).default_backoff().boxed();
     // Keys seen since the last Init: a (re-)list is applied object by object
