@@ -32,6 +32,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -157,7 +158,7 @@ impl Tracker {
 
 async fn track(client: Client, tracker: Arc<Mutex<Tracker>>) {
     let api = xbackends_all(&client);
-    let mut events = watcher::watcher(api, watcher::Config::default()).boxed();
+    let mut events = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
     let mut errors = 0u64;
     while let Some(event) = events.next().await {
         let mut t = tracker.lock().unwrap();
