@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -43,7 +43,10 @@ pub struct Tracker {
     min_ttl: Duration,
     max_ttl: Duration,
     limit: Arc<Semaphore>,
-    hosts: Mutex<HashMap<Box<str>, watch::Sender<Lookup>>>,
+    hosts: Mutex<HashMap<Box<str>, Lookup>>,
+    /// Wakes whoever waits for a first lookup (each then checks its own
+    /// hostname): one Notify for all rather than a channel per hostname.
+    first_done: Notify,
     /// (when, hostname): the next lookup of each hostname not in flight.
     due: Mutex<BTreeSet<(Instant, Box<str>)>>,
     wake: Arc<Notify>,
@@ -71,6 +74,7 @@ impl Tracker {
             hosts: Mutex::default(),
             due: Mutex::default(),
             wake: Arc::new(Notify::new()),
+            first_done: Notify::new(),
             last_failure_log: AtomicU64::new(0),
             started: Instant::now(),
         });
@@ -83,23 +87,31 @@ impl Tracker {
     /// `first_wait`, so an XBackend is not shown Accepted before its addresses
     /// were checked. None: no answer yet (or only failures).
     pub async fn resolution(&self, hostname: &str, first_wait: Duration) -> Option<Arc<Resolution>> {
-        let mut rx = {
-            let mut hosts = self.hosts.lock().expect("dns hosts lock");
-            match hosts.get(hostname) {
-                Some(tx) => tx.subscribe(),
-                None => {
-                    let (tx, rx) = watch::channel(Lookup::default());
-                    hosts.insert(hostname.into(), tx);
-                    self.metrics.dns_hostnames.set(hosts.len() as i64);
-                    self.schedule_at(Instant::now(), hostname.into());
-                    rx
-                }
-            }
-        };
         // Every XBackend naming a hostname whose first lookup is still running
         // waits for it (bounded), not only the one that started it.
-        let _ = tokio::time::timeout(first_wait, rx.wait_for(|lookup| lookup.done)).await;
-        rx.borrow().answer.clone()
+        let deadline = Instant::now() + first_wait;
+        loop {
+            let notified = self.first_done.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a lookup finishing in between still wakes us.
+            notified.as_mut().enable();
+            {
+                let mut hosts = self.hosts.lock().expect("dns hosts lock");
+                match hosts.get(hostname) {
+                    Some(lookup) if lookup.done => return lookup.answer.clone(),
+                    Some(_) => {}
+                    None => {
+                        hosts.insert(hostname.into(), Lookup::default());
+                        self.metrics.dns_hostnames.set(hosts.len() as i64);
+                        self.schedule_at(Instant::now(), hostname.into());
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let hosts = self.hosts.lock().expect("dns hosts lock");
+                return hosts.get(hostname).and_then(|lookup| lookup.answer.clone());
+            }
+        }
     }
 
     fn schedule_at(&self, at: Instant, hostname: Box<str>) {
@@ -151,22 +163,27 @@ impl Tracker {
     /// answer changed. A failure (None), or a chain whose end gave no address,
     /// keeps the last addresses: a failure never flips a verdict.
     fn record(&self, hostname: &str, resolution: Option<Resolution>) -> bool {
-        let hosts = self.hosts.lock().expect("dns hosts lock");
-        let Some(tx) = hosts.get(hostname) else { return false };
-        let Some(mut resolution) = resolution else {
-            tx.send_if_modified(|lookup| !std::mem::replace(&mut lookup.done, true));
-            return false;
+        let mut hosts = self.hosts.lock().expect("dns hosts lock");
+        let Some(lookup) = hosts.get_mut(hostname) else { return false };
+        let first = !std::mem::replace(&mut lookup.done, true);
+        let changed = match resolution {
+            None => false,
+            Some(mut resolution) => {
+                if resolution.addresses.is_empty()
+                    && let Some(old) = lookup.answer.as_ref()
+                {
+                    resolution.addresses = old.addresses.clone();
+                }
+                let changed = lookup.answer.as_ref().is_none_or(|old| !old.same_answer(&resolution));
+                if changed {
+                    lookup.answer = Some(Arc::new(resolution));
+                }
+                changed
+            }
         };
-        if resolution.addresses.is_empty()
-            && let Some(old) = tx.borrow().answer.as_ref()
-        {
-            resolution.addresses = old.addresses.clone();
-        }
-        let changed = tx.borrow().answer.as_ref().is_none_or(|old| !old.same_answer(&resolution));
-        if changed {
-            tx.send_replace(Lookup { done: true, answer: Some(Arc::new(resolution)) });
-        } else {
-            tx.send_if_modified(|lookup| !std::mem::replace(&mut lookup.done, true));
+        drop(hosts);
+        if first {
+            self.first_done.notify_waiters();
         }
         changed
     }
