@@ -58,7 +58,7 @@ pub fn decode(kind: Kind, object: &Value) -> Result<(ObjectRef, Object), String>
     }
     let str_at = |pointer: &str| object.pointer(pointer).and_then(Value::as_str);
     let key = key_of(kind, str_at("/metadata/namespace"), str_at("/metadata/name"))?;
-    let namespace = key.namespace.as_str();
+    let namespace = &*key.namespace;
     let spec = object.get("spec").unwrap_or(&Value::Null);
     let decoded = match kind {
         Kind::Route(_) | Kind::Gateway | Kind::GatewayClass | Kind::ReferenceGrant => decode_spec(kind, namespace, spec),

@@ -87,7 +87,7 @@ pub fn ca_certificate_config_maps(backend: &ObjectRef, spec: &XBackendSpec) -> V
 /// namespace (of any kind: a grant there can change the verdict).
 pub fn cross_namespace_target(backend: &ObjectRef, spec: &XBackendSpec) -> Option<String> {
     let namespace = spec.tls.as_ref()?.client_certificate_ref.as_ref()?.namespace.as_ref()?;
-    (*namespace != backend.namespace).then(|| namespace.clone())
+    (**namespace != *backend.namespace).then(|| namespace.clone())
 }
 
 /// True when one of `grants` (those of `to.namespace`) lets XBackends from
@@ -106,7 +106,7 @@ pub fn grants_permit<'a>(
         let to_ok = grant
             .to
             .iter()
-            .any(|t| same_group(&t.group, group) && t.kind == kind && t.name.as_ref().is_none_or(|n| *n == to.name));
+            .any(|t| same_group(&t.group, group) && t.kind == kind && t.name.as_ref().is_none_or(|n| **n == *to.name));
         from_ok && to_ok
     })
 }
@@ -373,7 +373,7 @@ impl Index {
     pub fn grants_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a ReferenceGrant> + 'a {
         self.grants
             .range(ObjectRef::new(namespace, "")..)
-            .take_while(move |(key, _)| key.namespace == namespace)
+            .take_while(move |(key, _)| &*key.namespace == namespace)
             .map(|(_, grant)| grant)
     }
 
@@ -459,23 +459,23 @@ impl Index {
         let seen = match labels {
             Some(labels) => {
                 let labels = compact(labels);
-                let pods = self.pods.entry(key.namespace.clone()).or_default();
-                let old = pods.insert(key.name.as_str().into(), labels.clone());
+                let pods = self.pods.entry(key.namespace.to_string()).or_default();
+                let old = pods.insert((*key.name).into(), labels.clone());
                 if old.as_ref() == Some(&labels) {
                     return BTreeSet::new();
                 }
                 [old, Some(labels)]
             }
             None => {
-                let Some(pods) = self.pods.get_mut(&key.namespace) else { return BTreeSet::new() };
-                let Some(old) = pods.remove(key.name.as_str()) else { return BTreeSet::new() };
+                let Some(pods) = self.pods.get_mut(&*key.namespace) else { return BTreeSet::new() };
+                let Some(old) = pods.remove(&*key.name) else { return BTreeSet::new() };
                 if pods.is_empty() {
-                    self.pods.remove(&key.namespace);
+                    self.pods.remove(&*key.namespace);
                 }
                 [Some(old), None]
             }
         };
-        let candidates = self.selectors_by_namespace.get(&key.namespace).into_iter().flatten();
+        let candidates = self.selectors_by_namespace.get(&*key.namespace).into_iter().flatten();
         candidates
             .filter(|backend| {
                 let selector =
@@ -592,8 +592,8 @@ impl Index {
             .filter(|f| f.group == api::GROUP && f.kind == api::KIND)
             .map(|f| f.namespace.as_str())
             .collect();
-        let candidates = self.backends_by_target_namespace.get(&key.namespace).into_iter().flatten();
-        candidates.filter(|backend| from_namespaces.contains(backend.namespace.as_str())).cloned().collect()
+        let candidates = self.backends_by_target_namespace.get(&*key.namespace).into_iter().flatten();
+        candidates.filter(|backend| from_namespaces.contains(&*backend.namespace)).cloned().collect()
     }
 
     /// Returns whether the stored XBackend changed.
@@ -617,7 +617,7 @@ impl Index {
                 remove_from(&mut self.backends_by_target_namespace, &namespace, &key);
             }
             if endpoint_selector(spec).is_some() {
-                remove_from(&mut self.selectors_by_namespace, &key.namespace, &key);
+                remove_from(&mut self.selectors_by_namespace, &key.namespace.to_string(), &key);
             }
             if let Some(hostname) = external_hostname(spec) {
                 if let Some(label) = guardrails::namespace_label(&hostname) {
@@ -637,7 +637,7 @@ impl Index {
                 insert_into(&mut self.backends_by_target_namespace, namespace, key.clone());
             }
             if endpoint_selector(spec).is_some() {
-                insert_into(&mut self.selectors_by_namespace, key.namespace.clone(), key.clone());
+                insert_into(&mut self.selectors_by_namespace, key.namespace.to_string(), key.clone());
             }
             if let Some(hostname) = external_hostname(spec) {
                 if let Some(label) = guardrails::namespace_label(&hostname) {

@@ -153,14 +153,14 @@ impl Lookup for Snapshot {
     fn grant_permits(&self, from_namespace: &str, group: &str, kind: &str, to: &ObjectRef) -> bool {
         // `grants` holds only the one namespace a reference can leave for.
         let in_namespace = self.backend.spec.as_ref().ok().and_then(|s| index::cross_namespace_target(&self.key, s));
-        in_namespace.as_deref() == Some(to.namespace.as_str())
+        in_namespace.as_deref() == Some(&*to.namespace)
             && index::grants_permit(self.grants.iter(), from_namespace, group, kind, to)
     }
 
     fn has_matching_pod(&self, namespace: &str, selector: &std::collections::BTreeMap<String, String>) -> bool {
         // Answered for the XBackend's own selector and namespace only.
         let own = self.backend.spec.as_ref().ok().and_then(index::endpoint_selector);
-        namespace == self.key.namespace && own == Some(selector) && self.has_matching_pod
+        *namespace == *self.key.namespace && own == Some(selector) && self.has_matching_pod
     }
 }
 

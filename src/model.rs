@@ -2,19 +2,23 @@
 //! API objects so that one malformed object never stops a watch.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::api::XBackendSpec;
 
 /// Namespace and name of a namespaced object (empty namespace for cluster-scoped).
+///
+/// Shared strings: the index keeps the same key in several maps (the record,
+/// reverse indexes, reports, the queue), and a clone costs no allocation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectRef {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ObjectRef {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        ObjectRef { namespace: namespace.into(), name: name.into() }
+    pub fn new(namespace: impl AsRef<str>, name: impl AsRef<str>) -> Self {
+        ObjectRef { namespace: namespace.as_ref().into(), name: name.as_ref().into() }
     }
 }
 

@@ -121,7 +121,7 @@ pub fn resolve_refs(
                 group_kind(group, kind)
             ));
         }
-        if namespace != key.namespace && !index.grant_permits(&key.namespace, "", "Secret", &target) {
+        if *namespace != *key.namespace && !index.grant_permits(&key.namespace, "", "Secret", &target) {
             return conditions::ref_not_permitted(format!(
                 "{field} names Secret {target} in another namespace, and no ReferenceGrant in namespace {namespace} allows XBackends from namespace {} to use it.",
                 key.namespace

@@ -156,7 +156,7 @@ pub fn merge(
         let mut entry = Map::new();
         entry.insert(
             shape.ref_field().to_string(),
-            json!({"group": GATEWAY_GROUP, "kind": "Gateway", "namespace": gateway.namespace, "name": gateway.name}),
+            json!({"group": GATEWAY_GROUP, "kind": "Gateway", "namespace": &*gateway.namespace, "name": &*gateway.name}),
         );
         entry.insert("controllerName".to_string(), Value::from(controller_name));
         entry.insert("conditions".to_string(), Value::Array(conditions));
@@ -175,8 +175,8 @@ fn names_gateway(entry: &Value, shape: Shape, gateway: &ObjectRef) -> bool {
     let field = |name: &str| reference.get(name).and_then(Value::as_str);
     field("group").unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
         && field("kind").unwrap_or("Gateway") == "Gateway"
-        && field("namespace") == Some(gateway.namespace.as_str())
-        && field("name") == Some(gateway.name.as_str())
+        && field("namespace") == Some(&*gateway.namespace)
+        && field("name") == Some(&*gateway.name)
 }
 
 /// One condition; keeps the stored lastTransitionTime while the status holds.

@@ -280,8 +280,8 @@ async fn publish_events(ctx: &Reconciler, key: &ObjectRef, uid: &str, notes: Vec
     let reference = ObjectReference {
         api_version: Some(format!("{}/{}", crate::api::GROUP, crate::api::VERSION)),
         kind: Some(crate::api::KIND.to_string()),
-        namespace: Some(key.namespace.clone()),
-        name: Some(key.name.clone()),
+        namespace: Some(key.namespace.to_string()),
+        name: Some(key.name.to_string()),
         uid: Some(uid.to_string()).filter(|u| !u.is_empty()),
         ..Default::default()
     };
