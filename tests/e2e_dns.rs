@@ -96,6 +96,10 @@ async fn resolved_addresses_are_checked_and_rechecked_at_the_ttl() {
     dns.set("flaky.example.net", public("1.1.1.1"));
     dns.set("shared.example.net", public("8.8.8.8"));
     dns.set("loopback.example.net", public("127.0.0.1"));
+    // Answers after the first write stopped waiting (2 s) but within the
+    // resolver's 3 s timeout: the XBackend must be judged again once it comes.
+    dns.set("slow.example.net", public("127.0.0.1"));
+    dns.delay("slow.example.net", Duration::from_millis(2500));
     let yaml = [
         backend("flip", "flip.example.net"),
         backend("alias", "metadata-alias.example.net"),
@@ -105,6 +109,7 @@ async fn resolved_addresses_are_checked_and_rechecked_at_the_ttl() {
         backend("flaky", "flaky.example.net"),
         backend("shared-a", "shared.example.net"),
         backend("shared-b", "shared.example.net"),
+        backend("slow", "slow.example.net"),
     ]
     .concat();
     apply_yaml(&client, Some(&ns), &yaml).await;
@@ -127,6 +132,8 @@ async fn resolved_addresses_are_checked_and_rechecked_at_the_ttl() {
     let message = wait_accepted(&api, "chain", ctl_name, "AddressNotAllowed").await;
     assert!(message.contains("10.1.2.3") && message.contains("10.0.0.0/8"), "{message}");
     wait_accepted(&api, "flaky", ctl_name, "Accepted").await;
+    let message = wait_accepted(&api, "slow", ctl_name, "AddressNotAllowed").await;
+    assert!(message.contains("127.0.0.1"), "a first answer slower than the first write is still judged: {message}");
 
     // A record flipped to the metadata endpoint after acceptance is caught within the TTL, and released.
     dns.set("flip.example.net", public("169.254.169.254"));

@@ -28,6 +28,9 @@ struct Lookup {
     done: bool,
     /// The latest answer; a failure keeps the previous one.
     answer: Option<Arc<Resolution>>,
+    /// A reconcile stopped waiting before the first lookup finished: its
+    /// XBackends must be queued once it does.
+    waited_out: bool,
 }
 
 /// The hostnames in use, their latest answers and when each is next resolved.
@@ -108,8 +111,10 @@ impl Tracker {
                 }
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                let hosts = self.hosts.lock().expect("dns hosts lock");
-                return hosts.get(hostname).and_then(|lookup| lookup.answer.clone());
+                let mut hosts = self.hosts.lock().expect("dns hosts lock");
+                let lookup = hosts.get_mut(hostname)?;
+                lookup.waited_out |= !lookup.done;
+                return lookup.answer.clone();
             }
         }
     }
@@ -141,7 +146,7 @@ impl Tracker {
         }
         let result = self.resolver.resolve(&hostname).await;
         drop(permit);
-        let (wait, changed) = match result {
+        let (wait, requeue) = match result {
             Ok(resolution) => {
                 self.metrics.dns_lookups.get_or_create(&ResultLabel::of("ok")).inc();
                 let wait = dns::clamp_ttl(resolution.ttl, self.min_ttl, self.max_ttl);
@@ -153,20 +158,21 @@ impl Tracker {
                 (self.min_ttl, self.record(&hostname, None))
             }
         };
-        if changed {
+        if requeue {
             self.queue.extend(self.state.backends_with_hostname(&hostname));
         }
         self.schedule_at(Instant::now() + wait, hostname);
     }
 
     /// Marks the first lookup done and keeps a new answer; returns whether the
-    /// answer changed. A failure (None), or a chain whose end gave no address,
-    /// keeps the last addresses: a failure never flips a verdict.
+    /// XBackends naming the hostname must be reconciled again. A failure
+    /// (None), or a chain whose end gave no address, keeps the last
+    /// addresses: a failure never flips a verdict.
     fn record(&self, hostname: &str, resolution: Option<Resolution>) -> bool {
         let mut hosts = self.hosts.lock().expect("dns hosts lock");
         let Some(lookup) = hosts.get_mut(hostname) else { return false };
         let first = !std::mem::replace(&mut lookup.done, true);
-        let changed = match resolution {
+        let answered = match resolution {
             None => false,
             Some(mut resolution) => {
                 if resolution.addresses.is_empty()
@@ -181,11 +187,15 @@ impl Tracker {
                 changed
             }
         };
+        // Whoever asked before the first answer waited for it, unless it gave
+        // up: requeueing them all would reconcile every XBackend twice at a
+        // cold start, the second time from a snapshot older than its write.
+        let requeue = if first { lookup.waited_out } else { answered };
         drop(hosts);
         if first {
             self.first_done.notify_waiters();
         }
-        changed
+        requeue
     }
 
     fn log_failure(&self, hostname: &str, error: LookupError) {

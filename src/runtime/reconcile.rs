@@ -9,11 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::discovery::ApiResource;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, ResourceExt};
-use serde_json::Value;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -25,7 +24,8 @@ use super::state::State;
 use crate::conditions::reason;
 use crate::index::{Kind, Object};
 use crate::judge::{now_rfc3339, plan};
-use crate::model::ObjectRef;
+use crate::decode::{Watched, decode_watched};
+use crate::model::{ObjectRef, StoredStatus};
 use crate::refs::{Fetched, RefTarget, hostname_to_resolve};
 use crate::status::EventNote;
 use crate::validate::Policy;
@@ -178,7 +178,8 @@ pub async fn reconcile(ctx: &Reconciler, key: &ObjectRef) -> Result<Outcome, Err
     if let (Some(dns), Some(hostname)) = (&ctx.dns, hostname) {
         fetched.resolution = dns.resolution(&hostname, FIRST_LOOKUP_WAIT).await;
     }
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &key.namespace, &ctx.xbackend);
+    // Responses decode like watch events: no managedFields or annotations built.
+    let api: Api<Watched> = Api::namespaced_with(ctx.client.clone(), &key.namespace, &ctx.xbackend);
     for attempt in 1..=CONFLICT_RETRIES {
         let plan = plan(&snapshot, &fetched, &ctx.policy, &ctx.controller_name, &now_rfc3339());
         if (plan.patch.is_some() || !plan.events.is_empty()) && !ctx.leadership.may_write() {
@@ -206,7 +207,8 @@ pub async fn reconcile(ctx: &Reconciler, key: &ObjectRef) -> Result<Outcome, Err
                 // `ancestors`): a write that did not stick is tried again.
                 let field = snapshot.shape.list_field();
                 let wanted = patch["status"][field].as_array().map_or(0, Vec::len);
-                let kept = obj.data["status"].get(field).and_then(Value::as_array).map_or(0, Vec::len);
+                let stored = obj.status.as_deref().map(|s| StoredStatus::from_json(s.get())).unwrap_or_default();
+                let kept = stored.list(field).map_or(0, |list| list.len());
                 if kept != wanted {
                     info!("the stored status lacks what was written (CRD schema changing?); retrying");
                     return Err(Error::NotKept);
@@ -221,8 +223,7 @@ pub async fn reconcile(ctx: &Reconciler, key: &ObjectRef) -> Result<Outcome, Err
                 let Some(obj) = bounded(Call::ReadXBackend, api.get_opt(&key.name)).await? else {
                     return Ok(Outcome::Gone);
                 };
-                let value = serde_json::to_value(&obj).unwrap_or(Value::Null);
-                let Ok((_, Object::XBackend(backend))) = crate::decode::decode(Kind::XBackend, &value) else {
+                let Ok((_, Object::XBackend(backend))) = decode_watched(Kind::XBackend, &obj) else {
                     return Ok(Outcome::Superseded);
                 };
                 if backend.generation != snapshot.backend.generation || backend.uid != snapshot.backend.uid {

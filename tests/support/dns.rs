@@ -28,6 +28,8 @@ pub enum Answer {
 struct Zone {
     answers: HashMap<String, Answer>,
     queries: HashMap<String, usize>,
+    /// Names whose replies are sent only after this long.
+    delays: HashMap<String, std::time::Duration>,
 }
 
 pub struct DnsServer {
@@ -45,7 +47,7 @@ impl Drop for DnsServer {
 impl DnsServer {
     /// Binds a UDP port on 127.0.0.1 and serves until dropped.
     pub async fn start() -> DnsServer {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind DNS server");
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind DNS server"));
         let addr = socket.local_addr().unwrap();
         let zone = Arc::new(Mutex::new(Zone::default()));
         let served = zone.clone();
@@ -54,8 +56,18 @@ impl DnsServer {
             loop {
                 let Ok((n, peer)) = socket.recv_from(&mut buf).await else { return };
                 let Ok(query) = Message::from_vec(&buf[..n]) else { continue };
-                if let Some(reply) = respond(&served, &query) {
-                    let _ = socket.send_to(&reply, peer).await;
+                match respond(&served, &query) {
+                    Some((reply, delay)) if delay.is_zero() => {
+                        let _ = socket.send_to(&reply, peer).await;
+                    }
+                    Some((reply, delay)) => {
+                        let socket = socket.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            let _ = socket.send_to(&reply, peer).await;
+                        });
+                    }
+                    None => {}
                 }
             }
         });
@@ -71,18 +83,24 @@ impl DnsServer {
         self.zone.lock().unwrap().answers.insert(name.trim_end_matches('.').to_string(), answer);
     }
 
+    /// Replies for `name` leave only after `delay` (a slow upstream).
+    pub fn delay(&self, name: &str, delay: std::time::Duration) {
+        self.zone.lock().unwrap().delays.insert(name.trim_end_matches('.').to_string(), delay);
+    }
+
     /// Queries received for `name` (A and AAAA each count).
     pub fn queries(&self, name: &str) -> usize {
         self.zone.lock().unwrap().queries.get(name).copied().unwrap_or(0)
     }
 }
 
-fn respond(zone: &Mutex<Zone>, query: &Message) -> Option<Vec<u8>> {
+fn respond(zone: &Mutex<Zone>, query: &Message) -> Option<(Vec<u8>, std::time::Duration)> {
     let question = query.queries.first()?;
     let qtype = question.query_type();
     let mut zone = zone.lock().unwrap();
     let mut name = question.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
     *zone.queries.entry(name.clone()).or_default() += 1;
+    let delay = zone.delays.get(&name).copied().unwrap_or_default();
     let mut reply = Message::response(query.metadata.id, query.metadata.op_code);
     reply.metadata.recursion_desired = query.metadata.recursion_desired;
     reply.metadata.recursion_available = true;
@@ -122,5 +140,5 @@ fn respond(zone: &Mutex<Zone>, query: &Message) -> Option<Vec<u8>> {
             }
         }
     }
-    reply.to_vec().ok()
+    Some((reply.to_vec().ok()?, delay))
 }
