@@ -3,7 +3,9 @@
 
 use std::borrow::Cow;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::core::{ApiResource, DynamicResourceScope};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -127,6 +129,8 @@ fn lean_metadata<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Ob
         uid: Option<String>,
         resource_version: Option<String>,
         generation: Option<i64>,
+        labels: Option<BTreeMap<String, String>>,
+        deletion_timestamp: Option<Time>,
     }
     let lean = <Lean as serde::Deserialize>::deserialize(deserializer)?;
     Ok(ObjectMeta {
@@ -135,8 +139,63 @@ fn lean_metadata<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Ob
         uid: lean.uid,
         resource_version: lean.resource_version,
         generation: lean.generation,
+        labels: lean.labels,
+        deletion_timestamp: lean.deletion_timestamp,
         ..ObjectMeta::default()
     })
+}
+
+/// An object of kind `K` watched by metadata only (Pods, Namespaces, Secrets,
+/// ConfigMaps): like kube's `PartialObjectMeta<K>`, it asks the apiserver for
+/// metadata alone, and it also skips annotations and managedFields.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct WatchedMeta<K> {
+    #[serde(deserialize_with = "lean_metadata")]
+    pub metadata: ObjectMeta,
+    #[serde(skip)]
+    kind: std::marker::PhantomData<fn() -> K>,
+}
+
+impl<K: kube::Resource> kube::Resource for WatchedMeta<K> {
+    type DynamicType = K::DynamicType;
+    type Scope = K::Scope;
+
+    fn metadata_api() -> bool {
+        true
+    }
+    fn kind(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::kind(dt)
+    }
+    fn group(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::group(dt)
+    }
+    fn version(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::version(dt)
+    }
+    fn plural(dt: &Self::DynamicType) -> Cow<'_, str> {
+        K::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Decodes a Pod or Namespace watched by metadata only; the same model as
+/// `decode` (a Pod being deleted is not live).
+pub fn decode_metadata(kind: Kind, meta: &ObjectMeta) -> Result<(ObjectRef, Object), String> {
+    let key = key_of(kind, meta.namespace.as_deref(), meta.name.as_deref())?;
+    let decoded = match kind {
+        Kind::Pod => Object::Pod(Pod {
+            labels: meta.labels.clone().unwrap_or_default(),
+            live: meta.deletion_timestamp.is_none(),
+        }),
+        Kind::Namespace => Object::Namespace,
+        _ => return Err(format!("{kind:?} is not watched by metadata only")),
+    };
+    Ok((key, decoded))
 }
 
 /// Like `DynamicObject`: the API resource is given at run time.
@@ -508,6 +567,29 @@ mod tests {
         }
         let nameless: Watched = serde_json::from_str(r#"{"metadata": {}, "spec": {}}"#).unwrap();
         assert!(decode_watched(Kind::Gateway, &nameless).is_err());
+    }
+
+    /// Pods and Namespaces watched by metadata give the model `decode` gives
+    /// for the whole object; annotations and managedFields are not built.
+    #[test]
+    fn metadata_only_objects_decode_like_json() {
+        let pod = |deleting: bool| {
+            let mut meta = json!({"name": "p", "namespace": "app", "labels": {"app": "web", "tier": "1"},
+                "annotations": {"a": "b"}, "managedFields": [{"manager": "kubelet"}]});
+            if deleting {
+                meta["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+            }
+            json!({"metadata": meta})
+        };
+        for (kind, object) in
+            [(Kind::Pod, pod(false)), (Kind::Pod, pod(true)), (Kind::Namespace, json!({"metadata": {"name": "app"}}))]
+        {
+            let watched: WatchedMeta<k8s_openapi::api::core::v1::Pod> =
+                serde_json::from_str(&object.to_string()).unwrap();
+            assert!(watched.metadata.managed_fields.is_none() && watched.metadata.annotations.is_none());
+            assert_eq!(decode_metadata(kind, &watched.metadata), decode(kind, &object), "{object}");
+        }
+        assert!(decode_metadata(Kind::Gateway, &ObjectMeta::default()).is_err());
     }
 
     /// The containers kube-runtime's watcher decodes into carry `Watched` as

@@ -10,7 +10,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
@@ -19,7 +18,7 @@ use tracing::{info, warn};
 use super::metrics::Metrics;
 use super::queue::Queue;
 use super::state::State;
-use crate::decode::{self, Watched};
+use crate::decode::{self, Watched, WatchedMeta};
 use crate::index::{Kind, Object, RefKind};
 use crate::model::ObjectRef;
 use crate::status::Shape;
@@ -90,11 +89,12 @@ fn counted<T>(shared: &Feeds, kind: &'static str, event: Result<T, watcher::Erro
 }
 
 /// Puts one added or changed object into the index and queues what it
-/// affects; returns its key unless it did not decode.
-fn apply_object(shared: &Feeds, kind: Kind, obj: &Watched) -> Option<ObjectRef> {
+/// affects (behind changes when it comes from a re-list); returns its key
+/// unless it did not decode.
+fn apply_object(shared: &Feeds, kind: Kind, obj: &Watched, relist: bool) -> Option<ObjectRef> {
     let (key, object) = decode_object(shared, kind, obj)?;
     let affected = shared.state.apply(key.clone(), object);
-    shared.queue.extend(affected);
+    if relist { shared.queue.extend_bulk(affected) } else { shared.queue.extend(affected) }
     Some(key)
 }
 
@@ -111,12 +111,12 @@ pub async fn watch_kind(shared: Feeds, kind: Kind, api: Api<Watched>) {
         match event {
             Event::Init => seen.clear(),
             Event::InitApply(obj) => {
-                if let Some(key) = apply_object(&shared, kind, &obj) {
+                if let Some(key) = apply_object(&shared, kind, &obj, true) {
                     seen.insert(key);
                 }
             }
             Event::Apply(obj) => {
-                apply_object(&shared, kind, &obj);
+                apply_object(&shared, kind, &obj, false);
             }
             Event::InitDone => {
                 let affected = shared.state.retain(kind, &seen);
@@ -141,13 +141,13 @@ pub async fn watch_refs(shared: Feeds, kind: RefKind) {
         RefKind::ConfigMap => "ConfigMap",
     };
     let config = config();
-    // Api<PartialObjectMeta<_>> makes metadata-only list and watch requests.
+    // WatchedMeta makes metadata-only list and watch requests.
     let mut stream = match kind {
-        RefKind::Secret => watcher::watcher(Api::<PartialObjectMeta<Secret>>::all(shared.client.clone()), config)
+        RefKind::Secret => watcher::watcher(Api::<WatchedMeta<Secret>>::all(shared.client.clone()), config)
             .default_backoff()
             .map(|e| e.map(keys_of))
             .boxed(),
-        RefKind::ConfigMap => watcher::watcher(Api::<PartialObjectMeta<ConfigMap>>::all(shared.client.clone()), config)
+        RefKind::ConfigMap => watcher::watcher(Api::<WatchedMeta<ConfigMap>>::all(shared.client.clone()), config)
             .default_backoff()
             .map(|e| e.map(keys_of))
             .boxed(),
@@ -166,7 +166,7 @@ pub async fn watch_refs(shared: Feeds, kind: RefKind) {
                 // A re-list hides what changed while the watch was down: recheck
                 // every XBackend (unchanged results write nothing).
                 if relists > 1 {
-                    shared.queue.extend(shared.state.backend_keys());
+                    shared.queue.extend_bulk(shared.state.backend_keys());
                 }
             }
             Event::Init | Event::InitApply(_) => {}
@@ -180,19 +180,19 @@ const LIVE_PODS: &str = "status.phase!=Succeeded,status.phase!=Failed";
 
 /// Watches Pod metadata (labels) for EndpointSelector XBackends.
 pub async fn watch_pods(shared: Feeds) {
-    let api = Api::<PartialObjectMeta<Pod>>::all(shared.client.clone());
+    let api = Api::<WatchedMeta<Pod>>::all(shared.client.clone());
     watch_metadata(shared, Kind::Pod, api, config().fields(LIVE_PODS)).await
 }
 
 /// Watches Namespace names for the cluster-aware hostname guardrail.
 pub async fn watch_namespaces(shared: Feeds) {
-    let api = Api::<PartialObjectMeta<Namespace>>::all(shared.client.clone());
+    let api = Api::<WatchedMeta<Namespace>>::all(shared.client.clone());
     watch_metadata(shared, Kind::Namespace, api, config()).await
 }
 
 /// Watches an index kind by metadata only, so memory stays small however many
 /// unrelated objects there are: labels and names are all the index needs.
-async fn watch_metadata<K>(shared: Feeds, kind: Kind, api: Api<PartialObjectMeta<K>>, config: watcher::Config)
+async fn watch_metadata<K>(shared: Feeds, kind: Kind, api: Api<WatchedMeta<K>>, config: watcher::Config)
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default,
@@ -200,10 +200,7 @@ where
     let name = kind_name(kind);
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
     let mut seen: BTreeSet<ObjectRef> = BTreeSet::new();
-    let decoded = |object: &PartialObjectMeta<K>| {
-        let value = serde_json::json!({"metadata": &object.metadata});
-        decode::decode(kind, &value).ok()
-    };
+    let decoded = |object: &WatchedMeta<K>| decode::decode_metadata(kind, &object.metadata).ok();
     while let Some(event) = stream.next().await {
         let Some(event) = counted(&shared, name, event) else { continue };
         let affected = match event {
