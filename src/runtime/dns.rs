@@ -106,7 +106,10 @@ impl Tracker {
                     None => {
                         hosts.insert(hostname.into(), Lookup::default());
                         self.metrics.dns_hostnames.set(hosts.len() as i64);
-                        self.schedule_at(Instant::now(), hostname.into());
+                        // Due at the tracker's start: a first lookup, which a
+                        // reconcile waits for, goes before every re-resolution
+                        // (at 50,000 hostnames some are always overdue).
+                        self.schedule_at(self.started, hostname.into());
                     }
                 }
             }

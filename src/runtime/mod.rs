@@ -277,7 +277,7 @@ async fn lead(
         metrics.leader.set(i64::from(leading));
         if leading {
             info!("leading: reconciling every XBackend");
-            queue.extend(state.backend_keys());
+            queue.extend_bulk(state.backend_keys());
         }
         let resync = async {
             match period {
@@ -285,7 +285,7 @@ async fn lead(
                     tokio::time::sleep(period).await;
                     metrics.resyncs.inc();
                     info!("periodic resync: reconciling every XBackend");
-                    queue.extend(state.backend_keys());
+                    queue.extend_bulk(state.backend_keys());
                 },
                 _ => std::future::pending::<()>().await,
             }

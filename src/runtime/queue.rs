@@ -1,5 +1,7 @@
 //! Work queue of XBackends to reconcile: deduplicated, never the same key on
-//! two workers at once, and failed keys retried after a jittered exponential backoff.
+//! two workers at once, and failed keys retried after a jittered exponential
+//! backoff. Bulk passes (re-lists, resyncs) wait in a second lane behind
+//! changes, so a user's new XBackend is not queued behind 50,000 rechecks.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -27,30 +29,76 @@ pub struct Queue {
     notify: Notify,
 }
 
+/// Which lane a queued key waits in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    /// Something changed: a watch event, a DNS answer, a retry.
+    Change,
+    /// A recheck of everything (re-list, periodic resync): runs when no change waits.
+    Bulk,
+}
+
 #[derive(Default)]
 struct State {
     order: VecDeque<ObjectRef>,
-    queued: HashSet<ObjectRef>,
+    /// Bulk keys; an entry whose key was promoted or already ran is skipped.
+    bulk: VecDeque<ObjectRef>,
+    queued: HashMap<ObjectRef, Lane>,
     running: HashSet<ObjectRef>,
     again: HashSet<ObjectRef>,
     /// Consecutive failures per key; gone after a success.
     failures: HashMap<ObjectRef, u32>,
 }
 
+impl State {
+    /// The next key: changes first, then bulk keys still waiting as such.
+    fn next(&mut self) -> Option<ObjectRef> {
+        if let Some(key) = self.order.pop_front() {
+            return Some(key);
+        }
+        while let Some(key) = self.bulk.pop_front() {
+            if self.queued.get(&key) == Some(&Lane::Bulk) {
+                return Some(key);
+            }
+        }
+        None
+    }
+}
+
 impl Queue {
     pub fn push(&self, key: ObjectRef) {
-        let mut s = self.state.lock().expect("queue lock");
-        if s.running.contains(&key) {
-            s.again.insert(key);
-        } else if s.queued.insert(key.clone()) {
-            s.order.push_back(key);
-            drop(s);
-            self.notify.notify_one();
-        }
+        self.push_to(key, Lane::Change);
     }
 
     pub fn extend(&self, keys: impl IntoIterator<Item = ObjectRef>) {
-        keys.into_iter().for_each(|k| self.push(k));
+        keys.into_iter().for_each(|k| self.push_to(k, Lane::Change));
+    }
+
+    /// Queues a recheck of `keys` behind every change (re-lists, resyncs).
+    pub fn extend_bulk(&self, keys: impl IntoIterator<Item = ObjectRef>) {
+        keys.into_iter().for_each(|k| self.push_to(k, Lane::Bulk));
+    }
+
+    fn push_to(&self, key: ObjectRef, lane: Lane) {
+        let mut s = self.state.lock().expect("queue lock");
+        if s.running.contains(&key) {
+            s.again.insert(key);
+            return;
+        }
+        match (s.queued.get(&key).copied(), lane) {
+            (Some(Lane::Change), _) | (Some(Lane::Bulk), Lane::Bulk) => return,
+            // A change to a key waiting for a recheck moves it up.
+            (Some(Lane::Bulk), Lane::Change) | (None, Lane::Change) => {
+                s.queued.insert(key.clone(), Lane::Change);
+                s.order.push_back(key);
+            }
+            (None, Lane::Bulk) => {
+                s.queued.insert(key.clone(), Lane::Bulk);
+                s.bulk.push_back(key);
+            }
+        }
+        drop(s);
+        self.notify.notify_one();
     }
 
     /// Waits for the next key and marks it running; call `done` or `failed` after.
@@ -59,10 +107,10 @@ impl Queue {
             let notified = self.notify.notified();
             {
                 let mut s = self.state.lock().expect("queue lock");
-                if let Some(key) = s.order.pop_front() {
+                if let Some(key) = s.next() {
                     s.queued.remove(&key);
                     s.running.insert(key.clone());
-                    if !s.order.is_empty() {
+                    if !s.order.is_empty() || !s.bulk.is_empty() {
                         // Wake another idle worker for the rest.
                         self.notify.notify_one();
                     }
@@ -143,9 +191,26 @@ mod tests {
         q.push(key("a"));
         let a = q.pop().await;
         q.push(key("a"));
-        assert_eq!(q.state.lock().unwrap().order.len(), 0, "not queued while running");
+        q.extend_bulk([key("a")]);
+        {
+            let s = q.state.lock().unwrap();
+            assert_eq!(s.order.len() + s.bulk.len(), 0, "not queued while running");
+        }
         q.done(&a);
         assert_eq!(q.pop().await, key("a"));
+    }
+
+    #[tokio::test]
+    async fn changes_go_before_bulk_rechecks_and_run_once() {
+        let q = Queue::default();
+        q.extend_bulk([key("a"), key("b"), key("c")]);
+        q.push(key("new"));
+        q.push(key("c"));
+        q.extend_bulk([key("c"), key("new"), key("a")]);
+        let order = [q.pop().await, q.pop().await, q.pop().await, q.pop().await];
+        assert_eq!(order, [key("new"), key("c"), key("a"), key("b")], "changes first, promoted once");
+        let s = q.state.lock().unwrap();
+        assert!(s.queued.is_empty() && s.order.is_empty(), "c's stale bulk entry is not run again");
     }
 
     #[test]
