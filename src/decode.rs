@@ -63,7 +63,9 @@ pub fn decode(kind: Kind, object: &Value) -> Result<(ObjectRef, Object), String>
     let namespace = &*key.namespace;
     let spec = object.get("spec").unwrap_or(&Value::Null);
     let decoded = match kind {
-        Kind::Route(_) | Kind::Gateway | Kind::GatewayClass | Kind::ReferenceGrant => decode_spec(kind, namespace, spec),
+        Kind::Route(_) | Kind::Gateway | Kind::GatewayClass | Kind::ReferenceGrant => {
+            decode_spec(kind, namespace, spec)
+        }
         Kind::XBackend => Object::XBackend(Backend {
             generation: object.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0),
             spec: decode_backend_spec(object.get("spec")),
@@ -549,16 +551,28 @@ mod tests {
         let backend_spec = json!({"type": "ExternalHostname", "port": {"number": 443}, "externalHostname": {"hostname": "api.example.com"}});
         let cases = [
             (Kind::XBackend, json!({"metadata": meta("app"), "spec": backend_spec, "status": status})),
-            (Kind::XBackend, json!({"metadata": meta("app"), "spec": {"type": "ExternalHostname", "port": {"port": "443"}}})),
-            (Kind::XBackend, json!({"metadata": meta("app"), "spec": {"type": "ExternalHostname", "port": {"port": 1}, "tls": {"mode": "Sometimes"}}})),
+            (
+                Kind::XBackend,
+                json!({"metadata": meta("app"), "spec": {"type": "ExternalHostname", "port": {"port": "443"}}}),
+            ),
+            (
+                Kind::XBackend,
+                json!({"metadata": meta("app"), "spec": {"type": "ExternalHostname", "port": {"port": 1}, "tls": {"mode": "Sometimes"}}}),
+            ),
             (Kind::XBackend, json!({"metadata": meta("app")})),
             (Kind::XBackend, json!({"metadata": meta("app"), "spec": null, "status": null})),
-            (Kind::Route(RouteKind::Http), json!({"metadata": meta("app"), "spec": {"parentRefs": [{"name": "gw"}],
-                "rules": [{"backendRefs": [{"group": "gateway.networking.x-k8s.io", "kind": "XBackend", "name": "b"}]}]}})),
+            (
+                Kind::Route(RouteKind::Http),
+                json!({"metadata": meta("app"), "spec": {"parentRefs": [{"name": "gw"}],
+                "rules": [{"backendRefs": [{"group": "gateway.networking.x-k8s.io", "kind": "XBackend", "name": "b"}]}]}}),
+            ),
             (Kind::Route(RouteKind::Grpc), json!({"metadata": meta("app"), "spec": {"parentRefs": "garbage"}})),
             (Kind::Gateway, json!({"metadata": meta(""), "spec": {"gatewayClassName": "c"}})),
             (Kind::GatewayClass, json!({"metadata": meta("x"), "spec": {"controllerName": "example.com/c"}})),
-            (Kind::ReferenceGrant, json!({"metadata": meta("certs"), "spec": {"from": [{"group": "g", "kind": "k", "namespace": "n"}], "to": 3}})),
+            (
+                Kind::ReferenceGrant,
+                json!({"metadata": meta("certs"), "spec": {"from": [{"group": "g", "kind": "k", "namespace": "n"}], "to": 3}}),
+            ),
         ];
         for (kind, object) in cases {
             let watched: Watched = serde_json::from_str(&object.to_string()).unwrap();
@@ -605,7 +619,10 @@ mod tests {
         let event: kube::core::WatchEvent<Watched> = serde_json::from_str(line).unwrap();
         let kube::core::WatchEvent::Modified(watched) = event else { panic!("not a modification") };
         assert_eq!(watched.metadata.resource_version.as_deref(), Some("10"));
-        assert_eq!(decode_watched(Kind::Gateway, &watched).unwrap().1, Object::Gateway(Gateway { class_name: "c".into() }));
+        assert_eq!(
+            decode_watched(Kind::Gateway, &watched).unwrap().1,
+            Object::Gateway(Gateway { class_name: "c".into() })
+        );
     }
 
     #[test]

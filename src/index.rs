@@ -824,7 +824,10 @@ mod tests {
         );
         assert!(index.ancestors(&r("app", "b")).is_empty());
         // A hand-built route (as analyze could make) is held to the same rule.
-        let route = Route { gateways: set(&[("infra", "gw")]).into_iter().collect(), backends: set(&[("app", "b")]).into_iter().collect() };
+        let route = Route {
+            gateways: set(&[("infra", "gw")]).into_iter().collect(),
+            backends: set(&[("app", "b")]).into_iter().collect(),
+        };
         assert!(index.apply(r("other", "hand"), Object::Route(RouteKind::Http, route)).is_empty());
         assert!(index.ancestors(&r("app", "b")).is_empty());
     }
@@ -1104,7 +1107,10 @@ mod tests {
         http_route(&mut index, "app", "r1", simple_route(&[("infra", "gw")], &["b"]));
         http_route(&mut index, "app", "r2", simple_route(&[("infra", "gw")], &["c"]));
         let route = |gateways: &[(&str, &str)], backends: &[(&str, &str)]| {
-            Object::Route(RouteKind::Http, Route { gateways: set(gateways).into_iter().collect(), backends: set(backends).into_iter().collect() })
+            Object::Route(
+                RouteKind::Http,
+                Route { gateways: set(gateways).into_iter().collect(), backends: set(backends).into_iter().collect() },
+            )
         };
         // r1 unchanged, r2 gone.
         let affected = relist(

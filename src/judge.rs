@@ -204,8 +204,8 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::PolicyConfig;
     use crate::model::StoredStatus;
+    use crate::validate::PolicyConfig;
     use serde_json::json;
 
     const OURS: &str = "example.com/xbackend-controller";

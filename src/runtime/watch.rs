@@ -94,7 +94,11 @@ fn counted<T>(shared: &Feeds, kind: &'static str, event: Result<T, watcher::Erro
 fn apply_object(shared: &Feeds, kind: Kind, obj: &Watched, relist: bool) -> Option<ObjectRef> {
     let (key, object) = decode_object(shared, kind, obj)?;
     let affected = shared.state.apply(key.clone(), object);
-    if relist { shared.queue.extend_bulk(affected) } else { shared.queue.extend(affected) }
+    if relist {
+        shared.queue.extend_bulk(affected)
+    } else {
+        shared.queue.extend(affected)
+    }
     Some(key)
 }
 
