@@ -122,7 +122,7 @@ pub struct RunArgs {
     pub no_dns_check: bool,
     #[command(flatten)]
     pub dns: DnsArgs,
-    /// Seconds between safety resyncs on the leader: every XBackend is reconciled again (nothing is written when nothing changed). 0 disables them.
+    /// Seconds between safety resyncs on the leader, counted from when the previous pass was drained from the queue: every XBackend is reconciled again (nothing is written when nothing changed). 0 disables them.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub resync_interval: u64,
 

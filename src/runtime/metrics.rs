@@ -36,6 +36,12 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// A queue lane: `change` (watch events, DNS answers, retries) or `bulk` (re-lists, resyncs).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabel {
+    pub lane: String,
+}
+
 /// A reconcile error's kind (`reconcile::Error::label`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabel {
@@ -59,6 +65,8 @@ pub struct Metrics {
     pub rejected: Family<ReasonLabel, Gauge>,
     pub dns_lookups: Family<ResultLabel, Counter>,
     pub dns_hostnames: Gauge,
+    /// Set when scraped, from the queue.
+    pub queue_depth: Family<LaneLabel, Gauge>,
     pub leader: Gauge,
     pub ready: Gauge,
 }
@@ -82,6 +90,7 @@ impl Default for Metrics {
             rejected: Family::default(),
             dns_lookups: Family::default(),
             dns_hostnames: Gauge::default(),
+            queue_depth: Family::default(),
             leader: Gauge::default(),
             ready: Gauge::default(),
             registry: Registry::default(),
@@ -125,6 +134,11 @@ impl Default for Metrics {
         registry.register("rejected", "XBackends with Accepted=False, by reason", m.rejected.clone());
         registry.register("dns_lookups", "DNS lookups of XBackend hostnames, by result", m.dns_lookups.clone());
         registry.register("dns_hostnames", "Distinct hostnames the DNS check tracks", m.dns_hostnames.clone());
+        registry.register(
+            "queue_depth",
+            "XBackends waiting to be reconciled, by lane (change, bulk)",
+            m.queue_depth.clone(),
+        );
         registry.register("leader", "1 while this replica holds the leader Lease", m.leader.clone());
         registry.register("ready", "1 once every watch has synced", m.ready.clone());
         Metrics { registry, ..m }
@@ -134,6 +148,13 @@ impl Default for Metrics {
 impl Metrics {
     pub fn kind(kind: &str) -> KindLabel {
         KindLabel { kind: kind.to_string() }
+    }
+
+    /// Records the queue's depth by lane, for the next scrape.
+    pub fn set_queue_depth(&self, (change, bulk): (usize, usize)) {
+        for (lane, depth) in [("change", change), ("bulk", bulk)] {
+            self.queue_depth.get_or_create(&LaneLabel { lane: lane.into() }).set(depth as i64);
+        }
     }
 
     pub fn encode(&self) -> String {

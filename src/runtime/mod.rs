@@ -159,10 +159,11 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let queue = Arc::new(Queue::default());
 
     let endpoints = {
-        let (metrics, state) = (metrics.clone(), state.clone());
+        let (metrics, state, queue) = (metrics.clone(), state.clone(), queue.clone());
         Arc::new(move |path: &str| -> server::Reply {
             match path {
                 "/metrics" => {
+                    metrics.set_queue_depth(queue.depths());
                     (StatusCode::OK, metrics.encode(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
                 }
                 "/healthz" | "/livez" => (StatusCode::OK, "ok".to_string(), "text/plain"),
@@ -263,7 +264,8 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
 }
 
 /// Follows leadership: the leader metric, a full pass on takeover, and the
-/// periodic resync while leading (`resync_secs` 0: none).
+/// periodic resync while leading (`resync_secs` 0: none), each `resync_secs`
+/// after the previous pass drained from the queue.
 async fn lead(
     mut changes: channel::Receiver<bool>,
     state: Arc<State>,
@@ -281,7 +283,11 @@ async fn lead(
         }
         let resync = async {
             match period {
+                // The period counts from when the previous pass has started
+                // every key: at 50,000 XBackends a pass can outlast it, and
+                // overlapping passes would recheck each XBackend twice.
                 Some(period) if leading => loop {
+                    queue.bulk_drained().await;
                     tokio::time::sleep(period).await;
                     metrics.resyncs.inc();
                     info!("periodic resync: reconciling every XBackend");

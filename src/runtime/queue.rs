@@ -27,6 +27,8 @@ pub fn backoff(failures: u32, base: Duration, max: Duration) -> Duration {
 pub struct Queue {
     state: Mutex<State>,
     notify: Notify,
+    /// Woken when the last key waiting in the bulk lane starts.
+    drained: Notify,
 }
 
 /// Which lane a queued key waits in.
@@ -44,8 +46,11 @@ struct State {
     /// Bulk keys; an entry whose key was promoted or already ran is skipped.
     bulk: VecDeque<ObjectRef>,
     queued: HashMap<ObjectRef, Lane>,
+    /// Keys waiting in the bulk lane (`queued` entries with `Lane::Bulk`).
+    bulk_waiting: usize,
     running: HashSet<ObjectRef>,
-    again: HashSet<ObjectRef>,
+    /// Keys pushed while running, and the lane they go back to.
+    again: HashMap<ObjectRef, Lane>,
     /// Consecutive failures per key; gone after a success.
     failures: HashMap<ObjectRef, u32>,
 }
@@ -58,6 +63,7 @@ impl State {
         }
         while let Some(key) = self.bulk.pop_front() {
             if self.queued.get(&key) == Some(&Lane::Bulk) {
+                self.bulk_waiting -= 1;
                 return Some(key);
             }
         }
@@ -82,23 +88,60 @@ impl Queue {
     fn push_to(&self, key: ObjectRef, lane: Lane) {
         let mut s = self.state.lock().expect("queue lock");
         if s.running.contains(&key) {
-            s.again.insert(key);
+            // A recheck queued while running stays a recheck; a change wins.
+            let again = s.again.entry(key).or_insert(lane);
+            if lane == Lane::Change {
+                *again = Lane::Change;
+            }
             return;
         }
         match (s.queued.get(&key).copied(), lane) {
             (Some(Lane::Change), _) | (Some(Lane::Bulk), Lane::Bulk) => return,
             // A change to a key waiting for a recheck moves it up.
-            (Some(Lane::Bulk), Lane::Change) | (None, Lane::Change) => {
+            (Some(Lane::Bulk), Lane::Change) => {
+                s.bulk_waiting -= 1;
+                s.queued.insert(key.clone(), Lane::Change);
+                s.order.push_back(key);
+                self.wake_if_drained(&s);
+            }
+            (None, Lane::Change) => {
                 s.queued.insert(key.clone(), Lane::Change);
                 s.order.push_back(key);
             }
             (None, Lane::Bulk) => {
+                s.bulk_waiting += 1;
                 s.queued.insert(key.clone(), Lane::Bulk);
                 s.bulk.push_back(key);
             }
         }
         drop(s);
         self.notify.notify_one();
+    }
+
+    fn wake_if_drained(&self, s: &State) {
+        if s.bulk_waiting == 0 {
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Returns once no key waits in the bulk lane: every recheck queued so far
+    /// has started. The periodic resync waits for it, so passes never overlap.
+    pub async fn bulk_drained(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.state.lock().expect("queue lock").bulk_waiting == 0 {
+                return;
+            }
+            drained.await;
+        }
+    }
+
+    /// Keys waiting in each lane: (changes, bulk rechecks).
+    pub fn depths(&self) -> (usize, usize) {
+        let s = self.state.lock().expect("queue lock");
+        (s.order.len(), s.bulk_waiting)
     }
 
     /// Waits for the next key and marks it running; call `done` or `failed` after.
@@ -108,7 +151,9 @@ impl Queue {
             {
                 let mut s = self.state.lock().expect("queue lock");
                 if let Some(key) = s.next() {
-                    s.queued.remove(&key);
+                    if s.queued.remove(&key) == Some(Lane::Bulk) {
+                        self.wake_if_drained(&s);
+                    }
                     s.running.insert(key.clone());
                     if !s.order.is_empty() || !s.bulk.is_empty() {
                         // Wake another idle worker for the rest.
@@ -155,8 +200,8 @@ impl Queue {
             }
             s.again.remove(key)
         };
-        if again {
-            self.push(key.clone());
+        if let Some(lane) = again {
+            self.push_to(key.clone(), lane);
         }
     }
 
@@ -211,6 +256,37 @@ mod tests {
         assert_eq!(order, [key("new"), key("c"), key("a"), key("b")], "changes first, promoted once");
         let s = q.state.lock().unwrap();
         assert!(s.queued.is_empty() && s.order.is_empty(), "c's stale bulk entry is not run again");
+    }
+
+    #[tokio::test]
+    async fn a_recheck_of_a_running_key_stays_behind_changes() {
+        let q = Queue::default();
+        q.push(key("a"));
+        let a = q.pop().await;
+        q.extend_bulk([key("a")]);
+        q.done(&a);
+        q.push(key("b"));
+        assert_eq!(q.pop().await, key("b"), "the change first");
+        assert_eq!(q.pop().await, key("a"));
+    }
+
+    #[tokio::test]
+    async fn bulk_drained_waits_until_every_recheck_has_started() {
+        use futures::FutureExt;
+        let q = Queue::default();
+        assert!(q.bulk_drained().now_or_never().is_some(), "nothing queued");
+        q.extend_bulk([key("a"), key("b"), key("c")]);
+        let drained = q.bulk_drained();
+        tokio::pin!(drained);
+        assert!(drained.as_mut().now_or_never().is_none());
+        assert_eq!(q.pop().await, key("a"));
+        q.push(key("b"));
+        assert_eq!(q.depths(), (1, 1), "b promoted, c still a recheck");
+        assert!(drained.as_mut().now_or_never().is_none());
+        assert_eq!(q.pop().await, key("b"));
+        assert_eq!(q.pop().await, key("c"));
+        assert!(drained.now_or_never().is_some(), "c started: drained");
+        assert_eq!(q.depths(), (0, 0));
     }
 
     #[test]
