@@ -127,16 +127,13 @@ impl Tracker {
         self.wake.notify_one();
     }
 
-    /// The hostnames due by `now`, and when the next one after them is due.
-    fn take_due(&self, now: Instant) -> (Vec<Box<str>>, Option<Instant>) {
+    /// The earliest hostname due by `now`, or when the next one is due.
+    fn take_next(&self, now: Instant) -> Result<Box<str>, Option<Instant>> {
         let mut due = self.due.lock().expect("dns schedule lock");
-        let mut ready = Vec::new();
-        while let Some((at, _)) = due.first()
-            && *at <= now
-        {
-            ready.push(due.pop_first().expect("first entry").1);
+        match due.first() {
+            Some((at, _)) if *at <= now => Ok(due.pop_first().expect("first entry").1),
+            next => Err(next.map(|(at, _)| *at)),
         }
-        (ready, due.first().map(|(at, _)| *at))
     }
 
     /// One lookup of `hostname`; schedules the next unless no XBackend names it any more.
@@ -216,18 +213,24 @@ impl Tracker {
 
 /// Starts each hostname's lookup when it is due, at most
 /// `CONCURRENT_LOOKUPS` at once, and sleeps until the next one is due or a new
-/// hostname arrives.
+/// hostname arrives. A hostname is taken only once a lookup slot is free: a
+/// first lookup scheduled meanwhile then still goes before every overdue
+/// re-resolution, instead of behind a batch taken earlier.
 async fn schedule(tracker: Weak<Tracker>, wake: Arc<Notify>) {
     loop {
+        let Some(limit) = tracker.upgrade().map(|t| t.limit.clone()) else { return };
+        let permit = limit.acquire_owned().await.expect("semaphore never closed");
         let next = {
             let Some(tracker) = tracker.upgrade() else { return };
-            let (ready, next) = tracker.take_due(Instant::now());
-            for hostname in ready {
-                let permit = tracker.limit.clone().acquire_owned().await.expect("semaphore never closed");
-                tokio::spawn(tracker.clone().lookup(hostname, permit));
+            match tracker.take_next(Instant::now()) {
+                Ok(hostname) => {
+                    tokio::spawn(tracker.clone().lookup(hostname, permit));
+                    continue;
+                }
+                Err(next) => next,
             }
-            next
         };
+        drop(permit);
         match next {
             Some(at) => {
                 tokio::select! {
@@ -237,5 +240,54 @@ async fn schedule(tracker: Weak<Tracker>, wake: Arc<Notify>) {
             }
             None => wake.notified().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ExternalHostnameBackend;
+    use crate::index::Object;
+    use crate::model::{Backend, ObjectRef};
+    use crate::runtime::state::Synced;
+
+    /// A tracker whose DNS server never answers, so every lookup holds its slot.
+    fn tracker(silent: &std::net::UdpSocket, hostnames: &[&str]) -> Arc<Tracker> {
+        let metrics = Arc::new(Metrics::default());
+        let state = Arc::new(State::new("ctrl", metrics.clone(), Synced::new([])));
+        for (i, hostname) in hostnames.iter().enumerate() {
+            let mut spec = crate::testing::plain_spec();
+            spec.external_hostname = Some(ExternalHostnameBackend { hostname: hostname.to_string() });
+            state.apply(ObjectRef::new("ns", format!("b{i}")), Object::XBackend(Backend::new(1, Ok(spec))));
+        }
+        let resolver = Resolver::new(&[silent.local_addr().unwrap()], Duration::from_secs(1)).unwrap();
+        let ttls = (Duration::from_secs(30), Duration::from_secs(300));
+        Tracker::start(resolver, ttls, state, Arc::new(Queue::default()), metrics)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_lookup_goes_before_re_resolutions_already_overdue() {
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tracker = tracker(&silent, &["re-0.example", "re-1.example", "re-2.example", "first.example"]);
+        // Every lookup slot busy, and re-resolutions piling up behind them.
+        let mut slots = Vec::new();
+        for _ in 0..CONCURRENT_LOOKUPS {
+            slots.push(tracker.limit.clone().acquire_owned().await.unwrap());
+        }
+        tokio::time::advance(Duration::from_secs(60)).await;
+        for i in 0..3 {
+            tracker.schedule_at(tracker.started + Duration::from_secs(30), format!("re-{i}.example").into());
+        }
+        tokio::task::yield_now().await;
+        tracker.schedule_at(tracker.started, "first.example".into());
+        let due = || tracker.due.lock().unwrap().iter().map(|(_, h)| h.to_string()).collect::<Vec<_>>();
+        drop(slots.pop());
+        for _ in 0..100 {
+            if due().len() < 4 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(due(), ["re-0.example", "re-1.example", "re-2.example"], "the free slot went to the first lookup");
     }
 }
