@@ -358,6 +358,17 @@ async fn fresh_process(cp: &ControlPlane, n: usize, phase: &str, note: String) -
     (row(phase, wall, writes, &before, &after, note), ctl.peak_rss_kib().unwrap_or(0))
 }
 
+/// Copies the controller's "watch synced" log lines (one per kind, with
+/// their time) to the bench log: which watch a slow start waited for.
+fn log_watch_syncs(ctl: &Controller, phase: &str) {
+    let log = std::fs::read_to_string(&ctl.log).unwrap_or_default();
+    for line in
+        log.lines().filter(|l| ["serving /metrics", "watch synced", "every watch synced"].iter().any(|m| l.contains(m)))
+    {
+        eprintln!("{phase}: {line}");
+    }
+}
+
 /// Polls /readyz every 20 ms from `started`; returns how long it took.
 async fn time_to_ready(ctl: &Controller, started: Instant) -> Duration {
     loop {
@@ -544,6 +555,7 @@ async fn run(n: usize, fsync: bool) {
     let ctl = start_profiled_controller(&cp);
     let perf = perf_start("cold", &[cp.pid(), ctl.pid(), std::process::id()]);
     let ready_in = time_to_ready(&ctl, started).await;
+    log_watch_syncs(&ctl, "cold");
     let done_at = settled(&tracker, Duration::from_secs(600), "cold start").await;
     let cold = done_at - started;
     let after = cpu(&cp, Some(&ctl));
@@ -649,12 +661,15 @@ async fn run(n: usize, fsync: bool) {
     let before = cpu(&cp, None);
     let started = Instant::now();
     let ctl = start_controller(&cp);
+    let perf = perf_start("restart", &[cp.pid(), ctl.pid(), std::process::id()]);
     let ready_in = time_to_ready(&ctl, started).await;
+    log_watch_syncs(&ctl, "restart");
     wait_metric(&ctl, "xbackend_reconciles_total", Duration::from_secs(300), |r| r >= n as f64)
         .await
         .expect("restart reconciles all");
     let restart_wall = started.elapsed();
     let after = cpu(&cp, Some(&ctl));
+    perf_stop(perf);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let restart_writes = metric(&ctl, "xbackend_status_writes_total");
     let rss_restart = ctl.peak_rss_kib().unwrap_or(0);
@@ -827,7 +842,11 @@ async fn run(n: usize, fsync: bool) {
         mib(rss_live_after),
         mib(hwm_live_after)
     );
-    println!("| controller VmHWM, every phase (peak) | {:.1} MiB ({:.1} KiB per XBackend) | <= 64 MiB |", mib(rss_peak), rss_peak as f64 / n as f64);
+    println!(
+        "| controller VmHWM, every phase (peak) | {:.1} MiB ({:.1} KiB per XBackend) | <= 64 MiB |",
+        mib(rss_peak),
+        rss_peak as f64 / n as f64
+    );
     println!("| total bench wall time | {:.0} s | |", total.elapsed().as_secs_f64());
     println!();
     println!(
@@ -874,7 +893,8 @@ async fn latency_phase(
         .unwrap();
     let xb = support::xbackend_api(client, LATENCY_NS);
     let routes = support::dynamic(client, LATENCY_NS, "gateway.networking.k8s.io", "v1", "HTTPRoute");
-    let spec = |host: &str| json!({"type": "ExternalHostname", "port": {"port": 443}, "externalHostname": {"hostname": host}});
+    let spec =
+        |host: &str| json!({"type": "ExternalHostname", "port": {"port": 443}, "externalHostname": {"hostname": host}});
     // The floor's objects: no route references them, so the controller writes nothing for them.
     let floor_object = |i: usize| {
         object(json!({"apiVersion": "gateway.networking.x-k8s.io/v1alpha1", "kind": "XBackend",
@@ -887,7 +907,13 @@ async fn latency_phase(
                 dns.set(&host, support::dns::Answer::Addresses(vec!["93.184.215.14".parse().unwrap()], DNS_TTL));
             }
         }
-        floor_rv.push(xb.create(&PostParams::default(), &floor_object(i)).await.expect("floor object").resource_version().expect("resourceVersion"));
+        floor_rv.push(
+            xb.create(&PostParams::default(), &floor_object(i))
+                .await
+                .expect("floor object")
+                .resource_version()
+                .expect("resourceVersion"),
+        );
     }
     let writes0 = metric(ctl, "xbackend_status_writes_total");
     let mut floor_ms = Vec::new();
@@ -900,7 +926,9 @@ async fn latency_phase(
             "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "floor",
                             "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]}]}});
         let t = Instant::now();
-        xb.patch_status(&format!("floor-{i}"), &PatchParams::default(), &Patch::Merge(&body)).await.expect("floor patch");
+        xb.patch_status(&format!("floor-{i}"), &PatchParams::default(), &Patch::Merge(&body))
+            .await
+            .expect("floor patch");
         floor_ms.push(t.elapsed().as_secs_f64() * 1000.0);
 
         let name = format!("new-{i}");
