@@ -194,14 +194,22 @@ pub async fn reconcile(ctx: &Reconciler, key: &ObjectRef) -> Result<Outcome, Err
         if !ctx.leadership.may_write() {
             return Ok(fenced(ctx));
         }
+        ctx.state.writing(key, &uid);
         let result =
             bounded(Call::PatchStatus, api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch)))
                 .await;
+        let held = match &result {
+            Ok(obj) => ctx.state.wrote(key, &uid, obj.resource_version().unwrap_or_default()),
+            Err(_) => ctx.state.write_failed(key, &uid),
+        };
+        if held {
+            // Runs again once this reconcile ends (never twice at once).
+            ctx.queue.push(key.clone());
+        }
         match result {
             Ok(obj) => {
                 ctx.metrics.status_writes.inc();
                 debug!(ancestors = plan.ancestors, "status written");
-                ctx.state.wrote(key, &uid, obj.resource_version().unwrap_or_default());
                 // Right after the CRD changes, the apiserver can still prune
                 // with the old schema (a switch between `parents` and
                 // `ancestors`): a write that did not stick is tried again.

@@ -27,6 +27,10 @@ pub struct Reported {
     /// The resourceVersion our last status patch produced: its watch echo is
     /// no news (the echo rule).
     pub written: Option<String>,
+    /// A status patch is in flight: its echo can arrive before its response.
+    pub writing: bool,
+    /// The newest event held back while `writing`, decided when the patch ends.
+    pub held: Option<String>,
 }
 
 #[derive(Default)]
@@ -56,7 +60,9 @@ impl State {
     ///
     /// An XBackend event that is not newer than the record is dropped, and
     /// the echo of our own write updates the record without a reconcile:
-    /// reconciling it would only confirm it.
+    /// reconciling it would only confirm it. An event that comes while our
+    /// patch is in flight is held until the patch ends (`wrote`,
+    /// `write_failed`): under load the echo often beats the response.
     pub fn apply(&self, key: ObjectRef, object: Object) -> BTreeSet<ObjectRef> {
         let mut inner = self.lock();
         let mut echo = false;
@@ -64,10 +70,12 @@ impl State {
             if inner.index.backend(&key).is_some_and(|old| !new.is_newer_than(old)) {
                 return BTreeSet::new();
             }
-            echo = inner
-                .reported
-                .get(&key)
-                .is_some_and(|r| r.uid == new.uid && r.written.as_deref() == Some(new.resource_version.as_str()));
+            if let Some(r) = inner.reported.get_mut(&key).filter(|r| r.uid == new.uid) {
+                if r.writing {
+                    r.held = Some(new.resource_version.clone());
+                }
+                echo = r.writing || r.written.as_deref() == Some(new.resource_version.as_str());
+            }
         }
         let mut affected = inner.index.apply(key.clone(), object);
         if echo {
@@ -149,12 +157,36 @@ impl State {
         if fresh { events } else { Vec::new() }
     }
 
-    /// Remembers the resourceVersion our patch produced (the echo rule).
-    pub fn wrote(&self, key: &ObjectRef, uid: &str, resource_version: String) {
-        let mut inner = self.lock();
-        if let Some(r) = inner.reported.get_mut(key).filter(|r| r.uid == uid) {
-            r.written = Some(resource_version);
+    /// A status patch of the XBackend with `uid` is about to be sent.
+    pub fn writing(&self, key: &ObjectRef, uid: &str) {
+        if let Some(r) = self.lock().reported.get_mut(key).filter(|r| r.uid == uid) {
+            r.writing = true;
+            r.held = None;
         }
+    }
+
+    /// Remembers the resourceVersion our patch produced (the echo rule).
+    /// Returns true when an event held meanwhile was more than its echo: the
+    /// XBackend must be reconciled again. The patch carried the version it
+    /// was planned from, so any other event came after the echo and is the
+    /// newest one held.
+    #[must_use]
+    pub fn wrote(&self, key: &ObjectRef, uid: &str, resource_version: String) -> bool {
+        let mut inner = self.lock();
+        let Some(r) = inner.reported.get_mut(key).filter(|r| r.uid == uid) else { return false };
+        r.writing = false;
+        let news = r.held.take().is_some_and(|held| held != resource_version);
+        r.written = Some(resource_version);
+        news
+    }
+
+    /// The patch failed: returns true when an event was held meanwhile.
+    #[must_use]
+    pub fn write_failed(&self, key: &ObjectRef, uid: &str) -> bool {
+        let mut inner = self.lock();
+        let Some(r) = inner.reported.get_mut(key).filter(|r| r.uid == uid) else { return false };
+        r.writing = false;
+        r.held.take().is_some()
     }
 
     /// Moves the Accepted gauges (by status, and rejections by reason) by one
@@ -254,10 +286,35 @@ mod tests {
         let k = ObjectRef::new("ns", "b");
         s.apply(k.clone(), backend("u", "5"));
         s.report(&k, "u", &conditions::accepted(), vec![]);
-        s.wrote(&k, "u", "6".into());
+        assert!(!s.wrote(&k, "u", "6".into()));
         assert!(s.apply(k.clone(), backend("u", "6")).is_empty(), "our echo");
         assert_eq!(s.snapshot(&k).unwrap().backend.resource_version, "6", "but the record follows it");
         assert!(s.apply(k.clone(), backend("u", "7")).contains(&k), "someone else's write");
+    }
+
+    #[test]
+    fn events_during_our_write_wait_for_its_response() {
+        let s = state();
+        let k = ObjectRef::new("ns", "b");
+        s.apply(k.clone(), backend("u", "5"));
+        s.report(&k, "u", &conditions::accepted(), vec![]);
+        s.writing(&k, "u");
+        assert!(s.apply(k.clone(), backend("u", "6")).is_empty(), "held while the patch is in flight");
+        assert_eq!(s.snapshot(&k).unwrap().backend.resource_version, "6", "the record follows it");
+        assert!(!s.wrote(&k, "u", "6".into()), "it was our echo");
+        assert!(s.apply(k.clone(), backend("u", "7")).contains(&k), "after the patch, events are news again");
+
+        s.writing(&k, "u");
+        s.apply(k.clone(), backend("u", "8"));
+        s.apply(k.clone(), backend("u", "9"));
+        assert!(s.wrote(&k, "u", "8".into()), "someone wrote after our echo");
+
+        s.writing(&k, "u");
+        assert!(!s.write_failed(&k, "u"), "nothing came");
+        s.writing(&k, "u");
+        s.apply(k.clone(), backend("u", "10"));
+        assert!(s.write_failed(&k, "u"), "the change that made the patch conflict");
+        assert!(s.apply(k.clone(), backend("u", "11")).contains(&k));
     }
 
     #[test]
