@@ -1197,6 +1197,7 @@ spec:
     let log = ctl.log();
     // (An RBAC refusal reads "... is forbidden: User ..."; no bare "403": timestamps may hold it.)
     assert!(!log.to_ascii_lowercase().contains("forbidden"), "RBAC refused a request:\n{log}");
+    assert!(!log.contains('\x1b'), "colour codes in a log that is not a terminal (what kubectl logs shows):\n{log}");
 
     // SIGTERM: a clean exit that releases the Lease (patch) for a standby.
     assert_eq!(ctl.terminate(), Some(0), "log:\n{}", ctl.log());
