@@ -134,6 +134,8 @@ async fn resolved_addresses_are_checked_and_rechecked_at_the_ttl() {
     wait_accepted(&api, "flaky", ctl_name, "Accepted").await;
     let message = wait_accepted(&api, "slow", ctl_name, "AddressNotAllowed").await;
     assert!(message.contains("127.0.0.1"), "a first answer slower than the first write is still judged: {message}");
+    let slow = ctl.metric("xbackend_dns_slow_first_lookups_total");
+    assert!(slow.is_some_and(|n| n >= 1.0), "the reconcile that stopped waiting is counted: {slow:?}");
 
     // A record flipped to the metadata endpoint after acceptance is caught within the TTL, and released.
     dns.set("flip.example.net", public("169.254.169.254"));

@@ -116,7 +116,10 @@ impl Tracker {
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 let mut hosts = self.hosts.lock().expect("dns hosts lock");
                 let lookup = hosts.get_mut(hostname)?;
-                lookup.waited_out |= !lookup.done;
+                if !lookup.done {
+                    lookup.waited_out = true;
+                    self.metrics.dns_slow_first_lookups.inc();
+                }
                 return lookup.answer.clone();
             }
         }
