@@ -96,7 +96,9 @@ pub async fn elect(client: &Client, args: LeaseArgs<'_>) -> Result<Election, Err
     let (leading_tx, leading) = channel::channel(false);
     let forwarder = tokio::spawn(async move {
         loop {
-            leading_tx.send_replace(*rx.borrow_and_update());
+            // Only a change of value: each notification starts a full pass.
+            let now = *rx.borrow_and_update();
+            leading_tx.send_if_modified(|leading| std::mem::replace(leading, now) != now);
             if rx.changed().await.is_err() {
                 leading_tx.send_replace(false);
                 return;

@@ -265,9 +265,9 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// Follows leadership: the leader metric, a full pass on takeover, and the
-/// periodic resync while leading (`resync_secs` 0: none), each `resync_secs`
-/// after the previous pass drained from the queue.
+/// Follows leadership: the leader metric, a full pass on takeover (once every
+/// watch has listed), and the periodic resync while leading (`resync_secs` 0:
+/// none), each `resync_secs` after the previous pass drained from the queue.
 async fn lead(
     mut changes: channel::Receiver<bool>,
     state: Arc<State>,
@@ -279,28 +279,30 @@ async fn lead(
     loop {
         let leading = *changes.borrow_and_update();
         metrics.leader.set(i64::from(leading));
-        if leading {
+        let pass = async {
+            if !leading {
+                return std::future::pending::<()>().await;
+            }
+            // Before every watch has listed, the keys are partial and the
+            // queue is still filling: the resync clock would start too early.
+            let _ = state.synced.subscribe().wait_for(|r| *r).await;
             info!("leading: reconciling every XBackend");
             queue.extend_bulk(state.backend_keys());
-        }
-        let resync = async {
-            match period {
-                // The period counts from when the previous pass has started
-                // every key: at 50,000 XBackends a pass can outlast it, and
-                // overlapping passes would recheck each XBackend twice.
-                Some(period) if leading => loop {
-                    queue.bulk_drained().await;
-                    tokio::time::sleep(period).await;
-                    metrics.resyncs.inc();
-                    info!("periodic resync: reconciling every XBackend");
-                    queue.extend_bulk(state.backend_keys());
-                },
-                _ => std::future::pending::<()>().await,
+            let Some(period) = period else { return std::future::pending::<()>().await };
+            // The period counts from when the previous pass has started every
+            // key: at 50,000 XBackends a pass can outlast it, and overlapping
+            // passes would recheck each XBackend twice.
+            loop {
+                queue.bulk_drained().await;
+                tokio::time::sleep(period).await;
+                metrics.resyncs.inc();
+                info!("periodic resync: reconciling every XBackend");
+                queue.extend_bulk(state.backend_keys());
             }
         };
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
-            _ = resync => {}
+            _ = pass => {}
         }
     }
 }
@@ -314,5 +316,41 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Object;
+    use crate::model::{Backend, ObjectRef};
+
+    #[tokio::test(start_paused = true)]
+    async fn the_resync_clock_starts_once_the_first_pass_has_drained() {
+        let metrics = Arc::new(Metrics::default());
+        let state = Arc::new(State::new("ctl", metrics.clone(), Synced::new(["XBackend"])));
+        for name in ["a", "b"] {
+            state.apply(ObjectRef::new("ns", name), Object::XBackend(Backend::new(1, Err("no spec".into()))));
+        }
+        let queue = Arc::new(Queue::default());
+        let leadership = Leadership::always();
+        tokio::spawn(lead(leadership.changes(), state.clone(), queue.clone(), metrics.clone(), 10));
+        let resyncs = || metrics.resyncs.get();
+
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!((resyncs(), queue.depths()), (0, (0, 0)), "no pass and no clock before the watches listed");
+        state.synced.mark("XBackend");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(queue.depths(), (0, 2), "the leader's pass");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(resyncs(), 0, "the pass has not drained: no resync yet");
+        for _ in 0..2 {
+            let key = queue.pop().await;
+            queue.done(&key);
+        }
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert_eq!(resyncs(), 0, "the period counts from the drain");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!((resyncs(), queue.depths()), (1, (0, 2)));
     }
 }
