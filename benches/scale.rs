@@ -594,6 +594,7 @@ async fn run(n: usize, fsync: bool) {
     let conflicts = metric(&ctl, "xbackend_status_conflicts_total");
     let reconcile_sum = metric(&ctl, "xbackend_reconcile_duration_seconds_sum");
     let slow_lookups = ctl.metric("xbackend_dns_slow_first_lookups_total").unwrap_or(0.0);
+    let lookups = ctl.metric("xbackend_dns_lookups_total").unwrap_or(0.0);
     let rss_cold = ctl.peak_rss_kib().unwrap_or(0);
     rows.push(row(
         "cold",
@@ -602,7 +603,7 @@ async fn run(n: usize, fsync: bool) {
         &before,
         &after,
         format!(
-            "ready (all watches synced) after {ready_in:.2?}, writing {:.2} s; {reconciles} reconciles, {conflicts} conflicts, {slow_lookups} stopped waiting for a first DNS answer; reconcile time per write {:.1} ms (floor: {:.1} ms per write)",
+            "ready (all watches synced) after {ready_in:.2?}, writing {:.2} s; {reconciles} reconciles, {conflicts} conflicts; {lookups} DNS lookups, {slow_lookups} reconciles stopped waiting for a first answer; reconcile time per write {:.1} ms (floor: {:.1} ms per write)",
             (cold - ready_in).as_secs_f64(),
             1000.0 * reconcile_sum / cold_writes.max(1.0),
             1000.0 * floor.as_secs_f64() * CONCURRENCY as f64 / n as f64
