@@ -128,8 +128,6 @@ struct Tracker {
     actual: HashMap<String, Seen>,
     mismatches: usize,
     zero_at: Option<Instant>,
-    /// When each latency-phase XBackend was first seen with a correct status.
-    first_correct: HashMap<String, Instant>,
 }
 
 impl Tracker {
@@ -139,11 +137,6 @@ impl Tracker {
         self.zero_at = (self.mismatches == 0).then(Instant::now);
     }
     fn observe(&mut self, key: String, now: Seen) {
-        // Only the latency phase's XBackends: at N=50,000 the floor would
-        // otherwise fill this with every key.
-        if matches!(now, Seen::Correct(_)) && key.starts_with(LATENCY_NS) {
-            self.first_correct.entry(key.clone()).or_insert_with(Instant::now);
-        }
         let want = self.expected.get(&key).copied();
         let before = self.actual.insert(key, now);
         let was_ok = want.is_some() && before == want;
@@ -173,6 +166,10 @@ async fn track(client: Client, tracker: Arc<Mutex<Tracker>>) {
                 let s = seen(&o);
                 t.observe(key, s);
             }
+            Ok(Event::Init) => {
+                eprintln!("bench watch: (re-)list started {}", xbackend_controller::judge::now_rfc3339())
+            }
+            Ok(Event::InitDone) => eprintln!("bench watch: list done {}", xbackend_controller::judge::now_rfc3339()),
             Ok(_) => {}
             Err(e) => {
                 errors += 1;
@@ -716,7 +713,7 @@ async fn run(n: usize, fsync: bool) {
     ));
 
     // ---- latency: apply -> status seen, one new XBackend at a time.
-    let latency = latency_phase(&client, &ctl, dns.as_ref(), &tracker).await;
+    let latency = latency_phase(&client, support::client_from(&cp.kubeconfig).await, &ctl, dns.as_ref()).await;
     rows.push(latency.row);
     let rss_latency = ctl.peak_rss_kib().unwrap_or(0);
 
@@ -913,11 +910,13 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 /// a new XBackend whose route already exists, timed from the create request
 /// to the benchmark's watch seeing its correct status. New backends use
 /// gw-1..gw-9, so the reaction phase (gw-0) is not changed by them.
+/// `watch_client` serves the per-sample watches: a dropped watch closes its
+/// connection, and the timed requests on `client` must not pay for a new one.
 async fn latency_phase(
     client: &Client,
+    watch_client: Client,
     ctl: &Controller,
     dns: Option<&support::dns::DnsServer>,
-    tracker: &Mutex<Tracker>,
 ) -> Latency {
     let namespaces = Api::<Namespace>::all(client.clone());
     namespaces
@@ -976,14 +975,36 @@ async fn latency_phase(
         let key = format!("{LATENCY_NS}/{name}");
         let backend = object(json!({"apiVersion": "gateway.networking.x-k8s.io/v1alpha1", "kind": "XBackend",
             "metadata": {"name": name}, "spec": spec(&format!("new{i}.example.com"))}));
+        // A watch of this one object, open before the create: the watch of all
+        // N re-lists now and then (11 s at N=50,000), which would count here.
+        let one = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let mut events = watcher::watcher(support::xbackend_api(&watch_client, LATENCY_NS), one).boxed();
+        while !matches!(events.next().await, Some(Ok(Event::InitDone))) {}
         let t = Instant::now();
         xb.create(&PostParams::default(), &backend).await.expect("latency XBackend");
-        let seen = support::eventually(Duration::from_secs(60), || async {
-            tracker.lock().unwrap().first_correct.get(&key).copied()
-        })
-        .await
-        .unwrap_or_else(|| panic!("{key} never got its status; log:\n{}", ctl.log_tail()));
-        react_ms.push(seen.saturating_duration_since(t).as_secs_f64() * 1000.0);
+        let created = t.elapsed();
+        let correct = async {
+            while let Some(event) = events.next().await {
+                if let Ok(Event::Apply(o)) = event
+                    && seen(&o) == Seen::Correct(gw)
+                {
+                    return Instant::now();
+                }
+            }
+            panic!("{key}: the watch ended");
+        };
+        let seen = tokio::time::timeout(Duration::from_secs(60), correct)
+            .await
+            .unwrap_or_else(|_| panic!("{key} never got its status; log:\n{}", ctl.log_tail()));
+        let took = seen.saturating_duration_since(t);
+        if took > Duration::from_millis(500) {
+            // Which step a slow sample waited on: the create itself, or after it.
+            eprintln!(
+                "bench: slow latency sample {key}: {took:.1?} (create returned after {created:.1?}); now {}",
+                xbackend_controller::judge::now_rfc3339()
+            );
+        }
+        react_ms.push(took.as_secs_f64() * 1000.0);
     }
     let wall = started.elapsed();
     let writes = metric(ctl, "xbackend_status_writes_total") - writes0;
