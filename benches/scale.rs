@@ -385,9 +385,7 @@ async fn fresh_process(cp: &ControlPlane, n: usize, phase: &str, note: String) -
 /// their time) to the bench log: which watch a slow start waited for.
 fn log_watch_syncs(ctl: &Controller, phase: &str) {
     let log = std::fs::read_to_string(&ctl.log).unwrap_or_default();
-    for line in
-        log.lines().filter(|l| ["serving /metrics", "watch synced", "every watch synced"].iter().any(|m| l.contains(m)))
-    {
+    for line in log.lines().filter(|l| ["serving /metrics", "watch synced"].iter().any(|m| l.contains(m))) {
         eprintln!("{phase}: {line}");
     }
 }
@@ -908,7 +906,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 /// With the controller converged: per sample, one status PATCH round trip on
 /// an XBackend no route references (the floor, a real write each time), then
 /// a new XBackend whose route already exists, timed from the create request
-/// to the benchmark's watch seeing its correct status. New backends use
+/// to a watch of that one object seeing its correct status. New backends use
 /// gw-1..gw-9, so the reaction phase (gw-0) is not changed by them.
 /// `watch_client` serves the per-sample watches: a dropped watch closes its
 /// connection, and the timed requests on `client` must not pay for a new one.
@@ -978,8 +976,15 @@ async fn latency_phase(
         // A watch of this one object, open before the create: the watch of all
         // N re-lists now and then (11 s at N=50,000), which would count here.
         let one = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let mut events = watcher::watcher(support::xbackend_api(&watch_client, LATENCY_NS), one).boxed();
-        while !matches!(events.next().await, Some(Ok(Event::InitDone))) {}
+        let mut events =
+            watcher::watcher(support::xbackend_api(&watch_client, LATENCY_NS), one).default_backoff().boxed();
+        loop {
+            match events.next().await {
+                Some(Ok(Event::InitDone)) => break,
+                Some(_) => {}
+                None => panic!("{key}: the watch ended before it listed"),
+            }
+        }
         let t = Instant::now();
         xb.create(&PostParams::default(), &backend).await.expect("latency XBackend");
         let created = t.elapsed();
@@ -1007,7 +1012,10 @@ async fn latency_phase(
         react_ms.push(took.as_secs_f64() * 1000.0);
     }
     let wall = started.elapsed();
-    let writes = metric(ctl, "xbackend_status_writes_total") - writes0;
+    // The last status can reach our watch before the controller counts its write.
+    let writes = quiesce(ctl, "xbackend_status_writes_total", Duration::from_millis(500), Duration::from_secs(10))
+        .await
+        - writes0;
     for v in [&mut floor_ms, &mut react_ms] {
         v.sort_by(f64::total_cmp);
     }
