@@ -3,11 +3,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::dns::Resolution;
-use crate::guardrails::{self, Namespaces, quoted};
-use crate::validate::Policy;
+use crate::guardrails::{self, Namespaces};
+use crate::names::{self, quoted};
+use crate::policy::{AddressPolicy, Policy};
 
 /// Built-in denied IPv4 ranges, most specific first, with what they are.
 const DENIED_V4: &[(&str, &str)] = &[
@@ -52,51 +53,6 @@ const DENIED_V6: &[(&str, &str)] = &[
 
 /// Forms that carry an IPv4 address in their last 32 bits.
 const EMBEDDING_V6: &[(&str, &str)] = &[("::ffff:0:0/96", "IPv4-mapped"), ("64:ff9b::/96", "NAT64")];
-
-/// --deny-cidr, the cluster's Service ranges and --allow-cidr on top of the
-/// built-in ranges.
-#[derive(Clone, Debug, Default)]
-pub struct AddressPolicy {
-    deny: Vec<IpNet>,
-    /// ServiceCIDR ranges read from the cluster, with the object's name.
-    services: Vec<(IpNet, String)>,
-    allow: Vec<IpNet>,
-}
-
-impl AddressPolicy {
-    pub fn new(deny: &[String], allow: &[String]) -> Result<AddressPolicy, String> {
-        let parse = |flag: &str, values: &[String]| -> Result<Vec<IpNet>, String> {
-            values
-                .iter()
-                .map(|v| {
-                    let v = v.trim();
-                    // A bare address is its own /32 or /128.
-                    v.parse::<IpNet>()
-                        .or_else(|_| v.parse::<IpAddr>().map(IpNet::from))
-                        .map(|n| n.trunc())
-                        .map_err(|_| format!("{flag} {v:?} is not a CIDR range such as 10.0.0.0/8 or fd00::/8"))
-                })
-                .collect()
-        };
-        Ok(AddressPolicy {
-            deny: parse("--deny-cidr", deny)?,
-            services: Vec::new(),
-            allow: parse("--allow-cidr", allow)?,
-        })
-    }
-
-    /// Adds the cluster's Service ranges (ServiceCIDR `name`), denied like
-    /// --deny-cidr; values that do not parse are skipped.
-    pub fn deny_service_cidrs(&mut self, name: &str, cidrs: &[String]) {
-        let nets = cidrs.iter().filter_map(|c| c.trim().parse::<IpNet>().ok());
-        self.services.extend(nets.map(|n| (n.trunc(), name.to_string())));
-    }
-
-    /// The Service ranges found in the cluster, for the start-up log.
-    pub fn service_cidrs(&self) -> Vec<String> {
-        self.services.iter().map(|(net, _)| net.to_string()).collect()
-    }
-}
 
 /// Why `ip` is denied: the range it fell in and what that range is. An
 /// explicit --deny-cidr always wins; --allow-cidr lifts a built-in denial.
@@ -166,7 +122,7 @@ pub fn check_resolution(
 ) -> Result<(), String> {
     let shown = quoted(hostname);
     for alias in &resolution.cnames {
-        if let Some(why) = guardrails::builtin_problem(&guardrails::normalize(alias), policy, namespaces) {
+        if let Some(why) = guardrails::builtin_problem(&names::normalize(alias), policy, namespaces) {
             return Err(format!(
                 "hostname {shown} is an alias (CNAME) of {}, which {why}; the egress guardrail denies it.",
                 quoted(alias)

@@ -16,9 +16,9 @@ use crate::dns::{Resolution, Resolver};
 use crate::index::{Index, Kind, Object};
 use crate::judge::{Inputs, Judgement, judge};
 use crate::model::ObjectRef;
+use crate::policy::Policy;
 use crate::refs::{self, Fetched, RefTarget};
 use crate::status::Shape;
-use crate::validate::Policy;
 
 /// How long one DNS query may take with --dns-check.
 const DNS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::validate::PolicyConfig;
+use crate::policy::PolicyConfig;
 
 pub const DEFAULT_CONTROLLER_NAME: &str = "gateway.networking.x-k8s.io/xbackend-controller";
 

@@ -2,9 +2,8 @@
 //! a hostname would send a Gateway, judged from the name, the cluster's
 //! Namespaces and the public suffix list; no DNS.
 
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-
-use crate::validate::Policy;
+use crate::names::{has_dot_suffix, normalize, quoted};
+use crate::policy::Policy;
 
 /// Cloud metadata endpoints reachable by name from inside a node or pod.
 const METADATA_HOSTNAMES: &[&str] = &["metadata.google.internal", "instance-data.ec2.internal"];
@@ -28,53 +27,6 @@ impl Namespaces for NoNamespaces {
     fn contains(&self, _: &str) -> bool {
         false
     }
-}
-
-/// Compiled globs plus their source text, so a rejection can say which glob did it.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Globs {
-    set: GlobSet,
-    pub(crate) sources: Vec<String>,
-}
-
-impl Globs {
-    pub(crate) fn new(flag: &str, globs: &[String]) -> Result<Globs, String> {
-        let mut builder = GlobSetBuilder::new();
-        let mut sources = Vec::with_capacity(globs.len());
-        for glob in globs {
-            let trimmed = glob.trim();
-            if trimmed.is_empty() {
-                return Err(format!("{flag}: empty glob; give a hostname or a pattern such as *.example.com"));
-            }
-            // Hostnames are compared without a trailing dot, so a glob with one could never match.
-            let normalized = trimmed.strip_suffix('.').unwrap_or(trimmed);
-            let compiled = GlobBuilder::new(normalized)
-                .case_insensitive(true)
-                // No '/' occurs in a hostname, so '*' spans dots: *.example.com
-                // covers every depth of subdomain but never the apex.
-                .literal_separator(false)
-                .build()
-                .map_err(|e| format!("{flag} {glob:?} is not a valid glob: {}", e.kind()))?;
-            builder.add(compiled);
-            sources.push(glob.clone());
-        }
-        let set = builder.build().map_err(|e| format!("{flag}: cannot compile globs: {e}"))?;
-        Ok(Globs { set, sources })
-    }
-
-    fn first_match(&self, hostname: &str) -> Option<&str> {
-        self.set.matches(hostname).into_iter().min().map(|i| self.sources[i].as_str())
-    }
-
-    fn is_empty(&self) -> bool {
-        self.sources.is_empty()
-    }
-}
-
-/// Lowercase, without the root dot: the form every rule compares.
-pub fn normalize(hostname: &str) -> String {
-    let lower = hostname.to_ascii_lowercase();
-    lower.strip_suffix('.').unwrap_or(&lower).to_string()
 }
 
 /// DESIGN.md §5b for one hostname: Err(message) when a guardrail rejects it.
@@ -156,27 +108,10 @@ pub fn namespace_label(hostname: &str) -> Option<String> {
     (2..=3).contains(&labels).then(|| host.rsplit('.').next().unwrap_or_default().to_string())
 }
 
-/// `name` ends with `.suffix` (suffix already lowercase).
-pub(crate) fn has_dot_suffix(name: &str, suffix: &str) -> bool {
-    name.len() > suffix.len() && name.ends_with(suffix) && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
-}
-
-/// A user value for a message: quoted, and cut short so a huge field cannot
-/// blow up a condition message.
-pub(crate) fn quoted(value: &str) -> String {
-    const MAX: usize = 80;
-    if value.chars().count() <= MAX {
-        format!("{value:?}")
-    } else {
-        let head: String = value.chars().take(MAX).collect();
-        format!("{head:?}… ({} characters)", value.chars().count())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::validate::PolicyConfig;
+    use crate::policy::PolicyConfig;
     use std::collections::BTreeSet;
 
     impl Namespaces for BTreeSet<&str> {

@@ -118,7 +118,7 @@ pub fn endpoint_selector(spec: &XBackendSpec) -> Option<&BTreeMap<String, String
 
 /// The normalized hostname of an ExternalHostname XBackend.
 pub fn external_hostname(spec: &XBackendSpec) -> Option<String> {
-    spec.external_hostname.as_ref().map(|e| guardrails::normalize(&e.hostname))
+    spec.external_hostname.as_ref().map(|e| crate::names::normalize(&e.hostname))
 }
 
 /// matchLabels semantics: every selector label is on the Pod. An empty

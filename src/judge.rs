@@ -11,9 +11,9 @@ use crate::conditions::Verdict;
 use crate::guardrails::Namespaces;
 use crate::index::{self, Index};
 use crate::model::{Backend, ObjectRef, ReferenceGrant};
+use crate::policy::Policy;
 use crate::refs::{self, Fetched, Lookup, RefTarget};
 use crate::status::{self, EventNote, MergeOutcome, Shape, Verdicts};
-use crate::validate::Policy;
 
 pub struct Judgement {
     pub ancestors: Vec<ObjectRef>,
@@ -205,7 +205,7 @@ pub fn now_rfc3339() -> String {
 mod tests {
     use super::*;
     use crate::model::StoredStatus;
-    use crate::validate::PolicyConfig;
+    use crate::policy::PolicyConfig;
     use serde_json::json;
 
     const OURS: &str = "example.com/xbackend-controller";

@@ -12,6 +12,8 @@ pub mod guardrails;
 pub mod index;
 pub mod judge;
 pub mod model;
+pub mod names;
+pub mod policy;
 pub mod refs;
 pub mod runtime;
 pub mod status;

@@ -12,8 +12,9 @@ use crate::dns::Resolution;
 use crate::guardrails::{self, Namespaces};
 use crate::index::{self, Index, is_core_group};
 use crate::model::ObjectRef;
+use crate::policy::Policy;
 use crate::tls;
-use crate::validate::{self, Policy};
+use crate::validate;
 
 /// An object the reconciler must read before it can evaluate references.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,7 +84,7 @@ pub fn hostname_to_resolve(spec: &XBackendSpec, policy: &Policy, namespaces: &dy
     let external = spec.external_hostname.as_ref()?;
     let passes = validate::validate(spec, policy).is_ok()
         && guardrails::check_egress(&external.hostname, policy, namespaces).is_ok();
-    passes.then(|| guardrails::normalize(&external.hostname))
+    passes.then(|| crate::names::normalize(&external.hostname))
 }
 
 /// The ResolvedRefs verdict alone: the first failing reference in field order

@@ -6,8 +6,9 @@ use serde_json::{Map, Value, json};
 use crate::api::{GATEWAY_GROUP, MAX_ANCESTORS};
 use crate::conditions::{self, Verdict, reason};
 use crate::model::{Backend, ObjectRef};
+use crate::policy::Policy;
 use crate::refs::{Fetched, Lookup, resolve_refs};
-use crate::validate::{self, Policy};
+use crate::validate;
 
 /// Event reason for an XBackend whose traffic would be clear text.
 pub const INSECURE_REASON: &str = "Insecure";
@@ -253,8 +254,8 @@ mod tests {
     use super::*;
     use crate::api::ExternalHostnameBackend;
     use crate::index::Index;
+    use crate::policy::PolicyConfig;
     use crate::testing::*;
-    use crate::validate::PolicyConfig;
     use proptest::prelude::*;
 
     const OURS: &str = "example.com/xbackend-controller";

@@ -1,11 +1,11 @@
-//! Spec validation (DESIGN.md §5a, reason Invalid), the operator's policy, and
-//! the Accepted verdict that combines them with the egress guardrails.
+//! Spec validation (docs/design.md §5a, reason Invalid) and the Accepted verdict
+//! that combines it with the egress guardrails and the resolved-address check.
 
 use std::net::IpAddr;
 
 use std::collections::BTreeMap;
 
-use crate::addresses::{self, AddressPolicy};
+use crate::addresses;
 use crate::api::{
     BackendPort, BackendProtocol, BackendTls, BackendType, CookieLifetimeType, LocalObjectReference,
     SecretObjectReference, SessionPersistence, SessionPersistenceType, SubjectAltName, SubjectAltNameType, TlsMode,
@@ -13,95 +13,16 @@ use crate::api::{
 };
 use crate::conditions::{self, Verdict};
 use crate::dns::Resolution;
-use crate::guardrails::{self, Globs, Namespaces, NoNamespaces, has_dot_suffix, quoted};
-
-/// The in-cluster DNS suffix every cluster has, whatever --cluster-domain says.
-pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+use crate::guardrails::{self, Namespaces, NoNamespaces};
+use crate::names::{MAX_HOSTNAME, MAX_LABEL, dns_label_problem, dns_subdomain_problem, has_dot_suffix, quoted};
+use crate::policy::Policy;
 
 // Limits the CRD enforces, repeated here because the CRD may not be the one installed.
-const MAX_HOSTNAME: usize = 253;
-const MAX_LABEL: usize = 63;
 const MAX_CA_REFS: usize = 8;
 const MAX_SANS: usize = 5;
 const MAX_MATCH_LABELS: usize = 64;
 const MAX_HTTP_TOKEN: usize = 256;
 const MAX_COOKIE_PATH: usize = 1024;
-
-/// The operator's guardrails, from `run`/`analyze` flags.
-#[derive(Clone, Debug, Default)]
-pub struct Policy {
-    /// Normalized --cluster-domain values (lowercase, no leading/trailing dot),
-    /// not including cluster.local, which always applies.
-    pub cluster_domains: Vec<String>,
-    pub(crate) allow: Globs,
-    pub(crate) deny: Globs,
-    /// --allow-private-suffix values (lowercase, no leading/trailing dot).
-    pub(crate) allowed_suffixes: Vec<String>,
-    /// --require-tls.
-    pub require_tls: bool,
-    /// --deny-cidr, --allow-cidr.
-    pub addresses: AddressPolicy,
-}
-
-/// Flags a Policy is built from.
-#[derive(Clone, Debug, Default)]
-pub struct PolicyConfig {
-    /// Extra in-cluster DNS suffixes besides cluster.local (--cluster-domain).
-    pub cluster_domains: Vec<String>,
-    /// --allow-hostname globs; when non-empty only matches are accepted.
-    pub allow_hostnames: Vec<String>,
-    /// --deny-hostname globs.
-    pub deny_hostnames: Vec<String>,
-    /// --allow-private-suffix: non-public suffixes whose names are allowed.
-    pub allowed_suffixes: Vec<String>,
-    /// --require-tls.
-    pub require_tls: bool,
-    /// --deny-cidr ranges.
-    pub deny_cidrs: Vec<String>,
-    /// --allow-cidr ranges.
-    pub allow_cidrs: Vec<String>,
-}
-
-impl Policy {
-    /// Compiles the globs; an invalid glob is an error naming the flag and glob.
-    pub fn new(config: PolicyConfig) -> Result<Policy, String> {
-        let mut cluster_domains = Vec::new();
-        for raw in &config.cluster_domains {
-            let domain = raw.trim().trim_matches('.').to_ascii_lowercase();
-            if domain.is_empty() || dns_subdomain_problem(&domain).is_some() {
-                return Err(format!(
-                    "--cluster-domain {raw:?} is not a DNS name such as cluster.local or corp.example"
-                ));
-            }
-            if domain != DEFAULT_CLUSTER_DOMAIN && !cluster_domains.contains(&domain) {
-                cluster_domains.push(domain);
-            }
-        }
-        let mut allowed_suffixes = Vec::new();
-        for raw in &config.allowed_suffixes {
-            let suffix = raw.trim().trim_matches('.').to_ascii_lowercase();
-            if suffix.is_empty() || dns_subdomain_problem(&suffix).is_some() {
-                return Err(format!(
-                    "--allow-private-suffix {raw:?} is not a DNS suffix such as corp or internal.example"
-                ));
-            }
-            allowed_suffixes.push(suffix);
-        }
-        Ok(Policy {
-            cluster_domains,
-            allow: Globs::new("--allow-hostname", &config.allow_hostnames)?,
-            deny: Globs::new("--deny-hostname", &config.deny_hostnames)?,
-            allowed_suffixes,
-            require_tls: config.require_tls,
-            addresses: AddressPolicy::new(&config.deny_cidrs, &config.allow_cidrs)?,
-        })
-    }
-
-    /// cluster.local followed by every --cluster-domain.
-    pub fn all_cluster_domains(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(DEFAULT_CLUSTER_DOMAIN).chain(self.cluster_domains.iter().map(String::as_str))
-    }
-}
 
 /// One broken API rule: the field path (e.g. `spec.externalHostname.hostname`)
 /// and a sentence a user can act on.
@@ -617,46 +538,6 @@ fn precise_hostname_problem(hostname: &str) -> Option<&'static str> {
     dns_subdomain_problem(hostname)
 }
 
-/// RFC 1123 subdomain syntax (lowercase), as the CRD's pattern states it.
-fn dns_subdomain_problem(name: &str) -> Option<&'static str> {
-    if name.is_empty() {
-        return Some("is empty");
-    }
-    if name.len() > MAX_HOSTNAME {
-        return Some("is longer than 253 characters");
-    }
-    name.split('.').find_map(|label| dns_label_problem(label).map(|_| subdomain_label_problem(label)))
-}
-
-fn subdomain_label_problem(label: &str) -> &'static str {
-    if label.is_empty() {
-        "has an empty label (two dots in a row, or a leading or trailing dot)"
-    } else if label.len() > MAX_LABEL {
-        "has a label longer than 63 characters"
-    } else if label.starts_with('-') || label.ends_with('-') {
-        "has a label starting or ending with '-'"
-    } else {
-        "has characters other than lowercase letters, digits, '-' and '.'"
-    }
-}
-
-/// RFC 1123 label: 1-63 of [a-z0-9-], starting and ending alphanumeric.
-fn dns_label_problem(label: &str) -> Option<&'static str> {
-    if label.is_empty() {
-        return Some("is empty");
-    }
-    if label.len() > MAX_LABEL {
-        return Some("is longer than 63 characters");
-    }
-    if !label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-        return Some("has characters other than lowercase letters, digits and '-'");
-    }
-    if label.starts_with('-') || label.ends_with('-') {
-        return Some("starts or ends with '-'");
-    }
-    None
-}
-
 fn is_ip_literal(s: &str) -> bool {
     let unbracketed = s.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(s);
     unbracketed.parse::<IpAddr>().is_ok()
@@ -756,6 +637,7 @@ pub fn is_insecure(spec: &XBackendSpec) -> bool {
 mod tests {
     use super::*;
     use crate::conditions::reason;
+    use crate::policy::PolicyConfig;
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -835,44 +717,7 @@ mod tests {
         with(seed(), "/externalHostname/hostname", json!(h))
     }
 
-    // ---- Policy::new and globs ----
-
-    #[test]
-    fn invalid_glob_names_flag_and_glob() {
-        let err = Policy::new(PolicyConfig { allow_hostnames: vec!["[abc".into()], ..Default::default() }).unwrap_err();
-        assert!(err.contains("--allow-hostname") && err.contains("[abc"), "{err}");
-        let err = Policy::new(PolicyConfig {
-            deny_hostnames: vec!["ok.example.com".into(), "{a,b".into()],
-            ..Default::default()
-        })
-        .unwrap_err();
-        assert!(err.contains("--deny-hostname") && err.contains("{a,b"), "{err}");
-    }
-
-    #[test]
-    fn empty_glob_is_an_error() {
-        let err = Policy::new(PolicyConfig { deny_hostnames: vec!["  ".into()], ..Default::default() }).unwrap_err();
-        assert!(err.contains("--deny-hostname") && err.contains("empty"), "{err}");
-    }
-
-    #[test]
-    fn cluster_domains_are_normalized() {
-        let p = policy(PolicyConfig {
-            cluster_domains: vec![".Corp.Internal.".into(), "corp.internal".into(), "cluster.local".into()],
-            ..Default::default()
-        });
-        assert_eq!(p.cluster_domains, vec!["corp.internal".to_string()]);
-        assert_eq!(p.all_cluster_domains().collect::<Vec<_>>(), vec!["cluster.local", "corp.internal"]);
-    }
-
-    #[test]
-    fn bad_cluster_domain_is_an_error() {
-        for bad in ["", ".", "under_score.local", "a..b"] {
-            let err =
-                Policy::new(PolicyConfig { cluster_domains: vec![bad.into()], ..Default::default() }).unwrap_err();
-            assert!(err.contains("--cluster-domain"), "{bad:?}: {err}");
-        }
-    }
+    // ---- globs ----
 
     #[test]
     fn subdomain_glob_matches_every_depth_but_not_the_apex() {

@@ -12,7 +12,8 @@ use proptest::test_runner::TestRunner;
 use serde_json::{Value, json};
 use support::{Channel, ControlPlane};
 use xbackend_controller::api::{self, XBackendSpec};
-use xbackend_controller::validate::{Policy, validate};
+use xbackend_controller::policy::Policy;
+use xbackend_controller::validate::validate;
 
 #[test]
 fn crd_file_is_up_to_date() {

@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use support::{Channel, ControlPlane};
 use xbackend_controller::api::{self, XBackendSpec};
-use xbackend_controller::validate::{Policy, validate};
+use xbackend_controller::policy::Policy;
+use xbackend_controller::validate::validate;
 
 /// Upstream's CRD is installed under this group so both can be served at once;
 /// the schema and CEL rules are untouched.

@@ -14,7 +14,7 @@ use tokio::sync::watch as channel;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::Error;
+use super::error::Error;
 
 /// Stop writing this long before the Lease would expire: a patch in flight
 /// must land before another replica may take over.
@@ -123,7 +123,9 @@ pub async fn elect(client: &Client, args: LeaseArgs<'_>) -> Result<Election, Err
 /// Follows our Lease: every renewal moves `valid` on; a Lease held by someone
 /// else (or deleted) ends our validity at once.
 async fn watch_lease(api: Api<Lease>, name: String, identity: String, valid: Arc<Mutex<SystemTime>>) {
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}")).timeout(super::WATCH_TIMEOUT_SECS);
+    let config = watcher::Config::default()
+        .fields(&format!("metadata.name={name}"))
+        .timeout(super::timeouts::WATCH_TIMEOUT_SECS);
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
     while let Some(event) = stream.next().await {
         let until = match event {

@@ -2,13 +2,15 @@
 //! of the state (`state`); workers (`reconcile`) plan from snapshots and write
 //! status while this replica holds the Lease (`leader`).
 
-mod dns;
+mod dns_check;
+mod error;
 mod leader;
 mod metrics;
 mod queue;
 mod reconcile;
 mod server;
 mod state;
+mod timeouts;
 mod watch;
 
 use std::sync::Arc;
@@ -25,59 +27,15 @@ use tracing::{info, warn};
 use crate::cli::{LogFormat, RunArgs};
 use crate::index::{Kind, RefKind};
 use crate::model::RouteKind;
-use crate::validate::Policy;
+use crate::policy::Policy;
 
+pub use error::{Error, chain};
 use leader::Leadership;
 use metrics::Metrics;
 use queue::Queue;
 use reconcile::Reconciler;
 use state::{State, Synced};
 use watch::Feeds;
-
-/// Server-side timeout of each watch request. The watcher also gives up on a
-/// stream silent for 5 s longer, so a half-open connection is replaced within
-/// 35 s. Short on purpose: a reconnect can land on another dead connection
-/// from the client's pool and need a second cycle, and two must fit in the
-/// 2 minutes we promise.
-pub const WATCH_TIMEOUT_SECS: u32 = 30;
-/// Client-side bound on a read from the apiserver going idle (lists included,
-/// which the watch idle timeout does not cover). Above WATCH_TIMEOUT_SECS, so
-/// a quiet but live watch is never cut.
-const READ_TIMEOUT: Duration = Duration::from_secs(45);
-/// How long one DNS query may take before it counts as a failure.
-const DNS_TIMEOUT: Duration = Duration::from_secs(3);
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("invalid flag: {0}")]
-    Usage(String),
-    #[error("cannot reach the Kubernetes API")]
-    Kube(#[from] kube::Error),
-    #[error("cannot load kubeconfig")]
-    Config(#[from] kube::config::InferConfigError),
-    #[error("the XBackend CRD ({0}) is not installed: apply crds/xbackends.yaml first")]
-    CrdMissing(&'static str),
-    #[error("cannot serve the metrics address")]
-    Listen(#[from] std::io::Error),
-    #[error("cannot start leader election")]
-    Lease(#[source] kube_lease_manager::LeaseManagerError),
-}
-
-/// An error and its sources, as one line: "outer: inner: innermost".
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        // Some errors repeat their source in their own message.
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
 
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
@@ -126,7 +84,7 @@ fn identity() -> String {
 async fn detect_service_cidrs(client: &Client, policy: &mut Policy) {
     use k8s_openapi::api::networking::v1::ServiceCIDR;
     let api: Api<ServiceCIDR> = Api::all(client.clone());
-    match tokio::time::timeout(reconcile::API_TIMEOUT, api.list(&Default::default())).await {
+    match tokio::time::timeout(timeouts::API_TIMEOUT, api.list(&Default::default())).await {
         Ok(Ok(list)) => {
             for object in list.items {
                 let cidrs = object.spec.and_then(|s| s.cidrs).unwrap_or_default();
@@ -142,7 +100,7 @@ async fn detect_service_cidrs(client: &Client, policy: &mut Policy) {
 pub async fn run(args: RunArgs) -> Result<(), Error> {
     let mut policy = Policy::new(args.policy.to_config()).map_err(Error::Usage)?;
     let mut config = kube::Config::infer().await?;
-    config.read_timeout = Some(READ_TIMEOUT);
+    config.read_timeout = Some(timeouts::READ_TIMEOUT);
     // Count the read timeout from each request, not from when a pooled
     // connection went idle.
     config.reset_reader_on_write = true;
@@ -214,9 +172,9 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     tasks.spawn(lead(leadership.changes(), state.clone(), queue.clone(), metrics.clone(), args.resync_interval));
 
     let dns = if args.dns_check_enabled() {
-        let resolver = crate::dns::Resolver::new(&args.dns.dns_servers, DNS_TIMEOUT).map_err(Error::Usage)?;
+        let resolver = crate::dns::Resolver::new(&args.dns.dns_servers, timeouts::DNS_TIMEOUT).map_err(Error::Usage)?;
         let ttls = (Duration::from_secs(args.dns.dns_min_ttl), Duration::from_secs(args.dns.dns_max_ttl));
-        Some(dns::Tracker::start(resolver, ttls, state.clone(), queue.clone(), metrics.clone()))
+        Some(dns_check::DnsCheck::start(resolver, ttls, state.clone(), queue.clone(), metrics.clone()))
     } else {
         None
     };

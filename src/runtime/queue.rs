@@ -25,7 +25,7 @@ pub fn backoff(failures: u32, base: Duration, max: Duration) -> Duration {
 
 #[derive(Default)]
 pub struct Queue {
-    state: Mutex<State>,
+    keys: Mutex<Keys>,
     notify: Notify,
     /// Woken when the last key waiting in the bulk lane starts.
     drained: Notify,
@@ -41,7 +41,7 @@ enum Lane {
 }
 
 #[derive(Default)]
-struct State {
+struct Keys {
     order: VecDeque<ObjectRef>,
     /// Bulk keys; an entry whose key was promoted or already ran is skipped.
     bulk: VecDeque<ObjectRef>,
@@ -55,7 +55,7 @@ struct State {
     failures: HashMap<ObjectRef, u32>,
 }
 
-impl State {
+impl Keys {
     /// The next key: changes first, then bulk keys still waiting as such.
     fn next(&mut self) -> Option<ObjectRef> {
         if let Some(key) = self.order.pop_front() {
@@ -86,7 +86,7 @@ impl Queue {
     }
 
     fn push_to(&self, key: ObjectRef, lane: Lane) {
-        let mut s = self.state.lock().expect("queue lock");
+        let mut s = self.keys.lock().expect("queue lock");
         if s.running.contains(&key) {
             // A recheck queued while running stays a recheck; a change wins.
             let again = s.again.entry(key).or_insert(lane);
@@ -118,7 +118,7 @@ impl Queue {
         self.notify.notify_one();
     }
 
-    fn wake_if_drained(&self, s: &State) {
+    fn wake_if_drained(&self, s: &Keys) {
         if s.bulk_waiting == 0 {
             self.drained.notify_waiters();
         }
@@ -131,7 +131,7 @@ impl Queue {
             let drained = self.drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
-            if self.state.lock().expect("queue lock").bulk_waiting == 0 {
+            if self.keys.lock().expect("queue lock").bulk_waiting == 0 {
                 return;
             }
             drained.await;
@@ -140,7 +140,7 @@ impl Queue {
 
     /// Keys waiting in each lane: (changes, bulk rechecks).
     pub fn depths(&self) -> (usize, usize) {
-        let s = self.state.lock().expect("queue lock");
+        let s = self.keys.lock().expect("queue lock");
         (s.order.len(), s.bulk_waiting)
     }
 
@@ -149,7 +149,7 @@ impl Queue {
         loop {
             let notified = self.notify.notified();
             {
-                let mut s = self.state.lock().expect("queue lock");
+                let mut s = self.keys.lock().expect("queue lock");
                 if let Some(key) = s.next() {
                     if s.queued.remove(&key) == Some(Lane::Bulk) {
                         self.wake_if_drained(&s);
@@ -175,7 +175,7 @@ impl Queue {
     /// pushed meanwhile). Returns the delay.
     pub fn failed(self: &Arc<Self>, key: &ObjectRef) -> Duration {
         let failures = {
-            let mut s = self.state.lock().expect("queue lock");
+            let mut s = self.keys.lock().expect("queue lock");
             let n = s.failures.entry(key.clone()).or_default();
             *n = n.saturating_add(1);
             *n
@@ -193,7 +193,7 @@ impl Queue {
 
     fn finish(&self, key: &ObjectRef, success: bool) {
         let again = {
-            let mut s = self.state.lock().expect("queue lock");
+            let mut s = self.keys.lock().expect("queue lock");
             s.running.remove(key);
             if success {
                 s.failures.remove(key);
@@ -207,7 +207,7 @@ impl Queue {
 
     /// Keys being reconciled right now.
     pub fn running(&self) -> usize {
-        self.state.lock().expect("queue lock").running.len()
+        self.keys.lock().expect("queue lock").running.len()
     }
 }
 
@@ -238,7 +238,7 @@ mod tests {
         q.push(key("a"));
         q.extend_bulk([key("a")]);
         {
-            let s = q.state.lock().unwrap();
+            let s = q.keys.lock().unwrap();
             assert_eq!(s.order.len() + s.bulk.len(), 0, "not queued while running");
         }
         q.done(&a);
@@ -254,7 +254,7 @@ mod tests {
         q.extend_bulk([key("c"), key("new"), key("a")]);
         let order = [q.pop().await, q.pop().await, q.pop().await, q.pop().await];
         assert_eq!(order, [key("new"), key("c"), key("a"), key("b")], "changes first, promoted once");
-        let s = q.state.lock().unwrap();
+        let s = q.keys.lock().unwrap();
         assert!(s.queued.is_empty() && s.order.is_empty(), "c's stale bulk entry is not run again");
     }
 
@@ -320,12 +320,12 @@ mod tests {
             assert_eq!(q.pop().await, key("a"));
             assert!(started.elapsed() >= delay, "not before its backoff");
             // Put it back into the running state the loop expects.
-            q.state.lock().unwrap().running.remove(&a);
+            q.keys.lock().unwrap().running.remove(&a);
             q.push(a);
         }
         let a = q.pop().await;
         q.done(&a);
-        assert!(q.state.lock().unwrap().failures.is_empty(), "a success resets the count");
+        assert!(q.keys.lock().unwrap().failures.is_empty(), "a success resets the count");
         q.push(key("a"));
         let a = q.pop().await;
         let delay = q.failed(&a);

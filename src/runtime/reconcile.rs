@@ -16,23 +16,21 @@ use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::dns::Tracker;
+use super::dns_check::DnsCheck;
 use super::leader::Leadership;
 use super::metrics::{ErrorLabel, Metrics};
 use super::queue::{self, Queue};
 use super::state::State;
+use super::timeouts::API_TIMEOUT;
 use crate::conditions::reason;
 use crate::decode::{Watched, decode_watched};
 use crate::index::{Kind, Object};
 use crate::judge::{now_rfc3339, plan};
 use crate::model::{ObjectRef, StoredStatus};
+use crate::policy::Policy;
 use crate::refs::{Fetched, RefTarget, hostname_to_resolve};
 use crate::status::EventNote;
-use crate::validate::Policy;
 
-/// Bound on each API call a reconcile makes: a stalled connection must not
-/// pin a worker and its key.
-pub const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts per reconcile when other writers keep changing the object; then
 /// the key goes to the queue's backoff.
 const CONFLICT_RETRIES: u32 = 5;
@@ -112,7 +110,7 @@ pub struct Reconciler {
     pub(super) metrics: Arc<Metrics>,
     pub(super) leadership: Leadership,
     /// The resolved-address check (None with --no-dns-check).
-    pub(super) dns: Option<Arc<Tracker>>,
+    pub(super) dns: Option<Arc<DnsCheck>>,
 }
 
 /// Runs `call` with `API_TIMEOUT`.
@@ -163,7 +161,7 @@ pub async fn worker(ctx: Arc<Reconciler>, mut stop: watch::Receiver<bool>) {
                 ctx.metrics.reconcile_errors.inc();
                 ctx.metrics.reconcile_failures.get_or_create(&ErrorLabel { error: e.label().into() }).inc();
                 let retry_in = ctx.queue.failed(&key);
-                warn!(xbackend = %key, error = %super::chain(&e), ?retry_in, "reconcile failed; retrying");
+                warn!(xbackend = %key, error = %super::error::chain(&e), ?retry_in, "reconcile failed; retrying");
             }
         }
     }

@@ -47,7 +47,7 @@ pub struct Feeds {
 /// Server-side timeout of every watch request: the watcher reconnects after
 /// it, and treats a stream silent for 5 s longer as dead.
 fn config() -> watcher::Config {
-    watcher::Config::default().timeout(super::WATCH_TIMEOUT_SECS)
+    watcher::Config::default().timeout(super::timeouts::WATCH_TIMEOUT_SECS)
 }
 
 /// Decodes one watched object; failures are logged and counted, never fatal.

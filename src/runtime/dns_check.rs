@@ -23,7 +23,7 @@ const FAILURE_LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// What is known of one hostname so far.
 #[derive(Clone, Debug, Default)]
-struct Lookup {
+struct Host {
     /// The first lookup finished (answered or failed).
     done: bool,
     /// The latest answer; a failure keeps the previous one.
@@ -38,7 +38,7 @@ struct Lookup {
 /// One task schedules every hostname and a task exists only per lookup in
 /// flight: a sleeping task per hostname held a lookup future's worth of memory
 /// each (16 MiB at 10,000 hostnames).
-pub struct Tracker {
+pub struct DnsCheck {
     resolver: Resolver,
     state: Arc<State>,
     queue: Arc<Queue>,
@@ -46,7 +46,7 @@ pub struct Tracker {
     min_ttl: Duration,
     max_ttl: Duration,
     limit: Arc<Semaphore>,
-    hosts: Mutex<HashMap<Box<str>, Lookup>>,
+    hosts: Mutex<HashMap<Box<str>, Host>>,
     /// Wakes whoever waits for a first lookup (each then checks its own
     /// hostname): one Notify for all rather than a channel per hostname.
     first_done: Notify,
@@ -57,7 +57,7 @@ pub struct Tracker {
     started: Instant,
 }
 
-impl Tracker {
+impl DnsCheck {
     /// Starts the scheduler; it ends when the tracker is dropped.
     pub fn start(
         resolver: Resolver,
@@ -65,8 +65,8 @@ impl Tracker {
         state: Arc<State>,
         queue: Arc<Queue>,
         metrics: Arc<Metrics>,
-    ) -> Arc<Tracker> {
-        let tracker = Arc::new(Tracker {
+    ) -> Arc<DnsCheck> {
+        let tracker = Arc::new(DnsCheck {
             resolver,
             state,
             queue,
@@ -104,7 +104,7 @@ impl Tracker {
                     Some(lookup) if lookup.done => return lookup.answer.clone(),
                     Some(_) => {}
                     None => {
-                        hosts.insert(hostname.into(), Lookup::default());
+                        hosts.insert(hostname.into(), Host::default());
                         self.metrics.dns_hostnames.set(hosts.len() as i64);
                         // Due at the tracker's start: a first lookup, which a
                         // reconcile waits for, goes before every re-resolution
@@ -219,7 +219,7 @@ impl Tracker {
 /// hostname arrives. A hostname is taken only once a lookup slot is free: a
 /// first lookup scheduled meanwhile then still goes before every overdue
 /// re-resolution, instead of behind a batch taken earlier.
-async fn schedule(tracker: Weak<Tracker>, wake: Arc<Notify>) {
+async fn schedule(tracker: Weak<DnsCheck>, wake: Arc<Notify>) {
     loop {
         let Some(limit) = tracker.upgrade().map(|t| t.limit.clone()) else { return };
         let permit = limit.acquire_owned().await.expect("semaphore never closed");
@@ -255,7 +255,7 @@ mod tests {
     use crate::runtime::state::Synced;
 
     /// A tracker whose DNS server never answers, so every lookup holds its slot.
-    fn tracker(silent: &std::net::UdpSocket, hostnames: &[&str]) -> Arc<Tracker> {
+    fn tracker(silent: &std::net::UdpSocket, hostnames: &[&str]) -> Arc<DnsCheck> {
         let metrics = Arc::new(Metrics::default());
         let state = Arc::new(State::new("ctrl", metrics.clone(), Synced::new([])));
         for (i, hostname) in hostnames.iter().enumerate() {
@@ -265,7 +265,7 @@ mod tests {
         }
         let resolver = Resolver::new(&[silent.local_addr().unwrap()], Duration::from_secs(1)).unwrap();
         let ttls = (Duration::from_secs(30), Duration::from_secs(300));
-        Tracker::start(resolver, ttls, state, Arc::new(Queue::default()), metrics)
+        DnsCheck::start(resolver, ttls, state, Arc::new(Queue::default()), metrics)
     }
 
     #[tokio::test(start_paused = true)]
