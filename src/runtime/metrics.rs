@@ -143,7 +143,7 @@ impl Default for Metrics {
         );
         registry.register(
             "queue_depth",
-            "XBackends waiting to be reconciled, by lane (change, bulk)",
+            "XBackends waiting to be reconciled, by lane (change, bulk; retry: failed, waiting for their backoff)",
             m.queue_depth.clone(),
         );
         registry.register("leader", "1 while this replica holds the leader Lease", m.leader.clone());
@@ -158,8 +158,8 @@ impl Metrics {
     }
 
     /// Records the queue's depth by lane, for the next scrape.
-    pub fn set_queue_depth(&self, (change, bulk): (usize, usize)) {
-        for (lane, depth) in [("change", change), ("bulk", bulk)] {
+    pub fn set_queue_depth(&self, (change, bulk): (usize, usize), retry: usize) {
+        for (lane, depth) in [("change", change), ("bulk", bulk), ("retry", retry)] {
             self.queue_depth.get_or_create(&LaneLabel { lane: lane.into() }).set(depth as i64);
         }
     }

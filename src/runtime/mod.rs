@@ -123,7 +123,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         Arc::new(move |path: &str| -> server::Reply {
             match path {
                 "/metrics" => {
-                    metrics.set_queue_depth(queue.depths());
+                    metrics.set_queue_depth(queue.depths(), queue.retrying());
                     (StatusCode::OK, metrics.encode(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
                 }
                 "/healthz" | "/livez" => (StatusCode::OK, "ok".to_string(), "text/plain"),

@@ -1,13 +1,16 @@
 //! Work queue of XBackends to reconcile: deduplicated, never the same key on
-//! two workers at once, and failed keys retried after a jittered exponential
-//! backoff. Bulk passes (re-lists, resyncs) wait in a second lane behind
-//! changes, so a user's new XBackend is not queued behind 50,000 rechecks.
+//! two workers at once. Bulk passes (re-lists, resyncs) wait in a second lane
+//! behind changes, so a user's new XBackend is not queued behind 50,000
+//! rechecks. Failed keys wait in a delay queue (one entry per key, earliest
+//! deadline wins, cancelled by a success or a push) for a jittered
+//! exponential backoff; no task sleeps per key.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::model::ObjectRef;
 
@@ -53,9 +56,31 @@ struct Keys {
     again: HashMap<ObjectRef, Lane>,
     /// Consecutive failures per key; gone after a success.
     failures: HashMap<ObjectRef, u32>,
+    /// When each failed key is due again, and the same entries by deadline.
+    delayed: HashMap<ObjectRef, Instant>,
+    deadlines: BTreeSet<(Instant, ObjectRef)>,
 }
 
 impl Keys {
+    /// Moves the failed keys whose backoff is over into the change lane.
+    fn promote_due(&mut self, now: Instant) {
+        while let Some((when, _)) = self.deadlines.first()
+            && *when <= now
+        {
+            let (_, key) = self.deadlines.pop_first().expect("first exists");
+            self.delayed.remove(&key);
+            self.queued.insert(key.clone(), Lane::Change);
+            self.order.push_back(key);
+        }
+    }
+
+    /// Drops the key's delay entry (it runs sooner, or needs no retry).
+    fn cancel_delay(&mut self, key: &ObjectRef) {
+        if let Some(when) = self.delayed.remove(key) {
+            self.deadlines.remove(&(when, key.clone()));
+        }
+    }
+
     /// The next key: changes first, then bulk keys still waiting as such.
     fn next(&mut self) -> Option<ObjectRef> {
         if let Some(key) = self.order.pop_front() {
@@ -87,6 +112,8 @@ impl Queue {
 
     fn push_to(&self, key: ObjectRef, lane: Lane) {
         let mut s = self.keys.lock().expect("queue lock");
+        // Now is earlier than any backoff deadline.
+        s.cancel_delay(&key);
         if s.running.contains(&key) {
             // A recheck queued while running stays a recheck; a change wins.
             let again = s.again.entry(key).or_insert(lane);
@@ -144,12 +171,18 @@ impl Queue {
         (s.order.len(), s.bulk_waiting)
     }
 
+    /// Failed keys waiting for their backoff.
+    pub fn retrying(&self) -> usize {
+        self.keys.lock().expect("queue lock").delayed.len()
+    }
+
     /// Waits for the next key and marks it running; call `done` or `failed` after.
     pub async fn pop(&self) -> ObjectRef {
         loop {
             let notified = self.notify.notified();
-            {
+            let next_due = {
                 let mut s = self.keys.lock().expect("queue lock");
+                s.promote_due(Instant::now());
                 if let Some(key) = s.next() {
                     if s.queued.remove(&key) == Some(Lane::Bulk) {
                         self.wake_if_drained(&s);
@@ -161,8 +194,15 @@ impl Queue {
                     }
                     return key;
                 }
+                s.deadlines.first().map(|(when, _)| *when)
+            };
+            match next_due {
+                Some(when) => tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep_until(when) => {}
+                },
+                None => notified.await,
             }
-            notified.await;
         }
     }
 
@@ -171,38 +211,47 @@ impl Queue {
         self.finish(key, true);
     }
 
-    /// The reconcile failed: the key runs again after a backoff (sooner if
-    /// pushed meanwhile). Returns the delay.
-    pub fn failed(self: &Arc<Self>, key: &ObjectRef) -> Duration {
+    /// The reconcile failed: the key runs again after a backoff, or sooner
+    /// when pushed meanwhile (then without a delay entry). Returns the delay.
+    pub fn failed(&self, key: &ObjectRef) -> Duration {
         let failures = {
             let mut s = self.keys.lock().expect("queue lock");
             let n = s.failures.entry(key.clone()).or_default();
             *n = n.saturating_add(1);
             *n
         };
-        self.finish(key, false);
         let delay = backoff(failures, BACKOFF_BASE, BACKOFF_MAX);
-        let queue = Arc::clone(self);
-        let key = key.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            queue.push(key);
-        });
+        if !self.finish(key, false) {
+            let mut s = self.keys.lock().expect("queue lock");
+            let when = Instant::now() + delay;
+            // Earliest wins: a retry already due sooner keeps its deadline.
+            if s.delayed.get(key).is_none_or(|due| when < *due) {
+                s.cancel_delay(key);
+                s.delayed.insert(key.clone(), when);
+                s.deadlines.insert((when, key.clone()));
+            }
+            drop(s);
+            // A waiting worker may sleep until a later deadline.
+            self.notify.notify_one();
+        }
         delay
     }
 
-    fn finish(&self, key: &ObjectRef, success: bool) {
+    /// Ends a run; returns true when the key was queued again (pushed while running).
+    fn finish(&self, key: &ObjectRef, success: bool) -> bool {
         let again = {
             let mut s = self.keys.lock().expect("queue lock");
             s.running.remove(key);
             if success {
                 s.failures.remove(key);
+                s.cancel_delay(key);
             }
             s.again.remove(key)
         };
         if let Some(lane) = again {
             self.push_to(key.clone(), lane);
         }
+        again.is_some()
     }
 
     /// Keys being reconciled right now.
@@ -306,7 +355,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_key_comes_back_after_its_backoff_and_grows_until_a_success() {
-        let q = Arc::new(Queue::default());
+        let q = Queue::default();
         q.push(key("a"));
         let mut last = Duration::ZERO;
         for round in 1..=4u32 {
@@ -330,5 +379,49 @@ mod tests {
         let a = q.pop().await;
         let delay = q.failed(&a);
         assert!(delay <= BACKOFF_BASE, "starts over: {delay:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_are_delay_entries_not_tasks_and_a_push_or_success_cancels_them() {
+        let q = Queue::default();
+        let keys: Vec<ObjectRef> = (0..100).map(|i| key(&i.to_string())).collect();
+        q.extend(keys.clone());
+        for _ in &keys {
+            let k = q.pop().await;
+            q.failed(&k);
+        }
+        assert_eq!(q.retrying(), 100, "one delay entry per key");
+        let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+        assert_eq!(tasks, 0, "no task sleeps per failed key");
+
+        // A change to a waiting key runs it now and drops its delay entry.
+        q.push(keys[0].clone());
+        assert_eq!(q.retrying(), 99);
+        assert_eq!(q.pop().await, keys[0]);
+        q.done(&keys[0]);
+        // Every other key comes back once, after its backoff; the one that
+        // succeeded never does (the paused clock jumps to each deadline).
+        let mut back = BTreeSet::new();
+        while let Ok(k) = tokio::time::timeout(BACKOFF_MAX, q.pop()).await {
+            assert!(back.insert(k.clone()), "{k} came back twice");
+            q.done(&k);
+        }
+        assert_eq!(back, keys[1..].iter().cloned().collect(), "each failed key once, not the one that succeeded");
+        assert_eq!(q.retrying(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_pushed_while_its_failing_run_goes_on_runs_again_at_once_without_a_delay_entry() {
+        let q = Queue::default();
+        q.push(key("a"));
+        let a = q.pop().await;
+        q.push(key("a"));
+        let delay = q.failed(&a);
+        assert_eq!(q.retrying(), 0, "the push is sooner than any backoff");
+        let started = Instant::now();
+        assert_eq!(q.pop().await, key("a"));
+        assert!(started.elapsed() < delay, "ran at once");
+        q.failed(&a);
+        assert_eq!(q.retrying(), 1, "failing again waits for a backoff");
     }
 }
