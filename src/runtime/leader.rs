@@ -39,6 +39,13 @@ impl Leadership {
         Leadership { leading: rx, valid_until: None, _always: Some(Arc::new(tx)) }
     }
 
+    /// A leadership the test flips through the returned sender.
+    #[cfg(test)]
+    pub fn switchable(leading: bool) -> (Leadership, channel::Sender<bool>) {
+        let (tx, rx) = channel::channel(leading);
+        (Leadership { leading: rx, valid_until: None, _always: None }, tx)
+    }
+
     /// Changes of the lease manager's view (for the workers' gate and the full pass on takeover).
     pub fn changes(&self) -> channel::Receiver<bool> {
         self.leading.clone()

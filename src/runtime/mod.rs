@@ -178,15 +178,18 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     } else {
         None
     };
-    let reconciler = Arc::new(Reconciler {
+    let api = reconcile::Kube {
         recorder: Recorder::new(
             client.clone(),
             Reporter { controller: "xbackend-controller".into(), instance: Some(identity.clone()) },
         ),
         client: client.clone(),
+        xbackend: resources.xbackend.clone(),
+    };
+    let reconciler = Arc::new(Reconciler {
+        api,
         policy,
         controller_name: args.controller_name.clone(),
-        xbackend: resources.xbackend.clone(),
         state: state.clone(),
         queue: queue.clone(),
         metrics: metrics.clone(),

@@ -1,6 +1,7 @@
-//! The controller's state behind one short lock: the index (one record per
-//! XBackend, written only by the watches), the status layout, and what the
-//! last reconcile of each XBackend reported.
+//! The controller's state behind one short lock (docs/design.md §11). Who
+//! writes what: the index (one record per XBackend) only the watches; the
+//! status layout only the CRD watch; `reported` only reconciles, through
+//! `report` and the write guard (`begin_write`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -8,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch as channel;
 
 use super::metrics::{AcceptedLabel, Metrics, ReasonLabel};
+use super::queue::Queue;
 use crate::conditions::Verdict;
 use crate::index::{Index, Kind, Object, RefKind};
 use crate::judge::Snapshot;
@@ -61,8 +63,8 @@ impl State {
     /// An XBackend event that is not newer than the record is dropped, and
     /// the echo of our own write updates the record without a reconcile:
     /// reconciling it would only confirm it. An event that comes while our
-    /// patch is in flight is held until the patch ends (`wrote`,
-    /// `write_failed`): under load the echo often beats the response.
+    /// patch is in flight is held until the write guard ends: under load
+    /// the echo often beats the response.
     pub fn apply(&self, key: ObjectRef, object: Object) -> BTreeSet<ObjectRef> {
         let mut inner = self.lock();
         let mut echo = false;
@@ -157,36 +159,35 @@ impl State {
         if fresh { events } else { Vec::new() }
     }
 
-    /// A status patch of the XBackend with `uid` is about to be sent.
-    pub fn writing(&self, key: &ObjectRef, uid: &str) {
+    /// A status patch of the XBackend with `uid` is about to be sent: until
+    /// the returned guard ends, its watch events are held (under load the
+    /// echo often beats the response). End it with `wrote` or `failed`;
+    /// dropping it counts as failed, so no path leaves events held.
+    pub fn begin_write<'a>(&'a self, queue: &'a Queue, key: &ObjectRef, uid: &str) -> Write<'a> {
         if let Some(r) = self.lock().reported.get_mut(key).filter(|r| r.uid == uid) {
             r.writing = true;
             r.held = None;
         }
+        Write { state: self, queue, key: key.clone(), uid: uid.to_string(), ended: false }
     }
 
-    /// Remembers the resourceVersion our patch produced (the echo rule).
-    /// Returns true when an event held meanwhile was more than its echo: the
-    /// XBackend must be reconciled again. The patch carried the version it
-    /// was planned from, so any other event came after the echo and is the
-    /// newest one held.
-    #[must_use]
-    pub fn wrote(&self, key: &ObjectRef, uid: &str, resource_version: String) -> bool {
+    /// Ends a write (`written`: the resourceVersion it produced) and returns
+    /// true when an event held meanwhile was news. After a success that is
+    /// any event but the echo: the patch carried the version it was planned
+    /// from, so any other event came after the echo and is the newest held.
+    fn end_write(&self, key: &ObjectRef, uid: &str, written: Option<String>) -> bool {
         let mut inner = self.lock();
         let Some(r) = inner.reported.get_mut(key).filter(|r| r.uid == uid) else { return false };
         r.writing = false;
-        let news = r.held.take().is_some_and(|held| held != resource_version);
-        r.written = Some(resource_version);
-        news
-    }
-
-    /// The patch failed: returns true when an event was held meanwhile.
-    #[must_use]
-    pub fn write_failed(&self, key: &ObjectRef, uid: &str) -> bool {
-        let mut inner = self.lock();
-        let Some(r) = inner.reported.get_mut(key).filter(|r| r.uid == uid) else { return false };
-        r.writing = false;
-        r.held.take().is_some()
+        let held = r.held.take();
+        match written {
+            Some(version) => {
+                let news = held.is_some_and(|held| held != version);
+                r.written = Some(version);
+                news
+            }
+            None => held.is_some(),
+        }
     }
 
     /// Moves the Accepted gauges (by status, and rejections by reason) by one
@@ -206,6 +207,45 @@ impl State {
         }
         if let Some(label) = rejected(new) {
             self.metrics.rejected.get_or_create(&label).inc();
+        }
+    }
+}
+
+/// A status patch in flight (see `State::begin_write`). An event held while it
+/// was in flight that turns out to be news queues the XBackend again; the
+/// queue runs it once the current reconcile ends (never twice at once).
+#[must_use = "end the write with wrote() or failed()"]
+pub struct Write<'a> {
+    state: &'a State,
+    queue: &'a Queue,
+    key: ObjectRef,
+    uid: String,
+    ended: bool,
+}
+
+impl Write<'_> {
+    /// The patch was stored as `resource_version`: its echo is no news.
+    pub fn wrote(mut self, resource_version: String) {
+        self.end(Some(resource_version));
+    }
+
+    /// The patch failed: whatever came meanwhile is news.
+    pub fn failed(mut self) {
+        self.end(None);
+    }
+
+    fn end(&mut self, written: Option<String>) {
+        self.ended = true;
+        if self.state.end_write(&self.key, &self.uid, written) {
+            self.queue.push(self.key.clone());
+        }
+    }
+}
+
+impl Drop for Write<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.end(None);
         }
     }
 }
@@ -286,7 +326,8 @@ mod tests {
         let k = ObjectRef::new("ns", "b");
         s.apply(k.clone(), backend("u", "5"));
         s.report(&k, "u", &conditions::accepted(), vec![]);
-        assert!(!s.wrote(&k, "u", "6".into()));
+        let q = Queue::default();
+        s.begin_write(&q, &k, "u").wrote("6".into());
         assert!(s.apply(k.clone(), backend("u", "6")).is_empty(), "our echo");
         assert_eq!(s.snapshot(&k).unwrap().backend.resource_version, "6", "but the record follows it");
         assert!(s.apply(k.clone(), backend("u", "7")).contains(&k), "someone else's write");
@@ -298,23 +339,46 @@ mod tests {
         let k = ObjectRef::new("ns", "b");
         s.apply(k.clone(), backend("u", "5"));
         s.report(&k, "u", &conditions::accepted(), vec![]);
-        s.writing(&k, "u");
+        let q = Queue::default();
+        let queued = |q: &Queue| q.depths().0;
+        let write = s.begin_write(&q, &k, "u");
         assert!(s.apply(k.clone(), backend("u", "6")).is_empty(), "held while the patch is in flight");
         assert_eq!(s.snapshot(&k).unwrap().backend.resource_version, "6", "the record follows it");
-        assert!(!s.wrote(&k, "u", "6".into()), "it was our echo");
+        write.wrote("6".into());
+        assert_eq!(queued(&q), 0, "it was our echo");
         assert!(s.apply(k.clone(), backend("u", "7")).contains(&k), "after the patch, events are news again");
 
-        s.writing(&k, "u");
+        let write = s.begin_write(&q, &k, "u");
         s.apply(k.clone(), backend("u", "8"));
         s.apply(k.clone(), backend("u", "9"));
-        assert!(s.wrote(&k, "u", "8".into()), "someone wrote after our echo");
+        write.wrote("8".into());
+        assert_eq!(queued(&q), 1, "someone wrote after our echo: queued again");
+        drop(q);
 
-        s.writing(&k, "u");
-        assert!(!s.write_failed(&k, "u"), "nothing came");
-        s.writing(&k, "u");
+        let q = Queue::default();
+        s.begin_write(&q, &k, "u").failed();
+        assert_eq!(queued(&q), 0, "nothing came");
+        let write = s.begin_write(&q, &k, "u");
         s.apply(k.clone(), backend("u", "10"));
-        assert!(s.write_failed(&k, "u"), "the change that made the patch conflict");
+        write.failed();
+        assert_eq!(queued(&q), 1, "the change that made the patch conflict");
         assert!(s.apply(k.clone(), backend("u", "11")).contains(&k));
+    }
+
+    #[test]
+    fn a_write_guard_dropped_unended_releases_what_it_held() {
+        let s = state();
+        let k = ObjectRef::new("ns", "b");
+        s.apply(k.clone(), backend("u", "5"));
+        s.report(&k, "u", &conditions::accepted(), vec![]);
+        let q = Queue::default();
+        {
+            let _write = s.begin_write(&q, &k, "u");
+            assert!(s.apply(k.clone(), backend("u", "6")).is_empty(), "held");
+            // A reconcile cancelled mid-patch (timeout, shutdown) drops it here.
+        }
+        assert_eq!(q.depths().0, 1, "the held event is news: queued");
+        assert!(s.apply(k.clone(), backend("u", "7")).contains(&k), "and events are no longer held");
     }
 
     #[test]
