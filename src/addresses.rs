@@ -1,4 +1,4 @@
-//! Egress guardrails on resolved addresses (DESIGN.md §5c, reason
+//! Egress guardrails on resolved addresses (docs/design.md §5c, reason
 //! AddressNotAllowed): the ranges a Gateway must never be sent to by a name.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -112,7 +112,7 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     embedded(ip).map(|(_, v4)| v4)
 }
 
-/// DESIGN.md §5c for one resolution: every name of the CNAME chain passes the
+/// docs/design.md §5c for one resolution: every name of the CNAME chain passes the
 /// built-in name rules and every address is outside the denied ranges.
 pub fn check_resolution(
     hostname: &str,

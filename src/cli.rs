@@ -1,4 +1,4 @@
-//! Command-line contract (DESIGN.md §8). `run` and `analyze` share the
+//! Command-line contract (docs/design.md §8). `run` and `analyze` share the
 //! guardrail flags so both judge an XBackend the same way.
 
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! Condition types, reasons and their constructors (DESIGN.md §4).
+//! Condition types, reasons and their constructors (docs/design.md §4).
 
 pub const ACCEPTED: &str = "Accepted";
 pub const RESOLVED_REFS: &str = "ResolvedRefs";

@@ -1,5 +1,5 @@
 //! What a hostname resolves to (A and AAAA, following CNAMEs), for the
-//! resolved-address guardrail (DESIGN.md §5c). One lookup, no caching: the
+//! resolved-address guardrail (docs/design.md §5c). One lookup, no caching: the
 //! runtime decides when to ask again.
 
 use std::net::{IpAddr, SocketAddr};

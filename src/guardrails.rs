@@ -1,4 +1,4 @@
-//! Egress guardrails on names (DESIGN.md §5b, reason HostnameNotAllowed): where
+//! Egress guardrails on names (docs/design.md §5b, reason HostnameNotAllowed): where
 //! a hostname would send a Gateway, judged from the name, the cluster's
 //! Namespaces and the public suffix list; no DNS.
 
@@ -29,7 +29,7 @@ impl Namespaces for NoNamespaces {
     }
 }
 
-/// DESIGN.md §5b for one hostname: Err(message) when a guardrail rejects it.
+/// docs/design.md §5b for one hostname: Err(message) when a guardrail rejects it.
 pub fn check_egress(hostname: &str, policy: &Policy, namespaces: &dyn Namespaces) -> Result<(), String> {
     let host = normalize(hostname);
     let shown = quoted(hostname);

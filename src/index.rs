@@ -285,9 +285,10 @@ impl Index {
 
     /// Adds or replaces one object (cluster-scoped kinds use an empty namespace).
     ///
-    /// An XBackend always returns itself, even unchanged: its status is not in
-    /// the index and may have been changed by someone else, and a reconcile
-    /// that finds nothing to change writes nothing.
+    /// An XBackend always returns itself, even when its spec is unchanged: a
+    /// new version can carry someone else's status change (the index holds
+    /// the stored status too), and a reconcile that finds nothing to change
+    /// writes nothing. The state filters out our own echoes before this.
     pub fn apply(&mut self, key: ObjectRef, object: Object) -> BTreeSet<ObjectRef> {
         self.put(key, Some(object))
     }
@@ -319,7 +320,7 @@ impl Index {
         map.get(key).map(Members::to_set).unwrap_or_default()
     }
 
-    /// DESIGN.md §3: this controller's Gateways behind routes to `backend`,
+    /// docs/design.md §3: this controller's Gateways behind routes to `backend`,
     /// sorted by namespace then name.
     pub fn ancestors(&self, backend: &ObjectRef) -> Vec<ObjectRef> {
         let mut ancestors = BTreeSet::new();

@@ -1,4 +1,4 @@
-//! Reference resolution (DESIGN.md §4, ResolvedRefs): which Secrets and
+//! Reference resolution (docs/design.md §4, ResolvedRefs): which Secrets and
 //! ConfigMaps an XBackend's TLS settings name, whether it may use them, whether
 //! they are usable, and whether an EndpointSelector selects a live Pod.
 
@@ -79,7 +79,7 @@ pub fn refs_to_fetch(key: &ObjectRef, spec: &XBackendSpec, index: &(impl Lookup 
 }
 
 /// The hostname the DNS check resolves for this spec: one that passes the API
-/// rules and the name guardrails (DESIGN.md §5c), normalized.
+/// rules and the name guardrails (docs/design.md §5c), normalized.
 pub fn hostname_to_resolve(spec: &XBackendSpec, policy: &Policy, namespaces: &dyn Namespaces) -> Option<String> {
     let external = spec.external_hostname.as_ref()?;
     let passes = validate::validate(spec, policy).is_ok()
@@ -258,7 +258,7 @@ mod tests {
         );
     }
 
-    // --- ResolvedRefs, one test per row of DESIGN.md §4 ------------------
+    // --- ResolvedRefs, one test per row of docs/design.md §4 ------------------
 
     #[test]
     fn resolved_when_no_references() {

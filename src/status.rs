@@ -47,7 +47,7 @@ pub struct Verdicts {
     pub resolved_refs: Verdict,
 }
 
-/// Accepted and ResolvedRefs for one XBackend (DESIGN.md §4).
+/// Accepted and ResolvedRefs for one XBackend (docs/design.md §4).
 ///
 /// A spec that does not decode has no references anyone could resolve, so
 /// ResolvedRefs is True (with a message pointing at Accepted, which is

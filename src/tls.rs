@@ -1,5 +1,5 @@
 //! Checks of the objects TLS settings point at: the client certificate Secret
-//! and the CA bundle ConfigMap (DESIGN.md §4, ResolvedRefs reasons).
+//! and the CA bundle ConfigMap (docs/design.md §4, ResolvedRefs reasons).
 //!
 //! PEM is read the way TLS data planes read it: text outside PEM blocks is
 //! ignored, but a malformed block or a certificate that does not parse fails

@@ -38,7 +38,7 @@ impl Violation {
     }
 }
 
-/// DESIGN.md §5a: every API rule, also when the CRD's CEL was not enforced.
+/// docs/design.md §5a: every API rule, also when the CRD's CEL was not enforced.
 pub fn validate(spec: &XBackendSpec, policy: &Policy) -> Result<(), Vec<Violation>> {
     let mut out = Vec::new();
 

@@ -845,7 +845,7 @@ async fn analyze_and_controller_agree() {
     assert_eq!(out.code, 3, "{}", out.stderr);
     let offline = verdicts_of(&output_documents(&out.stdout, false), &controller_name);
 
-    // Not vacuous: every reason of DESIGN.md §4 occurs, two Gateways each, none of the foreign class.
+    // Not vacuous: every reason of docs/design.md §4 occurs, two Gateways each, none of the foreign class.
     let reasons: BTreeSet<&str> =
         offline.values().flatten().flat_map(|(_, cs)| cs.iter().map(|c| c.2.as_str())).collect();
     for reason in [

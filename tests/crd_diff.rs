@@ -1,6 +1,6 @@
 //! Differential test: the same corpus of XBackend specs against our CRD and
 //! upstream Gateway API v1.7.0's, on one real kube-apiserver. Verdicts must be
-//! equal except for the deliberate differences of DESIGN.md §2, listed here.
+//! equal except for the deliberate differences of docs/design.md §2, listed here.
 
 mod support;
 
@@ -25,9 +25,9 @@ const XBACKEND_CRD: &str = "xbackends.gateway.networking.x-k8s.io";
 enum Expect {
     BothAccept,
     BothReject,
-    /// A deliberate tightening (DESIGN.md §2): only ours rejects.
+    /// A deliberate tightening (docs/design.md §2): only ours rejects.
     OnlyOursRejects,
-    /// A deliberate loosening (DESIGN.md §2): only upstream rejects.
+    /// A deliberate loosening (docs/design.md §2): only upstream rejects.
     OnlyUpstreamRejects,
 }
 

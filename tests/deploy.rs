@@ -1,4 +1,4 @@
-//! Deploy (DESIGN.md §10.4): the Helm chart lints and renders what its values
+//! Deploy (docs/design.md §10.4): the Helm chart lints and renders what its values
 //! say, the rendered install is accepted by a real kube-apiserver, the
 //! controller runs with nothing but the chart's ServiceAccount token (so the
 //! RBAC is proven by use, and its refusals by SelfSubjectAccessReview), the
@@ -335,7 +335,7 @@ fn chart_refuses_values_that_would_break_the_controller() {
 }
 
 /// The ClusterRole and Role, rule by rule: exactly what the controller's
-/// requests need (DESIGN.md §7, src/runtime), no wildcard, each with a reason.
+/// requests need (docs/design.md §7, src/runtime), no wildcard, each with a reason.
 #[test]
 fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
     let docs = docs(&render("xbackend-controller", "xbackend-system", &[]));

@@ -884,7 +884,7 @@ mod fuzz {
 
     // ---- hostname validation against an independent oracle ----
 
-    /// DESIGN.md §5a and the CRD pattern, written from the text, not the code:
+    /// docs/design.md §5a and the CRD pattern, written from the text, not the code:
     /// `^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`,
     /// at most 253 characters, labels at most 63, not an IP address (nor an
     /// all-numeric last label), not in a cluster domain.
@@ -940,7 +940,7 @@ mod fuzz {
     const DENY: [&str; 2] = ["*.bad.com", "exact.com"];
     const ALLOW: [&str; 2] = ["*.ok.com", "apex.com"];
 
-    /// DESIGN.md §5b for a name that passed validation (lowercase, no trailing dot).
+    /// docs/design.md §5b for a name that passed validation (lowercase, no trailing dot).
     fn oracle_denied(h: &str, allow: bool) -> bool {
         let under = |s: &str| h.ends_with(&format!(".{s}"));
         h == "localhost"

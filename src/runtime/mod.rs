@@ -1,6 +1,7 @@
-//! `xbackend-controller run`: wiring. Watches (`watch`) are the only writers
-//! of the state (`state`); workers (`reconcile`) plan from snapshots and write
-//! status while this replica holds the Lease (`leader`).
+//! `xbackend-controller run`: wiring. Watches (`watch`) write the index in the
+//! state (`state`) and queue what they affect (`queue`); workers (`reconcile`)
+//! plan from snapshots and write status while this replica holds the Lease
+//! (`leader`). docs/design.md §11 has the data flow and who owns what.
 
 mod dns_check;
 mod error;
@@ -25,6 +26,8 @@ use tokio::sync::watch as channel;
 use tracing::{info, warn};
 
 use crate::cli::{LogFormat, RunArgs};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+
 use crate::index::{Kind, RefKind};
 use crate::model::RouteKind;
 use crate::policy::Policy;
@@ -112,11 +115,24 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     }
     let identity = identity();
 
-    let mut sync_names: Vec<&'static str> = resources.others.iter().map(|(k, _)| watch::kind_name(*k)).collect();
-    sync_names.extend(["XBackend", "Secret", "ConfigMap", "Pod", "Namespace", "CustomResourceDefinition"]);
     let metrics = Arc::new(Metrics::default());
-    let state = Arc::new(State::new(&args.controller_name, metrics.clone(), Synced::new(sync_names)));
+    let state = Arc::new(State::new(&args.controller_name, metrics.clone(), Synced::open()));
     let queue = Arc::new(Queue::default());
+
+    // The watches: one line per kind (docs/design.md §11, "Adding a watched kind").
+    let feeds = Feeds { client: client.clone(), state: state.clone(), queue: queue.clone(), metrics: metrics.clone() };
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut watches = watch::Starter { feeds: &feeds, tasks: &mut tasks };
+    watches.start(watch::XBackendCrd);
+    watches.start(watch::Objects { kind: Kind::XBackend, resource: resources.xbackend.clone() });
+    for (kind, resource) in &resources.others {
+        watches.start(watch::Objects { kind: *kind, resource: resource.clone() });
+    }
+    watches.start(watch::References::<Secret>::new(RefKind::Secret));
+    watches.start(watch::References::<ConfigMap>::new(RefKind::ConfigMap));
+    watches.start(watch::Metadata::<Pod>::new(Kind::Pod, Some(watch::LIVE_PODS)));
+    watches.start(watch::Metadata::<Namespace>::new(Kind::Namespace, None));
+    state.synced.seal();
 
     let endpoints = {
         let (metrics, state, queue) = (metrics.clone(), state.clone(), queue.clone());
@@ -139,18 +155,6 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     };
     let addr = server::serve(args.metrics_addr, server::Limits::default(), endpoints).await?;
     info!(%addr, controller_name = %args.controller_name, "serving /metrics, /healthz, /readyz");
-
-    let feeds = Feeds { client: client.clone(), state: state.clone(), queue: queue.clone(), metrics: metrics.clone() };
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(watch::watch_crd(feeds.clone()));
-    tasks.spawn(watch::watch_kind(feeds.clone(), Kind::XBackend, Api::all_with(client.clone(), &resources.xbackend)));
-    for (kind, ar) in &resources.others {
-        tasks.spawn(watch::watch_kind(feeds.clone(), *kind, Api::all_with(client.clone(), ar)));
-    }
-    tasks.spawn(watch::watch_refs(feeds.clone(), RefKind::Secret));
-    tasks.spawn(watch::watch_refs(feeds.clone(), RefKind::ConfigMap));
-    tasks.spawn(watch::watch_pods(feeds.clone()));
-    tasks.spawn(watch::watch_namespaces(feeds.clone()));
 
     let election = if args.leader_election_enabled() {
         let namespace = args.leader_election_namespace.clone().unwrap_or(default_namespace);

@@ -252,20 +252,41 @@ impl Drop for Write<'_> {
 
 /// Watches that must sync before the controller is ready and starts writing.
 pub struct Synced {
-    pending: Mutex<BTreeSet<&'static str>>,
+    /// Watches not yet synced, and whether every watch has registered.
+    pending: Mutex<(BTreeSet<&'static str>, bool)>,
     ready: channel::Sender<bool>,
 }
 
 impl Synced {
+    /// A gate for exactly these watches.
+    #[cfg(test)]
     pub fn new(names: impl IntoIterator<Item = &'static str>) -> Self {
-        let pending: BTreeSet<_> = names.into_iter().collect();
-        let (ready, _) = channel::channel(pending.is_empty());
-        Synced { pending: Mutex::new(pending), ready }
+        let synced = Synced::open();
+        names.into_iter().for_each(|name| synced.expect(name));
+        synced.seal();
+        synced
+    }
+    /// A gate that watches register with (`expect`) until `seal`; not ready before.
+    pub fn open() -> Self {
+        let (ready, _) = channel::channel(false);
+        Synced { pending: Mutex::new((BTreeSet::new(), false)), ready }
+    }
+    pub fn expect(&self, name: &'static str) {
+        self.pending.lock().expect("synced lock").0.insert(name);
+    }
+    /// Every watch has registered.
+    pub fn seal(&self) {
+        let mut pending = self.pending.lock().expect("synced lock");
+        pending.1 = true;
+        self.update(&pending);
     }
     pub fn mark(&self, name: &str) {
         let mut pending = self.pending.lock().expect("synced lock");
-        pending.remove(name);
-        if pending.is_empty() {
+        pending.0.remove(name);
+        self.update(&pending);
+    }
+    fn update(&self, (pending, sealed): &(BTreeSet<&'static str>, bool)) {
+        if *sealed && pending.is_empty() {
             self.ready.send_replace(true);
         }
     }
@@ -276,7 +297,7 @@ impl Synced {
         self.ready.subscribe()
     }
     pub fn pending(&self) -> Vec<&'static str> {
-        self.pending.lock().expect("synced lock").iter().copied().collect()
+        self.pending.lock().expect("synced lock").0.iter().copied().collect()
     }
 }
 

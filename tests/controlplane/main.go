@@ -1,5 +1,5 @@
 // Command controlplane runs a real etcd and a real kube-apiserver in one
-// process on 127.0.0.1, for the xbackend-controller tests. Contract: DESIGN.md §9.
+// process on 127.0.0.1, for the xbackend-controller tests. Contract: docs/design.md §9.
 package main
 
 import (

@@ -1,0 +1,196 @@
+//! Watches, the only writers of the index (docs/design.md §11): one driver
+//! (`run`) over a per-kind `Indexer` with apply / delete / reset, after
+//! kubert's `IndexNamespacedResource`. The driver owns the watch, the re-list
+//! bookkeeping and the queueing; an indexer only says what an object does to
+//! the state. Adding a kind: an `Indexer` (a file here) and one `spawn` line
+//! in runtime/mod.rs.
+
+mod crd;
+mod metadata;
+mod objects;
+mod references;
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use super::metrics::Metrics;
+use super::queue::Queue;
+use super::state::State;
+use crate::index::Kind;
+use crate::model::ObjectRef;
+
+pub use crd::{XBACKEND_CRD, XBackendCrd};
+pub use metadata::{LIVE_PODS, Metadata};
+pub use objects::Objects;
+pub use references::References;
+
+pub fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Route(r) => r.kind(),
+        Kind::Gateway => "Gateway",
+        Kind::GatewayClass => "GatewayClass",
+        Kind::ReferenceGrant => "ReferenceGrant",
+        Kind::XBackend => "XBackend",
+        Kind::Pod => "Pod",
+        Kind::Namespace => "Namespace",
+    }
+}
+
+/// What every watch feeds.
+#[derive(Clone)]
+pub struct Feeds {
+    pub client: Client,
+    pub state: Arc<State>,
+    pub queue: Arc<Queue>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The XBackends an event may have changed the status of.
+#[derive(Debug, PartialEq)]
+pub enum Affected {
+    Keys(BTreeSet<ObjectRef>),
+    /// Every XBackend (a change that can alter any verdict, or a re-list
+    /// that may have hidden one).
+    Every,
+}
+
+impl Affected {
+    pub fn none() -> Affected {
+        Affected::Keys(BTreeSet::new())
+    }
+}
+
+/// One watched kind: what its objects do to the state.
+pub trait Indexer: Send + Sync + 'static {
+    /// What each object decodes into (lean: see decode.rs).
+    type Resource: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static;
+    /// Whether `reset` needs the keys a (re-)list saw: false for kinds whose
+    /// objects the state does not hold, so their keys cost no memory.
+    const KEEPS_OBJECTS: bool = true;
+
+    /// The kind's name in logs, metrics and readiness.
+    fn name(&self) -> &'static str;
+    fn api(&self, client: &Client) -> Api<Self::Resource>;
+    fn config(&self) -> watcher::Config {
+        config()
+    }
+    /// An added or changed object; Err(why) when it does not decode (logged
+    /// and counted, never fatal).
+    fn apply(&self, state: &State, key: ObjectRef, object: &Self::Resource) -> Result<Affected, String>;
+    fn delete(&self, state: &State, key: &ObjectRef) -> Affected;
+    /// A (re-)list ended: `seen` holds every key it applied (empty unless
+    /// `KEEPS_OBJECTS`); anything else of this kind is gone. `relist` is
+    /// false for the first list.
+    fn reset(&self, state: &State, seen: &BTreeSet<ObjectRef>, relist: bool) -> Affected;
+}
+
+/// Server-side timeout of every watch request: the watcher reconnects after
+/// it, and treats a stream silent for 5 s longer as dead.
+pub fn config() -> watcher::Config {
+    watcher::Config::default().timeout(super::timeouts::WATCH_TIMEOUT_SECS)
+}
+
+/// Which lane queued keys go to: a (re-)list rechecks behind changes.
+#[derive(Clone, Copy)]
+enum Lane {
+    Change,
+    Bulk,
+}
+
+fn queue(feeds: &Feeds, affected: Affected, lane: Lane) {
+    let keys = match affected {
+        Affected::Keys(keys) if keys.is_empty() => return,
+        Affected::Keys(keys) => keys.into_iter().collect(),
+        Affected::Every => feeds.state.backend_keys(),
+    };
+    match lane {
+        Lane::Change => feeds.queue.extend(keys),
+        Lane::Bulk => feeds.queue.extend_bulk(keys),
+    }
+}
+
+fn key_of<R: Resource>(object: &R) -> ObjectRef {
+    ObjectRef::new(object.namespace().unwrap_or_default(), object.name_any())
+}
+
+/// Watches one kind until the process ends. A (re-)list is applied object by
+/// object as it streams in, and what it did not see is deleted at its end. A
+/// dead connection, half-open included, is noticed by the watcher's idle
+/// timeout (`WATCH_TIMEOUT_SECS` + 5 s) and reconnected with backoff.
+pub async fn run<I: Indexer>(feeds: Feeds, indexer: I) {
+    let name = indexer.name();
+    let mut stream = watcher::watcher(indexer.api(&feeds.client), indexer.config()).default_backoff().boxed();
+    let mut seen: BTreeSet<ObjectRef> = BTreeSet::new();
+    let mut lists = 0u32;
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                feeds.metrics.watch_errors.get_or_create(&Metrics::kind(name)).inc();
+                warn!(kind = name, error = %e, "watch error; retrying");
+                continue;
+            }
+        };
+        feeds.metrics.watch_events.get_or_create(&Metrics::kind(name)).inc();
+        match event {
+            Event::Init => seen.clear(),
+            Event::InitApply(object) => {
+                let key = key_of(&object);
+                if let Some(affected) = applied(&feeds, &indexer, key.clone(), &object) {
+                    queue(&feeds, affected, Lane::Bulk);
+                    if I::KEEPS_OBJECTS {
+                        seen.insert(key);
+                    }
+                }
+            }
+            Event::Apply(object) => {
+                if let Some(affected) = applied(&feeds, &indexer, key_of(&object), &object) {
+                    queue(&feeds, affected, Lane::Change);
+                }
+            }
+            Event::Delete(object) => queue(&feeds, indexer.delete(&feeds.state, &key_of(&object)), Lane::Change),
+            Event::InitDone => {
+                lists += 1;
+                let affected = indexer.reset(&feeds.state, &std::mem::take(&mut seen), lists > 1);
+                let lane = if affected == Affected::Every { Lane::Bulk } else { Lane::Change };
+                queue(&feeds, affected, lane);
+                feeds.state.synced.mark(name);
+                info!(kind = name, "watch synced");
+            }
+        }
+    }
+}
+
+/// Starts watches, each registered with the readiness gate before it runs.
+pub struct Starter<'a> {
+    pub feeds: &'a Feeds,
+    pub tasks: &'a mut tokio::task::JoinSet<()>,
+}
+
+impl Starter<'_> {
+    pub fn start<I: Indexer>(&mut self, indexer: I) {
+        self.feeds.state.synced.expect(indexer.name());
+        self.tasks.spawn(run(self.feeds.clone(), indexer));
+    }
+}
+
+fn applied<I: Indexer>(feeds: &Feeds, indexer: &I, key: ObjectRef, object: &I::Resource) -> Option<Affected> {
+    match indexer.apply(&feeds.state, key.clone(), object) {
+        Ok(affected) => Some(affected),
+        Err(error) => {
+            let name = indexer.name();
+            feeds.metrics.decode_failures.get_or_create(&Metrics::kind(name)).inc();
+            warn!(kind = name, namespace = %key.namespace, name = %key.name, error, "skipping object that does not decode");
+            None
+        }
+    }
+}
