@@ -65,11 +65,15 @@ print(sum(1 for x in items if not any(
     c.get("type") == "Accepted"
     for a in (x.get("status") or {}).get("ancestors") or []
     for c in a.get("conditions") or [])))')
-  [ "$missing" = 0 ] && break
+  # ...and our GatewayClass is Accepted (the class writer runs beside the reconciles).
+  accepted=$(kubectl get gatewayclass -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Accepted")].status}{"\n"}{end}' | grep -c True || true)
+  [ "$missing" = 0 ] && [ "$accepted" -ge 1 ] && break
   kill -0 "${pids[1]}" 2>/dev/null || { echo "controller exited; see $state/controller.log"; tail -20 "$state/controller.log"; exit 1; }
   sleep 0.2
 done
 
+echo
+kubectl get gatewayclass
 echo
 kubectl get xbackends -A
 if [[ -n "$gateway_api" ]]; then

@@ -52,6 +52,10 @@ pub fn tls_required(message: impl Into<String>) -> Verdict {
 pub fn address_not_allowed(message: impl Into<String>) -> Verdict {
     verdict(ACCEPTED, false, reason::ADDRESS_NOT_ALLOWED, message)
 }
+/// A GatewayClass of ours (docs/design.md §6): nothing about it can fail.
+pub fn class_accepted() -> Verdict {
+    verdict(ACCEPTED, true, reason::ACCEPTED, "xbackend-controller judges XBackends behind Gateways of this class.")
+}
 pub fn resolved_refs() -> Verdict {
     verdict(RESOLVED_REFS, true, reason::RESOLVED_REFS, "All references resolved.")
 }

@@ -181,7 +181,7 @@ fn names_gateway(entry: &Value, shape: Shape, gateway: &ObjectRef) -> bool {
 }
 
 /// One condition; keeps the stored lastTransitionTime while the status holds.
-fn condition(verdict: &Verdict, generation: i64, before: Option<&Value>, now: &str) -> Value {
+pub(crate) fn condition(verdict: &Verdict, generation: i64, before: Option<&Value>, now: &str) -> Value {
     let status = verdict.status_str();
     let last_transition = before
         .and_then(|entry| entry.get("conditions")?.as_array())

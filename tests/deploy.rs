@@ -356,6 +356,7 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
         vec![
             (s(&["gateway.networking.x-k8s.io"]), s(&["xbackends"]), s(&[]), s(&["get", "list", "watch"])),
             (s(&["gateway.networking.x-k8s.io"]), s(&["xbackends/status"]), s(&[]), s(&["patch"])),
+            (s(&["gateway.networking.k8s.io"]), s(&["gatewayclasses/status"]), s(&[]), s(&["patch"])),
             (
                 s(&["gateway.networking.k8s.io"]),
                 s(&["httproutes", "grpcroutes", "gateways", "gatewayclasses", "referencegrants"]),
@@ -407,7 +408,7 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
             );
         }
     }
-    assert_eq!(rules_seen, 11, "nine ClusterRole rules and two Role rules");
+    assert_eq!(rules_seen, 12, "ten ClusterRole rules and two Role rules");
     assert!(!source.contains("\"*\"") && !source.contains("['*']") && !source.contains("[*]"), "no wildcard in RBAC");
 }
 

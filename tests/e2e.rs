@@ -567,3 +567,65 @@ async fn v1_7_shapes_on_our_crd() {
     assert_eq!(port_of("v16"), "443", "{table}");
     assert_eq!(port_of("pods"), "8080", "{table}");
 }
+
+/// The Accepted condition of a GatewayClass: (status, reason, observedGeneration).
+fn class_accepted(class: &DynamicObject) -> Option<(String, String, i64)> {
+    let conditions = class.data["status"]["conditions"].as_array()?;
+    let c = conditions.iter().find(|c| c["type"] == "Accepted")?;
+    Some((c["status"].as_str()?.into(), c["reason"].as_str()?.into(), c["observedGeneration"].as_i64().unwrap_or(0)))
+}
+
+#[tokio::test]
+async fn our_gatewayclass_is_accepted_once_per_generation_and_others_are_never_touched() {
+    let (cp, client, _ns, gw) = setup("gatewayclass", &[]).await;
+    let theirs = support::unique_name("theirs");
+    apply_yaml(
+        &client,
+        None,
+        &format!("apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: {theirs}}}\nspec: {{controllerName: example.com/someone-else}}\n"),
+    )
+    .await;
+    let class_resource = kube::discovery::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+        "gateway.networking.k8s.io",
+        "v1",
+        "GatewayClass",
+    ));
+    let classes: Api<DynamicObject> = Api::all_with(client.clone(), &class_resource);
+    let theirs_before = classes.get(&theirs).await.unwrap();
+
+    let accepted_at = |generation: i64| {
+        let classes = classes.clone();
+        let class = gw.class.clone();
+        async move {
+            support::eventually(Duration::from_secs(30), || async {
+                let object = classes.get(&class).await.ok()?;
+                (class_accepted(&object)? == ("True".into(), "Accepted".into(), generation)).then_some(object)
+            })
+            .await
+            .unwrap_or_else(|| panic!("our GatewayClass Accepted=True at generation {generation}"))
+        }
+    };
+    let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name]);
+    ctl.wait_ready().await;
+    let ours = accepted_at(1).await;
+    assert_eq!(ctl.metric("xbackend_gatewayclass_status_writes_total"), Some(1.0));
+    // Their class came in the same list as ours, before our write.
+    let theirs_after = classes.get(&theirs).await.unwrap();
+    assert_eq!(theirs_after.metadata.resource_version, theirs_before.metadata.resource_version, "not ours: untouched");
+    assert_eq!(theirs_after.data["status"], theirs_before.data["status"]);
+
+    // A restart writes nothing; a new generation (the sentinel that the
+    // restarted writer has been through every class) writes once.
+    assert_eq!(ctl.terminate(), Some(0));
+    let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name]);
+    ctl.wait_ready().await;
+    classes
+        .patch(&gw.class, &PatchParams::default(), &Patch::Merge(json!({"spec": {"description": "second generation"}})))
+        .await
+        .unwrap();
+    let again = accepted_at(2).await;
+    assert_eq!(ctl.metric("xbackend_gatewayclass_status_writes_total"), Some(1.0), "only the new generation wrote");
+    let transition = |o: &DynamicObject| o.data["status"]["conditions"][0]["lastTransitionTime"].clone();
+    assert_eq!(transition(&again), transition(&ours), "still True: lastTransitionTime kept");
+    assert_eq!(classes.get(&theirs).await.unwrap().metadata.resource_version, theirs_before.metadata.resource_version);
+}

@@ -55,6 +55,7 @@ pub struct Metrics {
     pub reconcile_failures: Family<ErrorLabel, Counter>,
     pub reconcile_seconds: Histogram,
     pub status_writes: Counter,
+    pub class_status_writes: Counter,
     pub status_conflicts: Counter,
     pub status_writes_fenced: Counter,
     pub resyncs: Counter,
@@ -81,6 +82,7 @@ impl Default for Metrics {
             reconcile_failures: Family::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             status_writes: Counter::default(),
+            class_status_writes: Counter::default(),
             status_conflicts: Counter::default(),
             status_writes_fenced: Counter::default(),
             resyncs: Counter::default(),
@@ -110,6 +112,11 @@ impl Default for Metrics {
         );
         registry.register("reconcile_duration_seconds", "Time to reconcile one XBackend", m.reconcile_seconds.clone());
         registry.register("status_writes", "Status patches sent", m.status_writes.clone());
+        registry.register(
+            "gatewayclass_status_writes",
+            "Status patches sent to GatewayClasses whose controllerName is ours",
+            m.class_status_writes.clone(),
+        );
         registry.register(
             "status_conflicts",
             "Status patches refused with 409 Conflict and retried",

@@ -3,6 +3,7 @@
 //! plan from snapshots and write status while this replica holds the Lease
 //! (`leader`). docs/design.md §11 has the data flow and who owns what.
 
+mod class_writer;
 mod dns_check;
 mod error;
 mod leader;
@@ -132,6 +133,11 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     watches.start(watch::References::<ConfigMap>::new(RefKind::ConfigMap));
     watches.start(watch::Metadata::<Pod>::new(Kind::Pod, Some(watch::LIVE_PODS)));
     watches.start(watch::Metadata::<Namespace>::new(Kind::Namespace, None));
+    let class_resource = resources.others.iter().find(|(kind, _)| *kind == Kind::GatewayClass).map(|(_, r)| r.clone());
+    let classes = class_writer::Classes::new(&args.controller_name);
+    if let Some(resource) = &class_resource {
+        watches.start(class_writer::ClassWatch { classes: classes.clone(), resource: resource.clone() });
+    }
     state.synced.seal();
 
     let endpoints = {
@@ -197,9 +203,12 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         state: state.clone(),
         queue: queue.clone(),
         metrics: metrics.clone(),
-        leadership,
+        leadership: leadership.clone(),
         dns,
     });
+    if let Some(resource) = class_resource {
+        tasks.spawn(class_writer::write(classes, client.clone(), resource, leadership, metrics.clone()));
+    }
     let (stop_tx, stop_rx) = channel::channel(false);
     for _ in 0..args.concurrency.max(1) {
         tasks.spawn(reconcile::worker(reconciler.clone(), stop_rx.clone()));
