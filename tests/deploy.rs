@@ -367,12 +367,7 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
             (s(&[""]), s(&["pods"]), s(&[]), s(&["list", "watch"])),
             (s(&[""]), s(&["namespaces"]), s(&[]), s(&["list", "watch"])),
             (s(&["networking.k8s.io"]), s(&["servicecidrs"]), s(&[]), s(&["list"])),
-            (
-                s(&["apiextensions.k8s.io"]),
-                s(&["customresourcedefinitions"]),
-                s(&["xbackends.gateway.networking.x-k8s.io"]),
-                s(&["list", "watch"])
-            ),
+            (s(&["apiextensions.k8s.io"]), s(&["customresourcedefinitions"]), s(&[]), s(&["list", "watch"])),
             (s(&["events.k8s.io"]), s(&["events"]), s(&[]), s(&["create", "patch"])),
         ]
     );
@@ -906,8 +901,9 @@ async fn chart_service_account_is_allowed_exactly_what_the_controller_needs() {
         ask("list", "", "namespaces", "", None, ""),
         ask("watch", "", "namespaces", "", None, ""),
         ask("list", "networking.k8s.io", "servicecidrs", "", None, ""),
-        ask("list", "apiextensions.k8s.io", "customresourcedefinitions", "", None, crd),
-        ask("watch", "apiextensions.k8s.io", "customresourcedefinitions", "", None, crd),
+        ask("list", "apiextensions.k8s.io", "customresourcedefinitions", "", None, ""),
+        ask("watch", "apiextensions.k8s.io", "customresourcedefinitions", "", None, ""),
+        ask("patch", g, "gatewayclasses", "status", None, "gc"),
         ask("create", "events.k8s.io", "events", "", o, ""),
         ask("patch", "events.k8s.io", "events", "", o, "e"),
         ask("create", "coordination.k8s.io", "leases", "", own, ""),
@@ -927,11 +923,13 @@ async fn chart_service_account_is_allowed_exactly_what_the_controller_needs() {
         ask("update", x, "xbackends", "", o, "b"),
         ask("patch", x, "xbackends", "", o, "b"),
         ask("update", x, "xbackends", "status", o, "b"),
-        // Never the status (or anything) of routes, Gateways, GatewayClasses.
+        // Never the status (or anything) of routes and Gateways; GatewayClass
+        // status by patch only (the controller writes only its own classes).
         ask("patch", g, "httproutes", "status", o, "r"),
         ask("update", g, "httproutes", "status", o, "r"),
         ask("patch", g, "gateways", "status", o, "gw"),
-        ask("patch", g, "gatewayclasses", "status", None, "gc"),
+        ask("update", g, "gatewayclasses", "status", None, "gc"),
+        ask("patch", g, "gatewayclasses", "", None, "gc"),
         ask("patch", g, "httproutes", "", o, "r"),
         ask("get", g, "httproutes", "", o, "r"),
         ask("create", g, "referencegrants", "", o, ""),
@@ -951,8 +949,7 @@ async fn chart_service_account_is_allowed_exactly_what_the_controller_needs() {
         ask("get", "coordination.k8s.io", "leases", "", o, lease),
         ask("create", "coordination.k8s.io", "leases", "", o, ""),
         ask("list", "coordination.k8s.io", "leases", "", None, ""),
-        // The CRD: watch that one only, change none.
-        ask("list", "apiextensions.k8s.io", "customresourcedefinitions", "", None, ""),
+        // CRDs: list and watch, change none.
         ask("get", "apiextensions.k8s.io", "customresourcedefinitions", "", None, crd),
         ask("update", "apiextensions.k8s.io", "customresourcedefinitions", "", None, crd),
         ask("delete", "events.k8s.io", "events", "", o, "e"),

@@ -6,6 +6,7 @@
 mod class_writer;
 mod dns_check;
 mod error;
+mod kinds;
 mod leader;
 mod metrics;
 mod queue;
@@ -21,7 +22,6 @@ use std::time::Duration;
 use hyper::StatusCode;
 use kube::Client;
 use kube::api::Api;
-use kube::discovery::{ApiResource, Discovery};
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::watch as channel;
 use tracing::{info, warn};
@@ -30,7 +30,6 @@ use crate::cli::{LogFormat, RunArgs};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 
 use crate::index::{Kind, RefKind};
-use crate::model::RouteKind;
 use crate::policy::Policy;
 
 pub use error::{Error, chain};
@@ -50,29 +49,6 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
-}
-
-/// The resources to watch, as served by this apiserver (preferred versions).
-struct Resources {
-    xbackend: ApiResource,
-    others: Vec<(Kind, ApiResource)>,
-}
-
-async fn discover(client: &Client) -> Result<Resources, Error> {
-    let discovery =
-        Discovery::new(client.clone()).filter(&[crate::api::GATEWAY_GROUP, crate::api::GROUP]).run().await?;
-    let find = |group: &str, kind: &str| discovery.get(group).and_then(|g| g.recommended_kind(kind)).map(|(ar, _)| ar);
-    let xbackend = find(crate::api::GROUP, crate::api::KIND).ok_or(Error::CrdMissing(watch::XBACKEND_CRD))?;
-    let wanted =
-        RouteKind::ALL.iter().map(|r| Kind::Route(*r)).chain([Kind::Gateway, Kind::GatewayClass, Kind::ReferenceGrant]);
-    let mut others = Vec::new();
-    for kind in wanted {
-        match find(crate::api::GATEWAY_GROUP, watch::kind_name(kind)) {
-            Some(ar) => others.push((kind, ar)),
-            None => warn!(kind = watch::kind_name(kind), "kind not served by this cluster; not watching it"),
-        }
-    }
-    Ok(Resources { xbackend, others })
 }
 
 fn identity() -> String {
@@ -110,7 +86,11 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     config.reset_reader_on_write = true;
     let default_namespace = config.default_namespace.clone();
     let client = Client::try_from(config)?;
-    let resources = discover(&client).await?;
+    let found = kinds::discover(&client).await?;
+    let xbackend = found.xbackend.ok_or(Error::CrdMissing(watch::XBACKEND_CRD))?;
+    for kind in kinds::wanted().filter(|kind| !found.served.contains_key(kind)) {
+        warn!(kind = watch::kind_name(kind), "kind not served by this cluster; watching for its CRD");
+    }
     if args.dns_check_enabled() {
         detect_service_cidrs(&client, &mut policy).await;
     }
@@ -125,20 +105,23 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let mut tasks = tokio::task::JoinSet::new();
     let mut watches = watch::Starter { feeds: &feeds, tasks: &mut tasks };
     watches.start(watch::XBackendCrd);
-    watches.start(watch::Objects { kind: Kind::XBackend, resource: resources.xbackend.clone() });
-    for (kind, resource) in &resources.others {
-        watches.start(watch::Objects { kind: *kind, resource: resource.clone() });
-    }
+    watches.start(watch::Objects { kind: Kind::XBackend, resource: xbackend.clone() });
+    // The Gateway API kinds, each while its CRD is installed.
+    let mut follower = kinds::Follower::new(feeds.clone());
+    follower.follow(&found.served);
+    let crds_changed = Arc::new(tokio::sync::Notify::new());
+    watches.start(watch::GatewayApiCrds { changed: crds_changed.clone() });
     watches.start(watch::References::<Secret>::new(RefKind::Secret));
     watches.start(watch::References::<ConfigMap>::new(RefKind::ConfigMap));
     watches.start(watch::Metadata::<Pod>::new(Kind::Pod, Some(watch::LIVE_PODS)));
     watches.start(watch::Metadata::<Namespace>::new(Kind::Namespace, None));
-    let class_resource = resources.others.iter().find(|(kind, _)| *kind == Kind::GatewayClass).map(|(_, r)| r.clone());
+    let class_resource = found.served.get(&Kind::GatewayClass).cloned();
     let classes = class_writer::Classes::new(&args.controller_name);
     if let Some(resource) = &class_resource {
         watches.start(class_writer::ClassWatch { classes: classes.clone(), resource: resource.clone() });
     }
     state.synced.seal();
+    tasks.spawn(follower.run(crds_changed));
 
     let endpoints = {
         let (metrics, state, queue) = (metrics.clone(), state.clone(), queue.clone());
@@ -194,7 +177,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             Reporter { controller: "xbackend-controller".into(), instance: Some(identity.clone()) },
         ),
         client: client.clone(),
-        xbackend: resources.xbackend.clone(),
+        xbackend,
     };
     let reconciler = Arc::new(Reconciler {
         api,

@@ -6,6 +6,7 @@
 //! in runtime/mod.rs.
 
 mod crd;
+mod crds;
 mod metadata;
 mod objects;
 mod references;
@@ -29,6 +30,7 @@ use crate::index::Kind;
 use crate::model::ObjectRef;
 
 pub use crd::{XBACKEND_CRD, XBackendCrd};
+pub use crds::GatewayApiCrds;
 pub use metadata::{LIVE_PODS, Metadata};
 pub use objects::Objects;
 pub use references::References;

@@ -1,0 +1,106 @@
+//! Which Gateway API kinds this cluster serves, followed while running
+//! (docs/design.md §7): a kind is watched only while its CRD is installed.
+//! Discovery at start; then a change to any Gateway API CRD runs discovery
+//! again and starts, moves (new preferred version) or stops that kind's watch.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use kube::discovery::{ApiResource, Discovery};
+use tokio::sync::Notify;
+use tokio::task::{AbortHandle, JoinSet};
+use tracing::{info, warn};
+
+use super::watch::{self, Feeds, kind_name};
+use crate::index::Kind;
+use crate::model::RouteKind;
+
+/// The index kinds that can make or change ancestors, by served version.
+pub type Served = BTreeMap<Kind, ApiResource>;
+
+/// What discovery found: the XBackend kind (None: its CRD is missing) and the others.
+pub struct Discovered {
+    pub xbackend: Option<ApiResource>,
+    pub served: Served,
+}
+
+/// The kinds `run` watches when served, besides XBackend.
+pub fn wanted() -> impl Iterator<Item = Kind> {
+    RouteKind::ALL.iter().map(|r| Kind::Route(*r)).chain([Kind::Gateway, Kind::GatewayClass, Kind::ReferenceGrant])
+}
+
+pub async fn discover(client: &Client) -> Result<Discovered, kube::Error> {
+    let discovery =
+        Discovery::new(client.clone()).filter(&[crate::api::GATEWAY_GROUP, crate::api::GROUP]).run().await?;
+    let find = |group: &str, kind: &str| discovery.get(group).and_then(|g| g.recommended_kind(kind)).map(|(ar, _)| ar);
+    let served = wanted().filter_map(|kind| Some((kind, find(crate::api::GATEWAY_GROUP, kind_name(kind))?))).collect();
+    Ok(Discovered { xbackend: find(crate::api::GROUP, crate::api::KIND), served })
+}
+
+/// Owns the watches of the served kinds.
+pub struct Follower {
+    feeds: Feeds,
+    watches: JoinSet<()>,
+    running: BTreeMap<Kind, (ApiResource, AbortHandle)>,
+}
+
+impl Follower {
+    pub fn new(feeds: Feeds) -> Follower {
+        Follower { feeds, watches: JoinSet::new(), running: BTreeMap::new() }
+    }
+
+    /// Starts, moves and stops watches so that exactly `served` is watched.
+    /// A stopped kind's objects leave the index at once, re-judging the
+    /// XBackends they made ancestors for.
+    pub fn follow(&mut self, served: &Served) {
+        let stale: Vec<Kind> = (self.running.iter())
+            .filter(|(kind, (resource, _))| served.get(kind).is_none_or(|now| now.api_version != resource.api_version))
+            .map(|(kind, _)| *kind)
+            .collect();
+        for kind in stale {
+            let (resource, watch) = self.running.remove(&kind).expect("running");
+            watch.abort();
+            let name = kind_name(kind);
+            if served.contains_key(&kind) {
+                info!(kind = name, from = %resource.api_version, "served version changed; watching the new one");
+                continue;
+            }
+            info!(kind = name, "its CRD is gone; no longer watching it");
+            let affected = self.feeds.state.retain(kind, &BTreeSet::new());
+            self.feeds.queue.extend(affected);
+            // A watch stopped before its first list must not hold readiness back.
+            self.feeds.state.synced.mark(name);
+        }
+        while self.watches.try_join_next().is_some() {}
+        for (kind, resource) in served {
+            if self.running.contains_key(kind) {
+                continue;
+            }
+            let name = kind_name(*kind);
+            info!(kind = name, version = %resource.api_version, "watching");
+            self.feeds.state.synced.expect(name);
+            let indexer = watch::Objects { kind: *kind, resource: resource.clone() };
+            let handle = self.watches.spawn(watch::run(self.feeds.clone(), indexer));
+            self.running.insert(*kind, (resource.clone(), handle));
+        }
+    }
+
+    /// Follows CRD changes until the process ends (`changed` is notified by
+    /// the CRD watch, `watch::GatewayApiCrds`).
+    pub async fn run(mut self, changed: Arc<Notify>) {
+        loop {
+            changed.notified().await;
+            // A new CRD is served a moment after it is created: look again a
+            // few times rather than once.
+            for wait in [Duration::from_millis(500), Duration::from_secs(3), Duration::from_secs(10)] {
+                tokio::time::sleep(wait).await;
+                match discover(&self.feeds.client).await {
+                    Ok(found) => self.follow(&found.served),
+                    Err(e) => warn!(error = %e, "discovery failed; keeping the watches as they are"),
+                }
+            }
+        }
+    }
+}
