@@ -359,7 +359,17 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
             (s(&["gateway.networking.k8s.io"]), s(&["gatewayclasses/status"]), s(&[]), s(&["patch"])),
             (
                 s(&["gateway.networking.k8s.io"]),
-                s(&["httproutes", "grpcroutes", "gateways", "gatewayclasses", "referencegrants"]),
+                s(&[
+                    "httproutes",
+                    "grpcroutes",
+                    "tcproutes",
+                    "tlsroutes",
+                    "udproutes",
+                    "listenersets",
+                    "gateways",
+                    "gatewayclasses",
+                    "referencegrants"
+                ]),
                 s(&[]),
                 s(&["list", "watch"])
             ),
@@ -888,6 +898,10 @@ async fn chart_service_account_is_allowed_exactly_what_the_controller_needs() {
         ask("patch", x, "xbackends", "status", o, "b"),
         ask("list", g, "httproutes", "", None, ""),
         ask("watch", g, "grpcroutes", "", None, ""),
+        ask("watch", g, "tcproutes", "", None, ""),
+        ask("list", g, "tlsroutes", "", None, ""),
+        ask("watch", g, "udproutes", "", None, ""),
+        ask("list", g, "listenersets", "", None, ""),
         ask("list", g, "gateways", "", None, ""),
         ask("watch", g, "gatewayclasses", "", None, ""),
         ask("list", g, "referencegrants", "", None, ""),
