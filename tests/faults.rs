@@ -181,17 +181,19 @@ fn their_entry(ns: &str, gateway: &str, accepted: bool, op: usize) -> Value {
 }
 
 /// Another controller: `ops` successful read-modify-writes (resourceVersion
-/// precondition, retry on 409) that add, change or remove its own entries.
-/// Returns what it believes each XBackend holds of its entries, in order.
+/// precondition, retry on 409) that add, change or remove its own entries,
+/// drawn from `seed`. `model` is what it believes each XBackend holds of its
+/// entries, in order, before; returns it after, with its 409 count.
 async fn their_writer(
     client: Client,
     ns: String,
     backends: usize,
     ops: usize,
+    seed: u64,
+    mut model: BTreeMap<String, Vec<Value>>,
 ) -> (BTreeMap<String, Vec<Value>>, usize) {
     let api = xbackend_api(&client, &ns);
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let mut model: BTreeMap<String, Vec<Value>> = (0..backends).map(|i| (format!("b{i}"), Vec::new())).collect();
+    let mut rng = Rng(seed);
     let mut conflicts = 0;
     for op in 0..ops {
         let name = format!("b{}", rng.below(backends));
@@ -244,8 +246,7 @@ async fn concurrent_writer_loses_nothing() {
         let api = xbackend_api(&client, &ns);
         wait_all(&api, BACKENDS, Duration::from_secs(60), "initial entries", |o| converged(o, &gw.controller_name, &["gw-a"])).await;
 
-        // Their 500 writes and our route changes, at the same time.
-        let theirs = tokio::spawn(their_writer(client.clone(), ns.clone(), BACKENDS, 500));
+        // Their writes and our route changes, at the same time.
         let done = Arc::new(AtomicBool::new(false));
         let ours = {
             let (client, ns, done) = (client.clone(), ns.clone(), done.clone());
@@ -266,7 +267,18 @@ async fn concurrent_writer_loses_nothing() {
                 (last, changes)
             })
         };
-        let (model, their_conflicts) = theirs.await.unwrap();
+        // Rounds of 500 foreign writes until one of the controller's patches
+        // got a 409 (the race this test is about happened), at most 5.
+        let mut model: BTreeMap<String, Vec<Value>> = (0..BACKENDS).map(|i| (format!("b{i}"), Vec::new())).collect();
+        let (mut their_writes, mut their_conflicts) = (0, 0);
+        for round in 0..5u64 {
+            let seed = 0x9E37_79B9_7F4A_7C15 ^ round;
+            let (after, c) = their_writer(client.clone(), ns.clone(), BACKENDS, 500, seed, model).await;
+            (model, their_writes, their_conflicts) = (after, their_writes + 500, their_conflicts + c);
+            if ctl.metric("xbackend_status_conflicts_total").is_some_and(|n| n > 0.0) {
+                break;
+            }
+        }
         done.store(true, Ordering::Relaxed);
         let (last, our_changes) = ours.await.unwrap();
 
@@ -280,8 +292,15 @@ async fn concurrent_writer_loses_nothing() {
         .await;
         let conflicts = ctl.metric("xbackend_status_conflicts_total").unwrap_or(0.0);
         eprintln!(
-            "concurrent writer: 500 foreign writes ({their_conflicts} of their attempts got 409), {our_changes} route changes, controller: {} writes, {conflicts} conflicts",
+            "concurrent writer: {their_writes} foreign writes ({their_conflicts} of their attempts got 409), {our_changes} route changes, controller: {} writes, {conflicts} conflicts",
             ctl.metric("xbackend_status_writes_total").unwrap_or(0.0)
+        );
+        // The premise: without a 409 for the controller, its merge never met
+        // a list changed under it, and "nothing lost" proves nothing.
+        assert!(
+            conflicts > 0.0,
+            "no patch of the controller got a 409 in {their_writes} foreign writes; log:\n{}",
+            ctl.log_tail()
         );
     })
     .await;
