@@ -572,6 +572,16 @@ async fn a_replica_that_lost_the_lease_sends_no_further_patches() {
             .await;
 
         let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+        // Steal right after a renewal: the lease manager then believes it
+        // leads until its next one (seconds away), so b0's reconcile runs and
+        // meets the write-time fence instead of the workers' gate.
+        let renewed = |l: Lease| l.spec.and_then(|s| s.renew_time);
+        let last = renewed(leases.get(&lease_name).await.unwrap());
+        support::eventually(Duration::from_secs(30), || async {
+            (renewed(leases.get(&lease_name).await.ok()?) != last).then_some(())
+        })
+        .await
+        .expect("the leader renews its Lease");
         let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
         let steal = json!({"spec": {"holderIdentity": "thief", "acquireTime": now, "renewTime": now, "leaseDurationSeconds": 10}});
         leases.patch(&lease_name, &PatchParams::default(), &Patch::Merge(&steal)).await.expect("steal the Lease");
@@ -607,6 +617,9 @@ async fn a_replica_that_lost_the_lease_sends_no_further_patches() {
             stolen_at.elapsed()
         );
         assert!(polls > 10, "the other holder kept the Lease for a while ({polls} polls)");
+        // The premise: a write was due and stopped by the fence. Without one,
+        // b0 stayed unwritten only because nothing tried to write it.
+        assert!(fenced > 0.0, "no status write was fenced; log:\n{}", ctl.log_tail());
     })
     .await;
 }
