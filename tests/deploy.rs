@@ -1193,9 +1193,10 @@ spec:
     // The alerts watch metrics that exist. A labelled family without samples
     // yet (no watch error so far) is not served at all; such a name must at
     // least be one src/runtime registers (without the `xbackend_` prefix).
-    let runtime: String = std::fs::read_dir(repo().join("src/runtime"))
-        .unwrap()
-        .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+    let sources = |dir: std::path::PathBuf| std::fs::read_dir(dir).unwrap().map(|f| f.unwrap().path());
+    let runtime: String = sources(repo().join("src/runtime"))
+        .flat_map(|path| if path.is_dir() { sources(path).collect() } else { vec![path] })
+        .map(|path| std::fs::read_to_string(path).unwrap())
         .collect();
     for name in alert_metric_names() {
         let family = name.trim_end_matches("_total");
