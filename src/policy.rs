@@ -51,27 +51,18 @@ impl Policy {
     /// Compiles the globs; an invalid glob is an error naming the flag and glob.
     pub fn new(config: PolicyConfig) -> Result<Policy, String> {
         let mut cluster_domains = Vec::new();
-        for raw in &config.cluster_domains {
-            let domain = raw.trim().trim_matches('.').to_ascii_lowercase();
-            if domain.is_empty() || dns_subdomain_problem(&domain).is_some() {
-                return Err(format!(
-                    "--cluster-domain {raw:?} is not a DNS name such as cluster.local or corp.example"
-                ));
-            }
+        for domain in
+            dns_names("--cluster-domain", "a DNS name such as cluster.local or corp.example", &config.cluster_domains)?
+        {
             if domain != DEFAULT_CLUSTER_DOMAIN && !cluster_domains.contains(&domain) {
                 cluster_domains.push(domain);
             }
         }
-        let mut allowed_suffixes = Vec::new();
-        for raw in &config.allowed_suffixes {
-            let suffix = raw.trim().trim_matches('.').to_ascii_lowercase();
-            if suffix.is_empty() || dns_subdomain_problem(&suffix).is_some() {
-                return Err(format!(
-                    "--allow-private-suffix {raw:?} is not a DNS suffix such as corp or internal.example"
-                ));
-            }
-            allowed_suffixes.push(suffix);
-        }
+        let allowed_suffixes = dns_names(
+            "--allow-private-suffix",
+            "a DNS suffix such as corp or internal.example",
+            &config.allowed_suffixes,
+        )?;
         Ok(Policy {
             cluster_domains,
             allow: Globs::new("--allow-hostname", &config.allow_hostnames)?,
@@ -86,6 +77,21 @@ impl Policy {
     pub fn all_cluster_domains(&self) -> impl Iterator<Item = &str> {
         std::iter::once(DEFAULT_CLUSTER_DOMAIN).chain(self.cluster_domains.iter().map(String::as_str))
     }
+}
+
+/// Flag values that must be DNS names, normalized (lowercase, no leading or
+/// trailing dot); an invalid one is an error naming the flag and the value.
+fn dns_names(flag: &str, what: &str, values: &[String]) -> Result<Vec<String>, String> {
+    values
+        .iter()
+        .map(|raw| {
+            let name = raw.trim().trim_matches('.').to_ascii_lowercase();
+            if name.is_empty() || dns_subdomain_problem(&name).is_some() {
+                return Err(format!("{flag} {raw:?} is not {what}"));
+            }
+            Ok(name)
+        })
+        .collect()
 }
 
 /// Compiled globs plus their source text, so a rejection can say which glob did it.

@@ -314,6 +314,15 @@ mod tests {
         Object::XBackend(b)
     }
 
+    /// A state with XBackend ns/b (uid u, version 5) reconciled once.
+    fn reported() -> (State, ObjectRef) {
+        let s = state();
+        let k = ObjectRef::new("ns", "b");
+        s.apply(k.clone(), backend("u", "5"));
+        s.report(&k, "u", &conditions::accepted(), vec![]);
+        (s, k)
+    }
+
     fn state() -> State {
         State::new("ctl", Arc::new(Metrics::default()), Synced::new([]))
     }
@@ -343,10 +352,7 @@ mod tests {
 
     #[test]
     fn the_echo_of_our_write_updates_the_record_without_a_reconcile() {
-        let s = state();
-        let k = ObjectRef::new("ns", "b");
-        s.apply(k.clone(), backend("u", "5"));
-        s.report(&k, "u", &conditions::accepted(), vec![]);
+        let (s, k) = reported();
         let q = Queue::default();
         s.begin_write(&q, &k, "u").wrote("6".into());
         assert!(s.apply(k.clone(), backend("u", "6")).is_empty(), "our echo");
@@ -356,10 +362,7 @@ mod tests {
 
     #[test]
     fn events_during_our_write_wait_for_its_response() {
-        let s = state();
-        let k = ObjectRef::new("ns", "b");
-        s.apply(k.clone(), backend("u", "5"));
-        s.report(&k, "u", &conditions::accepted(), vec![]);
+        let (s, k) = reported();
         let q = Queue::default();
         let queued = |q: &Queue| q.depths().0;
         let write = s.begin_write(&q, &k, "u");
@@ -388,10 +391,7 @@ mod tests {
 
     #[test]
     fn a_write_guard_dropped_unended_releases_what_it_held() {
-        let s = state();
-        let k = ObjectRef::new("ns", "b");
-        s.apply(k.clone(), backend("u", "5"));
-        s.report(&k, "u", &conditions::accepted(), vec![]);
+        let (s, k) = reported();
         let q = Queue::default();
         {
             let _write = s.begin_write(&q, &k, "u");
