@@ -884,9 +884,29 @@ async fn analyze_and_controller_agree() {
         let now = live().await.unwrap_or_default();
         similar_asserts::assert_eq!(analyze: offline, controller: now, "controller log:\n{}", ctl.log_tail());
     }
-    // Still equal a moment later (nothing else arrives, e.g. for the orphan).
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    similar_asserts::assert_eq!(analyze: offline, controller: live().await.unwrap());
+    // Nothing else arrives later (e.g. for the orphan): a sentinel XBackend
+    // created now gets its entry, and by then no other object has been written.
+    let versions = || async {
+        let list = api.list(&Default::default()).await.unwrap();
+        list.items
+            .into_iter()
+            .filter(|o| o.metadata.name.as_deref() != Some("sentinel"))
+            .map(|o| (o.metadata.name.unwrap_or_default(), o.metadata.resource_version.unwrap_or_default()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let before = versions().await;
+    let sentinel = "---\napiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackend\nmetadata: {name: sentinel}\nspec:\n  type: ExternalHostname\n  port: {port: 443}\n  externalHostname: {hostname: sentinel.example.com}\n  tls: {mode: ServerOnly, validation: {hostname: sentinel.example.com, wellKnownCACertificates: System}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r-sentinel}\nspec:\n  parentRefs: [{name: gw-a}]\n  rules:\n  - backendRefs: [{group: gateway.networking.x-k8s.io, kind: XBackend, name: sentinel}]\n";
+    support::apply_yaml(&client, Some(&app_ns), sentinel).await;
+    let judged = support::eventually(Duration::from_secs(30), || async {
+        let o = api.get("sentinel").await.ok()?;
+        (our_entries(&serde_json::to_value(&o).unwrap(), &controller_name).count() == 1).then_some(())
+    })
+    .await;
+    assert!(judged.is_some(), "sentinel judged; controller log:\n{}", ctl.log_tail());
+    assert_eq!(versions().await, before, "no XBackend written after convergence");
+    let mut now = live().await.unwrap();
+    now.remove("sentinel");
+    similar_asserts::assert_eq!(analyze: offline, controller: now);
 }
 
 /// `--dns-check` judges resolved addresses as `run` does, against a DNS server

@@ -245,6 +245,7 @@ async fn observed_generation_follows_spec_and_transition_time_stays() {
         |o: &DynamicObject| entries_of(o, "ancestors", &gw.controller_name).first().map(|e| e["conditions"][0].clone());
     let first = wait_for_xbackend(&api, "b", "accepted", |o| accepted(o).is_some_and(|c| c["status"] == "True")).await;
     let before = accepted(&first).unwrap();
+    support::past_the_second_of(&before["lastTransitionTime"]).await;
 
     api.patch("b", &PatchParams::default(), &Patch::Merge(json!({"spec": {"port": {"port": 8443}}}))).await.unwrap();
     let after = wait_for_xbackend(&api, "b", "observedGeneration 2", |o| {
@@ -619,6 +620,7 @@ async fn our_gatewayclass_is_accepted_once_per_generation_and_others_are_never_t
     assert_eq!(ctl.terminate(), Some(0));
     let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name]);
     ctl.wait_ready().await;
+    support::past_the_second_of(&ours.data["status"]["conditions"][0]["lastTransitionTime"]).await;
     classes
         .patch(&gw.class, &PatchParams::default(), &Patch::Merge(json!({"spec": {"description": "second generation"}})))
         .await

@@ -171,14 +171,20 @@ async fn resolved_addresses_are_checked_and_rechecked_at_the_ttl() {
     // A new backend that resolves to a denied address is never shown Accepted=True
     // first: every version of it the apiserver stores is watched from before its creation.
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let (listed, watching) = tokio::sync::oneshot::channel();
     let watch = {
         let (api, seen, ctl_name) = (api.clone(), seen.clone(), ctl_name.clone());
         tokio::spawn(async move {
             use futures::StreamExt;
+            use kube::runtime::watcher::Event;
             let config = kube::runtime::watcher::Config::default().fields("metadata.name=loopback");
             let mut stream = kube::runtime::watcher(api, config).boxed();
+            let mut listed = Some(listed);
             while let Some(Ok(event)) = stream.next().await {
-                if let kube::runtime::watcher::Event::Apply(o) | kube::runtime::watcher::Event::InitApply(o) = event {
+                if matches!(event, Event::InitDone) {
+                    listed.take().map(|listed| listed.send(()));
+                }
+                if let Event::Apply(o) | Event::InitApply(o) = event {
                     for entry in entries_of(&o, "ancestors", &ctl_name) {
                         seen.lock()
                             .unwrap()
@@ -188,7 +194,8 @@ async fn resolved_addresses_are_checked_and_rechecked_at_the_ttl() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The watch has listed (nothing yet): every later version reaches it.
+    tokio::time::timeout(Duration::from_secs(30), watching).await.expect("watch listed").unwrap();
     apply_yaml(&client, Some(&ns), &backend("loopback", "loopback.example.net")).await;
     let message = wait_accepted(&api, "loopback", ctl_name, "AddressNotAllowed").await;
     assert!(message.contains("127.0.0.1") && message.contains("loopback"), "{message}");

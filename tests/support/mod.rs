@@ -232,6 +232,17 @@ pub async fn wait_for_crd(client: &Client, name: &str) {
     .unwrap_or_else(|| panic!("CRD {name} not Established"));
 }
 
+/// Waits until the wall clock has left the second of `stamp` (an RFC 3339
+/// time), so a condition stamped from now on gets a different
+/// lastTransitionTime and a test that expects the old one can fail.
+pub async fn past_the_second_of(stamp: &serde_json::Value) {
+    let stamp = stamp.as_str().unwrap_or_else(|| panic!("a timestamp: {stamp}"));
+    let next = chrono::DateTime::parse_from_rfc3339(stamp).expect("RFC 3339") + chrono::Duration::seconds(1);
+    while chrono::Utc::now() < next {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Polls `f` until it returns Some or `timeout` passes.
 pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
 where
