@@ -229,8 +229,8 @@ fn final_status(i: usize, now: &str) -> Vec<Value> {
         accepted: xbackend_controller::conditions::accepted(),
         resolved_refs: xbackend_controller::conditions::resolved_refs(),
     };
-    merge(&[], Shape::Ancestors, CONTROLLER, 1, &[ObjectRef::new(GW_NS, format!("gw-{}", gw_of(i)))], &verdicts, now)
-        .list
+    let gateway = ObjectRef::new(GW_NS, format!("gw-{}", gw_of(i)));
+    merge(&[], Shape::Ancestors, CONTROLLER, 1, &[(&gateway, &verdicts)], now).list
 }
 
 // ------------------------------------------------------------ measurement

@@ -18,7 +18,7 @@ use crate::judge::{Inputs, Judgement, judge};
 use crate::model::ObjectRef;
 use crate::policy::Policy;
 use crate::refs::{self, Fetched, RefTarget};
-use crate::status::Shape;
+use crate::status::{Shape, Verdicts};
 
 /// How long one DNS query may take with --dns-check.
 const DNS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -138,24 +138,23 @@ impl Report {
     pub fn summary(&self) -> String {
         let mut lines = Vec::new();
         for b in &self.backends {
-            let conditions = b
-                .judgement
-                .conditions()
-                .iter()
-                .map(|v| format!("{}={} ({})", v.type_, v.status_str(), v.reason))
-                .collect::<Vec<_>>()
-                .join(" ");
-            let problems: Vec<&str> =
-                b.judgement.conditions().iter().filter(|v| !v.status).map(|v| v.message.as_str()).collect();
-            let detail = if problems.is_empty() { String::new() } else { format!(": {}", problems.join(" ")) };
+            let line = |verdicts: &Verdicts| {
+                let conditions = [&verdicts.accepted, &verdicts.resolved_refs];
+                let summary: Vec<String> =
+                    conditions.iter().map(|v| format!("{}={} ({})", v.type_, v.status_str(), v.reason)).collect();
+                let problems: Vec<&str> = conditions.iter().filter(|v| !v.status).map(|v| v.message.as_str()).collect();
+                let detail = if problems.is_empty() { String::new() } else { format!(": {}", problems.join(" ")) };
+                format!("{}{detail}", summary.join(" "))
+            };
             if b.judgement.ancestors.is_empty() {
                 lines.push(format!(
-                    "XBackend {}  (no ancestor Gateway of this controller)  {conditions}{detail}",
-                    b.key
+                    "XBackend {}  (no ancestor Gateway of this controller)  {}",
+                    b.key,
+                    line(&b.judgement.verdicts)
                 ));
             }
-            for a in &b.judgement.ancestors {
-                lines.push(format!("XBackend {}  Gateway {a}  {conditions}{detail}", b.key));
+            for (a, verdicts) in b.judgement.ancestors.iter().zip(&b.judgement.entries) {
+                lines.push(format!("XBackend {}  Gateway {}  {}", b.key, a.gateway, line(verdicts)));
             }
             for n in &b.judgement.notes {
                 if n.warning {

@@ -45,6 +45,7 @@ pub fn kind_of(api_version: &str, kind: &str) -> Option<Kind> {
     }
     match kind {
         "Gateway" => Some(Kind::Gateway),
+        "ListenerSet" => Some(Kind::ListenerSet),
         "GatewayClass" => Some(Kind::GatewayClass),
         "ReferenceGrant" => Some(Kind::ReferenceGrant),
         _ => None,
@@ -63,7 +64,7 @@ pub fn decode(kind: Kind, object: &Value) -> Result<(ObjectRef, Object), String>
     let namespace = &*key.namespace;
     let spec = object.get("spec").unwrap_or(&Value::Null);
     let decoded = match kind {
-        Kind::Route(_) | Kind::Gateway | Kind::GatewayClass | Kind::ReferenceGrant => {
+        Kind::Route(_) | Kind::Gateway | Kind::ListenerSet | Kind::GatewayClass | Kind::ReferenceGrant => {
             decode_spec(kind, namespace, spec)
         }
         Kind::XBackend => Object::XBackend(Backend {
@@ -100,7 +101,11 @@ fn key_of(kind: Kind, namespace: Option<&str>, name: Option<&str>) -> Result<Obj
 fn decode_spec(kind: Kind, namespace: &str, spec: &Value) -> Object {
     match kind {
         Kind::Route(route_kind) => Object::Route(route_kind, decode_route(namespace, spec)),
-        Kind::Gateway => Object::Gateway(Gateway { class_name: string_at(spec, "gatewayClassName") }),
+        Kind::Gateway => Object::Gateway(Gateway {
+            class_name: string_at(spec, "gatewayClassName"),
+            external_auth: listener_auth_targets(namespace, spec),
+        }),
+        Kind::ListenerSet => Object::ListenerSet(decode_listener_set(namespace, spec)),
         Kind::GatewayClass => Object::GatewayClass(GatewayClass { controller_name: string_at(spec, "controllerName") }),
         Kind::ReferenceGrant => Object::ReferenceGrant(decode_grant(spec)),
         Kind::XBackend | Kind::Pod | Kind::Namespace => unreachable!("{kind:?} is not decoded from its spec alone"),
@@ -244,7 +249,7 @@ pub fn decode_watched(kind: Kind, object: &Watched) -> Result<(ObjectRef, Object
             resource_version: meta.resource_version.clone().unwrap_or_default(),
             status: object.status.as_deref().map(|s| StoredStatus::from_json(s.get())).unwrap_or_default(),
         }),
-        Kind::Route(_) | Kind::Gateway | Kind::GatewayClass | Kind::ReferenceGrant => {
+        Kind::Route(_) | Kind::Gateway | Kind::ListenerSet | Kind::GatewayClass | Kind::ReferenceGrant => {
             let spec: Value = spec.and_then(|s| serde_json::from_str(s).ok()).unwrap_or(Value::Null);
             decode_spec(kind, &key.namespace, &spec)
         }
@@ -298,35 +303,60 @@ fn items<'a>(value: &'a Value, field: &str) -> impl Iterator<Item = &'a Value> {
     value.get(field).and_then(Value::as_array).into_iter().flatten()
 }
 
-/// HTTPRoute and GRPCRoute share the fields read here.
+/// Every route kind shares the fields read here; the filters exist only in
+/// HTTPRoute (ExternalAuth, RequestMirror) and GRPCRoute (RequestMirror).
 fn decode_route(namespace: &str, spec: &Value) -> Route {
-    let mut gateways = Vec::new();
-    for parent in items(spec, "parentRefs") {
-        let group = optional_string_at(parent, "group").unwrap_or(GATEWAY_GROUP);
-        let kind = optional_string_at(parent, "kind").unwrap_or("Gateway");
-        let name = optional_string_at(parent, "name").unwrap_or_default();
-        if group != GATEWAY_GROUP || kind != "Gateway" || name.is_empty() {
-            continue;
-        }
-        let parent_namespace = optional_string_at(parent, "namespace").filter(|ns| !ns.is_empty()).unwrap_or(namespace);
-        gateways.push(ObjectRef::new(parent_namespace, name));
-    }
+    let gateways = items(spec, "parentRefs").filter_map(|parent| gateway_of(parent, namespace));
     let mut backends = Vec::new();
     for rule in items(spec, "rules") {
-        mirror_targets(rule, namespace, &mut backends);
+        filter_targets(items(rule, "filters"), namespace, &mut backends);
         for backend_ref in items(rule, "backendRefs") {
             add_backend(backend_ref, namespace, &mut backends);
-            mirror_targets(backend_ref, namespace, &mut backends);
+            filter_targets(items(backend_ref, "filters"), namespace, &mut backends);
         }
     }
     Route { gateways: Refs::from_iter(gateways), backends: Refs::from_iter(backends) }
 }
 
-/// `filters[].requestMirror.backendRef` of a rule or of a backendRef.
-fn mirror_targets(holder: &Value, namespace: &str, backends: &mut Vec<ObjectRef>) {
-    for filter in items(holder, "filters") {
-        if let Some(backend_ref) = filter.pointer("/requestMirror/backendRef") {
-            add_backend(backend_ref, namespace, backends);
+/// A ListenerSet is indexed like a route whose one parent is its Gateway.
+fn decode_listener_set(namespace: &str, spec: &Value) -> Route {
+    let parent = spec.get("parentRef").and_then(|parent| gateway_of(parent, namespace));
+    Route { gateways: parent.into_iter().collect(), backends: listener_auth_targets(namespace, spec) }
+}
+
+/// The Gateway a parentRef names (group and kind defaulted as in a
+/// ParentReference); None for other parent kinds.
+fn gateway_of(parent: &Value, namespace: &str) -> Option<ObjectRef> {
+    let group = optional_string_at(parent, "group").unwrap_or(GATEWAY_GROUP);
+    let kind = optional_string_at(parent, "kind").unwrap_or("Gateway");
+    let name = optional_string_at(parent, "name").unwrap_or_default();
+    if group != GATEWAY_GROUP || kind != "Gateway" || name.is_empty() {
+        return None;
+    }
+    let parent_namespace = optional_string_at(parent, "namespace").filter(|ns| !ns.is_empty()).unwrap_or(namespace);
+    Some(ObjectRef::new(parent_namespace, name))
+}
+
+/// `spec.listeners[].filters.requests[].externalAuth.backendRef` of a Gateway or ListenerSet.
+fn listener_auth_targets(namespace: &str, spec: &Value) -> Refs {
+    let mut backends = Vec::new();
+    for listener in items(spec, "listeners") {
+        filter_targets(
+            listener.get("filters").into_iter().flat_map(|f| items(f, "requests")),
+            namespace,
+            &mut backends,
+        );
+    }
+    Refs::from_iter(backends)
+}
+
+/// The backendRef of each RequestMirror and ExternalAuth filter.
+fn filter_targets<'a>(filters: impl Iterator<Item = &'a Value>, namespace: &str, backends: &mut Vec<ObjectRef>) {
+    for filter in filters {
+        for pointer in ["/requestMirror/backendRef", "/externalAuth/backendRef"] {
+            if let Some(backend_ref) = filter.pointer(pointer) {
+                add_backend(backend_ref, namespace, backends);
+            }
         }
     }
 }
@@ -408,7 +438,18 @@ mod tests {
         assert_eq!(kind_of("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"), Some(Kind::ReferenceGrant));
         assert_eq!(kind_of("gateway.networking.x-k8s.io/v1alpha1", "XBackend"), Some(Kind::XBackend));
         assert_eq!(kind_of("gateway.networking.x-k8s.io/v1alpha2", "XBackend"), None);
-        assert_eq!(kind_of("gateway.networking.k8s.io/v1", "TCPRoute"), None);
+        for version in ["v1alpha2", "v1"] {
+            let api_version = format!("gateway.networking.k8s.io/{version}");
+            assert_eq!(kind_of(&api_version, "TCPRoute"), Some(Kind::Route(RouteKind::Tcp)));
+            assert_eq!(kind_of(&api_version, "UDPRoute"), Some(Kind::Route(RouteKind::Udp)));
+        }
+        for version in ["v1alpha2", "v1alpha3", "v1"] {
+            let api_version = format!("gateway.networking.k8s.io/{version}");
+            assert_eq!(kind_of(&api_version, "TLSRoute"), Some(Kind::Route(RouteKind::Tls)));
+        }
+        assert_eq!(kind_of("gateway.networking.k8s.io/v1", "ListenerSet"), Some(Kind::ListenerSet));
+        assert_eq!(kind_of("gateway.networking.x-k8s.io/v1alpha1", "XListenerSet"), None);
+        assert_eq!(kind_of("gateway.networking.k8s.io/v1", "BackendTLSPolicy"), None);
         assert_eq!(kind_of("v1", "Service"), None);
         assert_eq!(kind_of("gateway.networking.k8s.io/", "Gateway"), None);
         assert_eq!(kind_of("", ""), None);
@@ -473,6 +514,59 @@ mod tests {
     }
 
     #[test]
+    fn external_auth_at_both_route_levels() {
+        let auth = |name: &str| json!({"type": "ExternalAuth", "externalAuth": {"protocol": "HTTP", "backendRef": {"group": "gateway.networking.x-k8s.io", "kind": "XBackend", "name": name}}});
+        let (_, r) = route(
+            RouteKind::Http,
+            json!({
+                "metadata": {"name": "r", "namespace": "app"},
+                "spec": {"rules": [{
+                    "filters": [auth("rule-auth")],
+                    "backendRefs": [{"name": "svc", "port": 80, "filters": [auth("ref-auth"), {"externalAuth": {"backendRef": {"name": "a-service"}}}]}]
+                }]}
+            }),
+        );
+        assert_eq!(r.backends, refs(&[("app", "rule-auth"), ("app", "ref-auth")]));
+    }
+
+    /// `spec.listeners[].filters.requests[]` ExternalAuth on a Gateway and a
+    /// ListenerSet; the ListenerSet's one Gateway is its parentRef.
+    #[test]
+    fn listener_external_auth_on_gateways_and_listener_sets() {
+        let auth = |name: &str, namespace: Option<&str>| {
+            let mut backend_ref = json!({"group": "gateway.networking.x-k8s.io", "kind": "XBackend", "name": name});
+            if let Some(ns) = namespace {
+                backend_ref["namespace"] = json!(ns);
+            }
+            json!({"type": "ExternalAuth", "externalAuth": {"protocol": "GRPC", "backendRef": backend_ref}})
+        };
+        let listeners = json!([
+            {"name": "a", "filters": {"requests": [auth("authz", None), auth("elsewhere", Some("other"))]}},
+            {"name": "b", "filters": {"requests": [auth("authz", Some("app")), {"type": "RequestHeaderModifier"}]}},
+            {"name": "c", "filters": {"requests": "garbage"}},
+            {"name": "d", "filters": null}
+        ]);
+        let gateway = json!({"metadata": {"name": "gw", "namespace": "app"}, "spec": {"gatewayClassName": "c", "listeners": listeners}});
+        let Ok((_, Object::Gateway(gw))) = decode(Kind::Gateway, &gateway) else { panic!("a Gateway") };
+        assert_eq!(gw, Gateway { class_name: "c".into(), external_auth: refs(&[("app", "authz")]) });
+
+        let set = |parent: Value| {
+            let value = json!({"metadata": {"name": "ls", "namespace": "app"}, "spec": {"parentRef": parent, "listeners": listeners}});
+            match decode(Kind::ListenerSet, &value) {
+                Ok((_, Object::ListenerSet(route))) => route,
+                other => panic!("a ListenerSet: {other:?}"),
+            }
+        };
+        let local = set(json!({"name": "gw"}));
+        assert_eq!(local, Route { gateways: refs(&[("app", "gw")]), backends: refs(&[("app", "authz")]) });
+        let across =
+            set(json!({"name": "gw", "namespace": "infra", "kind": "Gateway", "group": "gateway.networking.k8s.io"}));
+        assert_eq!(across.gateways, refs(&[("infra", "gw")]));
+        assert!(set(json!({"name": "gw", "kind": "Other"})).gateways.is_empty());
+        assert!(set(json!("garbage")).gateways.is_empty());
+    }
+
+    #[test]
     fn never_panics_on_odd_shapes() {
         let odd = [
             json!(null),
@@ -483,11 +577,17 @@ mod tests {
             json!({"metadata": {"name": 5}}),
             json!({"metadata": {"name": "n"}, "spec": []}),
             json!({"metadata": {"name": "n"}, "spec": {"parentRefs": {}, "rules": [{"backendRefs": [{"filters": "x"}]}]}}),
+            json!({"metadata": {"name": "n"}, "spec": {"parentRef": [], "listeners": [{"filters": {"requests": [null, 1]}}]}}),
             json!({"metadata": {"name": "n", "generation": "7"}, "spec": {"from": 1, "to": [null]}}),
         ];
-        for kind in
-            [Kind::Route(RouteKind::Http), Kind::Gateway, Kind::GatewayClass, Kind::ReferenceGrant, Kind::XBackend]
-        {
+        for kind in [
+            Kind::Route(RouteKind::Http),
+            Kind::Gateway,
+            Kind::ListenerSet,
+            Kind::GatewayClass,
+            Kind::ReferenceGrant,
+            Kind::XBackend,
+        ] {
             for value in &odd {
                 let _ = decode(kind, value);
             }
@@ -516,7 +616,7 @@ mod tests {
             &json!({"metadata": {"name": "gw", "namespace": "infra"}, "spec": {"gatewayClassName": "c"}}),
         )
         .unwrap();
-        assert_eq!(gw, Object::Gateway(Gateway { class_name: "c".into() }));
+        assert_eq!(gw, Object::Gateway(Gateway { class_name: "c".into(), ..Gateway::default() }));
         let (key, grant) = decode(
             Kind::ReferenceGrant,
             &json!({"metadata": {"name": "g", "namespace": "certs"}, "spec": {
@@ -621,7 +721,7 @@ mod tests {
         assert_eq!(watched.metadata.resource_version.as_deref(), Some("10"));
         assert_eq!(
             decode_watched(Kind::Gateway, &watched).unwrap().1,
-            Object::Gateway(Gateway { class_name: "c".into() })
+            Object::Gateway(Gateway { class_name: "c".into(), ..Gateway::default() })
         );
     }
 

@@ -6,13 +6,17 @@ use std::sync::Arc;
 
 use crate::api::{self, XBackendSpec};
 use crate::guardrails;
-use crate::model::{Backend, Gateway, GatewayClass, ObjectRef, Pod, ReferenceGrant, Route, RouteKind};
+use crate::model::{
+    Ancestor, Backend, Gateway, GatewayClass, ObjectRef, Pod, ReferenceGrant, Referrer, Referrers, Refs, Route,
+    RouteKind,
+};
 
 /// Every kind the index holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Route(RouteKind),
     Gateway,
+    ListenerSet,
     GatewayClass,
     ReferenceGrant,
     XBackend,
@@ -30,6 +34,8 @@ pub enum Kind {
 pub enum Object {
     Route(RouteKind, Route),
     Gateway(Gateway),
+    /// Indexed like a route: its parent Gateway and its listeners' ExternalAuth targets.
+    ListenerSet(Route),
     GatewayClass(GatewayClass),
     ReferenceGrant(ReferenceGrant),
     XBackend(Backend),
@@ -42,6 +48,7 @@ impl Object {
         match self {
             Object::Route(route_kind, _) => Kind::Route(*route_kind),
             Object::Gateway(_) => Kind::Gateway,
+            Object::ListenerSet(_) => Kind::ListenerSet,
             Object::GatewayClass(_) => Kind::GatewayClass,
             Object::ReferenceGrant(_) => Kind::ReferenceGrant,
             Object::XBackend(_) => Kind::XBackend,
@@ -137,7 +144,7 @@ fn compact(labels: BTreeMap<String, String>) -> Labels {
     labels.into_iter().map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str())).collect()
 }
 
-type RouteKey = (RouteKind, ObjectRef);
+type RouteKey = (Referrer, ObjectRef);
 
 /// Plain maps of every kind plus reverse indexes, so each change finds the
 /// XBackends it affects without scanning.
@@ -145,8 +152,9 @@ type RouteKey = (RouteKind, ObjectRef);
 pub struct Index {
     controller_name: String,
 
-    /// Only routes that reference at least one XBackend: the others cannot
-    /// make ancestors, and most routes point at Services.
+    /// Routes, and Gateways and ListenerSets as their ExternalAuth filters
+    /// make them referrers, that name at least one XBackend: the others
+    /// cannot make ancestors, and most routes point at Services.
     routes: HashMap<RouteKey, Route>,
     gateways: HashMap<ObjectRef, Gateway>,
     /// Keyed by name (cluster-scoped).
@@ -156,7 +164,7 @@ pub struct Index {
     /// Shared with reconcile snapshots, which then copy no spec or status.
     backends: BTreeMap<ObjectRef, Arc<Backend>>,
 
-    /// XBackend (may not exist yet) -> routes with a backendRef to it.
+    /// XBackend (may not exist yet) -> routes (and other referrers) naming it.
     routes_by_backend: HashMap<ObjectRef, Members<RouteKey>>,
     /// Gateway (may not exist yet) -> routes with a parentRef to it.
     routes_by_gateway: HashMap<ObjectRef, Members<RouteKey>>,
@@ -320,20 +328,22 @@ impl Index {
         map.get(key).map(Members::to_set).unwrap_or_default()
     }
 
-    /// docs/design.md §3: this controller's Gateways behind routes to `backend`,
-    /// sorted by namespace then name.
-    pub fn ancestors(&self, backend: &ObjectRef) -> Vec<ObjectRef> {
-        let mut ancestors = BTreeSet::new();
+    /// docs/design.md §3: this controller's Gateways behind the objects that
+    /// name `backend`, sorted by namespace then name, each with the kinds of
+    /// those objects.
+    pub fn ancestors(&self, backend: &ObjectRef) -> Vec<Ancestor> {
+        let mut ancestors: BTreeMap<&ObjectRef, Referrers> = BTreeMap::new();
         for route_key in self.routes_by_backend.get(backend).into_iter().flatten() {
             // GEP-4894: a route never makes ancestors for another namespace's XBackend.
             if route_key.1.namespace != backend.namespace {
                 continue;
             }
-            if let Some(route) = self.routes.get(route_key) {
-                ancestors.extend(route.gateways.iter().filter(|gw| self.is_our_gateway(gw)).cloned());
+            let Some(route) = self.routes.get(route_key) else { continue };
+            for gateway in route.gateways.iter().filter(|gw| self.is_our_gateway(gw)) {
+                ancestors.entry(gateway).or_default().insert(route_key.0);
             }
         }
-        ancestors.into_iter().collect()
+        ancestors.into_iter().map(|(gateway, referrers)| Ancestor { gateway: gateway.clone(), referrers }).collect()
     }
 
     /// True when a live Pod in `namespace` carries every label of `selector`.
@@ -389,9 +399,8 @@ impl Index {
 
     fn keys_of(&self, kind: Kind) -> Vec<ObjectRef> {
         match kind {
-            Kind::Route(route_kind) => {
-                self.routes.keys().filter(|(k, _)| *k == route_kind).map(|(_, key)| key.clone()).collect()
-            }
+            Kind::Route(route_kind) => self.referrer_keys(Referrer::Route(route_kind)),
+            Kind::ListenerSet => self.referrer_keys(Referrer::ListenerSet),
             Kind::Gateway => self.gateways.keys().cloned().collect(),
             Kind::GatewayClass => self.classes.keys().map(|name| ObjectRef::new("", name)).collect(),
             Kind::ReferenceGrant => self.grants.keys().cloned().collect(),
@@ -405,9 +414,14 @@ impl Index {
         }
     }
 
+    fn referrer_keys(&self, referrer: Referrer) -> Vec<ObjectRef> {
+        self.routes.keys().filter(|(r, _)| *r == referrer).map(|(_, key)| key.clone()).collect()
+    }
+
     fn remove(&mut self, kind: Kind, key: &ObjectRef) -> BTreeSet<ObjectRef> {
         match kind {
-            Kind::Route(route_kind) => self.put_route(route_kind, key.clone(), None),
+            Kind::Route(route_kind) => self.put_route(Referrer::Route(route_kind), key.clone(), None),
+            Kind::ListenerSet => self.put_route(Referrer::ListenerSet, key.clone(), None),
             Kind::Gateway => self.put_gateway(key.clone(), None),
             Kind::GatewayClass => self.put_class(&key.name, None),
             Kind::ReferenceGrant => self.put_grant(key.clone(), None),
@@ -423,7 +437,8 @@ impl Index {
     fn put(&mut self, key: ObjectRef, object: Option<Object>) -> BTreeSet<ObjectRef> {
         match object {
             None => BTreeSet::new(),
-            Some(Object::Route(route_kind, route)) => self.put_route(route_kind, key, Some(route)),
+            Some(Object::Route(route_kind, route)) => self.put_route(Referrer::Route(route_kind), key, Some(route)),
+            Some(Object::ListenerSet(route)) => self.put_route(Referrer::ListenerSet, key, Some(route)),
             Some(Object::Gateway(gateway)) => self.put_gateway(key, Some(gateway)),
             Some(Object::GatewayClass(class)) => self.put_class(&key.name, Some(class)),
             Some(Object::ReferenceGrant(grant)) => self.put_grant(key, Some(grant)),
@@ -492,7 +507,7 @@ impl Index {
         keys.into_iter().filter(|key| self.backends.contains_key(key)).collect()
     }
 
-    fn put_route(&mut self, route_kind: RouteKind, key: ObjectRef, route: Option<Route>) -> BTreeSet<ObjectRef> {
+    fn put_route(&mut self, referrer: Referrer, key: ObjectRef, route: Option<Route>) -> BTreeSet<ObjectRef> {
         // GEP-4894: a route only ever sends to XBackends of its own namespace.
         let new = route
             .map(|r| Route {
@@ -500,7 +515,7 @@ impl Index {
                 ..r
             })
             .filter(|r| !r.backends.is_empty());
-        let route_key = (route_kind, key);
+        let route_key = (referrer, key);
         let old = match &new {
             Some(new) => self.routes.insert(route_key.clone(), new.clone()),
             None => self.routes.remove(&route_key),
@@ -541,7 +556,11 @@ impl Index {
         self.existing(affected.cloned().collect::<Vec<_>>())
     }
 
-    fn put_gateway(&mut self, key: ObjectRef, gateway: Option<Gateway>) -> BTreeSet<ObjectRef> {
+    /// A Gateway is two things to the index: a parent whose class decides
+    /// whether it is judged, and (through its listeners' ExternalAuth
+    /// filters) a referrer whose one Gateway is itself.
+    fn put_gateway(&mut self, key: ObjectRef, mut gateway: Option<Gateway>) -> BTreeSet<ObjectRef> {
+        let external_auth = gateway.as_mut().map(|g| std::mem::take(&mut g.external_auth));
         let was_ours = self.is_our_gateway(&key);
         let old = match &gateway {
             Some(new) => self.gateways.insert(key.clone(), new.clone()),
@@ -553,10 +572,11 @@ impl Index {
         if let Some(new) = &gateway {
             insert_into(&mut self.gateways_by_class, new.class_name.clone(), key.clone());
         }
-        if was_ours == self.is_our_gateway(&key) {
-            return BTreeSet::new();
-        }
-        self.backends_behind_gateway(&key)
+        let mut affected =
+            if was_ours == self.is_our_gateway(&key) { BTreeSet::new() } else { self.backends_behind_gateway(&key) };
+        let referrer = external_auth.map(|backends| Route { gateways: Refs::from_iter([key.clone()]), backends });
+        affected.extend(self.put_route(Referrer::Gateway, key, referrer));
+        affected
     }
 
     fn put_class(&mut self, name: &str, class: Option<GatewayClass>) -> BTreeSet<ObjectRef> {
@@ -659,6 +679,11 @@ mod tests {
     use crate::model::{GrantFrom, GrantTo};
     use serde_json::{Value, json};
 
+    /// The ancestors' Gateways, for the cases where the referring kinds do not matter.
+    fn gateways(index: &Index, backend: &ObjectRef) -> Vec<ObjectRef> {
+        index.ancestors(backend).into_iter().map(|a| a.gateway).collect()
+    }
+
     const OURS: &str = "example.com/xbackend-controller";
 
     #[test]
@@ -702,7 +727,8 @@ mod tests {
     }
 
     fn gateway(index: &mut Index, namespace: &str, name: &str, class_name: &str) -> BTreeSet<ObjectRef> {
-        index.apply(r(namespace, name), Object::Gateway(Gateway { class_name: class_name.into() }))
+        index
+            .apply(r(namespace, name), Object::Gateway(Gateway { class_name: class_name.into(), ..Gateway::default() }))
     }
 
     fn spec() -> XBackendSpec {
@@ -775,8 +801,8 @@ mod tests {
     fn ancestor_via_backend_ref() {
         let mut index = world();
         http_route(&mut index, "app", "r", simple_route(&[("infra", "gw")], &["b"]));
-        assert_eq!(index.ancestors(&r("app", "b")), vec![r("infra", "gw")]);
-        assert!(index.ancestors(&r("app", "c")).is_empty());
+        assert_eq!(gateways(&index, &r("app", "b")), vec![r("infra", "gw")]);
+        assert!(gateways(&index, &r("app", "c")).is_empty());
     }
 
     #[test]
@@ -789,7 +815,7 @@ mod tests {
             "r",
             json!({"parentRefs": [{"name": "local"}], "rules": [{"filters": [mirror]}]}),
         );
-        assert_eq!(index.ancestors(&r("app", "b")), vec![r("app", "local")]);
+        assert_eq!(gateways(&index, &r("app", "b")), vec![r("app", "local")]);
     }
 
     #[test]
@@ -798,7 +824,7 @@ mod tests {
         let mirror = json!({"type": "RequestMirror", "requestMirror": {"backendRef": xref("b")}});
         let spec = json!({"parentRefs": [{"name": "local"}], "rules": [{"backendRefs": [{"name": "svc", "port": 80, "filters": [mirror]}]}]});
         http_route(&mut index, "app", "r", spec);
-        assert_eq!(index.ancestors(&r("app", "b")), vec![r("app", "local")]);
+        assert_eq!(gateways(&index, &r("app", "b")), vec![r("app", "local")]);
     }
 
     #[test]
@@ -823,14 +849,14 @@ mod tests {
                 to: vec![GrantTo { group: XGROUP.into(), kind: "XBackend".into(), name: None }],
             }),
         );
-        assert!(index.ancestors(&r("app", "b")).is_empty());
+        assert!(gateways(&index, &r("app", "b")).is_empty());
         // A hand-built route (as analyze could make) is held to the same rule.
         let route = Route {
             gateways: set(&[("infra", "gw")]).into_iter().collect(),
             backends: set(&[("app", "b")]).into_iter().collect(),
         };
         assert!(index.apply(r("other", "hand"), Object::Route(RouteKind::Http, route)).is_empty());
-        assert!(index.ancestors(&r("app", "b")).is_empty());
+        assert!(gateways(&index, &r("app", "b")).is_empty());
     }
 
     #[test]
@@ -844,7 +870,7 @@ mod tests {
             "r",
             json!({"parentRefs": [{"name": "local"}], "rules": [{"backendRefs": [to_b]}]}),
         );
-        assert_eq!(index.ancestors(&r("app", "b")), vec![r("app", "local")]);
+        assert_eq!(gateways(&index, &r("app", "b")), vec![r("app", "local")]);
     }
 
     #[test]
@@ -853,10 +879,10 @@ mod tests {
         gateway(&mut index, "infra", "orphan", "no-such-class");
         let parents = [("infra", "foreign"), ("infra", "missing"), ("infra", "orphan")];
         http_route(&mut index, "app", "r", simple_route(&parents, &["b"]));
-        assert!(index.ancestors(&r("app", "b")).is_empty());
+        assert!(gateways(&index, &r("app", "b")).is_empty());
         // The class appearing later makes the orphan count.
         assert_eq!(class(&mut index, "no-such-class", OURS), set(&[("app", "b")]));
-        assert_eq!(index.ancestors(&r("app", "b")), vec![r("infra", "orphan")]);
+        assert_eq!(gateways(&index, &r("app", "b")), vec![r("infra", "orphan")]);
     }
 
     #[test]
@@ -868,7 +894,7 @@ mod tests {
             {"name": "gw", "namespace": "infra"}
         ]);
         http_route(&mut index, "app", "r", json!({"parentRefs": parents, "rules": [{"backendRefs": [xref("b")]}]}));
-        assert_eq!(index.ancestors(&r("app", "b")), vec![r("infra", "gw")]);
+        assert_eq!(gateways(&index, &r("app", "b")), vec![r("infra", "gw")]);
     }
 
     #[test]
@@ -881,14 +907,14 @@ mod tests {
             "r",
             json!({"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [xref("b")]}]}),
         );
-        assert_eq!(index.ancestors(&r("app", "b")), vec![r("app", "gw")]);
+        assert_eq!(gateways(&index, &r("app", "b")), vec![r("app", "gw")]);
         http_route(
             &mut index,
             "app",
             "r",
             json!({"parentRefs": [{"name": "gw", "namespace": "infra"}], "rules": [{"backendRefs": [xref("b")]}]}),
         );
-        assert_eq!(index.ancestors(&r("app", "b")), vec![r("infra", "gw")]);
+        assert_eq!(gateways(&index, &r("app", "b")), vec![r("infra", "gw")]);
     }
 
     #[test]
@@ -901,7 +927,7 @@ mod tests {
             {"name": "local", "kind": "ListenerSet"}
         ]);
         http_route(&mut index, "app", "r", json!({"parentRefs": parents, "rules": [{"backendRefs": [xref("b")]}]}));
-        assert!(index.ancestors(&r("app", "b")).is_empty());
+        assert!(gateways(&index, &r("app", "b")).is_empty());
     }
 
     #[test]
@@ -916,13 +942,13 @@ mod tests {
             apply_json(&mut index, "gateway.networking.k8s.io/v1", "GRPCRoute", value),
             set(&[("app", "b"), ("app", "c")])
         );
-        assert_eq!(index.ancestors(&r("app", "b")), vec![r("app", "local")]);
-        assert_eq!(index.ancestors(&r("app", "c")), vec![r("app", "local")]);
+        assert_eq!(gateways(&index, &r("app", "b")), vec![r("app", "local")]);
+        assert_eq!(gateways(&index, &r("app", "c")), vec![r("app", "local")]);
         // An HTTPRoute of the same name is a different object.
         http_route(&mut index, "app", "r", simple_route(&[("infra", "gw")], &["b"]));
-        assert_eq!(index.ancestors(&r("app", "b")), vec![r("app", "local"), r("infra", "gw")]);
+        assert_eq!(gateways(&index, &r("app", "b")), vec![r("app", "local"), r("infra", "gw")]);
         assert_eq!(index.delete(Kind::Route(RouteKind::Grpc), &r("app", "r")), set(&[("app", "b"), ("app", "c")]));
-        assert_eq!(index.ancestors(&r("app", "b")), vec![r("infra", "gw")]);
+        assert_eq!(gateways(&index, &r("app", "b")), vec![r("infra", "gw")]);
     }
 
     #[test]
@@ -933,7 +959,7 @@ mod tests {
         http_route(&mut index, "app", "r1", simple_route(&[("infra", "gw"), ("aaa", "z")], &["b"]));
         http_route(&mut index, "app", "r2", simple_route(&[("aaa", "a"), ("infra", "gw"), ("app", "local")], &["b"]));
         assert_eq!(
-            index.ancestors(&r("app", "b")),
+            gateways(&index, &r("app", "b")),
             vec![r("aaa", "a"), r("aaa", "z"), r("app", "local"), r("infra", "gw")]
         );
     }
@@ -961,7 +987,7 @@ mod tests {
         assert!(index.delete(Kind::Route(RouteKind::Http), &r("app", "r")).is_empty(), "already gone");
         // The XBackend appearing later finds the route.
         backend(&mut index, "app", "ghost");
-        assert_eq!(index.ancestors(&r("app", "ghost")), vec![r("app", "local")]);
+        assert_eq!(gateways(&index, &r("app", "ghost")), vec![r("app", "local")]);
     }
 
     #[test]
@@ -1131,10 +1157,10 @@ mod tests {
         );
         // GRPCRoutes are another kind: an empty re-list of them leaves HTTPRoutes alone.
         assert!(relist(&mut index, Kind::Route(RouteKind::Grpc), vec![]).is_empty());
-        assert_eq!(index.ancestors(&r("app", "b")), vec![r("infra", "gw")]);
+        assert_eq!(gateways(&index, &r("app", "b")), vec![r("infra", "gw")]);
 
         // Gateways: infra/gw changed class, app/local unchanged, infra/foreign gone.
-        let gw = |class_name: &str| Object::Gateway(Gateway { class_name: class_name.into() });
+        let gw = |class_name: &str| Object::Gateway(Gateway { class_name: class_name.into(), ..Gateway::default() });
         let affected =
             relist(&mut index, Kind::Gateway, vec![(r("infra", "gw"), gw("theirs")), (r("app", "local"), gw("ours"))]);
         assert_eq!(affected, set(&[("app", "b")]));
@@ -1154,7 +1180,7 @@ mod tests {
         );
         // Every class gone.
         assert_eq!(relist(&mut index, Kind::GatewayClass, vec![]), set(&[("app", "b")]));
-        assert!(index.ancestors(&r("app", "b")).is_empty());
+        assert!(gateways(&index, &r("app", "b")).is_empty());
     }
 
     #[test]
@@ -1164,8 +1190,8 @@ mod tests {
         http_route(&mut index, "app", "r2", simple_route(&[("infra", "gw")], &["c"]));
         let seen: BTreeSet<ObjectRef> = [r("app", "r1")].into_iter().collect();
         assert_eq!(index.retain(Kind::Route(RouteKind::Http), &seen), set(&[("app", "c")]));
-        assert!(index.ancestors(&r("app", "c")).is_empty());
-        assert_eq!(index.ancestors(&r("app", "b")), vec![r("infra", "gw")]);
+        assert!(gateways(&index, &r("app", "c")).is_empty());
+        assert_eq!(gateways(&index, &r("app", "b")), vec![r("infra", "gw")]);
         // Other kinds are untouched, and a second retain finds nothing more to delete.
         assert!(index.retain(Kind::Route(RouteKind::Grpc), &BTreeSet::new()).is_empty());
         assert!(index.retain(Kind::Route(RouteKind::Http), &seen).is_empty());
@@ -1325,5 +1351,122 @@ mod tests {
         pod(&mut index, "b", "web-3", web, "Running");
         assert_eq!(index.retain(Kind::Pod, &set(&[("a", "other")])), set(&[("b", "web")]));
         assert!(!index.has_matching_pod("c", &selector("web")));
+    }
+
+    fn auth(name: &str) -> Value {
+        json!({"type": "ExternalAuth", "externalAuth": {"protocol": "HTTP", "backendRef": xref(name)}})
+    }
+
+    fn gateway_with_auth(
+        index: &mut Index,
+        namespace: &str,
+        name: &str,
+        class: &str,
+        auth_to: &[&str],
+    ) -> BTreeSet<ObjectRef> {
+        let requests: Vec<Value> = auth_to.iter().map(|b| auth(b)).collect();
+        let spec =
+            json!({"gatewayClassName": class, "listeners": [{"name": "http", "filters": {"requests": requests}}]});
+        let value = json!({"metadata": {"name": name, "namespace": namespace}, "spec": spec});
+        apply_json(index, "gateway.networking.k8s.io/v1", "Gateway", value)
+    }
+
+    fn listener_set(
+        index: &mut Index,
+        namespace: &str,
+        name: &str,
+        parent: Value,
+        auth_to: &[&str],
+    ) -> BTreeSet<ObjectRef> {
+        let requests: Vec<Value> = auth_to.iter().map(|b| auth(b)).collect();
+        let spec = json!({"parentRef": parent, "listeners": [{"name": "l", "filters": {"requests": requests}}]});
+        let value = json!({"metadata": {"name": name, "namespace": namespace}, "spec": spec});
+        apply_json(index, "gateway.networking.k8s.io/v1", "ListenerSet", value)
+    }
+
+    /// docs/design.md §3: a Gateway's own ExternalAuth makes it an ancestor of
+    /// XBackends in its namespace, and follows its class like any route's Gateway.
+    #[test]
+    fn gateway_external_auth_makes_the_gateway_an_ancestor() {
+        let mut index = world();
+        assert_eq!(gateway_with_auth(&mut index, "app", "local", "ours", &["b"]), set(&[("app", "b")]));
+        let ancestors = index.ancestors(&r("app", "b"));
+        assert_eq!(
+            ancestors,
+            vec![Ancestor { gateway: r("app", "local"), referrers: [Referrer::Gateway].into_iter().collect() }]
+        );
+        assert!(gateway_with_auth(&mut index, "app", "local", "ours", &["b"]).is_empty(), "unchanged");
+
+        // Another namespace's Gateway never makes ancestors here.
+        assert!(gateway_with_auth(&mut index, "infra", "gw", "ours", &["b"]).is_empty());
+        assert_eq!(gateways(&index, &r("app", "b")), vec![r("app", "local")]);
+
+        // The class decides, then the reference, then the Gateway itself.
+        assert_eq!(gateway_with_auth(&mut index, "app", "local", "theirs", &["b"]), set(&[("app", "b")]));
+        assert!(gateways(&index, &r("app", "b")).is_empty());
+        assert_eq!(
+            gateway_with_auth(&mut index, "app", "local", "ours", &["b", "c"]),
+            set(&[("app", "b"), ("app", "c")])
+        );
+        assert_eq!(gateway_with_auth(&mut index, "app", "local", "ours", &["c"]), set(&[("app", "b")]));
+        assert!(gateways(&index, &r("app", "b")).is_empty());
+        assert_eq!(index.delete(Kind::Gateway, &r("app", "local")), set(&[("app", "c")]));
+        assert!(gateways(&index, &r("app", "c")).is_empty());
+        assert!(!index.routes.contains_key(&(Referrer::Gateway, r("app", "local"))), "its referrer entry left with it");
+    }
+
+    /// A ListenerSet's ExternalAuth makes its parent Gateway an ancestor of
+    /// XBackends in the ListenerSet's namespace.
+    #[test]
+    fn listener_set_external_auth_makes_its_parent_an_ancestor() {
+        let mut index = world();
+        let parent = json!({"name": "gw", "namespace": "infra"});
+        assert_eq!(listener_set(&mut index, "app", "ls", parent.clone(), &["b"]), set(&[("app", "b")]));
+        let ancestors = index.ancestors(&r("app", "b"));
+        assert_eq!(
+            ancestors,
+            vec![Ancestor { gateway: r("infra", "gw"), referrers: [Referrer::ListenerSet].into_iter().collect() }]
+        );
+        // A ListenerSet elsewhere names XBackends of its own namespace only.
+        assert!(listener_set(&mut index, "infra", "ls", parent.clone(), &["b"]).is_empty());
+        // Its parent moves to a Gateway of another class.
+        assert_eq!(
+            listener_set(&mut index, "app", "ls", json!({"name": "foreign", "namespace": "infra"}), &["b"]),
+            set(&[("app", "b")])
+        );
+        assert!(gateways(&index, &r("app", "b")).is_empty());
+        listener_set(&mut index, "app", "ls", parent, &["b"]);
+        // A re-list without it removes it.
+        assert_eq!(index.retain(Kind::ListenerSet, &set(&[("infra", "ls")])), set(&[("app", "b")]));
+        assert!(gateways(&index, &r("app", "b")).is_empty());
+        assert!(index.keys_of(Kind::ListenerSet).contains(&r("infra", "ls")), "only the unseen one left");
+    }
+
+    /// One entry per Gateway, whatever kinds lead to it; the entry records every kind.
+    #[test]
+    fn an_ancestor_records_every_kind_that_leads_to_it() {
+        let mut index = world();
+        http_route(&mut index, "app", "web", simple_route(&[("infra", "gw")], &["b"]));
+        let udp =
+            json!({"metadata": {"name": "dns", "namespace": "app"}, "spec": simple_route(&[("infra", "gw")], &["b"])});
+        assert!(apply_json(&mut index, "gateway.networking.k8s.io/v1alpha2", "UDPRoute", udp).contains(&r("app", "b")));
+        gateway_with_auth(&mut index, "app", "local", "ours", &["b"]);
+        let ancestors = index.ancestors(&r("app", "b"));
+        let http_udp: Referrers =
+            [Referrer::Route(RouteKind::Http), Referrer::Route(RouteKind::Udp)].into_iter().collect();
+        assert_eq!(
+            ancestors,
+            vec![
+                Ancestor { gateway: r("app", "local"), referrers: [Referrer::Gateway].into_iter().collect() },
+                Ancestor { gateway: r("infra", "gw"), referrers: http_udp },
+            ]
+        );
+        // Deleting the UDPRoute leaves the same Gateways but changes what leads
+        // to infra/gw (and so the fit): b is re-judged.
+        assert_eq!(index.delete(Kind::Route(RouteKind::Udp), &r("app", "dns")), set(&[("app", "b")]));
+        assert_eq!(
+            index.ancestors(&r("app", "b"))[1].referrers,
+            [Referrer::Route(RouteKind::Http)].into_iter().collect()
+        );
     }
 }

@@ -7,17 +7,21 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use crate::conditions::Verdict;
+use crate::conditions::{self, reason};
 use crate::guardrails::Namespaces;
 use crate::index::{self, Index};
-use crate::model::{Backend, ObjectRef, ReferenceGrant};
+use crate::model::{Ancestor, Backend, ObjectRef, ReferenceGrant};
 use crate::policy::Policy;
 use crate::refs::{self, Fetched, Lookup, RefTarget};
 use crate::status::{self, EventNote, MergeOutcome, Shape, Verdicts};
 
 pub struct Judgement {
-    pub ancestors: Vec<ObjectRef>,
+    pub ancestors: Vec<Ancestor>,
+    /// The verdicts on the spec and its references, whoever uses it.
     pub verdicts: Verdicts,
+    /// One per ancestor, in order: `verdicts`, or Invalid where the kinds
+    /// that use the XBackend through that Gateway cannot carry it (crate::fit).
+    pub entries: Vec<Verdicts>,
     pub merged: MergeOutcome,
     /// Events to record: rejections, insecure backends, truncation.
     pub notes: Vec<EventNote>,
@@ -43,19 +47,19 @@ pub fn judge(index: &Index, key: &ObjectRef, fetched: &Fetched, inputs: &Inputs<
 fn judge_with(
     key: &ObjectRef,
     backend: &Backend,
-    ancestors: Vec<ObjectRef>,
+    ancestors: Vec<Ancestor>,
     lookup: &impl Lookup,
     fetched: &Fetched,
     inputs: &Inputs<'_>,
 ) -> Judgement {
     let verdicts = status::evaluate(key, backend, lookup, fetched, inputs.policy);
+    let entries: Vec<Verdicts> = ancestors.iter().map(|a| fitted(&verdicts, a, backend)).collect();
     let merged = status::merge(
         inputs.current,
         inputs.shape,
         inputs.controller_name,
         backend.generation,
-        &ancestors,
-        &verdicts,
+        &ancestors.iter().map(|a| &a.gateway).zip(&entries).collect::<Vec<_>>(),
         inputs.now,
     );
     let mut notes = status::events(backend, &verdicts);
@@ -71,17 +75,29 @@ fn judge_with(
             ),
         });
     }
-    Judgement { ancestors, verdicts, merged, notes }
+    Judgement { ancestors, verdicts, entries, merged, notes }
+}
+
+/// The verdicts for one ancestor: a spec that is valid but cannot be carried
+/// by a kind that uses it through this Gateway is Invalid there (Invalid
+/// comes first in docs/design.md §4, so an invalid spec keeps its own message).
+fn fitted(verdicts: &Verdicts, ancestor: &Ancestor, backend: &Backend) -> Verdicts {
+    let misfit = match &backend.spec {
+        Ok(spec) if verdicts.accepted.reason != reason::INVALID => crate::fit::misfit(ancestor.referrers, spec),
+        _ => None,
+    };
+    match misfit {
+        Some(message) => Verdicts { accepted: conditions::invalid(message), ..verdicts.clone() },
+        None => verdicts.clone(),
+    }
 }
 
 impl Judgement {
-    /// True when the XBackend passes validation and guardrails and resolves its references.
+    /// True when the XBackend passes validation and guardrails, resolves its
+    /// references, and fits every use.
     pub fn is_clean(&self) -> bool {
-        self.verdicts.accepted.status && self.verdicts.resolved_refs.status
-    }
-
-    pub fn conditions(&self) -> [&Verdict; 2] {
-        [&self.verdicts.accepted, &self.verdicts.resolved_refs]
+        let clean = |v: &Verdicts| v.accepted.status && v.resolved_refs.status;
+        clean(&self.verdicts) && self.entries.iter().all(clean)
     }
 }
 
@@ -93,7 +109,7 @@ pub struct Snapshot {
     pub key: ObjectRef,
     /// Shared with the index: a snapshot copies no spec or status.
     pub backend: Arc<Backend>,
-    pub ancestors: Vec<ObjectRef>,
+    pub ancestors: Vec<Ancestor>,
     /// The grants of the namespace a cross-namespace clientCertificateRef points at.
     pub grants: Vec<ReferenceGrant>,
     /// For an EndpointSelector: whether a live Pod of the namespace matches.
@@ -184,7 +200,7 @@ pub fn plan(snapshot: &Snapshot, fetched: &Fetched, policy: &Policy, controller_
     let current = stored.as_deref();
     let inputs = Inputs { policy, controller_name, shape, current: current.unwrap_or_default(), now };
     let ancestors = snapshot.ancestors.clone();
-    let Judgement { ancestors, verdicts, merged, notes } =
+    let Judgement { ancestors, verdicts, merged, notes, .. } =
         judge_with(&snapshot.key, &snapshot.backend, ancestors, snapshot, fetched, &inputs);
     let patch = merged.changed.then(|| {
         let list = if merged.list.is_empty() { Value::Null } else { Value::Array(merged.list) };
@@ -218,7 +234,7 @@ mod tests {
         Snapshot {
             key: ObjectRef::new("app", "b"),
             backend: Arc::new(backend),
-            ancestors: ancestors.iter().map(|g| ObjectRef::new("infra", *g)).collect(),
+            ancestors: ancestors.iter().map(|g| crate::testing::http_ancestor(ObjectRef::new("infra", *g))).collect(),
             grants: vec![],
             has_matching_pod: false,
             namespaces: Arc::default(),
@@ -252,5 +268,37 @@ mod tests {
         let stored = run(&snapshot(Value::Null, &["gw"]), "2030-01-01T00:00:00Z").patch.unwrap();
         let gone = run(&snapshot(stored["status"].clone(), &[]), "2030-01-01T00:00:00Z");
         assert_eq!(gone.patch.unwrap()["status"]["ancestors"], Value::Null);
+    }
+
+    /// docs/api.md "Route kind and backend": a UDPRoute cannot carry TLS, so
+    /// the Gateway it leads to gets Invalid while an HTTPRoute's Gateway keeps
+    /// Accepted; an invalid spec keeps its own message everywhere.
+    #[test]
+    fn a_use_that_cannot_carry_the_backend_is_invalid_for_that_gateway_only() {
+        use crate::model::{Ancestor, Referrer, RouteKind};
+        let mut s = snapshot(Value::Null, &[]);
+        let mut backend = (*s.backend).clone();
+        backend.spec = Ok(crate::testing::tls_spec(None, vec![]));
+        s.backend = Arc::new(backend);
+        let via = |name: &str, kinds: &[RouteKind]| Ancestor {
+            gateway: ObjectRef::new("infra", name),
+            referrers: kinds.iter().map(|k| Referrer::Route(*k)).collect(),
+        };
+        s.ancestors = vec![via("tcp", &[RouteKind::Tcp]), via("udp", &[RouteKind::Http, RouteKind::Udp])];
+        let plan = run(&s, "2030-01-01T00:00:00Z");
+        let list = plan.patch.unwrap()["status"]["ancestors"].clone();
+        let accepted = |i: usize| (list[i]["ancestorRef"]["name"].clone(), list[i]["conditions"][0]["reason"].clone());
+        assert_eq!(accepted(0), (json!("tcp"), json!("Accepted")));
+        assert_eq!(accepted(1), (json!("udp"), json!("Invalid")));
+        let message = list[1]["conditions"][0]["message"].as_str().unwrap();
+        assert!(message.starts_with("spec.tls: a UDPRoute carries datagrams"), "{message}");
+        assert_eq!(list[1]["conditions"][1]["status"], "True", "ResolvedRefs is judged apart");
+        assert!(plan.verdicts.accepted.status, "the spec itself is fine (the Accepted gauge)");
+
+        let mut backend = (*s.backend).clone();
+        backend.spec = Err("spec.port: missing".into());
+        s.backend = Arc::new(backend);
+        let list = run(&s, "2030-01-01T00:00:00Z").patch.unwrap()["status"]["ancestors"].clone();
+        assert_eq!(list[0]["conditions"][0]["message"], list[1]["conditions"][0]["message"]);
     }
 }

@@ -32,21 +32,91 @@ impl std::fmt::Display for ObjectRef {
     }
 }
 
-/// Route kinds whose backendRefs can point at an XBackend. One code path serves all.
+/// Route kinds whose backendRefs can point at an XBackend. Every served
+/// version of a kind decodes the same way: the fields read here did not change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RouteKind {
     Http,
     Grpc,
+    Tcp,
+    Tls,
+    Udp,
 }
 
 impl RouteKind {
-    pub const ALL: [RouteKind; 2] = [RouteKind::Http, RouteKind::Grpc];
+    pub const ALL: [RouteKind; 5] = [RouteKind::Http, RouteKind::Grpc, RouteKind::Tcp, RouteKind::Tls, RouteKind::Udp];
     pub fn kind(self) -> &'static str {
         match self {
             RouteKind::Http => "HTTPRoute",
             RouteKind::Grpc => "GRPCRoute",
+            RouteKind::Tcp => "TCPRoute",
+            RouteKind::Tls => "TLSRoute",
+            RouteKind::Udp => "UDPRoute",
         }
     }
+}
+
+/// A kind of object that can make a Gateway an XBackend's ancestor
+/// (docs/design.md §3): routes through their parentRefs, a Gateway through
+/// its own listeners' ExternalAuth filters, a ListenerSet through its parent.
+/// The index holds each such object as a `Route`: its Gateways and the XBackends it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Referrer {
+    Route(RouteKind),
+    Gateway,
+    ListenerSet,
+}
+
+impl Referrer {
+    pub fn kind(self) -> &'static str {
+        match self {
+            Referrer::Route(route) => route.kind(),
+            Referrer::Gateway => "Gateway",
+            Referrer::ListenerSet => "ListenerSet",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Referrer::Route(route) => 1 << (route as u8),
+            Referrer::Gateway => 1 << 5,
+            Referrer::ListenerSet => 1 << 6,
+        }
+    }
+}
+
+/// The kinds of the objects through which one Gateway is an XBackend's
+/// ancestor: what the route-kind fit (crate::fit) is judged against.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Referrers(u8);
+
+impl Referrers {
+    pub fn insert(&mut self, referrer: Referrer) {
+        self.0 |= referrer.bit();
+    }
+    pub fn contains(self, referrer: Referrer) -> bool {
+        self.0 & referrer.bit() != 0
+    }
+    /// In declaration order (routes first), so messages come out stable.
+    pub fn iter(self) -> impl Iterator<Item = Referrer> {
+        let all = RouteKind::ALL.into_iter().map(Referrer::Route).chain([Referrer::Gateway, Referrer::ListenerSet]);
+        all.filter(move |r| self.contains(*r))
+    }
+}
+
+impl FromIterator<Referrer> for Referrers {
+    fn from_iter<I: IntoIterator<Item = Referrer>>(iter: I) -> Self {
+        let mut referrers = Referrers::default();
+        iter.into_iter().for_each(|r| referrers.insert(r));
+        referrers
+    }
+}
+
+/// A Gateway that is an XBackend's ancestor, and the kinds of the objects that make it one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ancestor {
+    pub gateway: ObjectRef,
+    pub referrers: Referrers,
 }
 
 /// A sorted list of distinct references in one allocation: a route names one
@@ -83,20 +153,24 @@ impl<'a> IntoIterator for &'a Refs {
     }
 }
 
-/// What the index needs of a route: the Gateways it attaches to and the
-/// XBackends (in the route's own namespace) it sends or mirrors traffic to.
+/// What the index needs of a route, or of anything indexed like one
+/// (`Referrer`): the Gateways it attaches to and the XBackends (in its own
+/// namespace) it sends, mirrors or hands authorization to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Route {
-    /// Gateways from parentRefs (group/kind defaults applied; other parent kinds dropped).
+    /// Gateways from parentRefs (group/kind defaults applied; other parent
+    /// kinds dropped); a Gateway's own entry names itself, a ListenerSet's its parent.
     pub gateways: Refs,
-    /// XBackends from rule backendRefs and requestMirror filters (rule- and
-    /// backendRef-level), only those in the route's namespace.
+    /// XBackends from every site docs/design.md §3 lists, only those in the
+    /// object's namespace.
     pub backends: Refs,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Gateway {
     pub class_name: String,
+    /// XBackends its listeners' ExternalAuth filters name (in its namespace).
+    pub external_auth: Refs,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

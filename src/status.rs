@@ -119,7 +119,8 @@ pub struct MergeOutcome {
     pub truncated: usize,
 }
 
-/// Merges this controller's entries for `ancestors` (sorted) into `current`
+/// Merges this controller's entries for `ancestors` (each Gateway with its
+/// verdicts) into `current`
 /// (the stored list, any JSON). `now` is an RFC 3339 timestamp used only for
 /// conditions whose status flips or that are new.
 ///
@@ -134,21 +135,20 @@ pub fn merge(
     shape: Shape,
     controller_name: &str,
     generation: i64,
-    ancestors: &[ObjectRef],
-    verdicts: &Verdicts,
+    ancestors: &[(&ObjectRef, &Verdicts)],
     now: &str,
 ) -> MergeOutcome {
     let is_ours = |entry: &Value| entry.get("controllerName").and_then(Value::as_str) == Some(controller_name);
     let mut list: Vec<Value> = current.iter().filter(|entry| !is_ours(entry)).cloned().collect();
     let previous: Vec<&Value> = current.iter().filter(|entry| is_ours(entry)).collect();
 
-    let mut wanted: Vec<&ObjectRef> = ancestors.iter().collect();
-    wanted.sort();
-    wanted.dedup();
+    let mut wanted: Vec<(&ObjectRef, &Verdicts)> = ancestors.to_vec();
+    wanted.sort_by_key(|(gateway, _)| *gateway);
+    wanted.dedup_by_key(|(gateway, _)| *gateway);
     let kept = wanted.len().min(MAX_ANCESTORS.saturating_sub(list.len()));
     let truncated = wanted.len() - kept;
 
-    for gateway in wanted.into_iter().take(kept) {
+    for (gateway, verdicts) in wanted.into_iter().take(kept) {
         let before = previous.iter().copied().find(|entry| names_gateway(entry, shape, gateway));
         let conditions: Vec<Value> = [&verdicts.accepted, &verdicts.resolved_refs]
             .into_iter()
@@ -332,6 +332,20 @@ mod tests {
 
     fn ok() -> Verdicts {
         Verdicts { accepted: conditions::accepted(), resolved_refs: conditions::resolved_refs() }
+    }
+
+    /// Every ancestor with the same verdicts, as most cases here need.
+    fn merge(
+        current: &[Value],
+        shape: Shape,
+        controller_name: &str,
+        generation: i64,
+        ancestors: &[ObjectRef],
+        verdicts: &Verdicts,
+        now: &str,
+    ) -> MergeOutcome {
+        let each: Vec<(&ObjectRef, &Verdicts)> = ancestors.iter().map(|a| (a, verdicts)).collect();
+        super::merge(current, shape, controller_name, generation, &each, now)
     }
 
     fn gateways(names: &[(&str, &str)]) -> Vec<ObjectRef> {

@@ -8,10 +8,15 @@ use crate::api::{
     BackendPort, BackendTls, BackendType, ExternalHostnameBackend, LocalObjectReference, SecretObjectReference,
     TlsMode, TlsValidation, XBackendSpec,
 };
-use crate::model::ObjectRef;
+use crate::model::{Ancestor, ObjectRef, Referrer, RouteKind};
 
 pub fn r(namespace: &str, name: &str) -> ObjectRef {
     ObjectRef::new(namespace, name)
+}
+
+/// A Gateway that is an ancestor through an HTTPRoute, the common case.
+pub fn http_ancestor(gateway: ObjectRef) -> Ancestor {
+    Ancestor { gateway, referrers: [Referrer::Route(RouteKind::Http)].into_iter().collect() }
 }
 
 pub fn key() -> ObjectRef {

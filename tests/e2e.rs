@@ -424,7 +424,7 @@ metadata: {{name: {role}}}
 rules:
 - {{apiGroups: [gateway.networking.x-k8s.io], resources: [xbackends], verbs: [get, list, watch]}}
 - {{apiGroups: [gateway.networking.x-k8s.io], resources: [xbackends/status], verbs: [patch]}}
-- {{apiGroups: [gateway.networking.k8s.io], resources: [httproutes, grpcroutes, gateways, gatewayclasses, referencegrants], verbs: [list, watch]}}
+- {{apiGroups: [gateway.networking.k8s.io], resources: [httproutes, grpcroutes, tcproutes, tlsroutes, udproutes, listenersets, gateways, gatewayclasses, referencegrants], verbs: [list, watch]}}
 - {{apiGroups: [""], resources: [secrets], verbs: [get, list, watch]}}
 - {{apiGroups: [""], resources: [pods, namespaces], verbs: [list, watch]}}
 - {{apiGroups: [apiextensions.k8s.io], resources: [customresourcedefinitions], verbs: [list, watch]}}

@@ -40,3 +40,39 @@ async fn writes_upstream_parents_then_follows_a_switch_to_our_crd() {
     let entry = &entries_of(&obj, "ancestors", &gw.controller_name)[0];
     assert_eq!(entry["ancestorRef"]["name"], "gw");
 }
+
+/// Gateway API v1.6.3 serves TCPRoute as v1alpha2 only: an XBackend behind
+/// one gets its entry, and loses it with the route.
+#[tokio::test]
+async fn a_v1alpha2_tcproute_makes_an_ancestor_on_v1_6_crds() {
+    let cp = ControlPlane::shared(Channel::Experimental);
+    let (client, ns) = cp.namespace("upstream-tcp").await;
+    let gw = TestGateway::create(&client, &ns, &["gw"]).await;
+    let backend = "apiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackend\nmetadata: {name: db}\nspec:\n  type: ExternalHostname\n  port: {port: 5432}\n  externalHostname: {hostname: db.example.com}\n";
+    let route = "---\napiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {name: db}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{group: gateway.networking.x-k8s.io, kind: XBackend, name: db, port: 5432}]}]\n";
+    apply_yaml(&client, Some(&ns), &format!("{backend}{route}")).await;
+
+    let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name]);
+    ctl.wait_ready().await;
+    let api = xbackend_api(&client, &ns);
+    // The other test here may switch the XBackend CRD to ours meanwhile: count both shapes.
+    let ours = |o: &DynamicObject| {
+        let mut entries = entries_of(o, "parents", &gw.controller_name);
+        entries.extend(entries_of(o, "ancestors", &gw.controller_name));
+        entries
+    };
+    let obj = wait_for_xbackend(&api, "db", "one entry", |o| ours(o).len() == 1).await;
+    let entry = &ours(&obj)[0];
+    let reference = entry.get("parentRef").or(entry.get("ancestorRef")).unwrap();
+    assert_eq!(reference["name"], "gw", "{entry}");
+    assert_eq!(conditions_of(entry)[0], ("Accepted".into(), "True".into(), "Accepted".into()));
+
+    let gvk = kube::api::GroupVersionKind::gvk("gateway.networking.k8s.io", "v1alpha2", "TCPRoute");
+    let routes: kube::Api<DynamicObject> = kube::Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &kube::api::ApiResource::from_gvk_with_plural(&gvk, "tcproutes"),
+    );
+    routes.delete("db", &Default::default()).await.expect("delete the TCPRoute");
+    wait_for_xbackend(&api, "db", "no entry of ours", |o| ours(o).is_empty()).await;
+}

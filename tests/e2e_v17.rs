@@ -93,3 +93,186 @@ fn pod_yaml(name: &str, app: &str, finalizer: bool) -> String {
         "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: {app}}}{finalizers}\nspec:\n  containers: [{{name: c, image: registry.k8s.io/pause:3.10}}]\n"
     )
 }
+
+/// An XBackend `name` to `name.example.com`:443; with TLS unless `clear`.
+fn site_backend(name: &str, clear: bool) -> String {
+    let tls = if clear {
+        String::new()
+    } else {
+        format!(
+            "  tls:\n    mode: ServerOnly\n    validation: {{hostname: {name}.example.com, wellKnownCACertificates: System}}\n"
+        )
+    };
+    format!(
+        "---\napiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackend\nmetadata: {{name: {name}}}\nspec:\n  type: ExternalHostname\n  port: {{number: 443}}\n  externalHostname: {{hostname: {name}.example.com}}\n{tls}"
+    )
+}
+
+/// Every place v1.7.0's CRDs let an XBackend be named (docs/design.md §3),
+/// one XBackend each, behind Gateway `gw`.
+const SITES: [&str; 13] = [
+    "http-backend",
+    "http-rule-mirror",
+    "http-rule-auth",
+    "http-ref-mirror",
+    "http-ref-auth",
+    "grpc-backend",
+    "grpc-rule-mirror",
+    "grpc-ref-mirror",
+    "tcp-backend",
+    "tls-backend",
+    "udp-backend",
+    "gateway-auth",
+    "listenerset-auth",
+];
+
+fn x(name: &str) -> String {
+    format!("{{group: gateway.networking.x-k8s.io, kind: XBackend, name: {name}}}")
+}
+
+fn mirror(name: &str) -> String {
+    format!("{{type: RequestMirror, requestMirror: {{backendRef: {}}}}}", x(name))
+}
+
+fn auth(name: &str) -> String {
+    format!("{{type: ExternalAuth, externalAuth: {{protocol: HTTP, http: {{}}, backendRef: {}}}}}", x(name))
+}
+
+/// The Gateway, with or without ExternalAuth on its listener.
+fn sites_gateway(class: &str, with_auth: bool) -> String {
+    let filters =
+        if with_auth { format!(", filters: {{requests: [{}]}}", auth("gateway-auth")) } else { String::new() };
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  gatewayClassName: {class}\n  allowedListeners: {{namespaces: {{from: Same}}}}\n  listeners:\n  - {{name: http, protocol: HTTP, port: 80{filters}}}\n  - {{name: tcp, protocol: TCP, port: 9000}}\n  - {{name: tls, protocol: TLS, port: 443, hostname: tls.example.com, tls: {{mode: Passthrough}}}}\n  - {{name: udp, protocol: UDP, port: 5353}}\n"
+    )
+}
+
+/// Every referencing object of docs/design.md §3 but the Gateway.
+fn sites_referrers() -> String {
+    let parent = "parentRefs: [{name: gw}]";
+    let mut yaml = format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: http}}\nspec:\n  {parent}\n  rules:\n  - filters: [{}, {}]\n    backendRefs:\n    - group: gateway.networking.x-k8s.io\n      kind: XBackend\n      name: http-backend\n      filters: [{}, {}]\n",
+        mirror("http-rule-mirror"),
+        auth("http-rule-auth"),
+        mirror("http-ref-mirror"),
+        auth("http-ref-auth")
+    );
+    yaml += &format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: grpc}}\nspec:\n  {parent}\n  rules:\n  - filters: [{}]\n    backendRefs:\n    - group: gateway.networking.x-k8s.io\n      kind: XBackend\n      name: grpc-backend\n      filters: [{}]\n",
+        mirror("grpc-rule-mirror"),
+        mirror("grpc-ref-mirror")
+    );
+    yaml += &format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: TCPRoute\nmetadata: {{name: tcp}}\nspec:\n  {parent}\n  rules: [{{backendRefs: [{}]}}]\n",
+        x("tcp-backend")
+    );
+    yaml += &format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\nmetadata: {{name: tls}}\nspec:\n  {parent}\n  hostnames: [tls.example.com]\n  rules: [{{backendRefs: [{}]}}]\n",
+        x("tls-backend")
+    );
+    // udp-tls: a UDPRoute cannot carry TLS (docs/api.md "Route kind and backend").
+    yaml += &format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: UDPRoute\nmetadata: {{name: udp}}\nspec:\n  {parent}\n  rules: [{{backendRefs: [{}, {}]}}]\n",
+        x("udp-backend"),
+        x("udp-tls")
+    );
+    yaml += &format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: ListenerSet\nmetadata: {{name: ls}}\nspec:\n  parentRef: {{name: gw}}\n  listeners:\n  - {{name: extra, protocol: HTTP, port: 8080, filters: {{requests: [{}]}}}}\n",
+        auth("listenerset-auth")
+    );
+    yaml
+}
+
+/// Issue 20: each of the thirteen sites makes `gw` the one ancestor of the
+/// XBackend it names, on upstream v1.7.0's own CRDs, and the entry leaves
+/// when the reference does.
+#[tokio::test]
+async fn every_v1_7_reference_site_makes_the_gateway_an_ancestor() {
+    let cp = ControlPlane::shared(Channel::ExperimentalV17);
+    let (client, ns) = cp.namespace("v17-sites").await;
+    let gw = TestGateway::create(&client, &ns, &[]).await;
+    let mut yaml: String = SITES.iter().map(|name| site_backend(name, name.starts_with("udp"))).collect();
+    yaml += &site_backend("udp-tls", false);
+    yaml += &sites_gateway(&gw.class, true);
+    yaml += &sites_referrers();
+    apply_yaml(&client, Some(&ns), &yaml).await;
+    // analyze judges the same objects offline (with the GatewayClass the cluster has).
+    let class = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: {}}}\nspec: {{controllerName: {}}}\n",
+        gw.class, gw.controller_name
+    );
+    let offline = analyze_verdicts(&format!("{class}{yaml}"), &gw.controller_name);
+
+    let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name]);
+    ctl.wait_ready().await;
+    let api = xbackend_api(&client, &ns);
+    for name in SITES {
+        wait_for(&api, name, &gw.controller_name, [ACCEPTED, RESOLVED]).await;
+    }
+    let invalid = ("Accepted", "False", "Invalid");
+    wait_for(&api, "udp-tls", &gw.controller_name, [invalid, RESOLVED]).await;
+    let stored = api.get("udp-tls").await.unwrap();
+    let message = entries_of(&stored, "ancestors", &gw.controller_name)[0]["conditions"][0]["message"].clone();
+    assert!(message.as_str().unwrap().contains("UDPRoute"), "{message}");
+    let live: Vec<serde_json::Value> =
+        api.list(&Default::default()).await.unwrap().items.iter().map(|o| serde_json::to_value(o).unwrap()).collect();
+    assert_eq!(verdicts_of(&live, &gw.controller_name), offline, "analyze and the controller agree on every site");
+
+    // Take every reference away: the routes and the ListenerSet go, the Gateway drops its filter.
+    for (kind, plural, name) in [
+        ("HTTPRoute", "httproutes", "http"),
+        ("GRPCRoute", "grpcroutes", "grpc"),
+        ("TCPRoute", "tcproutes", "tcp"),
+        ("TLSRoute", "tlsroutes", "tls"),
+        ("UDPRoute", "udproutes", "udp"),
+        ("ListenerSet", "listenersets", "ls"),
+    ] {
+        let gvk = kube::api::GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", kind);
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &ns, &kube::api::ApiResource::from_gvk_with_plural(&gvk, plural));
+        api.delete(name, &DeleteParams::default()).await.unwrap_or_else(|e| panic!("delete {kind} {name}: {e}"));
+    }
+    apply_yaml(&client, Some(&ns), &sites_gateway(&gw.class, false)).await;
+    for name in SITES.iter().chain(&["udp-tls"]) {
+        support::wait_for_xbackend(&api, name, "no entry of ours", |o| {
+            entries_of(o, "ancestors", &gw.controller_name).is_empty()
+        })
+        .await;
+    }
+}
+
+/// XBackend name -> [(Gateway name, [(type, status, reason, message)])] of `controller`'s entries.
+type Verdicts = std::collections::BTreeMap<String, Vec<(String, Vec<[String; 4]>)>>;
+
+fn verdicts_of(objects: &[serde_json::Value], controller: &str) -> Verdicts {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    objects
+        .iter()
+        .map(|o| {
+            let entries = o["status"]["ancestors"].as_array().into_iter().flatten();
+            let ours = entries.filter(|e| e["controllerName"] == controller).map(|e| {
+                let conditions = e["conditions"].as_array().into_iter().flatten();
+                let conditions = conditions.map(|c| ["type", "status", "reason", "message"].map(|f| text(&c[f])));
+                (text(&e["ancestorRef"]["name"]), conditions.collect())
+            });
+            (text(&o["metadata"]["name"]), ours.collect())
+        })
+        .collect()
+}
+
+/// Runs `analyze -o json` over `bundle` and returns its verdicts; every kind
+/// in the bundle is one the controller reads.
+fn analyze_verdicts(bundle: &str, controller: &str) -> Verdicts {
+    let dir = support::tempdir("v17-sites-analyze");
+    std::fs::write(dir.join("bundle.yaml"), bundle).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xbackend-controller"))
+        .args(["analyze", "-f", "bundle.yaml", "-o", "json", "--controller-name", controller])
+        .current_dir(&dir)
+        .output()
+        .expect("run analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "udp-tls is a finding; stderr:\n{stderr}");
+    assert!(!stderr.contains("not a kind the controller reads"), "{stderr}");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    verdicts_of(list["items"].as_array().expect("items"), controller)
+}

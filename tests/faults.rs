@@ -1253,7 +1253,8 @@ mod fuzz {
                 let now = format!("2030-01-01T00:{:02}:{:02}Z", step / 60, step % 60);
                 let wanted: Vec<ObjectRef> = names.iter().map(|n| ObjectRef::new("infra", *n)).collect();
                 let v = verdicts(*acc, *res);
-                list = merge(&list, shape, ctl, *generation, &wanted, &v, &now).list;
+                let each: Vec<_> = wanted.iter().map(|gateway| (gateway, &v)).collect();
+                list = merge(&list, shape, ctl, *generation, &each, &now).list;
                 let before = expect.remove(ctl).unwrap_or_default();
                 let mut after = BTreeMap::new();
                 for n in names {

@@ -28,7 +28,8 @@ pub struct Discovered {
 
 /// The kinds `run` watches when served, besides XBackend.
 pub fn wanted() -> impl Iterator<Item = Kind> {
-    RouteKind::ALL.iter().map(|r| Kind::Route(*r)).chain([Kind::Gateway, Kind::GatewayClass, Kind::ReferenceGrant])
+    let others = [Kind::Gateway, Kind::ListenerSet, Kind::GatewayClass, Kind::ReferenceGrant];
+    RouteKind::ALL.iter().map(|r| Kind::Route(*r)).chain(others)
 }
 
 pub async fn discover(client: &Client) -> Result<Discovered, kube::Error> {

@@ -39,6 +39,7 @@ pub fn kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::Route(r) => r.kind(),
         Kind::Gateway => "Gateway",
+        Kind::ListenerSet => "ListenerSet",
         Kind::GatewayClass => "GatewayClass",
         Kind::ReferenceGrant => "ReferenceGrant",
         Kind::XBackend => "XBackend",
