@@ -66,7 +66,11 @@ pub fn main(args: AnalyzeArgs) -> ExitCode {
         let (runtime, resolver) = dns.as_ref()?;
         runtime.block_on(resolver.resolve(hostname)).ok()
     };
-    let options = Options { controller_name: &args.controller_name, assume_refs_exist: args.assume_refs_exist };
+    let options = Options {
+        controller_name: &args.controller_name,
+        gateway_classes: &args.guard.gateway_classes,
+        assume_refs_exist: args.assume_refs_exist,
+    };
     let report = analyze(docs, &policy, &options, &crate::judge::now_rfc3339(), &resolve);
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr().lock();
@@ -181,6 +185,8 @@ impl Report {
 pub struct Options<'a> {
     /// The GatewayClass controllerName to judge as.
     pub controller_name: &'a str,
+    /// Guard mode: GatewayClasses judged whatever their controllerName.
+    pub gateway_classes: &'a [String],
     /// Referenced Secrets and ConfigMaps the bundle does not hold count as
     /// present and valid (made at run time by cert-manager and the like).
     pub assume_refs_exist: bool,
@@ -196,7 +202,7 @@ pub fn analyze(
     resolve: &dyn Fn(&str) -> Option<Resolution>,
 ) -> Report {
     let controller_name = options.controller_name;
-    let mut index = Index::new(controller_name);
+    let mut index = Index::new(controller_name).guarding(options.gateway_classes.iter().cloned());
     let mut notes = Vec::new();
     let mut secrets: BTreeMap<ObjectRef, Secret> = BTreeMap::new();
     let mut config_maps: BTreeMap<ObjectRef, ConfigMap> = BTreeMap::new();

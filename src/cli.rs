@@ -71,6 +71,14 @@ impl PolicyArgs {
     }
 }
 
+/// Which Gateways are judged besides those of our own GatewayClasses.
+#[derive(Args, Debug, Clone, Default)]
+pub struct GuardArgs {
+    /// Also judge XBackends behind Gateways of this GatewayClass, whatever its controllerName (repeatable): guard mode, next to Istio, Envoy Gateway or any other implementation. Our entries carry --controller-name beside the implementation's own, which are never touched; the class's status is not written. Default: none (only classes whose controllerName is --controller-name).
+    #[arg(long = "gateway-class", value_name = "NAME")]
+    pub gateway_classes: Vec<String>,
+}
+
 /// Where and how often the resolved-address guardrail asks DNS.
 #[derive(Args, Debug, Clone)]
 pub struct DnsArgs {
@@ -90,6 +98,9 @@ pub struct RunArgs {
     /// GatewayClass spec.controllerName this controller serves; also the controllerName of the status entries it writes.
     #[arg(long, default_value = DEFAULT_CONTROLLER_NAME)]
     pub controller_name: String,
+
+    #[command(flatten)]
+    pub guard: GuardArgs,
 
     #[command(flatten)]
     pub policy: PolicyArgs,
@@ -167,6 +178,9 @@ pub struct AnalyzeArgs {
     /// GatewayClass spec.controllerName to judge as this controller.
     #[arg(long, default_value = DEFAULT_CONTROLLER_NAME)]
     pub controller_name: String,
+
+    #[command(flatten)]
+    pub guard: GuardArgs,
 
     #[command(flatten)]
     pub policy: PolicyArgs,

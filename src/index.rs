@@ -151,6 +151,8 @@ type RouteKey = (Referrer, ObjectRef);
 #[derive(Debug, Default)]
 pub struct Index {
     controller_name: String,
+    /// Guard mode (`--gateway-class`): classes judged whatever their controllerName.
+    guarded_classes: BTreeSet<String>,
 
     /// Routes, and Gateways and ListenerSets as their ExternalAuth filters
     /// make them referrers, that name at least one XBackend: the others
@@ -291,6 +293,14 @@ impl Index {
         Index { controller_name: controller_name.into(), ..Index::default() }
     }
 
+    /// Guard mode (docs/design.md §3): Gateways whose `gatewayClassName` is
+    /// one of `classes` are judged too, whoever implements them. Call on an
+    /// empty index: it changes which Gateways count.
+    pub fn guarding(mut self, classes: impl IntoIterator<Item = String>) -> Self {
+        self.guarded_classes = classes.into_iter().collect();
+        self
+    }
+
     /// Adds or replaces one object (cluster-scoped kinds use an empty namespace).
     ///
     /// An XBackend always returns itself, even when its spec is unchanged: a
@@ -393,8 +403,10 @@ impl Index {
         self.gateways.get(gateway).is_some_and(|gw| self.is_our_class(&gw.class_name))
     }
 
+    /// Ours by controllerName (the class must exist), or named by `--gateway-class`.
     fn is_our_class(&self, class_name: &str) -> bool {
-        self.classes.get(class_name).is_some_and(|c| c.controller_name == self.controller_name)
+        self.guarded_classes.contains(class_name)
+            || self.classes.get(class_name).is_some_and(|c| c.controller_name == self.controller_name)
     }
 
     fn keys_of(&self, kind: Kind) -> Vec<ObjectRef> {
@@ -1468,5 +1480,20 @@ mod tests {
             index.ancestors(&r("app", "b"))[1].referrers,
             [Referrer::Route(RouteKind::Http)].into_iter().collect()
         );
+    }
+
+    /// Guard mode: a Gateway of a listed class is judged whatever its
+    /// class's controllerName, even before (or without) the class object.
+    #[test]
+    fn guarded_classes_are_judged_whoever_implements_them() {
+        let mut index = Index::new(OURS).guarding(["istio".to_string()]);
+        backend(&mut index, "app", "b");
+        http_route(&mut index, "app", "r", simple_route(&[("infra", "mesh"), ("infra", "other")], &["b"]));
+        assert_eq!(gateway(&mut index, "infra", "mesh", "istio"), set(&[("app", "b")]));
+        gateway(&mut index, "infra", "other", "theirs");
+        class(&mut index, "theirs", THEIRS);
+        assert!(class(&mut index, "istio", "istio.io/gateway-controller").is_empty(), "still judged: no change");
+        assert_eq!(gateways(&index, &r("app", "b")), vec![r("infra", "mesh")]);
+        assert!(gateways(&Index::new(OURS).guarding([]), &r("app", "b")).is_empty());
     }
 }

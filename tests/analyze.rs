@@ -367,6 +367,25 @@ fn assume_refs_exist_assumes_only_permitted_refs_of_supported_kinds() {
     assert!(!plain.stdout.contains("assumed"), "nothing is assumed without the flag: {}", plain.stdout);
 }
 
+/// Guard mode: `--gateway-class` judges a Gateway of another
+/// implementation's class, as `run` does.
+#[test]
+fn gateway_class_flag_judges_a_foreign_class() {
+    let dir = support::tempdir("analyze-guard");
+    let bundle = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: istio}\nspec: {controllerName: istio.io/gateway-controller}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: mesh}\nspec: {gatewayClassName: istio, listeners: [{name: http, protocol: HTTP, port: 80}]}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: mesh}]\n  rules: [{backendRefs: [{group: gateway.networking.x-k8s.io, kind: XBackend, name: b}]}]\n---\napiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackend\nmetadata: {name: b}\nspec:\n  type: ExternalHostname\n  port: {port: 443}\n  externalHostname: {hostname: api.example.com}\n  tls: {mode: ServerOnly, validation: {hostname: api.example.com}}\n";
+    std::fs::write(dir.join("bundle.yaml"), bundle).unwrap();
+    let entries = |extra: &[&str]| {
+        let mut args = vec!["-f", "bundle.yaml", "-o", "json"];
+        args.extend_from_slice(extra);
+        let out = analyze(&dir, &args, None);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let docs = output_documents(&out.stdout, true);
+        our_entries(&docs[0], "gateway.networking.x-k8s.io/xbackend-controller").map(gateway_of).collect::<Vec<_>>()
+    };
+    assert!(entries(&[]).is_empty(), "not our class");
+    assert_eq!(entries(&["--gateway-class", "istio"]), ["default/mesh"]);
+}
+
 macro_rules! golden_runs {
     ($($test:ident: $run:expr;)*) => {
         $(

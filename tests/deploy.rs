@@ -134,6 +134,7 @@ replicaCount: 3
 image: {repository: registry.example/xbc, tag: "9.9.9"}
 controller:
   name: example.com/gateway-controller
+  gatewayClasses: [istio, eg]
   clusterDomains: [corp.internal, cluster.example]
   allowHostnames: ["*.example.com", api.openai.com]
   denyHostnames: ["*.blocked.example.com"]
@@ -261,6 +262,8 @@ fn every_value_reaches_the_rendered_flags_and_objects() {
         [
             "run",
             "--controller-name=example.com/gateway-controller",
+            "--gateway-class=istio",
+            "--gateway-class=eg",
             "--cluster-domain=corp.internal",
             "--cluster-domain=cluster.example",
             "--allow-hostname=*.example.com",

@@ -631,3 +631,52 @@ async fn our_gatewayclass_is_accepted_once_per_generation_and_others_are_never_t
     assert_eq!(transition(&again), transition(&ours), "still True: lastTransitionTime kept");
     assert_eq!(classes.get(&theirs).await.unwrap().metadata.resource_version, theirs_before.metadata.resource_version);
 }
+
+/// Guard mode (issue 19): `--gateway-class` judges a Gateway of another
+/// implementation's class; our entry stands beside the implementation's own
+/// for the same Gateway, which is kept byte for byte, and the class's status
+/// is never written.
+#[tokio::test]
+async fn guard_mode_judges_another_implementations_gateways() {
+    let (cp, client, ns, gw) = setup("guard", &[]).await;
+    let class = support::unique_name("istio-like");
+    let yaml = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: {class}}}\nspec: {{controllerName: istio.io/gateway-controller}}\n{}{}{}",
+        support::gateway_yaml("mesh", &class),
+        xbackend_yaml("b", "api.example.com"),
+        route_yaml("r", &["mesh"], "b")
+    );
+    apply_yaml(&client, Some(&ns), &yaml).await;
+    let classes = support::dynamic(&client, "", "gateway.networking.k8s.io", "v1", "GatewayClass");
+    let class_before = classes.get(&class).await.unwrap();
+    let api = xbackend_api(&client, &ns);
+    let istio = json!({
+        "ancestorRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": ns, "name": "mesh"},
+        "controllerName": "istio.io/gateway-controller",
+        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "istio", "observedGeneration": 1, "lastTransitionTime": "2020-01-01T00:00:00Z"}]
+    });
+    api.patch_status("b", &PatchParams::default(), &Patch::Merge(json!({"status": {"ancestors": [istio.clone()]}})))
+        .await
+        .unwrap();
+
+    let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name, "--gateway-class", &class]);
+    ctl.wait_ready().await;
+    let obj = wait_for_xbackend(&api, "b", "our entry beside Istio's", |o| {
+        entries_of(o, "ancestors", &gw.controller_name).len() == 1
+    })
+    .await;
+    let ours = &entries_of(&obj, "ancestors", &gw.controller_name)[0];
+    assert_eq!(ours["ancestorRef"]["name"], "mesh");
+    assert_eq!(entries_of(&obj, "ancestors", "istio.io/gateway-controller"), vec![istio], "theirs untouched");
+    // Our own class is written (the sentinel: the class writer has listed
+    // both), the guarded one never.
+    let ours_accepted = support::eventually(Duration::from_secs(30), || async {
+        let ours = classes.get(&gw.class).await.ok()?;
+        (ours.data["status"]["conditions"][0]["status"] == "True").then_some(())
+    })
+    .await;
+    assert!(ours_accepted.is_some(), "our class Accepted; log:\n{}", ctl.log_tail());
+    let class_after = classes.get(&class).await.unwrap();
+    assert_eq!(class_after.metadata.resource_version, class_before.metadata.resource_version, "class status not ours");
+    assert_eq!(ctl.metric("xbackend_gatewayclass_status_writes_total"), Some(1.0), "ours only");
+}

@@ -257,7 +257,7 @@ mod tests {
     /// A tracker whose DNS server never answers, so every lookup holds its slot.
     fn tracker(silent: &std::net::UdpSocket, hostnames: &[&str]) -> Arc<DnsCheck> {
         let metrics = Arc::new(Metrics::default());
-        let state = Arc::new(State::new("ctrl", metrics.clone(), Synced::new([])));
+        let state = Arc::new(State::new(crate::index::Index::new("ctrl"), metrics.clone(), Synced::new([])));
         for (i, hostname) in hostnames.iter().enumerate() {
             let mut spec = crate::testing::plain_spec();
             spec.external_hostname = Some(ExternalHostnameBackend { hostname: hostname.to_string() });

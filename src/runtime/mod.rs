@@ -29,7 +29,7 @@ use tracing::{info, warn};
 use crate::cli::{LogFormat, RunArgs};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 
-use crate::index::{Kind, RefKind};
+use crate::index::{Index, Kind, RefKind};
 use crate::policy::Policy;
 
 pub use error::{Error, chain};
@@ -97,7 +97,11 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let identity = identity();
 
     let metrics = Arc::new(Metrics::default());
-    let state = Arc::new(State::new(&args.controller_name, metrics.clone(), Synced::open()));
+    let state = Arc::new(State::new(
+        Index::new(&args.controller_name).guarding(args.guard.gateway_classes.clone()),
+        metrics.clone(),
+        Synced::open(),
+    ));
     let queue = Arc::new(Queue::default());
 
     // The watches: one line per kind (docs/design.md §11, "Adding a watched kind").
@@ -285,7 +289,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_resync_clock_starts_once_the_first_pass_has_drained() {
         let metrics = Arc::new(Metrics::default());
-        let state = Arc::new(State::new("ctl", metrics.clone(), Synced::new(["XBackend"])));
+        let state = Arc::new(State::new(Index::new("ctl"), metrics.clone(), Synced::new(["XBackend"])));
         for name in ["a", "b"] {
             state.apply(ObjectRef::new("ns", name), Object::XBackend(Backend::new(1, Err("no spec".into()))));
         }

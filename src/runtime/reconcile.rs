@@ -492,7 +492,7 @@ mod tests {
     /// A reconciler over the fake with one XBackend behind one of our Gateways.
     fn reconciler(fake: Fake, leadership: Leadership) -> Reconciler<Fake> {
         let metrics = Arc::new(Metrics::default());
-        let state = Arc::new(State::new(OURS, metrics.clone(), Synced::new([])));
+        let state = Arc::new(State::new(crate::index::Index::new(OURS), metrics.clone(), Synced::new([])));
         let class = json!({"metadata": {"name": "ours"}, "spec": {"controllerName": OURS}});
         apply(&state, Kind::GatewayClass, class);
         let gateway = json!({"metadata": {"namespace": "app", "name": "gw"}, "spec": {"gatewayClassName": "ours"}});

@@ -49,8 +49,9 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(controller_name: &str, metrics: Arc<Metrics>, synced: Synced) -> State {
-        let inner = Inner { index: Index::new(controller_name), ..Inner::default() };
+    /// `index` is empty; it decides which Gateways are judged (`Index::new`, `Index::guarding`).
+    pub fn new(index: Index, metrics: Arc<Metrics>, synced: Synced) -> State {
+        let inner = Inner { index, ..Inner::default() };
         State { inner: Mutex::new(inner), metrics, synced }
     }
 
@@ -324,7 +325,7 @@ mod tests {
     }
 
     fn state() -> State {
-        State::new("ctl", Arc::new(Metrics::default()), Synced::new([]))
+        State::new(Index::new("ctl"), Arc::new(Metrics::default()), Synced::new([]))
     }
 
     fn gauge(state: &State, accepted: bool) -> i64 {

@@ -75,6 +75,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "xbackend-controller.args" -}}
 - run
 - {{ printf "--controller-name=%s" .Values.controller.name | quote }}
+{{- range .Values.controller.gatewayClasses }}
+- {{ printf "--gateway-class=%s" . | quote }}
+{{- end }}
 {{- range .Values.controller.clusterDomains }}
 - {{ printf "--cluster-domain=%s" . | quote }}
 {{- end }}
