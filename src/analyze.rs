@@ -62,6 +62,12 @@ pub fn main(args: AnalyzeArgs) -> ExitCode {
             return ExitCode::from(EXIT_INPUT);
         }
     };
+    if args.egress.enabled() && !args.dns_check {
+        eprintln!(
+            "error: --egress-policy networkpolicy needs --dns-check: the policies allow the addresses names resolve to"
+        );
+        return ExitCode::from(EXIT_INPUT);
+    }
     let resolve = |hostname: &str| -> Option<Resolution> {
         let (runtime, resolver) = dns.as_ref()?;
         runtime.block_on(resolver.resolve(hostname)).ok()
@@ -70,6 +76,7 @@ pub fn main(args: AnalyzeArgs) -> ExitCode {
         controller_name: &args.controller_name,
         gateway_classes: &args.guard.gateway_classes,
         assume_refs_exist: args.assume_refs_exist,
+        egress: args.egress.enabled().then(|| args.egress.config()),
     };
     let report = analyze(docs, &policy, &options, &crate::judge::now_rfc3339(), &resolve);
     let mut stdout = std::io::stdout().lock();
@@ -106,6 +113,8 @@ pub struct Report {
     pub backends: Vec<Analyzed>,
     /// Things worth knowing that are not findings: ignored kinds, duplicates.
     pub notes: Vec<String>,
+    /// With --egress-policy networkpolicy: the NetworkPolicies `run` would write.
+    pub policies: Vec<Value>,
 }
 
 pub struct Analyzed {
@@ -120,12 +129,13 @@ impl Report {
         self.backends.iter().all(|b| b.judgement.is_clean())
     }
 
-    /// Multi-document YAML, one XBackend per document.
+    /// Multi-document YAML, one XBackend per document, then the NetworkPolicies.
     pub fn yaml(&self) -> String {
-        self.backends
-            .iter()
-            .map(|b| format!("---\n{}", serde_yaml_ng::to_string(&b.object).unwrap_or_default()))
-            .collect()
+        self.objects().map(|o| format!("---\n{}", serde_yaml_ng::to_string(o).unwrap_or_default())).collect()
+    }
+
+    fn objects(&self) -> impl Iterator<Item = &Value> {
+        self.backends.iter().map(|b| &b.object).chain(&self.policies)
     }
 
     /// One JSON object of kind List.
@@ -133,7 +143,7 @@ impl Report {
         let list = serde_json::json!({
             "apiVersion": "v1",
             "kind": "List",
-            "items": self.backends.iter().map(|b| &b.object).collect::<Vec<_>>(),
+            "items": self.objects().collect::<Vec<_>>(),
         });
         serde_json::to_string_pretty(&list).unwrap_or_default()
     }
@@ -176,6 +186,14 @@ impl Report {
             clean,
             self.backends.len() - clean
         ));
+        for p in &self.policies {
+            let rules = p["spec"]["egress"].as_array().map_or(0, Vec::len);
+            lines.push(format!(
+                "NetworkPolicy {}/{}  {rules} egress rule(s)",
+                p["metadata"]["namespace"].as_str().unwrap_or_default(),
+                p["metadata"]["name"].as_str().unwrap_or_default()
+            ));
+        }
         lines.extend(self.notes.iter().map(|n| format!("note: {n}")));
         lines.join("\n")
     }
@@ -190,6 +208,8 @@ pub struct Options<'a> {
     /// Referenced Secrets and ConfigMaps the bundle does not hold count as
     /// present and valid (made at run time by cert-manager and the like).
     pub assume_refs_exist: bool,
+    /// Build the egress NetworkPolicies too (docs/design.md §6b).
+    pub egress: Option<crate::egress::Config>,
 }
 
 /// Runs the controller's logic over the objects of a bundle.
@@ -259,6 +279,8 @@ pub fn analyze(
     }
 
     let mut analyzed = Vec::new();
+    // Gateway -> what its data plane may reach (with --egress-policy).
+    let mut behind: BTreeMap<ObjectRef, Vec<crate::egress::Allowed>> = BTreeMap::new();
     // Each assumed target and the XBackends that reference it, for the summary.
     let mut assumed: BTreeMap<RefTarget, Vec<ObjectRef>> = BTreeMap::new();
     for (key, mut object) in backends {
@@ -293,8 +315,23 @@ pub fn analyze(
         let list =
             if judgement.merged.list.is_empty() { Value::Null } else { Value::Array(judgement.merged.list.clone()) };
         set_status(&mut object, shape.list_field(), list);
+        if let (Some(_), Some(Ok(spec))) = (&options.egress, index.backend(&key).map(|b| &b.spec)) {
+            let addresses = fetched.resolution.iter().flat_map(|r| r.addresses.iter().copied()).collect();
+            let accepted = judgement.ancestors.iter().zip(judgement.entries.iter().map(|v| v.accepted.status));
+            for (gateway, allowed) in crate::egress::uses(&key, spec, accepted, &addresses) {
+                behind.entry(gateway).or_default().push(allowed);
+            }
+        }
         analyzed.push(Analyzed { key, object, judgement });
     }
+    let policies = match &options.egress {
+        Some(config) => index
+            .judged_gateways()
+            .iter()
+            .flat_map(|gw| crate::egress::policies(gw, behind.get(gw).map_or(&[][..], Vec::as_slice), config))
+            .collect(),
+        None => Vec::new(),
+    };
     notes.extend(assumed.into_iter().map(|(target, users)| {
         let (kind, name) = match &target {
             RefTarget::Secret(r) => ("Secret", r),
@@ -303,7 +340,7 @@ pub fn analyze(
         let users = users.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
         format!("assumed {kind} {name} exists and is valid (not in the input; --assume-refs-exist), referenced by XBackend {users}")
     }));
-    Report { backends: analyzed, notes }
+    Report { backends: analyzed, notes, policies }
 }
 
 /// A manifest without `metadata.generation` is judged as the apiserver would

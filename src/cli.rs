@@ -79,6 +79,47 @@ pub struct GuardArgs {
     pub gateway_classes: Vec<String>,
 }
 
+/// Egress enforcement: NetworkPolicies for the judged Gateways' data planes (docs/design.md §6b).
+#[derive(Args, Debug, Clone)]
+pub struct EgressArgs {
+    /// off, or networkpolicy: one set of NetworkPolicies per judged Gateway allowing its data-plane Pods to reach only the vetted addresses of its Accepted XBackends, DNS and (by default) the cluster's Pods. Needs the DNS check.
+    #[arg(long, value_enum, default_value_t = EgressPolicy::Off)]
+    pub egress_policy: EgressPolicy,
+    /// Let the data plane reach every Pod of every namespace (routes to Services keep working); false for operators who add their own rules.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub egress_policy_allow_cluster: bool,
+    /// How long an address stays allowed after an answer last held it (clients cache longer than TTLs), e.g. 1h, 30m, 90s.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub egress_address_hold: std::time::Duration,
+    /// At most this many addresses per hostname; the least recently seen leave first.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    pub egress_max_addresses_per_host: u16,
+    /// Allow DNS to these resolver ranges (repeatable; node-local caches) instead of the cluster DNS Pods (kube-system, k8s-app=kube-dns).
+    #[arg(long = "egress-dns-cidr", value_name = "CIDR")]
+    pub egress_dns_cidrs: Vec<ipnet::IpNet>,
+}
+
+impl EgressArgs {
+    pub fn enabled(&self) -> bool {
+        self.egress_policy == EgressPolicy::Networkpolicy
+    }
+
+    pub fn config(&self) -> crate::egress::Config {
+        let dns = if self.egress_dns_cidrs.is_empty() {
+            crate::egress::DnsPeers::default()
+        } else {
+            crate::egress::DnsPeers::Cidrs(self.egress_dns_cidrs.clone())
+        };
+        crate::egress::Config { allow_cluster: self.egress_policy_allow_cluster, dns }
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EgressPolicy {
+    Off,
+    Networkpolicy,
+}
+
 /// Where and how often the resolved-address guardrail asks DNS.
 #[derive(Args, Debug, Clone)]
 pub struct DnsArgs {
@@ -133,6 +174,8 @@ pub struct RunArgs {
     pub no_dns_check: bool,
     #[command(flatten)]
     pub dns: DnsArgs,
+    #[command(flatten)]
+    pub egress: EgressArgs,
     /// Seconds between safety resyncs on the leader, counted from when the previous pass was drained from the queue: every XBackend is reconciled again (nothing is written when nothing changed). 0 disables them.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub resync_interval: u64,
@@ -190,12 +233,14 @@ pub struct AnalyzeArgs {
     pub dns_check: bool,
     #[command(flatten)]
     pub dns: DnsArgs,
+    #[command(flatten)]
+    pub egress: EgressArgs,
 
     /// Count Secrets and ConfigMaps that XBackends reference but the input does not hold as present and valid, for bundles whose certificates cert-manager, external-secrets or a CSI driver create at run time; the summary lists each one assumed. Objects in the input, reference kinds and ReferenceGrants are still checked. Default: off (an absent reference is a finding).
     #[arg(long)]
     pub assume_refs_exist: bool,
 
-    /// yaml or json: the XBackends with the status the controller would write; table: one line per XBackend and ancestor.
+    /// yaml or json: the XBackends with the status the controller would write (then, with --egress-policy networkpolicy, the NetworkPolicies it would write); table: one line per XBackend and ancestor.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Yaml)]
     pub output: OutputFormat,
 }

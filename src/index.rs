@@ -356,6 +356,13 @@ impl Index {
         ancestors.into_iter().map(|(gateway, referrers)| Ancestor { gateway: gateway.clone(), referrers }).collect()
     }
 
+    /// Every Gateway this controller judges (docs/design.md §3), sorted.
+    pub fn judged_gateways(&self) -> Vec<ObjectRef> {
+        let mut judged: Vec<ObjectRef> = self.gateways.keys().filter(|gw| self.is_our_gateway(gw)).cloned().collect();
+        judged.sort();
+        judged
+    }
+
     /// True when a live Pod in `namespace` carries every label of `selector`.
     pub fn has_matching_pod(&self, namespace: &str, selector: &BTreeMap<String, String>) -> bool {
         self.pods.get(namespace).is_some_and(|pods| pods.values().any(|labels| selects(selector, labels)))

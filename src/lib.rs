@@ -8,6 +8,7 @@ pub mod cli;
 pub mod conditions;
 pub mod decode;
 pub mod dns;
+pub mod egress;
 pub mod fit;
 pub mod gatewayclass;
 pub mod guardrails;

@@ -25,6 +25,10 @@ fn main() -> ExitCode {
                     eprintln!("error: {msg}");
                     ExitCode::from(2)
                 }
+                Err(e) if e.is_usage() => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
                 Err(e) => {
                     // Once, with its causes; the logs may go to the same stream.
                     eprintln!("error: {}", xbackend_controller::runtime::chain(&e));

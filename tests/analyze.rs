@@ -961,3 +961,103 @@ fn dns_check_judges_resolved_addresses_only_when_asked() {
     assert_eq!(verdict(&checked, "public"), "True (Accepted", "{}", checked.stderr);
     assert!(checked.stderr.contains("169.254.169.254") && checked.stderr.contains("metadata"), "{}", checked.stderr);
 }
+
+/// Issue 19, item 4: `--egress-policy networkpolicy --dns-check` prints the
+/// NetworkPolicy `run` would write for each judged Gateway, and an
+/// independent evaluator (nca) reads it as allowing exactly the vetted
+/// addresses on their ports, the EndpointSelector's Pods and DNS.
+#[test]
+fn egress_policies_are_printed_for_review_and_nca_agrees() {
+    use support::dns::{Answer, DnsServer};
+    use support::nca::Connectivity;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let dns = runtime.block_on(DnsServer::start());
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+    dns.set("api.example.net", Answer::Addresses(vec![ip("93.184.215.14"), ip("2606:2800:21f:cb07::14")], 30));
+    dns.set("stun.example.net", Answer::Addresses(vec![ip("93.184.215.16")], 30));
+    dns.set("rebound.example.net", Answer::Addresses(vec![ip("169.254.169.254")], 30));
+    let dir = support::tempdir("analyze-egress");
+    let external = |name: &str, port: u16, tls: bool| {
+        let tls = if tls {
+            format!("  tls: {{mode: ServerOnly, validation: {{hostname: {name}.example.net}}}}\n")
+        } else {
+            String::new()
+        };
+        format!(
+            "---\napiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackend\nmetadata: {{name: {name}, namespace: app}}\nspec:\n  type: ExternalHostname\n  port: {{number: {port}}}\n  externalHostname: {{hostname: {name}.example.net}}\n{tls}"
+        )
+    };
+    let xref = |name: &str| format!("{{group: gateway.networking.x-k8s.io, kind: XBackend, name: {name}}}");
+    let bundle = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: ours}}\nspec: {{controllerName: gateway.networking.x-k8s.io/xbackend-controller}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: app}}\nspec: {{gatewayClassName: ours, listeners: [{{name: http, protocol: HTTP, port: 80}}]}}\n{}{}{}---\napiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackend\nmetadata: {{name: web, namespace: app}}\nspec:\n  type: EndpointSelector\n  port: {{number: 8080}}\n  endpointSelector: {{matchLabels: {{app: web}}}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: app}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules: [{{backendRefs: [{}, {}, {}]}}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: UDPRoute\nmetadata: {{name: u, namespace: app}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules: [{{backendRefs: [{}]}}]\n",
+        external("api", 443, true),
+        external("stun", 3478, false),
+        external("rebound", 443, true),
+        xref("api"),
+        xref("web"),
+        xref("rebound"),
+        xref("stun"),
+    );
+    std::fs::write(dir.join("bundle.yaml"), bundle).unwrap();
+    let server = dns.flag();
+    let args = ["-f", "bundle.yaml", "--dns-check", "--dns-server", &server, "--egress-policy", "networkpolicy"];
+
+    let names_only = analyze(&dir, &["-f", "bundle.yaml", "--egress-policy", "networkpolicy"], None);
+    assert_eq!(names_only.code, 2, "the policies need the addresses: {}", names_only.stderr);
+    assert!(names_only.stderr.contains("needs --dns-check"), "{}", names_only.stderr);
+
+    let mut closed = args.to_vec();
+    closed.extend(["--egress-policy-allow-cluster", "false"]);
+    let out = analyze(&dir, &closed, None);
+    assert_eq!(out.code, 3, "rebound is rejected: {}", out.stderr);
+    let policies: Vec<Value> =
+        output_documents(&out.stdout, false).into_iter().filter(|d| d["kind"] == "NetworkPolicy").collect();
+    assert_eq!(policies.len(), 1, "{}", out.stdout);
+    assert_eq!(policies[0]["metadata"]["name"], "xbackend-egress-gw");
+    assert_eq!(policies[0]["metadata"]["namespace"], "app");
+    assert!(out.stderr.contains("NetworkPolicy app/xbackend-egress-gw  4 egress rule(s)"), "{}", out.stderr);
+    let notes = policies[0]["metadata"]["annotations"]["gateway.networking.x-k8s.io/egress-rules"].as_str().unwrap();
+    assert!(!notes.contains("rebound"), "a rejected XBackend gets nothing: {notes}");
+
+    // nca reads the policy against a Gateway Pod, the web Pod and cluster DNS.
+    // As multi-document YAML: nca reads a bare YAML list as no policy at all.
+    let documents: String = policies.iter().map(|p| format!("---\n{}", serde_yaml_ng::to_string(p).unwrap())).collect();
+    std::fs::write(dir.join("policies.yaml"), documents).unwrap();
+    let pod = |ns: &str, name: &str, labels: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {labels}}}\nspec: {{containers: [{{name: c, image: x}}]}}\n"
+        )
+    };
+    let topology = [
+        "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: app}\n".to_string(),
+        "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: kube-system}\n".to_string(),
+        pod("app", "gw-pod", "{gateway.networking.k8s.io/gateway-name: gw}"),
+        pod("app", "web-0", "{app: web}"),
+        pod("app", "db-0", "{app: db}"),
+        pod("kube-system", "kube-dns-0", "{k8s-app: kube-dns}"),
+    ]
+    .concat();
+    std::fs::write(dir.join("topology.yaml"), topology).unwrap();
+    let map = Connectivity::of("app/gw-pod", &dir.join("policies.yaml"), &dir.join("topology.yaml"));
+    let checks = [
+        (map.allows_address(ip("93.184.215.14"), "TCP", 443), true, "api over IPv4"),
+        (map.allows_address(ip("2606:2800:21f:cb07::14"), "TCP", 443), true, "api over IPv6"),
+        (map.allows_address(ip("93.184.215.14"), "TCP", 8443), false, "api on another port"),
+        (map.allows_address(ip("93.184.215.15"), "TCP", 443), false, "an address never vetted"),
+        (map.allows_address(ip("169.254.169.254"), "TCP", 443), false, "the rejected rebound"),
+        (map.allows_address(ip("93.184.215.16"), "UDP", 3478), true, "stun over UDP (UDPRoute)"),
+        (map.allows_pod("app/web-0", "TCP", 8080), true, "the EndpointSelector's Pod"),
+        (map.allows_pod("app/web-0", "TCP", 9090), false, "that Pod on another port"),
+        (map.allows_pod("app/db-0", "TCP", 8080), false, "another Pod (cluster rule off)"),
+        (map.allows_pod("kube-system/kube-dns-0", "UDP", 53), true, "DNS"),
+    ];
+    for (got, want, what) in checks {
+        assert_eq!(got, want, "{what}; nca map:\n{}", map.text);
+    }
+
+    // The default keeps the cluster open: every Pod, every port.
+    let open = analyze(&dir, &args, None);
+    let policies: Vec<Value> =
+        output_documents(&open.stdout, false).into_iter().filter(|d| d["kind"] == "NetworkPolicy").collect();
+    assert_eq!(policies[0]["spec"]["egress"][1], serde_json::json!({"to": [{"namespaceSelector": {}}]}));
+}

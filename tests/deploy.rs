@@ -15,7 +15,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
@@ -24,7 +24,7 @@ use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::Discovery;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use support::{Channel, ControlPlane, apply_yaml, eventually};
+use support::{Channel, ControlPlane, apply_yaml, eventually, tool};
 
 const CHART: &str = "deploy/helm/xbackend-controller";
 const DEFAULT_CONTROLLER_NAME: &str = "gateway.networking.x-k8s.io/xbackend-controller";
@@ -34,7 +34,7 @@ fn repo() -> PathBuf {
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("target"))
+    support::target_dir()
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -48,30 +48,8 @@ fn text(out: &[u8]) -> String {
 
 // ---- Helm ----
 
-/// target/tools/NAME at its pinned version, installed by
-/// hack/install-NAME.sh (which `make test` runs first; a plain `cargo test`
-/// installs on first use). Never a copy from PATH: the pinned version is what
-/// the checks are written for. Test binaries running in parallel wait on a
-/// lock file, like the control plane build.
-fn tool(name: &str) -> PathBuf {
-    static INSTALLED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
-    let tools = target_dir().join("tools");
-    let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
-    if installed.contains(name) {
-        return tools.join(name);
-    }
-    std::fs::create_dir_all(&tools).unwrap();
-    let lock = std::fs::File::create(tools.join(format!(".{name}-install-lock"))).unwrap();
-    lock.lock().unwrap_or_else(|e| panic!("lock the {name} install: {e}"));
-    let script = repo().join(format!("hack/install-{name}.sh"));
-    let out = run(Command::new(&script).env("TOOLS_DIR", &tools));
-    assert!(out.status.success(), "{} failed:\n{}{}", script.display(), text(&out.stdout), text(&out.stderr));
-    installed.insert(name.to_string());
-    tools.join(name)
-}
-
 fn helm() -> PathBuf {
-    tool("helm")
+    support::tool("helm")
 }
 
 /// A Helm command that keeps its caches and config in a throwaway folder.

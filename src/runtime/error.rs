@@ -15,6 +15,21 @@ pub enum Error {
     Listen(#[from] std::io::Error),
     #[error("cannot start leader election")]
     Lease(#[source] kube_lease_manager::LeaseManagerError),
+    #[error(
+        "--egress-policy networkpolicy needs the DNS check (the policies allow resolved addresses): drop --no-dns-check"
+    )]
+    EgressNeedsDnsCheck,
+    #[error(
+        "--egress-policy networkpolicy: `run` does not write NetworkPolicies yet; review them with `xbackend-controller analyze --egress-policy networkpolicy --dns-check -o yaml`"
+    )]
+    EgressNotWrittenYet,
+}
+
+impl Error {
+    /// Flags that cannot work together: exit 2, like any usage error.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Error::Usage(_) | Error::EgressNeedsDnsCheck | Error::EgressNotWrittenYet)
+    }
 }
 
 /// An error and its sources, as one line: "outer: inner: innermost".

@@ -79,6 +79,9 @@ async fn detect_service_cidrs(client: &Client, policy: &mut Policy) {
 
 pub async fn run(args: RunArgs) -> Result<(), Error> {
     let mut policy = Policy::new(args.policy.to_config()).map_err(Error::Usage)?;
+    if args.egress.enabled() {
+        return Err(if args.dns_check_enabled() { Error::EgressNotWrittenYet } else { Error::EgressNeedsDnsCheck });
+    }
     let mut config = kube::Config::infer().await?;
     config.read_timeout = Some(timeouts::READ_TIMEOUT);
     // Count the read timeout from each request, not from when a pooled

@@ -3,8 +3,10 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod nca;
 pub mod relay;
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -680,4 +682,40 @@ pub fn ca_pem(kubeconfig: &Path) -> String {
     let data: k8s_openapi::ByteString =
         serde_json::from_value(kc["clusters"][0]["cluster"]["certificate-authority-data"].clone()).expect("CA data");
     String::from_utf8(data.0).expect("PEM is text")
+}
+
+// ---- Pinned tools (Helm, promtool, hadolint, nca) ----
+
+/// The build's target folder (CARGO_TARGET_DIR or ./target).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+/// target/tools/NAME at its pinned version, installed by
+/// hack/install-NAME.sh (which `make test` runs first; a plain `cargo test`
+/// installs on first use). Never a copy from PATH: the pinned version is what
+/// the checks are written for. Test binaries running in parallel wait on a
+/// lock file, like the control plane build.
+#[allow(dead_code)]
+pub fn tool(name: &str) -> PathBuf {
+    static INSTALLED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let tools = target_dir().join("tools");
+    let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+    if installed.contains(name) {
+        return tools.join(name);
+    }
+    std::fs::create_dir_all(&tools).unwrap();
+    let lock = std::fs::File::create(tools.join(format!(".{name}-install-lock"))).unwrap();
+    lock.lock().unwrap_or_else(|e| panic!("lock the {name} install: {e}"));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("hack/install-{name}.sh"));
+    let out = Command::new(&script)
+        .env("TOOLS_DIR", &tools)
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert!(out.status.success(), "{} failed:\n{}{}", script.display(), text(&out.stdout), text(&out.stderr));
+    installed.insert(name.to_string());
+    tools.join(name)
 }

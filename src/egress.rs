@@ -1,0 +1,427 @@
+//! Egress NetworkPolicies for Gateway data planes (docs/design.md §6b): what
+//! each judged Gateway may reach, as objects any CNI enforces. Pure: shared by
+//! `analyze` and the runtime's policy writer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde_json::{Value, json};
+
+use crate::api::XBackendSpec;
+use crate::model::{Ancestor, ObjectRef, Referrer, RouteKind};
+
+/// Label on every NetworkPolicy this controller owns; its value is the Gateway's name.
+pub const OWNED_LABEL: &str = "gateway.networking.x-k8s.io/egress-for-gateway";
+/// Annotation that says which XBackend each egress rule serves.
+pub const RULES_ANNOTATION: &str = "gateway.networking.x-k8s.io/egress-rules";
+/// The label GEP-1762 implementations (Istio among them) put on a Gateway's data-plane Pods.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+/// XBackends per object: 64 hosts of at most 64 addresses each stay far under 512 KiB.
+pub const BACKENDS_PER_OBJECT: usize = 64;
+
+/// Where a Gateway's DNS queries go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DnsPeers {
+    /// Cluster DNS Pods: namespace and labels.
+    Pods { namespace: String, labels: BTreeMap<String, String> },
+    /// Resolver addresses (node-local caches), as ipBlocks.
+    Cidrs(Vec<IpNet>),
+}
+
+impl Default for DnsPeers {
+    fn default() -> Self {
+        DnsPeers::Pods {
+            namespace: "kube-system".into(),
+            labels: BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]),
+        }
+    }
+}
+
+/// How policies are shaped, from the `--egress-*` flags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Allow every Pod in every namespace (routes to Services keep working).
+    pub allow_cluster: bool,
+    pub dns: DnsPeers,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { allow_cluster: true, dns: DnsPeers::default() }
+    }
+}
+
+/// One Accepted XBackend behind a Gateway, as the policy needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allowed {
+    pub backend: ObjectRef,
+    pub destination: Destination,
+    pub port: u16,
+    /// Used from a UDPRoute through this Gateway: UDP besides TCP.
+    pub udp: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// ExternalHostname: the vetted addresses (hold-down applied by the caller).
+    Addresses { hostname: String, addresses: BTreeSet<IpAddr> },
+    /// EndpointSelector: Pods of the XBackend's namespace with these labels.
+    Pods { labels: BTreeMap<String, String> },
+}
+
+/// What one XBackend adds to the policies of the Gateways it is Accepted
+/// behind: `accepted` pairs each ancestor with its entry's Accepted status;
+/// `addresses` are the vetted (and held) ones of an ExternalHostname. A
+/// port outside 1..65535 (an invalid spec is never Accepted) adds nothing.
+pub fn uses<'a>(
+    key: &ObjectRef,
+    spec: &XBackendSpec,
+    accepted: impl IntoIterator<Item = (&'a Ancestor, bool)>,
+    addresses: &BTreeSet<IpAddr>,
+) -> Vec<(ObjectRef, Allowed)> {
+    let Some(port) = spec.port.value().and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0) else {
+        return Vec::new();
+    };
+    let destination = match (&spec.external_hostname, &spec.endpoint_selector) {
+        (Some(external), _) => Destination::Addresses {
+            hostname: crate::names::normalize(&external.hostname),
+            addresses: addresses.clone(),
+        },
+        (None, Some(selector)) => Destination::Pods { labels: selector.match_labels.clone() },
+        (None, None) => return Vec::new(),
+    };
+    accepted
+        .into_iter()
+        .filter(|(_, accepted)| *accepted)
+        .map(|(ancestor, _)| {
+            let udp = ancestor.referrers.contains(Referrer::Route(RouteKind::Udp));
+            let allowed = Allowed { backend: key.clone(), destination: destination.clone(), port, udp };
+            (ancestor.gateway.clone(), allowed)
+        })
+        .collect()
+}
+
+/// The NetworkPolicies for one Gateway, in shard order. Same inputs, same
+/// bytes. Shard 0 carries DNS and cluster rules; XBackends spread over
+/// shards by a stable hash of their name, so one XBackend's change rewrites
+/// one object. A Gateway with no Accepted XBackend still gets shard 0:
+/// its data plane may reach DNS (and the cluster) and nothing outside.
+pub fn policies(gateway: &ObjectRef, allowed: &[Allowed], config: &Config) -> Vec<Value> {
+    let shards = shard_count(allowed.len());
+    let mut by_shard: Vec<Vec<&Allowed>> = vec![Vec::new(); shards];
+    for a in allowed {
+        by_shard[shard_of(&a.backend, shards)].push(a);
+    }
+    by_shard
+        .into_iter()
+        .enumerate()
+        .map(|(shard, mut members)| {
+            members.sort_by(|a, b| a.backend.cmp(&b.backend));
+            let mut rules = Vec::new();
+            let mut notes = Vec::new();
+            if shard == 0 {
+                rules.push(dns_rule(&config.dns));
+                notes.push("DNS".to_string());
+                if config.allow_cluster {
+                    rules.push(json!({"to": [{"namespaceSelector": {}}]}));
+                    notes.push("every Pod of the cluster (--egress-policy-allow-cluster)".to_string());
+                }
+            }
+            for a in members {
+                rules.push(backend_rule(a));
+                notes.push(note(a));
+            }
+            let annotation: Vec<String> = notes.iter().enumerate().map(|(i, n)| format!("egress[{i}]: {n}")).collect();
+            json!({
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {
+                    "name": object_name(&gateway.name, shard),
+                    "namespace": &*gateway.namespace,
+                    "labels": {OWNED_LABEL: &*gateway.name, "app.kubernetes.io/managed-by": "xbackend-controller"},
+                    "annotations": {RULES_ANNOTATION: annotation.join("\n")},
+                },
+                "spec": {
+                    "podSelector": {"matchLabels": {GATEWAY_NAME_LABEL: &*gateway.name}},
+                    "policyTypes": ["Egress"],
+                    "egress": rules,
+                },
+            })
+        })
+        .collect()
+}
+
+/// A power of two, so the count (and every XBackend's shard) changes only
+/// when the number of XBackends doubles or halves.
+fn shard_count(backends: usize) -> usize {
+    backends.div_ceil(BACKENDS_PER_OBJECT).max(1).next_power_of_two()
+}
+
+/// FNV-1a over "namespace/name": stable across runs and releases, unlike std's hasher.
+fn shard_of(backend: &ObjectRef, shards: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in backend.namespace.bytes().chain([b'/']).chain(backend.name.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % shards as u64) as usize
+}
+
+/// `xbackend-egress-<gateway>[-<shard>]`; a Gateway name is at most 253
+/// characters, so a long one is cut and told apart by its hash.
+fn object_name(gateway: &str, shard: usize) -> String {
+    let suffix = if shard == 0 { String::new() } else { format!("-{shard}") };
+    let name = format!("xbackend-egress-{gateway}{suffix}");
+    if name.len() <= 253 {
+        return name;
+    }
+    let hash = shard_of(&ObjectRef::new("", gateway), usize::MAX);
+    format!("xbackend-egress-{}-{hash:x}{suffix}", &gateway[..200])
+}
+
+fn dns_rule(dns: &DnsPeers) -> Value {
+    let ports = json!([{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]);
+    let to: Vec<Value> = match dns {
+        DnsPeers::Pods { namespace, labels } => vec![json!({
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "podSelector": {"matchLabels": labels},
+        })],
+        DnsPeers::Cidrs(cidrs) => cidrs.iter().map(|c| json!({"ipBlock": {"cidr": c.to_string()}})).collect(),
+    };
+    json!({"to": to, "ports": ports})
+}
+
+fn backend_rule(a: &Allowed) -> Value {
+    let mut ports = vec![json!({"protocol": "TCP", "port": a.port})];
+    if a.udp {
+        ports.push(json!({"protocol": "UDP", "port": a.port}));
+    }
+    let to: Vec<Value> = match &a.destination {
+        Destination::Addresses { addresses, .. } => {
+            addresses.iter().map(|ip| json!({"ipBlock": {"cidr": IpNet::from(*ip).to_string()}})).collect()
+        }
+        Destination::Pods { labels } => vec![json!({
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": &*a.backend.namespace}},
+            "podSelector": {"matchLabels": labels},
+        })],
+    };
+    json!({"to": to, "ports": ports})
+}
+
+fn note(a: &Allowed) -> String {
+    let what = match &a.destination {
+        Destination::Addresses { hostname, addresses } => {
+            let plural = if addresses.len() == 1 { "" } else { "es" };
+            format!("{hostname} ({} address{plural})", addresses.len())
+        }
+        Destination::Pods { .. } => "its Pods".to_string(),
+    };
+    format!("XBackend {} {what}, port {}", a.backend, a.port)
+}
+
+/// Addresses a hostname's answers have held, each with when it was last
+/// seen, so a rotating answer does not cut connections a client still makes
+/// to an address it cached (docs/design.md §6b, hold-down).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    seen: BTreeMap<String, BTreeMap<IpAddr, i64>>,
+}
+
+/// Hold-down settings (`--egress-address-hold`, `--egress-max-addresses-per-host`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hold {
+    pub seconds: i64,
+    pub max_per_host: usize,
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Hold { seconds: 3600, max_per_host: 64 }
+    }
+}
+
+impl Held {
+    /// Records a vetted answer for `hostname` at `now` (Unix seconds) and
+    /// returns the addresses to allow: this answer's, plus earlier ones seen
+    /// within the hold that `denied` does not refuse now, at most
+    /// `max_per_host`, the least recently seen leaving first. The second value
+    /// counts the addresses the cap evicted.
+    ///
+    /// A failed lookup is not an answer: call `held` instead, which keeps what is held.
+    pub fn observe(
+        &mut self,
+        hostname: &str,
+        answer: &[IpAddr],
+        now: i64,
+        hold: Hold,
+        denied: impl Fn(IpAddr) -> bool,
+    ) -> (BTreeSet<IpAddr>, usize) {
+        let seen = self.seen.entry(hostname.to_string()).or_default();
+        for ip in answer {
+            seen.insert(*ip, now);
+        }
+        seen.retain(|ip, last| now - *last <= hold.seconds && !denied(*ip));
+        let mut evicted = 0;
+        while seen.len() > hold.max_per_host.max(1) {
+            let oldest = seen.iter().min_by_key(|(ip, last)| (**last, **ip)).map(|(ip, _)| *ip).expect("non-empty");
+            seen.remove(&oldest);
+            evicted += 1;
+        }
+        (seen.keys().copied().collect(), evicted)
+    }
+
+    /// What is held for `hostname` at `now`, without a new answer.
+    pub fn held(&self, hostname: &str, now: i64, hold: Hold) -> BTreeSet<IpAddr> {
+        let seen = self.seen.get(hostname).into_iter().flatten();
+        seen.filter(|(_, last)| now - **last <= hold.seconds).map(|(ip, _)| *ip).collect()
+    }
+
+    /// Forgets a hostname: its XBackend is no longer Accepted or is gone, and
+    /// its addresses leave at once.
+    pub fn forget(&mut self, hostname: &str) {
+        self.seen.remove(hostname);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn external(name: &str, addresses: &[&str]) -> Allowed {
+        Allowed {
+            backend: ObjectRef::new("app", name),
+            destination: Destination::Addresses {
+                hostname: format!("{name}.example.com"),
+                addresses: addresses.iter().map(|a| ip(a)).collect(),
+            },
+            port: 443,
+            udp: false,
+        }
+    }
+
+    fn gw() -> ObjectRef {
+        ObjectRef::new("infra", "gw")
+    }
+
+    #[test]
+    fn one_policy_selects_the_data_plane_and_allows_exactly_what_is_vetted() {
+        let mut pods = external("web", &[]);
+        pods.destination = Destination::Pods { labels: BTreeMap::from([("app".into(), "web".into())]) };
+        pods.port = 8080;
+        let mut dns = external("dns", &["192.0.2.53"]);
+        dns.udp = true;
+        dns.port = 53;
+        let allowed = [external("api", &["192.0.2.10", "2001:db8::10"]), pods, dns];
+        let out = policies(&gw(), &allowed, &Config::default());
+        assert_eq!(out.len(), 1);
+        let p = &out[0];
+        assert_eq!(p["metadata"]["name"], "xbackend-egress-gw");
+        assert_eq!(p["metadata"]["namespace"], "infra");
+        assert_eq!(p["metadata"]["labels"][OWNED_LABEL], "gw");
+        assert_eq!(p["spec"]["podSelector"], json!({"matchLabels": {GATEWAY_NAME_LABEL: "gw"}}));
+        assert_eq!(p["spec"]["policyTypes"], json!(["Egress"]));
+        let egress = p["spec"]["egress"].as_array().unwrap();
+        assert_eq!(egress.len(), 5, "DNS, cluster, then one rule per XBackend in name order");
+        assert_eq!(egress[0]["to"][0]["podSelector"]["matchLabels"]["k8s-app"], "kube-dns");
+        assert_eq!(egress[1], json!({"to": [{"namespaceSelector": {}}]}));
+        assert_eq!(
+            egress[2],
+            json!({"to": [{"ipBlock": {"cidr": "192.0.2.10/32"}}, {"ipBlock": {"cidr": "2001:db8::10/128"}}], "ports": [{"protocol": "TCP", "port": 443}]})
+        );
+        assert_eq!(egress[3]["ports"], json!([{"protocol": "TCP", "port": 53}, {"protocol": "UDP", "port": 53}]));
+        assert_eq!(
+            egress[4]["to"][0],
+            json!({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "app"}}, "podSelector": {"matchLabels": {"app": "web"}}})
+        );
+        let notes = p["metadata"]["annotations"][RULES_ANNOTATION].as_str().unwrap();
+        assert!(notes.contains("egress[2]: XBackend app/api api.example.com (2 addresses), port 443"), "{notes}");
+    }
+
+    #[test]
+    fn without_the_cluster_rule_and_with_resolver_addresses() {
+        let config = Config { allow_cluster: false, dns: DnsPeers::Cidrs(vec!["169.254.20.10/32".parse().unwrap()]) };
+        let out = policies(&gw(), &[], &config);
+        assert_eq!(
+            out[0]["spec"]["egress"],
+            json!([{"to": [{"ipBlock": {"cidr": "169.254.20.10/32"}}], "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}])
+        );
+    }
+
+    #[test]
+    fn same_inputs_same_bytes_whatever_the_order() {
+        let a = [external("a", &["192.0.2.1"]), external("b", &["192.0.2.2"])];
+        let b = [a[1].clone(), a[0].clone()];
+        let text = |v: &[Value]| serde_json::to_string(v).unwrap();
+        assert_eq!(text(&policies(&gw(), &a, &Config::default())), text(&policies(&gw(), &b, &Config::default())));
+    }
+
+    /// Thousands of XBackends with 64 addresses each spread over objects
+    /// under 512 KiB, and one XBackend's change rewrites exactly one object.
+    #[test]
+    fn large_gateways_split_into_small_objects_one_change_one_object() {
+        let addresses: Vec<String> = (0..64).map(|i| format!("2001:db8:ffff:ffff:ffff:ffff:ffff:{i:x}")).collect();
+        let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
+        let allowed: Vec<Allowed> = (0..1200).map(|i| external(&format!("backend-{i:05}"), &refs)).collect();
+        let before = policies(&gw(), &allowed, &Config::default());
+        assert_eq!(before.len(), 32, "1200 / 64 rounded up to a power of two");
+        for p in &before {
+            let size = serde_json::to_vec(p).unwrap().len();
+            assert!(size < 512 * 1024, "{} is {size} bytes", p["metadata"]["name"]);
+        }
+        let mut changed = allowed.clone();
+        changed[1134] = external("backend-01134", &["192.0.2.99"]);
+        let after = policies(&gw(), &changed, &Config::default());
+        let differing = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+        assert_eq!(differing, 1);
+    }
+
+    #[test]
+    fn long_gateway_names_still_make_valid_names() {
+        let long = "g".repeat(253);
+        let name = object_name(&long, 3);
+        assert!(name.len() <= 253 && name.ends_with("-3"), "{name}");
+        assert_ne!(object_name(&long, 0), object_name(&format!("{}h", &long[..252]), 0));
+    }
+
+    const HOLD: Hold = Hold { seconds: 3600, max_per_host: 3 };
+
+    #[test]
+    fn addresses_are_held_after_the_answer_moves_on_until_the_hold_ends() {
+        let mut held = Held::default();
+        let none = |_: IpAddr| false;
+        let (now, _) = held.observe("api.example.com", &[ip("192.0.2.1")], 0, HOLD, none);
+        assert_eq!(now, BTreeSet::from([ip("192.0.2.1")]));
+        let (now, _) = held.observe("api.example.com", &[ip("192.0.2.2")], 100, HOLD, none);
+        assert_eq!(now, BTreeSet::from([ip("192.0.2.1"), ip("192.0.2.2")]), "the rotated-out address stays");
+        assert_eq!(held.held("api.example.com", 3600, HOLD), BTreeSet::from([ip("192.0.2.1"), ip("192.0.2.2")]));
+        assert_eq!(
+            held.held("api.example.com", 3601, HOLD),
+            BTreeSet::from([ip("192.0.2.2")]),
+            "a failed lookup holds"
+        );
+        let (now, _) = held.observe("api.example.com", &[ip("192.0.2.2")], 3601, HOLD, none);
+        assert_eq!(now, BTreeSet::from([ip("192.0.2.2")]), "hold over");
+    }
+
+    #[test]
+    fn a_denied_address_leaves_at_once_and_the_cap_evicts_the_least_recent() {
+        let mut held = Held::default();
+        let none = |_: IpAddr| false;
+        held.observe("h", &[ip("192.0.2.1")], 0, HOLD, none);
+        held.observe("h", &[ip("192.0.2.2")], 1, HOLD, none);
+        held.observe("h", &[ip("192.0.2.3")], 2, HOLD, none);
+        let (now, evicted) = held.observe("h", &[ip("192.0.2.4")], 3, HOLD, none);
+        assert_eq!(evicted, 1);
+        assert_eq!(now, BTreeSet::from([ip("192.0.2.2"), ip("192.0.2.3"), ip("192.0.2.4")]));
+        let (now, _) =
+            held.observe("h", &[ip("192.0.2.4")], 4, HOLD, |ip| ip == "192.0.2.3".parse::<IpAddr>().unwrap());
+        assert_eq!(now, BTreeSet::from([ip("192.0.2.2"), ip("192.0.2.4")]));
+        held.forget("h");
+        assert!(held.held("h", 5, HOLD).is_empty());
+    }
+}
