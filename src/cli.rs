@@ -104,6 +104,13 @@ impl EgressArgs {
         self.egress_policy == EgressPolicy::Networkpolicy
     }
 
+    pub fn hold(&self) -> crate::egress::Hold {
+        crate::egress::Hold {
+            seconds: i64::try_from(self.egress_address_hold.as_secs()).unwrap_or(i64::MAX),
+            max_per_host: usize::from(self.egress_max_addresses_per_host),
+        }
+    }
+
     pub fn config(&self) -> crate::egress::Config {
         let dns = if self.egress_dns_cidrs.is_empty() {
             crate::egress::DnsPeers::default()

@@ -65,7 +65,7 @@ pub fn decode(kind: Kind, object: &Value) -> Result<(ObjectRef, Object), String>
     let spec = object.get("spec").unwrap_or(&Value::Null);
     let decoded = match kind {
         Kind::Route(_) | Kind::Gateway | Kind::ListenerSet | Kind::GatewayClass | Kind::ReferenceGrant => {
-            decode_spec(kind, namespace, spec)
+            with_uid(decode_spec(kind, namespace, spec), str_at("/metadata/uid"))
         }
         Kind::XBackend => Object::XBackend(Backend {
             generation: object.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0),
@@ -97,12 +97,21 @@ fn key_of(kind: Kind, namespace: Option<&str>, name: Option<&str>) -> Result<Obj
     Ok(ObjectRef::new(namespace, name))
 }
 
+/// A Gateway keeps its uid (its egress NetworkPolicies name it as owner).
+fn with_uid(object: Object, uid: Option<&str>) -> Object {
+    match object {
+        Object::Gateway(gateway) => Object::Gateway(Gateway { uid: uid.unwrap_or_default().to_string(), ..gateway }),
+        other => other,
+    }
+}
+
 /// The kinds whose model is read from the spec alone.
 fn decode_spec(kind: Kind, namespace: &str, spec: &Value) -> Object {
     match kind {
         Kind::Route(route_kind) => Object::Route(route_kind, decode_route(namespace, spec)),
         Kind::Gateway => Object::Gateway(Gateway {
             class_name: string_at(spec, "gatewayClassName"),
+            uid: String::new(),
             external_auth: listener_auth_targets(namespace, spec),
         }),
         Kind::ListenerSet => Object::ListenerSet(decode_listener_set(namespace, spec)),
@@ -251,7 +260,7 @@ pub fn decode_watched(kind: Kind, object: &Watched) -> Result<(ObjectRef, Object
         }),
         Kind::Route(_) | Kind::Gateway | Kind::ListenerSet | Kind::GatewayClass | Kind::ReferenceGrant => {
             let spec: Value = spec.and_then(|s| serde_json::from_str(s).ok()).unwrap_or(Value::Null);
-            decode_spec(kind, &key.namespace, &spec)
+            with_uid(decode_spec(kind, &key.namespace, &spec), meta.uid.as_deref())
         }
         Kind::Pod | Kind::Namespace => return Err(format!("{kind:?} is watched by metadata only")),
     };
@@ -548,7 +557,10 @@ mod tests {
         ]);
         let gateway = json!({"metadata": {"name": "gw", "namespace": "app"}, "spec": {"gatewayClassName": "c", "listeners": listeners}});
         let Ok((_, Object::Gateway(gw))) = decode(Kind::Gateway, &gateway) else { panic!("a Gateway") };
-        assert_eq!(gw, Gateway { class_name: "c".into(), external_auth: refs(&[("app", "authz")]) });
+        assert_eq!(
+            gw,
+            Gateway { class_name: "c".into(), external_auth: refs(&[("app", "authz")]), ..Gateway::default() }
+        );
 
         let set = |parent: Value| {
             let value = json!({"metadata": {"name": "ls", "namespace": "app"}, "spec": {"parentRef": parent, "listeners": listeners}});

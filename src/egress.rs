@@ -62,6 +62,15 @@ pub struct Allowed {
     pub udp: bool,
 }
 
+impl Allowed {
+    fn has_peers(&self) -> bool {
+        match &self.destination {
+            Destination::Addresses { addresses, .. } => !addresses.is_empty(),
+            Destination::Pods { labels } => !labels.is_empty(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Destination {
     /// ExternalHostname: the vetted addresses (hold-down applied by the caller).
@@ -108,6 +117,9 @@ pub fn uses<'a>(
 /// one object. A Gateway with no Accepted XBackend still gets shard 0:
 /// its data plane may reach DNS (and the cluster) and nothing outside.
 pub fn policies(gateway: &ObjectRef, allowed: &[Allowed], config: &Config) -> Vec<Value> {
+    // A rule with no peer would allow every destination: an XBackend with no
+    // vetted address yet (or an empty selector) gets no rule at all.
+    let allowed: Vec<&Allowed> = allowed.iter().filter(|a| a.has_peers()).collect();
     let shards = shard_count(allowed.len());
     let mut by_shard: Vec<Vec<&Allowed>> = vec![Vec::new(); shards];
     for a in allowed {
@@ -220,12 +232,165 @@ fn note(a: &Allowed) -> String {
     format!("XBackend {} {what}, port {}", a.backend, a.port)
 }
 
+/// What the policies of a cluster depend on: every judged Gateway (with
+/// its uid, for the owner reference), the Accepted XBackends behind each
+/// (addresses as last answered; empty when no answer), and the XBackends not
+/// judged yet, whose rules are kept as they stand.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Inputs {
+    pub gateways: Vec<(ObjectRef, String)>,
+    pub behind: BTreeMap<ObjectRef, Vec<Allowed>>,
+    pub unknown: BTreeSet<ObjectRef>,
+}
+
+/// The policies that should stand, by namespace/name, given those that do
+/// (`current`, ours by label), and how many held addresses the cap evicted.
+/// Addresses go through the hold-down (`held`, updated); an XBackend in
+/// `inputs.unknown` keeps the rule `current` has for it, so a restart or a
+/// failed reconcile never cuts a destination.
+pub fn desired(
+    inputs: &Inputs,
+    current: &BTreeMap<ObjectRef, Value>,
+    held: &mut Held,
+    now: i64,
+    hold: Hold,
+    config: &Config,
+    denied: &dyn Fn(IpAddr) -> bool,
+) -> (BTreeMap<ObjectRef, Value>, usize) {
+    // The first time, what stands is held as if seen now: a restart extends
+    // a hold, never cuts one.
+    if !std::mem::replace(&mut held.seeded, true) {
+        for (_, allowed) in current.values().flat_map(read_rules) {
+            if let Destination::Addresses { hostname, addresses } = allowed.destination {
+                held.seed(&hostname, addresses, now);
+            }
+        }
+    }
+    let mut kept: BTreeMap<ObjectRef, Vec<Allowed>> = BTreeMap::new();
+    for policy in current.values() {
+        let Some(gateway) = policy["metadata"]["labels"][OWNED_LABEL].as_str() else { continue };
+        let namespace = policy["metadata"]["namespace"].as_str().unwrap_or_default();
+        for (backend, allowed) in read_rules(policy) {
+            if inputs.unknown.contains(&backend) {
+                kept.entry(ObjectRef::new(namespace, gateway)).or_default().push(allowed);
+            }
+        }
+    }
+    // Hostnames still in use: held ones of no use any more are forgotten.
+    let mut live: BTreeSet<String> = (kept.values().flatten())
+        .filter_map(|a| match &a.destination {
+            Destination::Addresses { hostname, .. } => Some(hostname.clone()),
+            Destination::Pods { .. } => None,
+        })
+        .collect();
+    let mut evicted = 0;
+    let mut out = BTreeMap::new();
+    for (gateway, uid) in &inputs.gateways {
+        let mut allowed = inputs.behind.get(gateway).cloned().unwrap_or_default();
+        for a in &mut allowed {
+            if let Destination::Addresses { hostname, addresses } = &mut a.destination {
+                live.insert(hostname.clone());
+                *addresses = if addresses.is_empty() {
+                    held.held(hostname, now, hold)
+                } else {
+                    let answer: Vec<IpAddr> = addresses.iter().copied().collect();
+                    let (now_held, cap) = held.observe(hostname, &answer, now, hold, denied);
+                    evicted += cap;
+                    now_held
+                };
+            }
+        }
+        allowed.extend(kept.remove(gateway).unwrap_or_default());
+        for mut policy in policies(gateway, &allowed, config) {
+            if !uid.is_empty() {
+                policy["metadata"]["ownerReferences"] = json!([{
+                    "apiVersion": "gateway.networking.k8s.io/v1",
+                    "kind": "Gateway",
+                    "name": &*gateway.name,
+                    "uid": uid,
+                }]);
+            }
+            let name = policy["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            out.insert(ObjectRef::new(&gateway.namespace, name), policy);
+        }
+    }
+    for hostname in held.hostnames() {
+        if !live.contains(&hostname) {
+            held.forget(&hostname);
+        }
+    }
+    (out, evicted)
+}
+
+/// True when `current` already says what `desired` says: the same spec, and
+/// our labels, annotation and owner reference among its own (others may add
+/// theirs; comparing those would rewrite forever).
+pub fn stands(desired: &Value, current: &Value) -> bool {
+    let contains = |field: &str| {
+        let (want, have) = (&desired["metadata"][field], &current["metadata"][field]);
+        want.as_object().into_iter().flatten().all(|(k, v)| &have[k] == v)
+    };
+    let owners = |v: &Value| -> Vec<(Value, Value)> {
+        v["metadata"]["ownerReferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| (o["uid"].clone(), o["kind"].clone()))
+            .collect()
+    };
+    desired["spec"] == current["spec"]
+        && contains("labels")
+        && contains("annotations")
+        && owners(desired).iter().all(|o| owners(current).contains(o))
+}
+
+/// The XBackend rules of a policy this module built, read back: the
+/// runtime keeps the rules of XBackends it has not judged yet (after a
+/// restart) as they stand, and seeds the hold-down from them. Rules it cannot
+/// read (edited by hand) are left out: the next write puts them back.
+pub fn read_rules(policy: &Value) -> Vec<(ObjectRef, Allowed)> {
+    let notes = policy["metadata"]["annotations"][RULES_ANNOTATION].as_str().unwrap_or_default();
+    let rules = policy["spec"]["egress"].as_array().map(Vec::as_slice).unwrap_or_default();
+    notes.lines().filter_map(|line| read_rule(line, rules)).collect()
+}
+
+/// One annotation line, "egress[i]: XBackend ns/name hostname (...), port P",
+/// with the rule it names.
+fn read_rule(line: &str, rules: &[Value]) -> Option<(ObjectRef, Allowed)> {
+    let (index, rest) = line.strip_prefix("egress[")?.split_once("]: XBackend ")?;
+    let rule = rules.get(index.parse::<usize>().ok()?)?;
+    let mut words = rest.split_whitespace();
+    let (namespace, name) = words.next()?.split_once('/')?;
+    let hostname = words.next()?;
+    let ports = rule["ports"].as_array()?;
+    let port = u16::try_from(ports.first()?["port"].as_u64()?).ok()?;
+    let udp = ports.iter().any(|p| p["protocol"] == "UDP");
+    let to = rule["to"].as_array()?;
+    let destination = match to.first()?.get("podSelector") {
+        Some(selector) => Destination::Pods { labels: serde_json::from_value(selector["matchLabels"].clone()).ok()? },
+        None => Destination::Addresses {
+            hostname: hostname.to_string(),
+            addresses: to
+                .iter()
+                .filter_map(|peer| peer["ipBlock"]["cidr"].as_str()?.parse::<IpNet>().ok())
+                .map(|net| net.addr())
+                .collect(),
+        },
+    };
+    Some((
+        ObjectRef::new(namespace, name),
+        Allowed { backend: ObjectRef::new(namespace, name), destination, port, udp },
+    ))
+}
+
 /// Addresses a hostname's answers have held, each with when it was last
 /// seen, so a rotating answer does not cut connections a client still makes
 /// to an address it cached (docs/design.md §6b, hold-down).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Held {
     seen: BTreeMap<String, BTreeMap<IpAddr, i64>>,
+    /// Whether the standing policies have seeded it (once per process).
+    seeded: bool,
 }
 
 /// Hold-down settings (`--egress-address-hold`, `--egress-max-addresses-per-host`).
@@ -269,6 +434,19 @@ impl Held {
             evicted += 1;
         }
         (seen.keys().copied().collect(), evicted)
+    }
+
+    /// Addresses a policy already allows, as if seen at `now`.
+    fn seed(&mut self, hostname: &str, addresses: impl IntoIterator<Item = IpAddr>, now: i64) {
+        let seen = self.seen.entry(hostname.to_string()).or_default();
+        for ip in addresses {
+            seen.entry(ip).or_insert(now);
+        }
+    }
+
+    /// Hostnames held.
+    pub fn hostnames(&self) -> Vec<String> {
+        self.seen.keys().cloned().collect()
     }
 
     /// What is held for `hostname` at `now`, without a new answer.
@@ -423,5 +601,99 @@ mod tests {
         assert_eq!(now, BTreeSet::from([ip("192.0.2.2"), ip("192.0.2.4")]));
         held.forget("h");
         assert!(held.held("h", 5, HOLD).is_empty());
+    }
+
+    #[test]
+    fn rules_read_back_as_they_were_built() {
+        let mut pods = external("web", &[]);
+        pods.destination = Destination::Pods { labels: BTreeMap::from([("app".into(), "web".into())]) };
+        let mut udp = external("stun", &["192.0.2.16"]);
+        udp.udp = true;
+        let allowed = vec![external("api", &["192.0.2.10", "2001:db8::10"]), udp, pods];
+        let out = policies(&gw(), &allowed, &Config::default());
+        let read: Vec<Allowed> = read_rules(&out[0]).into_iter().map(|(_, a)| a).collect();
+        assert_eq!(read, allowed);
+        let mut edited = out[0].clone();
+        edited["spec"]["egress"] = json!([]);
+        assert!(read_rules(&edited).is_empty(), "rules that are not there are not read");
+    }
+
+    /// An empty `to` allows every destination: never write one.
+    #[test]
+    fn an_xbackend_without_addresses_gets_no_rule() {
+        let mut pods = external("web", &[]);
+        pods.destination = Destination::Pods { labels: BTreeMap::new() };
+        let out = policies(&gw(), &[external("pending", &[]), pods], &Config::default());
+        let egress = out[0]["spec"]["egress"].as_array().unwrap();
+        assert_eq!(egress.len(), 2, "DNS and cluster only: {egress:?}");
+        assert!(egress.iter().all(|rule| rule["to"].as_array().is_some_and(|to| !to.is_empty())));
+    }
+
+    fn inputs(behind: Vec<Allowed>, unknown: &[&str]) -> Inputs {
+        Inputs {
+            gateways: vec![(gw(), "uid-gw".into())],
+            behind: BTreeMap::from([(gw(), behind)]),
+            unknown: unknown.iter().map(|n| ObjectRef::new("app", *n)).collect(),
+        }
+    }
+
+    fn run(
+        inputs: &Inputs,
+        current: &BTreeMap<ObjectRef, Value>,
+        held: &mut Held,
+        now: i64,
+    ) -> BTreeMap<ObjectRef, Value> {
+        desired(inputs, current, held, now, Hold::default(), &Config::default(), &|ip: IpAddr| ip.is_loopback()).0
+    }
+
+    #[test]
+    fn a_restart_keeps_every_rule_until_its_xbackend_is_judged() {
+        let first = inputs(vec![external("api", &["192.0.2.10"]), external("b", &["192.0.2.11"])], &[]);
+        let current = run(&first, &BTreeMap::new(), &mut Held::default(), 0);
+        assert_eq!(current.len(), 1);
+        let policy = current.values().next().unwrap();
+        assert_eq!(policy["metadata"]["ownerReferences"][0]["uid"], "uid-gw");
+        // After a restart nothing is judged yet: the same objects, nothing to write.
+        let mut held = Held::default();
+        let restarted = run(&inputs(vec![], &["api", "b"]), &current, &mut held, 10);
+        assert!(restarted.iter().all(|(k, p)| stands(p, &current[k])), "{restarted:#?}");
+        // Judged again, with a rotated answer: the old address is held.
+        let again = run(
+            &inputs(vec![external("api", &["192.0.2.20"]), external("b", &["192.0.2.11"])], &[]),
+            &current,
+            &mut held,
+            20,
+        );
+        let rule = &again.values().next().unwrap()["spec"]["egress"][2];
+        assert_eq!(rule["to"].as_array().unwrap().len(), 2, "{rule}");
+    }
+
+    #[test]
+    fn a_rejected_or_deleted_xbackend_leaves_at_once() {
+        let mut held = Held::default();
+        let current = run(&inputs(vec![external("api", &["192.0.2.10"])], &[]), &BTreeMap::new(), &mut held, 0);
+        let gone = run(&inputs(vec![], &[]), &current, &mut held, 1);
+        let egress = gone.values().next().unwrap()["spec"]["egress"].as_array().unwrap().clone();
+        assert_eq!(egress.len(), 2, "DNS and cluster only");
+        assert!(held.hostnames().is_empty(), "its hold is forgotten");
+        // A Gateway no longer judged has no policy at all (the writer deletes it).
+        let none =
+            desired(&Inputs::default(), &current, &mut held, 2, Hold::default(), &Config::default(), &|_| false).0;
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn stands_ignores_what_others_add_but_not_edits_to_ours() {
+        let policy = policies(&gw(), &[external("api", &["192.0.2.10"])], &Config::default()).remove(0);
+        let mut theirs = policy.clone();
+        theirs["metadata"]["labels"]["team"] = json!("x");
+        theirs["metadata"]["resourceVersion"] = json!("7");
+        assert!(stands(&policy, &theirs));
+        let mut edited = policy.clone();
+        edited["spec"]["egress"][2]["to"][0]["ipBlock"]["cidr"] = json!("0.0.0.0/0");
+        assert!(!stands(&policy, &edited));
+        let mut relabelled = policy.clone();
+        relabelled["metadata"]["annotations"] = json!({});
+        assert!(!stands(&policy, &relabelled));
     }
 }

@@ -363,6 +363,11 @@ impl Index {
         judged
     }
 
+    /// A Gateway's uid (empty when unknown).
+    pub fn gateway_uid(&self, gateway: &ObjectRef) -> Option<&str> {
+        self.gateways.get(gateway).map(|g| g.uid.as_str())
+    }
+
     /// True when a live Pod in `namespace` carries every label of `selector`.
     pub fn has_matching_pod(&self, namespace: &str, selector: &BTreeMap<String, String>) -> bool {
         self.pods.get(namespace).is_some_and(|pods| pods.values().any(|labels| selects(selector, labels)))

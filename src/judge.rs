@@ -190,6 +190,9 @@ pub struct Plan {
     pub events: Vec<EventNote>,
     pub verdicts: Verdicts,
     pub ancestors: usize,
+    /// What this XBackend adds to the egress NetworkPolicies of the Gateways
+    /// it is Accepted behind (docs/design.md §6b); the policy writer reads it.
+    pub uses: Vec<(ObjectRef, crate::egress::Allowed)>,
 }
 
 /// The pure step of a reconcile: no lock, no I/O. `now` stamps conditions
@@ -200,8 +203,16 @@ pub fn plan(snapshot: &Snapshot, fetched: &Fetched, policy: &Policy, controller_
     let current = stored.as_deref();
     let inputs = Inputs { policy, controller_name, shape, current: current.unwrap_or_default(), now };
     let ancestors = snapshot.ancestors.clone();
-    let Judgement { ancestors, verdicts, merged, notes, .. } =
+    let Judgement { ancestors, verdicts, entries, merged, notes } =
         judge_with(&snapshot.key, &snapshot.backend, ancestors, snapshot, fetched, &inputs);
+    let addresses = fetched.resolution.iter().flat_map(|r| r.addresses.iter().copied()).collect();
+    let uses = match &snapshot.backend.spec {
+        Ok(spec) => {
+            let accepted = ancestors.iter().zip(entries.iter().map(|v| v.accepted.status));
+            crate::egress::uses(&snapshot.key, spec, accepted, &addresses)
+        }
+        Err(_) => Vec::new(),
+    };
     let patch = merged.changed.then(|| {
         let list = if merged.list.is_empty() { Value::Null } else { Value::Array(merged.list) };
         json!({
@@ -209,7 +220,7 @@ pub fn plan(snapshot: &Snapshot, fetched: &Fetched, policy: &Policy, controller_
             "status": {shape.list_field(): list},
         })
     });
-    Plan { patch, events: notes, verdicts, ancestors: ancestors.len() }
+    Plan { patch, events: notes, verdicts, ancestors: ancestors.len(), uses }
 }
 
 /// Now as RFC 3339 with second precision, the form metav1.Time uses.

@@ -169,6 +169,8 @@ pub struct Route {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Gateway {
     pub class_name: String,
+    /// For the owner reference of its egress NetworkPolicies (empty from files).
+    pub uid: String,
     /// XBackends its listeners' ExternalAuth filters name (in its namespace).
     pub external_auth: Refs,
 }

@@ -120,6 +120,7 @@ controller:
   allowPrivateSuffixes: [corp]
   denyCIDRs: [10.244.0.0/16]
   allowCIDRs: [10.8.0.0/16]
+  egress: {policy: networkpolicy, allowCluster: false, addressHold: 30m, maxAddressesPerHost: 16, dnsCIDRs: [169.254.20.10/32]}
   dns: {servers: ["10.96.0.10:53"], minTTL: 10, maxTTL: 60}
   concurrency: 4
   logFormat: text
@@ -251,6 +252,11 @@ fn every_value_reaches_the_rendered_flags_and_objects() {
             "--allow-private-suffix=corp",
             "--deny-cidr=10.244.0.0/16",
             "--allow-cidr=10.8.0.0/16",
+            "--egress-policy=networkpolicy",
+            "--egress-policy-allow-cluster=false",
+            "--egress-address-hold=30m",
+            "--egress-max-addresses-per-host=16",
+            "--egress-dns-cidr=169.254.20.10/32",
             "--dns-server=10.96.0.10:53",
             "--dns-min-ttl=10",
             "--dns-max-ttl=60",
@@ -394,7 +400,28 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
             );
         }
     }
-    assert_eq!(rules_seen, 12, "ten ClusterRole rules and two Role rules");
+    assert_eq!(rules_seen, 13, "ten ClusterRole rules, one more with egress policies, and two Role rules");
+
+    // --egress-policy networkpolicy adds exactly the NetworkPolicy writes.
+    let egress = self::docs(&render("x", "default", &["--set", "controller.egress.policy=networkpolicy"]));
+    let extra: Vec<&Value> = one(&egress, "ClusterRole")["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["resources"] == json!(["networkpolicies"]))
+        .collect();
+    assert_eq!(
+        extra,
+        [
+            &json!({"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["list", "watch", "create", "patch", "delete"]})
+        ]
+    );
+    let refused = try_render(
+        "x",
+        "default",
+        &["--set", "controller.egress.policy=networkpolicy", "--set", "controller.dns.check=false"],
+    );
+    assert!(refused.is_err_and(|e| e.contains("needs controller.dns.check=true")));
     assert!(!source.contains("\"*\"") && !source.contains("['*']") && !source.contains("[*]"), "no wildcard in RBAC");
 }
 

@@ -19,16 +19,12 @@ pub enum Error {
         "--egress-policy networkpolicy needs the DNS check (the policies allow resolved addresses): drop --no-dns-check"
     )]
     EgressNeedsDnsCheck,
-    #[error(
-        "--egress-policy networkpolicy: `run` does not write NetworkPolicies yet; review them with `xbackend-controller analyze --egress-policy networkpolicy --dns-check -o yaml`"
-    )]
-    EgressNotWrittenYet,
 }
 
 impl Error {
     /// Flags that cannot work together: exit 2, like any usage error.
     pub fn is_usage(&self) -> bool {
-        matches!(self, Error::Usage(_) | Error::EgressNeedsDnsCheck | Error::EgressNotWrittenYet)
+        matches!(self, Error::Usage(_) | Error::EgressNeedsDnsCheck)
     }
 }
 

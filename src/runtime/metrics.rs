@@ -56,6 +56,10 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     pub status_writes: Counter,
     pub class_status_writes: Counter,
+    pub egress_policy_writes: Counter,
+    pub egress_policy_objects: Gauge,
+    pub egress_addresses: Gauge,
+    pub egress_hold_evictions: Counter,
     pub status_conflicts: Counter,
     pub status_writes_fenced: Counter,
     pub resyncs: Counter,
@@ -83,6 +87,10 @@ impl Default for Metrics {
             reconcile_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             status_writes: Counter::default(),
             class_status_writes: Counter::default(),
+            egress_policy_writes: Counter::default(),
+            egress_policy_objects: Gauge::default(),
+            egress_addresses: Gauge::default(),
+            egress_hold_evictions: Counter::default(),
             status_conflicts: Counter::default(),
             status_writes_fenced: Counter::default(),
             resyncs: Counter::default(),
@@ -112,6 +120,26 @@ impl Default for Metrics {
         );
         registry.register("reconcile_duration_seconds", "Time to reconcile one XBackend", m.reconcile_seconds.clone());
         registry.register("status_writes", "Status patches sent", m.status_writes.clone());
+        registry.register(
+            "egress_policy_writes",
+            "NetworkPolicy creates, updates and deletes sent (--egress-policy networkpolicy)",
+            m.egress_policy_writes.clone(),
+        );
+        registry.register(
+            "egress_policy_objects",
+            "NetworkPolicies this controller wants to stand, over every judged Gateway",
+            m.egress_policy_objects.clone(),
+        );
+        registry.register(
+            "egress_addresses",
+            "Addresses allowed by the egress NetworkPolicies, summed over Gateways",
+            m.egress_addresses.clone(),
+        );
+        registry.register(
+            "egress_hold_evictions",
+            "Held addresses dropped because a hostname passed --egress-max-addresses-per-host",
+            m.egress_hold_evictions.clone(),
+        );
         registry.register(
             "gatewayclass_status_writes",
             "Status patches sent to GatewayClasses whose controllerName is ours",

@@ -5,6 +5,7 @@
 
 mod class_writer;
 mod dns_check;
+mod egress_writer;
 mod error;
 mod kinds;
 mod leader;
@@ -79,8 +80,8 @@ async fn detect_service_cidrs(client: &Client, policy: &mut Policy) {
 
 pub async fn run(args: RunArgs) -> Result<(), Error> {
     let mut policy = Policy::new(args.policy.to_config()).map_err(Error::Usage)?;
-    if args.egress.enabled() {
-        return Err(if args.dns_check_enabled() { Error::EgressNotWrittenYet } else { Error::EgressNeedsDnsCheck });
+    if args.egress.enabled() && !args.dns_check_enabled() {
+        return Err(Error::EgressNeedsDnsCheck);
     }
     let mut config = kube::Config::infer().await?;
     config.read_timeout = Some(timeouts::READ_TIMEOUT);
@@ -122,6 +123,11 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     watches.start(watch::References::<ConfigMap>::new(RefKind::ConfigMap));
     watches.start(watch::Metadata::<Pod>::new(Kind::Pod, Some(watch::LIVE_PODS)));
     watches.start(watch::Metadata::<Namespace>::new(Kind::Namespace, None));
+    // Egress enforcement: the NetworkPolicies labelled ours, for the second writer.
+    let standing = args.egress.enabled().then(egress_writer::Standing::new);
+    if let Some(standing) = &standing {
+        watches.start(egress_writer::PolicyWatch { standing: standing.clone() });
+    }
     let class_resource = found.served.get(&Kind::GatewayClass).cloned();
     let classes = class_writer::Classes::new(&args.controller_name);
     if let Some(resource) = &class_resource {
@@ -186,6 +192,19 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         client: client.clone(),
         xbackend,
     };
+    if let Some(standing) = standing {
+        let writer = egress_writer::Writer {
+            standing,
+            state: state.clone(),
+            client: client.clone(),
+            leadership: leadership.clone(),
+            metrics: metrics.clone(),
+            config: args.egress.config(),
+            hold: args.egress.hold(),
+            addresses: policy.addresses.clone(),
+        };
+        tasks.spawn(writer.run());
+    }
     let reconciler = Arc::new(Reconciler {
         api,
         policy,

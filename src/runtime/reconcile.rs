@@ -233,7 +233,7 @@ pub async fn reconcile<A: ClusterApi>(ctx: &Reconciler<A>, key: &ObjectRef) -> R
             return Ok(fenced(ctx));
         }
         let uid = snapshot.backend.uid.clone();
-        let events = ctx.state.report(key, &uid, &plan.verdicts.accepted, plan.events);
+        let events = ctx.state.report(key, &uid, &plan.verdicts.accepted, plan.events, plan.uses);
         publish_events(ctx, key, &uid, events).await;
         let Some(patch) = plan.patch else { return Ok(Outcome::Unchanged) };
         // Write.

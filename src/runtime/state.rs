@@ -1,16 +1,19 @@
 //! The controller's state behind one short lock (docs/design.md §11). Who
 //! writes what: the index (one record per XBackend) only the watches; the
 //! status layout only the CRD watch; `reported` only reconciles, through
-//! `report` and the write guard (`begin_write`).
+//! `report` and the write guard (`begin_write`). The egress policy writer
+//! only reads (`egress_inputs`), woken by `egress_changed`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use tokio::sync::Notify;
 use tokio::sync::watch as channel;
 
 use super::metrics::{AcceptedLabel, Metrics, ReasonLabel};
 use super::queue::Queue;
 use crate::conditions::Verdict;
+use crate::egress::{Allowed, Inputs};
 use crate::index::{Index, Kind, Object, RefKind};
 use crate::judge::Snapshot;
 use crate::model::ObjectRef;
@@ -33,6 +36,8 @@ pub struct Reported {
     pub writing: bool,
     /// The newest event held back while `writing`, decided when the patch ends.
     pub held: Option<String>,
+    /// What the last plan adds to the egress NetworkPolicies, per Gateway.
+    pub uses: Option<Vec<(ObjectRef, Allowed)>>,
 }
 
 #[derive(Default)]
@@ -46,13 +51,15 @@ pub struct State {
     inner: Mutex<Inner>,
     metrics: Arc<Metrics>,
     pub synced: Synced,
+    /// Notified when what the egress policies depend on may have changed.
+    pub egress_changed: Notify,
 }
 
 impl State {
     /// `index` is empty; it decides which Gateways are judged (`Index::new`, `Index::guarding`).
     pub fn new(index: Index, metrics: Arc<Metrics>, synced: Synced) -> State {
         let inner = Inner { index, ..Inner::default() };
-        State { inner: Mutex::new(inner), metrics, synced }
+        State { inner: Mutex::new(inner), metrics, synced, egress_changed: Notify::new() }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -80,6 +87,9 @@ impl State {
                 echo = r.writing || r.written.as_deref() == Some(new.resource_version.as_str());
             }
         }
+        if matches!(object, Object::Gateway(_) | Object::GatewayClass(_)) {
+            self.egress_changed.notify_one();
+        }
         let mut affected = inner.index.apply(key.clone(), object);
         if echo {
             affected.remove(&key);
@@ -102,6 +112,9 @@ impl State {
 
     /// Drops what was reported for XBackends that are gone, with their gauge.
     fn sweep(&self, inner: &mut Inner, kind: Kind, affected: BTreeSet<ObjectRef>) -> BTreeSet<ObjectRef> {
+        if matches!(kind, Kind::Gateway | Kind::GatewayClass | Kind::XBackend) {
+            self.egress_changed.notify_one();
+        }
         if kind != Kind::XBackend {
             return affected;
         }
@@ -138,10 +151,17 @@ impl State {
         Snapshot::take(&inner.index, key, inner.shape)
     }
 
-    /// Records a reconcile's verdict and Events for the XBackend with `uid`;
-    /// returns the Events to record now (empty when the same were recorded
-    /// last time). Ignored when the object is gone or was replaced.
-    pub fn report(&self, key: &ObjectRef, uid: &str, accepted: &Verdict, events: Vec<EventNote>) -> Vec<EventNote> {
+    /// Records a reconcile's verdict, Events and egress uses for the XBackend
+    /// with `uid`; returns the Events to record now (empty when the same were
+    /// recorded last time). Ignored when the object is gone or was replaced.
+    pub fn report(
+        &self,
+        key: &ObjectRef,
+        uid: &str,
+        accepted: &Verdict,
+        events: Vec<EventNote>,
+        uses: Vec<(ObjectRef, Allowed)>,
+    ) -> Vec<EventNote> {
         let accepted = (accepted.status, accepted.reason);
         let mut inner = self.lock();
         if inner.index.backend(key).is_none_or(|b| b.uid != uid) {
@@ -152,12 +172,41 @@ impl State {
             *entry = Reported { uid: uid.to_string(), ..Reported::default() };
         }
         let old = entry.accepted.replace(accepted);
+        if entry.uses.as_ref() != Some(&uses) {
+            entry.uses = Some(uses);
+            self.egress_changed.notify_one();
+        }
         let fresh = entry.events != events;
         if fresh {
             entry.events = events.clone();
         }
         self.count(old, Some(accepted));
         if fresh { events } else { Vec::new() }
+    }
+
+    /// A copy of what the egress policies depend on (docs/design.md §6b).
+    pub fn egress_inputs(&self) -> Inputs {
+        let inner = self.lock();
+        let gateways: Vec<(ObjectRef, String)> = (inner.index.judged_gateways().into_iter())
+            .map(|gw| {
+                let uid = inner.index.gateway_uid(&gw).unwrap_or_default().to_string();
+                (gw, uid)
+            })
+            .collect();
+        let mut inputs = Inputs { gateways, ..Inputs::default() };
+        for key in inner.index.backend_keys() {
+            match inner.reported.get(&key).and_then(|r| r.uses.as_ref()) {
+                Some(uses) => {
+                    for (gateway, allowed) in uses {
+                        inputs.behind.entry(gateway.clone()).or_default().push(allowed.clone());
+                    }
+                }
+                None => {
+                    inputs.unknown.insert(key);
+                }
+            }
+        }
+        inputs
     }
 
     /// A status patch of the XBackend with `uid` is about to be sent: until
@@ -320,7 +369,7 @@ mod tests {
         let s = state();
         let k = ObjectRef::new("ns", "b");
         s.apply(k.clone(), backend("u", "5"));
-        s.report(&k, "u", &conditions::accepted(), vec![]);
+        s.report(&k, "u", &conditions::accepted(), vec![], vec![]);
         (s, k)
     }
 
@@ -410,22 +459,22 @@ mod tests {
         s.apply(k.clone(), backend("u", "1"));
         let (ok, invalid) = (conditions::accepted(), conditions::invalid("m"));
         let note = EventNote { warning: true, reason: "Invalid", message: "m".into() };
-        assert_eq!(s.report(&k, "u", &invalid, vec![note.clone()]), vec![note.clone()]);
-        assert_eq!(s.report(&k, "u", &invalid, vec![note.clone()]), vec![], "unchanged: not again");
+        assert_eq!(s.report(&k, "u", &invalid, vec![note.clone()], vec![]), vec![note.clone()]);
+        assert_eq!(s.report(&k, "u", &invalid, vec![note.clone()], vec![]), vec![], "unchanged: not again");
         assert_eq!((gauge(&s, true), gauge(&s, false), rejected(&s, "Invalid")), (0, 1, 1));
-        assert_eq!(s.report(&k, "other-uid", &ok, vec![]), vec![], "a stale reconcile of a replaced object");
-        s.report(&k, "u", &conditions::address_not_allowed("a"), vec![]);
+        assert_eq!(s.report(&k, "other-uid", &ok, vec![], vec![]), vec![], "a stale reconcile of a replaced object");
+        s.report(&k, "u", &conditions::address_not_allowed("a"), vec![], vec![]);
         assert_eq!(
             (rejected(&s, "Invalid"), rejected(&s, "AddressNotAllowed")),
             (0, 1),
             "rejections follow the reason"
         );
-        s.report(&k, "u", &ok, vec![]);
+        s.report(&k, "u", &ok, vec![], vec![]);
         assert_eq!((gauge(&s, true), gauge(&s, false), rejected(&s, "AddressNotAllowed")), (1, 0, 0));
         s.delete(Kind::XBackend, &k);
         assert_eq!((gauge(&s, true), gauge(&s, false)), (0, 0), "a deleted XBackend leaves the gauges");
         s.apply(k.clone(), backend("u2", "9"));
-        assert_eq!(s.report(&k, "u2", &invalid, vec![note.clone()]), vec![note], "a new object starts afresh");
+        assert_eq!(s.report(&k, "u2", &invalid, vec![note.clone()], vec![]), vec![note], "a new object starts afresh");
         s.retain(Kind::XBackend, &BTreeSet::new());
         assert_eq!(
             (gauge(&s, true), gauge(&s, false), rejected(&s, "Invalid")),

@@ -99,6 +99,18 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- range .Values.controller.allowCIDRs }}
 - {{ printf "--allow-cidr=%s" . | quote }}
 {{- end }}
+{{- if eq .Values.controller.egress.policy "networkpolicy" }}
+{{- if not .Values.controller.dns.check }}
+{{- fail "controller.egress.policy=networkpolicy needs controller.dns.check=true: the policies allow the addresses names resolve to" }}
+{{- end }}
+- --egress-policy=networkpolicy
+- {{ printf "--egress-policy-allow-cluster=%t" .Values.controller.egress.allowCluster | quote }}
+- {{ printf "--egress-address-hold=%s" .Values.controller.egress.addressHold | quote }}
+- {{ printf "--egress-max-addresses-per-host=%d" (int .Values.controller.egress.maxAddressesPerHost) | quote }}
+{{- range .Values.controller.egress.dnsCIDRs }}
+- {{ printf "--egress-dns-cidr=%s" . | quote }}
+{{- end }}
+{{- end }}
 {{- if .Values.controller.dns.check }}
 {{- range .Values.controller.dns.servers }}
 - {{ printf "--dns-server=%s" . | quote }}
