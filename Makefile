@@ -47,6 +47,7 @@ tools: prereqs
 	hack/install-promtool.sh
 	hack/install-hadolint.sh
 	hack/install-nca.sh
+	hack/install-kube-network-policies.sh
 
 ## Copy crds/ into the Helm chart and render deploy/manifests/ from it (run after `make crds`).
 manifests:

@@ -22,4 +22,7 @@ need "python3" "your package manager, e.g. apt-get install python3" command -v p
 # pip inside a fresh venv is how hadolint is installed (hack/install-hadolint.sh);
 # Debian and Ubuntu ship venv's pip bootstrap separately.
 need "python3 venv with pip" "e.g. apt-get install python3-venv python3-pip" python3 -c 'import ensurepip, venv'
+# The egress enforcement test (tests/enforce.rs) builds network namespaces.
+need "ip (iproute2)" "apt-get install iproute2" command -v ip
+need "unshare (util-linux)" "apt-get install util-linux" command -v unshare
 exit $missing
