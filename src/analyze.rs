@@ -328,7 +328,10 @@ pub fn analyze(
         Some(config) => index
             .judged_gateways()
             .iter()
-            .flat_map(|gw| crate::egress::policies(gw, behind.get(gw).map_or(&[][..], Vec::as_slice), config))
+            .flat_map(|gw| {
+                let class = index.gateway(gw).map(|g| g.class_name.as_str()).unwrap_or_default();
+                crate::egress::policies(gw, class, behind.get(gw).map_or(&[][..], Vec::as_slice), config)
+            })
             .collect(),
         None => Vec::new(),
     };

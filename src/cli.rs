@@ -97,6 +97,14 @@ pub struct EgressArgs {
     /// Allow DNS to these resolver ranges (repeatable; node-local caches) instead of the cluster DNS Pods (kube-system, k8s-app=kube-dns).
     #[arg(long = "egress-dns-cidr", value_name = "CIDR")]
     pub egress_dns_cidrs: Vec<ipnet::IpNet>,
+    /// Where a GatewayClass's data-plane Pods run, as CLASS=NAMESPACE:KEY=VALUE,... (repeatable; VALUE may say {name} and {namespace}, the Gateway's; an empty NAMESPACE is the Gateway's). Envoy Gateway: eg=envoy-gateway-system:gateway.envoyproxy.io/owning-gateway-name={name},gateway.envoyproxy.io/owning-gateway-namespace={namespace}. Default: the Gateway's namespace, label gateway.networking.k8s.io/gateway-name={name} (GEP-1762; Istio).
+    #[arg(long = "egress-data-plane", value_name = "CLASS=NAMESPACE:LABELS", value_parser = parse_data_plane)]
+    pub egress_data_planes: Vec<(String, crate::egress::DataPlane)>,
+}
+
+fn parse_data_plane(text: &str) -> Result<(String, crate::egress::DataPlane), String> {
+    let (class, plane) = text.split_once('=').ok_or("expected CLASS=NAMESPACE:KEY=VALUE,...")?;
+    Ok((class.to_string(), plane.parse()?))
 }
 
 impl EgressArgs {
@@ -117,7 +125,8 @@ impl EgressArgs {
         } else {
             crate::egress::DnsPeers::Cidrs(self.egress_dns_cidrs.clone())
         };
-        crate::egress::Config { allow_cluster: self.egress_policy_allow_cluster, dns }
+        let data_planes = self.egress_data_planes.iter().cloned().collect();
+        crate::egress::Config { allow_cluster: self.egress_policy_allow_cluster, dns, data_planes }
     }
 }
 

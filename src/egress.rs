@@ -13,6 +13,8 @@ use crate::model::{Ancestor, ObjectRef, Referrer, RouteKind};
 
 /// Label on every NetworkPolicy this controller owns; its value is the Gateway's name.
 pub const OWNED_LABEL: &str = "gateway.networking.x-k8s.io/egress-for-gateway";
+/// The Gateway's namespace, on the same objects.
+pub const OWNED_NAMESPACE_LABEL: &str = "gateway.networking.x-k8s.io/egress-for-gateway-namespace";
 /// Annotation that says which XBackend each egress rule serves.
 pub const RULES_ANNOTATION: &str = "gateway.networking.x-k8s.io/egress-rules";
 /// The label GEP-1762 implementations (Istio among them) put on a Gateway's data-plane Pods.
@@ -44,11 +46,56 @@ pub struct Config {
     /// Allow every Pod in every namespace (routes to Services keep working).
     pub allow_cluster: bool,
     pub dns: DnsPeers,
+    /// Where the data planes of a GatewayClass run, when not beside their
+    /// Gateway with GEP-1762's label (`--egress-data-plane`).
+    pub data_planes: BTreeMap<String, DataPlane>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { allow_cluster: true, dns: DnsPeers::default() }
+        Config { allow_cluster: true, dns: DnsPeers::default(), data_planes: BTreeMap::new() }
+    }
+}
+
+/// Which Pods serve a Gateway: a namespace (None: the Gateway's) and labels
+/// whose values may say `{name}` and `{namespace}` (the Gateway's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataPlane {
+    pub namespace: Option<String>,
+    pub labels: Vec<(String, String)>,
+}
+
+impl Default for DataPlane {
+    /// GEP-1762 (Istio among others): beside the Gateway, labelled with its name.
+    fn default() -> Self {
+        DataPlane { namespace: None, labels: vec![(GATEWAY_NAME_LABEL.to_string(), "{name}".to_string())] }
+    }
+}
+
+impl std::str::FromStr for DataPlane {
+    type Err = String;
+
+    /// `NAMESPACE:KEY=VALUE,...`; an empty NAMESPACE means the Gateway's.
+    fn from_str(text: &str) -> Result<DataPlane, String> {
+        let (namespace, labels) = text.split_once(':').ok_or("expected NAMESPACE:KEY=VALUE,...")?;
+        let labels: Vec<(String, String)> = labels
+            .split(',')
+            .map(|pair| pair.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect::<Option<_>>()
+            .ok_or("each label is KEY=VALUE (VALUE may say {name} and {namespace})")?;
+        if labels.is_empty() || labels.iter().any(|(k, _)| k.is_empty()) {
+            return Err("at least one label, none with an empty key".into());
+        }
+        Ok(DataPlane { namespace: (!namespace.is_empty()).then(|| namespace.to_string()), labels })
+    }
+}
+
+impl DataPlane {
+    /// The namespace and labels of `gateway`'s data-plane Pods.
+    fn select(&self, gateway: &ObjectRef) -> (String, BTreeMap<String, String>) {
+        let fill = |v: &str| v.replace("{name}", &gateway.name).replace("{namespace}", &gateway.namespace);
+        let labels = self.labels.iter().map(|(k, v)| (k.clone(), fill(v))).collect();
+        (self.namespace.clone().unwrap_or_else(|| gateway.namespace.to_string()), labels)
     }
 }
 
@@ -116,7 +163,14 @@ pub fn uses<'a>(
 /// shards by a stable hash of their name, so one XBackend's change rewrites
 /// one object. A Gateway with no Accepted XBackend still gets shard 0:
 /// its data plane may reach DNS (and the cluster) and nothing outside.
-pub fn policies(gateway: &ObjectRef, allowed: &[Allowed], config: &Config) -> Vec<Value> {
+pub fn policies(gateway: &ObjectRef, class: &str, allowed: &[Allowed], config: &Config) -> Vec<Value> {
+    let (namespace, selector) = config.data_planes.get(class).cloned().unwrap_or_default().select(gateway);
+    // In a namespace shared by many Gateways' data planes, the name says whose.
+    let base = if namespace == *gateway.namespace {
+        gateway.name.to_string()
+    } else {
+        format!("{}-{}", gateway.namespace, gateway.name)
+    };
     // A rule with no peer would allow every destination: an XBackend with no
     // vetted address yet (or an empty selector) gets no rule at all.
     let allowed: Vec<&Allowed> = allowed.iter().filter(|a| a.has_peers()).collect();
@@ -149,13 +203,17 @@ pub fn policies(gateway: &ObjectRef, allowed: &[Allowed], config: &Config) -> Ve
                 "apiVersion": "networking.k8s.io/v1",
                 "kind": "NetworkPolicy",
                 "metadata": {
-                    "name": object_name(&gateway.name, shard),
-                    "namespace": &*gateway.namespace,
-                    "labels": {OWNED_LABEL: &*gateway.name, "app.kubernetes.io/managed-by": "xbackend-controller"},
+                    "name": object_name(&base, shard),
+                    "namespace": &namespace,
+                    "labels": {
+                        OWNED_LABEL: &*gateway.name,
+                        OWNED_NAMESPACE_LABEL: &*gateway.namespace,
+                        "app.kubernetes.io/managed-by": "xbackend-controller",
+                    },
                     "annotations": {RULES_ANNOTATION: annotation.join("\n")},
                 },
                 "spec": {
-                    "podSelector": {"matchLabels": {GATEWAY_NAME_LABEL: &*gateway.name}},
+                    "podSelector": {"matchLabels": &selector},
                     "policyTypes": ["Egress"],
                     "egress": rules,
                 },
@@ -238,7 +296,8 @@ fn note(a: &Allowed) -> String {
 /// judged yet, whose rules are kept as they stand.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Inputs {
-    pub gateways: Vec<(ObjectRef, String)>,
+    /// Each judged Gateway with its uid and class name.
+    pub gateways: Vec<(ObjectRef, String, String)>,
     pub behind: BTreeMap<ObjectRef, Vec<Allowed>>,
     pub unknown: BTreeSet<ObjectRef>,
 }
@@ -268,8 +327,10 @@ pub fn desired(
     }
     let mut kept: BTreeMap<ObjectRef, Vec<Allowed>> = BTreeMap::new();
     for policy in current.values() {
-        let Some(gateway) = policy["metadata"]["labels"][OWNED_LABEL].as_str() else { continue };
-        let namespace = policy["metadata"]["namespace"].as_str().unwrap_or_default();
+        let labels = &policy["metadata"]["labels"];
+        let Some(gateway) = labels[OWNED_LABEL].as_str() else { continue };
+        let namespace =
+            labels[OWNED_NAMESPACE_LABEL].as_str().or(policy["metadata"]["namespace"].as_str()).unwrap_or_default();
         for (backend, allowed) in read_rules(policy) {
             if inputs.unknown.contains(&backend) {
                 kept.entry(ObjectRef::new(namespace, gateway)).or_default().push(allowed);
@@ -285,7 +346,7 @@ pub fn desired(
         .collect();
     let mut evicted = 0;
     let mut out = BTreeMap::new();
-    for (gateway, uid) in &inputs.gateways {
+    for (gateway, uid, class) in &inputs.gateways {
         let mut allowed = inputs.behind.get(gateway).cloned().unwrap_or_default();
         for a in &mut allowed {
             if let Destination::Addresses { hostname, addresses } = &mut a.destination {
@@ -301,8 +362,10 @@ pub fn desired(
             }
         }
         allowed.extend(kept.remove(gateway).unwrap_or_default());
-        for mut policy in policies(gateway, &allowed, config) {
-            if !uid.is_empty() {
+        for mut policy in policies(gateway, class, &allowed, config) {
+            // An owner reference cannot cross namespaces: a data plane
+            // elsewhere has its policies deleted by the writer alone.
+            if !uid.is_empty() && policy["metadata"]["namespace"] == *gateway.namespace {
                 policy["metadata"]["ownerReferences"] = json!([{
                     "apiVersion": "gateway.networking.k8s.io/v1",
                     "kind": "Gateway",
@@ -311,7 +374,8 @@ pub fn desired(
                 }]);
             }
             let name = policy["metadata"]["name"].as_str().unwrap_or_default().to_string();
-            out.insert(ObjectRef::new(&gateway.namespace, name), policy);
+            let namespace = policy["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+            out.insert(ObjectRef::new(namespace, name), policy);
         }
     }
     for hostname in held.hostnames() {
@@ -495,7 +559,7 @@ mod tests {
         dns.udp = true;
         dns.port = 53;
         let allowed = [external("api", &["192.0.2.10", "2001:db8::10"]), pods, dns];
-        let out = policies(&gw(), &allowed, &Config::default());
+        let out = policies(&gw(), "ours", &allowed, &Config::default());
         assert_eq!(out.len(), 1);
         let p = &out[0];
         assert_eq!(p["metadata"]["name"], "xbackend-egress-gw");
@@ -522,8 +586,9 @@ mod tests {
 
     #[test]
     fn without_the_cluster_rule_and_with_resolver_addresses() {
-        let config = Config { allow_cluster: false, dns: DnsPeers::Cidrs(vec!["169.254.20.10/32".parse().unwrap()]) };
-        let out = policies(&gw(), &[], &config);
+        let dns = DnsPeers::Cidrs(vec!["169.254.20.10/32".parse().unwrap()]);
+        let config = Config { allow_cluster: false, dns, ..Config::default() };
+        let out = policies(&gw(), "ours", &[], &config);
         assert_eq!(
             out[0]["spec"]["egress"],
             json!([{"to": [{"ipBlock": {"cidr": "169.254.20.10/32"}}], "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}])
@@ -535,7 +600,10 @@ mod tests {
         let a = [external("a", &["192.0.2.1"]), external("b", &["192.0.2.2"])];
         let b = [a[1].clone(), a[0].clone()];
         let text = |v: &[Value]| serde_json::to_string(v).unwrap();
-        assert_eq!(text(&policies(&gw(), &a, &Config::default())), text(&policies(&gw(), &b, &Config::default())));
+        assert_eq!(
+            text(&policies(&gw(), "ours", &a, &Config::default())),
+            text(&policies(&gw(), "ours", &b, &Config::default()))
+        );
     }
 
     /// Thousands of XBackends with 64 addresses each spread over objects
@@ -545,7 +613,7 @@ mod tests {
         let addresses: Vec<String> = (0..64).map(|i| format!("2001:db8:ffff:ffff:ffff:ffff:ffff:{i:x}")).collect();
         let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
         let allowed: Vec<Allowed> = (0..1200).map(|i| external(&format!("backend-{i:05}"), &refs)).collect();
-        let before = policies(&gw(), &allowed, &Config::default());
+        let before = policies(&gw(), "ours", &allowed, &Config::default());
         assert_eq!(before.len(), 32, "1200 / 64 rounded up to a power of two");
         for p in &before {
             let size = serde_json::to_vec(p).unwrap().len();
@@ -553,7 +621,7 @@ mod tests {
         }
         let mut changed = allowed.clone();
         changed[1134] = external("backend-01134", &["192.0.2.99"]);
-        let after = policies(&gw(), &changed, &Config::default());
+        let after = policies(&gw(), "ours", &changed, &Config::default());
         let differing = before.iter().zip(&after).filter(|(a, b)| a != b).count();
         assert_eq!(differing, 1);
     }
@@ -610,7 +678,7 @@ mod tests {
         let mut udp = external("stun", &["192.0.2.16"]);
         udp.udp = true;
         let allowed = vec![external("api", &["192.0.2.10", "2001:db8::10"]), udp, pods];
-        let out = policies(&gw(), &allowed, &Config::default());
+        let out = policies(&gw(), "ours", &allowed, &Config::default());
         let read: Vec<Allowed> = read_rules(&out[0]).into_iter().map(|(_, a)| a).collect();
         assert_eq!(read, allowed);
         let mut edited = out[0].clone();
@@ -623,7 +691,7 @@ mod tests {
     fn an_xbackend_without_addresses_gets_no_rule() {
         let mut pods = external("web", &[]);
         pods.destination = Destination::Pods { labels: BTreeMap::new() };
-        let out = policies(&gw(), &[external("pending", &[]), pods], &Config::default());
+        let out = policies(&gw(), "ours", &[external("pending", &[]), pods], &Config::default());
         let egress = out[0]["spec"]["egress"].as_array().unwrap();
         assert_eq!(egress.len(), 2, "DNS and cluster only: {egress:?}");
         assert!(egress.iter().all(|rule| rule["to"].as_array().is_some_and(|to| !to.is_empty())));
@@ -631,7 +699,7 @@ mod tests {
 
     fn inputs(behind: Vec<Allowed>, unknown: &[&str]) -> Inputs {
         Inputs {
-            gateways: vec![(gw(), "uid-gw".into())],
+            gateways: vec![(gw(), "uid-gw".into(), "ours".into())],
             behind: BTreeMap::from([(gw(), behind)]),
             unknown: unknown.iter().map(|n| ObjectRef::new("app", *n)).collect(),
         }
@@ -684,7 +752,7 @@ mod tests {
 
     #[test]
     fn stands_ignores_what_others_add_but_not_edits_to_ours() {
-        let policy = policies(&gw(), &[external("api", &["192.0.2.10"])], &Config::default()).remove(0);
+        let policy = policies(&gw(), "ours", &[external("api", &["192.0.2.10"])], &Config::default()).remove(0);
         let mut theirs = policy.clone();
         theirs["metadata"]["labels"]["team"] = json!("x");
         theirs["metadata"]["resourceVersion"] = json!("7");
@@ -695,5 +763,30 @@ mod tests {
         let mut relabelled = policy.clone();
         relabelled["metadata"]["annotations"] = json!({});
         assert!(!stands(&policy, &relabelled));
+    }
+
+    /// Envoy Gateway runs every data plane in its own namespace, labelled
+    /// with the owning Gateway: the policy goes there, named for the Gateway.
+    #[test]
+    fn a_class_can_place_its_data_planes_elsewhere() {
+        let envoy: DataPlane = "envoy-gateway-system:gateway.envoyproxy.io/owning-gateway-name={name},gateway.envoyproxy.io/owning-gateway-namespace={namespace}".parse().unwrap();
+        let config = Config { data_planes: BTreeMap::from([("eg".to_string(), envoy)]), ..Config::default() };
+        let out = policies(&gw(), "eg", &[], &config);
+        assert_eq!(out[0]["metadata"]["namespace"], "envoy-gateway-system");
+        assert_eq!(out[0]["metadata"]["name"], "xbackend-egress-infra-gw");
+        assert_eq!(out[0]["metadata"]["labels"][OWNED_NAMESPACE_LABEL], "infra");
+        assert_eq!(
+            out[0]["spec"]["podSelector"]["matchLabels"],
+            json!({"gateway.envoyproxy.io/owning-gateway-name": "gw", "gateway.envoyproxy.io/owning-gateway-namespace": "infra"})
+        );
+        let inputs = Inputs { gateways: vec![(gw(), "uid".into(), "eg".into())], ..Inputs::default() };
+        let (out, _) =
+            desired(&inputs, &BTreeMap::new(), &mut Held::default(), 0, Hold::default(), &config, &|_| false);
+        let policy = out.values().next().unwrap();
+        assert!(policy["metadata"].get("ownerReferences").is_none(), "no owner across namespaces");
+        for bad in ["no-colon", "ns:", "ns:=v", "ns:k"] {
+            assert!(bad.parse::<DataPlane>().is_err(), "{bad}");
+        }
+        assert_eq!(":app=gw".parse::<DataPlane>().unwrap().namespace, None, "the Gateway's namespace");
     }
 }

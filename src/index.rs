@@ -363,9 +363,9 @@ impl Index {
         judged
     }
 
-    /// A Gateway's uid (empty when unknown).
-    pub fn gateway_uid(&self, gateway: &ObjectRef) -> Option<&str> {
-        self.gateways.get(gateway).map(|g| g.uid.as_str())
+    /// A Gateway as the index holds it (class name and uid).
+    pub fn gateway(&self, gateway: &ObjectRef) -> Option<&Gateway> {
+        self.gateways.get(gateway)
     }
 
     /// True when a live Pod in `namespace` carries every label of `selector`.

@@ -120,7 +120,13 @@ controller:
   allowPrivateSuffixes: [corp]
   denyCIDRs: [10.244.0.0/16]
   allowCIDRs: [10.8.0.0/16]
-  egress: {policy: networkpolicy, allowCluster: false, addressHold: 30m, maxAddressesPerHost: 16, dnsCIDRs: [169.254.20.10/32]}
+  egress:
+    policy: networkpolicy
+    allowCluster: false
+    addressHold: 30m
+    maxAddressesPerHost: 16
+    dnsCIDRs: [169.254.20.10/32]
+    dataPlanes: {eg: "envoy-gateway-system:gateway.envoyproxy.io/owning-gateway-name={name}"}
   dns: {servers: ["10.96.0.10:53"], minTTL: 10, maxTTL: 60}
   concurrency: 4
   logFormat: text
@@ -257,6 +263,7 @@ fn every_value_reaches_the_rendered_flags_and_objects() {
             "--egress-address-hold=30m",
             "--egress-max-addresses-per-host=16",
             "--egress-dns-cidr=169.254.20.10/32",
+            "--egress-data-plane=eg=envoy-gateway-system:gateway.envoyproxy.io/owning-gateway-name={name}",
             "--dns-server=10.96.0.10:53",
             "--dns-min-ttl=10",
             "--dns-max-ttl=60",

@@ -187,10 +187,10 @@ impl State {
     /// A copy of what the egress policies depend on (docs/design.md §6b).
     pub fn egress_inputs(&self) -> Inputs {
         let inner = self.lock();
-        let gateways: Vec<(ObjectRef, String)> = (inner.index.judged_gateways().into_iter())
+        let gateways = (inner.index.judged_gateways().into_iter())
             .map(|gw| {
-                let uid = inner.index.gateway_uid(&gw).unwrap_or_default().to_string();
-                (gw, uid)
+                let g = inner.index.gateway(&gw).cloned().unwrap_or_default();
+                (gw, g.uid, g.class_name)
             })
             .collect();
         let mut inputs = Inputs { gateways, ..Inputs::default() };

@@ -110,6 +110,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- range .Values.controller.egress.dnsCIDRs }}
 - {{ printf "--egress-dns-cidr=%s" . | quote }}
 {{- end }}
+{{- range $class, $plane := .Values.controller.egress.dataPlanes }}
+- {{ printf "--egress-data-plane=%s=%s" $class $plane | quote }}
+{{- end }}
 {{- end }}
 {{- if .Values.controller.dns.check }}
 {{- range .Values.controller.dns.servers }}
