@@ -59,32 +59,84 @@ impl LookupError {
 
 /// A stub resolver: the given servers (UDP, then TCP for truncated answers) or
 /// the system's, never a search domain, never /etc/hosts, no cache of its own.
+///
+/// Every server given is asked, and their answers are joined (docs/security.md,
+/// "Several resolvers"): replicas of a cluster DNS can answer differently, and
+/// the data plane may ask any of them, so a verdict and an egress policy must
+/// cover what each says.
 #[derive(Clone)]
 pub struct Resolver {
+    servers: Vec<One>,
+}
+
+/// One upstream (or the system configuration).
+#[derive(Clone)]
+struct One {
     inner: TokioResolver,
 }
 
 impl Resolver {
     /// `servers` empty means the system resolver configuration (/etc/resolv.conf).
     pub fn new(servers: &[SocketAddr], timeout: Duration) -> Result<Resolver, String> {
-        let mut builder = if servers.is_empty() {
-            Hickory::builder_tokio().map_err(|e| format!("cannot read the system resolver configuration: {e}"))?
-        } else {
-            let name_servers = servers
-                .iter()
-                .map(|addr| {
-                    let mut server = NameServerConfig::udp_and_tcp(addr.ip());
-                    for connection in &mut server.connections {
-                        connection.port = addr.port();
+        if servers.is_empty() {
+            let builder =
+                Hickory::builder_tokio().map_err(|e| format!("cannot read the system resolver configuration: {e}"))?;
+            return Ok(Resolver { servers: vec![One::build(builder, timeout)?] });
+        }
+        let servers = servers
+            .iter()
+            .map(|addr| {
+                let mut server = NameServerConfig::udp_and_tcp(addr.ip());
+                for connection in &mut server.connections {
+                    connection.port = addr.port();
+                }
+                let config = ResolverConfig::from_name_servers(vec![server]);
+                One::build(Hickory::builder_with_config(config, TokioRuntimeProvider::default()), timeout)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Resolver { servers })
+    }
+
+    /// A and AAAA of `hostname` from every server, joined: the addresses and
+    /// aliases any of them gave, the smallest TTL. A server that fails adds
+    /// nothing; when all fail, the error of the first.
+    pub async fn resolve(&self, hostname: &str) -> Result<Resolution, LookupError> {
+        let answers = futures::future::join_all(self.servers.iter().map(|s| s.resolve(hostname))).await;
+        let mut joined: Option<Resolution> = None;
+        let mut first_error = None;
+        for answer in answers {
+            match answer {
+                Ok(r) => {
+                    let j = joined.get_or_insert_with(|| Resolution { ttl: r.ttl, ..Resolution::default() });
+                    j.ttl = j.ttl.min(r.ttl);
+                    j.addresses.extend(r.addresses);
+                    for alias in r.cnames {
+                        if !j.cnames.contains(&alias) {
+                            j.cnames.push(alias);
+                        }
                     }
-                    server
-                })
-                .collect();
-            Hickory::builder_with_config(
-                ResolverConfig::from_name_servers(name_servers),
-                TokioRuntimeProvider::default(),
-            )
-        };
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match joined {
+            Some(mut r) => {
+                r.addresses.sort();
+                r.addresses.dedup();
+                Ok(r)
+            }
+            None => Err(first_error.unwrap_or(LookupError::NoAddresses)),
+        }
+    }
+}
+
+impl One {
+    fn build(
+        mut builder: hickory_resolver::ResolverBuilder<TokioRuntimeProvider>,
+        timeout: Duration,
+    ) -> Result<One, String> {
         let options: &mut ResolverOpts = builder.options_mut();
         options.timeout = timeout;
         options.attempts = 2;
@@ -93,7 +145,7 @@ impl Resolver {
         options.preserve_intermediates = true;
         options.ndots = 0;
         let inner = builder.build().map_err(|e| format!("cannot build the DNS resolver: {e}"))?;
-        Ok(Resolver { inner })
+        Ok(One { inner })
     }
 
     /// A and AAAA of `hostname` as an absolute name (no search domains).

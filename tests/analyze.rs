@@ -1061,3 +1061,61 @@ fn egress_policies_are_printed_for_review_and_nca_agrees() {
         output_documents(&open.stdout, false).into_iter().filter(|d| d["kind"] == "NetworkPolicy").collect();
     assert_eq!(policies[0]["spec"]["egress"][1], serde_json::json!({"to": [{"namespaceSelector": {}}]}));
 }
+
+/// docs/security.md, "Several resolvers": replicas of the cluster DNS can
+/// answer differently and the data plane may ask any of them, so every
+/// `--dns-server` is asked and the answers are joined, for the verdict and
+/// for the egress policy alike.
+#[test]
+fn every_resolver_is_asked_and_their_answers_joined() {
+    use support::dns::{Answer, DnsServer};
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (one, two) = runtime.block_on(async { (DnsServer::start().await, DnsServer::start().await) });
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+    one.set("api.example.net", Answer::Addresses(vec![ip("93.184.215.14")], 30));
+    two.set("api.example.net", Answer::Addresses(vec![ip("93.184.215.15")], 30));
+    one.set("split.example.net", Answer::Addresses(vec![ip("93.184.215.16")], 30));
+    two.set("split.example.net", Answer::Addresses(vec![ip("169.254.169.254")], 30));
+    let dir = support::tempdir("analyze-resolvers");
+    let backend = |name: &str| {
+        format!(
+            "---\napiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackend\nmetadata: {{name: {name}}}\nspec:\n  type: ExternalHostname\n  port: {{number: 443}}\n  externalHostname: {{hostname: {name}.example.net}}\n  tls: {{mode: ServerOnly, validation: {{hostname: {name}.example.net}}}}\n"
+        )
+    };
+    let bundle = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: ours}}\nspec: {{controllerName: gateway.networking.x-k8s.io/xbackend-controller}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec: {{gatewayClassName: ours, listeners: [{{name: http, protocol: HTTP, port: 80}}]}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules: [{{backendRefs: [{{group: gateway.networking.x-k8s.io, kind: XBackend, name: api}}, {{group: gateway.networking.x-k8s.io, kind: XBackend, name: split}}]}}]\n{}{}",
+        backend("api"),
+        backend("split")
+    );
+    std::fs::write(dir.join("bundle.yaml"), bundle).unwrap();
+    let (a, b) = (one.flag(), two.flag());
+    let args = [
+        "-f",
+        "bundle.yaml",
+        "-o",
+        "json",
+        "--dns-check",
+        "--dns-server",
+        &a,
+        "--dns-server",
+        &b,
+        "--egress-policy",
+        "networkpolicy",
+    ];
+    let out = analyze(&dir, &args, None);
+    assert_eq!(out.code, 3, "split reaches the metadata address through one resolver: {}", out.stderr);
+    assert!(one.queries("api.example.net") > 0 && two.queries("api.example.net") > 0, "both asked");
+    let docs = output_documents(&out.stdout, true);
+    let split = docs.iter().find(|d| d["metadata"]["name"] == "split").unwrap();
+    let verdict = conditions(our_entries(split, "gateway.networking.x-k8s.io/xbackend-controller").next().unwrap());
+    assert_eq!(verdict[0], ("Accepted".into(), "False".into(), "AddressNotAllowed".into()));
+    let policy = docs.iter().find(|d| d["kind"] == "NetworkPolicy").unwrap();
+    let cidrs: Vec<&str> = policy["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["to"].as_array().unwrap())
+        .filter_map(|p| p["ipBlock"]["cidr"].as_str())
+        .collect();
+    assert_eq!(cidrs, ["93.184.215.14/32", "93.184.215.15/32"], "both answers for api, nothing of split");
+}
