@@ -323,6 +323,12 @@ static DNS_SERVER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::ne
 /// TTL of the benchmark's DNS answers: the idle phase sees every hostname re-resolved.
 const DNS_TTL: u32 = 30;
 
+/// Egress enforcement (`--egress-policy networkpolicy`), unless BENCH_EGRESS=0
+/// or BENCH_DNS=0 (it needs the DNS check).
+fn egress() -> bool {
+    std::env::var("BENCH_EGRESS").as_deref() != Ok("0") && matches!(DNS_SERVER.get(), Some(Some(_)))
+}
+
 fn start_controller(cp: &ControlPlane) -> Controller {
     start_controller_env(cp, &[])
 }
@@ -357,6 +363,9 @@ fn start_controller_env(cp: &ControlPlane, env: &[(&str, &str)]) -> Controller {
     ];
     if let Some(Some(server)) = DNS_SERVER.get() {
         args.extend(["--dns-check", "--dns-server", server]);
+        if egress() {
+            args.extend(["--egress-policy", "networkpolicy"]);
+        }
     }
     let mut env = env.to_vec();
     env.push(("RUST_LOG", "info"));
@@ -585,6 +594,14 @@ async fn run(n: usize, fsync: bool) {
     perf_stop(perf);
     let cold_writes =
         quiesce(&ctl, "xbackend_status_writes_total", Duration::from_secs(2), Duration::from_secs(30)).await;
+    // The policy writer's first decision waits for the first pass, then coalesces.
+    let policy_writes_cold = if egress() {
+        wait_metric(&ctl, "xbackend_egress_policy_objects", Duration::from_secs(60), |o| o > 0.0).await;
+        quiesce(&ctl, "xbackend_egress_policy_writes_total", Duration::from_secs(3), Duration::from_secs(60)).await
+    } else {
+        0.0
+    };
+    let policy_objects = ctl.metric("xbackend_egress_policy_objects").unwrap_or(0.0);
     let reconciles = metric(&ctl, "xbackend_reconciles_total");
     let conflicts = metric(&ctl, "xbackend_status_conflicts_total");
     let reconcile_sum = metric(&ctl, "xbackend_reconcile_duration_seconds_sum");
@@ -612,6 +629,7 @@ async fn run(n: usize, fsync: bool) {
     let idle_start = Instant::now();
     let before = cpu(&cp, Some(&ctl));
     let writes0 = metric(&ctl, "xbackend_status_writes_total");
+    let policy_writes0 = ctl.metric("xbackend_egress_policy_writes_total").unwrap_or(0.0);
     let reconciles0 = metric(&ctl, "xbackend_reconciles_total");
     tokio::time::sleep(Duration::from_secs(5)).await;
     let t = Instant::now();
@@ -660,6 +678,7 @@ async fn run(n: usize, fsync: bool) {
     let resyncs = metric(&ctl, "xbackend_resyncs_total");
     let idle_wall = idle_start.elapsed();
     let idle_writes = metric(&ctl, "xbackend_status_writes_total") - writes0;
+    let policy_writes_idle = ctl.metric("xbackend_egress_policy_writes_total").unwrap_or(0.0) - policy_writes0;
     let idle_reconciles = metric(&ctl, "xbackend_reconciles_total") - reconciles0;
     let mut after = cpu(&cp, Some(&ctl));
     after.apiserver += stopped_cpu;
@@ -698,6 +717,12 @@ async fn run(n: usize, fsync: bool) {
     perf_stop(perf);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let restart_writes = metric(&ctl, "xbackend_status_writes_total");
+    // Past the policy writer's first-pass wait and coalescing.
+    if egress() {
+        wait_metric(&ctl, "xbackend_egress_policy_objects", Duration::from_secs(60), |o| o > 0.0).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let policy_writes_restart = ctl.metric("xbackend_egress_policy_writes_total").unwrap_or(0.0);
     let rss_restart = ctl.peak_rss_kib().unwrap_or(0);
     rows.push(row(
         "restart",
@@ -839,6 +864,9 @@ async fn run(n: usize, fsync: bool) {
         "| writes: cold / idle+resync / restart / reaction | {cold_writes} / {idle_writes} / {restart_writes} / {reaction_writes} | {n} / 0 / 0 / {} |",
         n / GATEWAYS
     );
+    println!(
+        "| egress NetworkPolicies: objects / writes cold / idle+resync / restart | {policy_objects} / {policy_writes_cold} / {policy_writes_idle} / {policy_writes_restart} | about one write per object cold; 0 / 0 |"
+    );
     println!("| reaction time | {:.2} s | |", reaction.as_secs_f64());
     println!(
         "| latency apply -> status seen, {LATENCY_SAMPLES} new XBackends: p50 / p99 | {:.1} / {:.1} ms | p99 <= 2 x floor + 50 ms = {:.1} ms |",
@@ -878,7 +906,7 @@ async fn run(n: usize, fsync: bool) {
     println!("| total bench wall time | {:.0} s | |", total.elapsed().as_secs_f64());
     println!();
     println!(
-        "bench: n={n} ratio={ratio:.2} cold_writes={cold_writes} idle_writes={idle_writes} restart_writes={restart_writes} reaction_writes={reaction_writes} rss_mib={:.0} rss_secrets_delta_mib={:.1} p50_react_ms={:.1} p99_react_ms={:.1} floor_patch_ms={:.1} ctrl_cpu_s={ctrl_cpu:.2}",
+        "bench: n={n} ratio={ratio:.2} cold_writes={cold_writes} idle_writes={idle_writes} restart_writes={restart_writes} reaction_writes={reaction_writes} rss_mib={:.0} rss_secrets_delta_mib={:.1} p50_react_ms={:.1} p99_react_ms={:.1} floor_patch_ms={:.1} ctrl_cpu_s={ctrl_cpu:.2} policy_objects={policy_objects} policy_writes_cold={policy_writes_cold} policy_writes_idle={policy_writes_idle} policy_writes_restart={policy_writes_restart}",
         mib(rss_peak),
         delta / 1024.0,
         latency.p50_ms,

@@ -121,6 +121,8 @@ async fn policies_follow_the_vetted_addresses_and_nothing_else() {
     wait_policy(&policies, name, "both", &ctl, |p| cidrs(p) == ["93.184.215.15/32", "93.184.215.20/32"]).await;
     support::xbackend_api(&client, &ns).delete("other", &DeleteParams::default()).await.unwrap();
     wait_policy(&policies, name, "other gone", &ctl, |p| cidrs(p) == ["93.184.215.15/32"]).await;
+    // An evaluator we did not write reads the objects the controller wrote.
+    check_with_nca(&policies, &ns).await;
     let theirs_after = policies.get("theirs").await.unwrap();
     assert_eq!(theirs_after.metadata.resource_version, theirs_before.metadata.resource_version, "never touched");
 
@@ -144,4 +146,44 @@ async fn policies_follow_the_vetted_addresses_and_nothing_else() {
     })
     .await;
     assert!(removed.is_some(), "log:\n{}", ctl.log_tail());
+}
+
+/// network-config-analyzer over the live objects of ours: the gateway Pod may
+/// reach api's vetted address on 443 and nothing else outside the cluster.
+async fn check_with_nca(policies: &Api<NetworkPolicy>, ns: &str) {
+    let dir = support::tempdir("egress-nca");
+    let ours = policies.list(&kube::api::ListParams::default().labels(OWNED)).await.unwrap();
+    let documents: String = ours
+        .items
+        .iter()
+        .map(|p| {
+            let mut value = serde_json::to_value(p).unwrap();
+            value["metadata"] = json!({"name": p.metadata.name, "namespace": p.metadata.namespace});
+            format!(
+                "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n{}",
+                serde_yaml_ng::to_string(&json!({"metadata": value["metadata"], "spec": value["spec"]})).unwrap()
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("policies.yaml"), documents).unwrap();
+    let topology = format!(
+        "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: kube-system}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: gw-pod, namespace: {ns}, labels: {{gateway.networking.k8s.io/gateway-name: gw}}}}\nspec: {{containers: [{{name: c, image: x}}]}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: kube-dns-0, namespace: kube-system, labels: {{k8s-app: kube-dns}}}}\nspec: {{containers: [{{name: c, image: x}}]}}\n"
+    );
+    std::fs::write(dir.join("topology.yaml"), topology).unwrap();
+    let map =
+        support::nca::Connectivity::of(&format!("{ns}/gw-pod"), &dir.join("policies.yaml"), &dir.join("topology.yaml"));
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+    for (got, want, what) in [
+        (map.allows_address(ip("93.184.215.15"), "TCP", 443), true, "api's vetted address"),
+        (map.allows_address(ip("93.184.215.15"), "TCP", 80), false, "another port"),
+        (
+            map.allows_address(ip("93.184.215.14"), "TCP", 443),
+            false,
+            "api's address before the rebinding (rejected since)",
+        ),
+        (map.allows_address(ip("169.254.169.254"), "TCP", 443), false, "the metadata address"),
+        (map.allows_pod("kube-system/kube-dns-0", "UDP", 53), true, "DNS"),
+    ] {
+        assert_eq!(got, want, "{what}; nca map:\n{}", map.text);
+    }
 }
