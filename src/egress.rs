@@ -408,6 +408,53 @@ pub fn stands(desired: &Value, current: &Value) -> bool {
         && owners(desired).iter().all(|o| owners(current).contains(o))
 }
 
+/// Why `other` (a NetworkPolicy that is not ours) makes `ours` moot, if it
+/// does: NetworkPolicies add up, so one that selects the same data-plane Pods
+/// (same namespace, a podSelector those Pods' labels satisfy) and allows
+/// egress beyond single addresses (a rule without peers, or an ipBlock wider
+/// than one address) lets them reach what we never vetted. A podSelector
+/// with matchExpressions is taken to select them (it may), so the warning errs
+/// on the side of telling.
+pub fn widens(ours: &Value, other: &Value) -> Option<String> {
+    if ours["metadata"]["namespace"] != other["metadata"]["namespace"] {
+        return None;
+    }
+    let our_labels = &ours["spec"]["podSelector"]["matchLabels"];
+    let selector = &other["spec"]["podSelector"];
+    let labels_fit = selector["matchLabels"].as_object().into_iter().flatten().all(|(k, v)| &our_labels[k] == v);
+    if !labels_fit {
+        return None;
+    }
+    let types = other["spec"]["policyTypes"].as_array();
+    let rules = other["spec"]["egress"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let governs_egress = match types {
+        Some(types) => types.iter().any(|t| t == "Egress"),
+        None => !rules.is_empty(),
+    };
+    if !governs_egress {
+        return None;
+    }
+    let name = other["metadata"]["name"].as_str().unwrap_or_default();
+    for (i, rule) in rules.iter().enumerate() {
+        let peers = rule["to"].as_array().map(Vec::as_slice).unwrap_or_default();
+        if peers.is_empty() {
+            return Some(format!(
+                "NetworkPolicy {name} selects this Gateway's data-plane Pods and its egress[{i}] allows every destination, so the egress policy xbackend-controller writes does not restrict them."
+            ));
+        }
+        let wide = peers
+            .iter()
+            .filter_map(|p| p["ipBlock"]["cidr"].as_str()?.parse::<IpNet>().ok())
+            .find(|net| net.prefix_len() < net.max_prefix_len());
+        if let Some(net) = wide {
+            return Some(format!(
+                "NetworkPolicy {name} selects this Gateway's data-plane Pods and its egress[{i}] allows {net}, wider than the vetted addresses xbackend-controller allows: policies add up."
+            ));
+        }
+    }
+    None
+}
+
 /// The XBackend rules of a policy this module built, read back: the
 /// runtime keeps the rules of XBackends it has not judged yet (after a
 /// restart) as they stand, and seeds the hold-down from them. Rules it cannot
@@ -788,5 +835,38 @@ mod tests {
             assert!(bad.parse::<DataPlane>().is_err(), "{bad}");
         }
         assert_eq!(":app=gw".parse::<DataPlane>().unwrap().namespace, None, "the Gateway's namespace");
+    }
+
+    #[test]
+    fn a_wider_policy_on_the_same_pods_is_told() {
+        let ours = policies(&gw(), "ours", &[], &Config::default()).remove(0);
+        let other = |selector: Value, types: Value, egress: Value| json!({"metadata": {"name": "theirs", "namespace": "infra"}, "spec": {"podSelector": selector, "policyTypes": types, "egress": egress}});
+        let all_pods = json!({});
+        let open = json!([{}]);
+        assert!(
+            widens(&ours, &other(all_pods.clone(), json!(["Egress"]), open.clone()))
+                .unwrap()
+                .contains("every destination")
+        );
+        let internet = json!([{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]);
+        assert!(
+            widens(&ours, &other(all_pods.clone(), json!(["Egress"]), internet.clone())).unwrap().contains("0.0.0.0/0")
+        );
+        let same = json!({"matchLabels": {GATEWAY_NAME_LABEL: "gw"}});
+        assert!(
+            widens(&ours, &other(same, Value::Null, internet.clone())).is_some(),
+            "policyTypes default from the rules"
+        );
+        let elsewhere = json!({"matchLabels": {"app": "db"}});
+        assert!(widens(&ours, &other(elsewhere, json!(["Egress"]), open.clone())).is_none(), "other Pods");
+        assert!(widens(&ours, &other(all_pods.clone(), json!(["Ingress"]), Value::Null)).is_none(), "ingress only");
+        let narrow = json!([{"to": [{"ipBlock": {"cidr": "192.0.2.7/32"}}, {"podSelector": {}}]}]);
+        assert!(
+            widens(&ours, &other(all_pods.clone(), json!(["Egress"]), narrow)).is_none(),
+            "single addresses and Pods"
+        );
+        let mut moved = other(all_pods, json!(["Egress"]), open);
+        moved["metadata"]["namespace"] = json!("app");
+        assert!(widens(&ours, &moved).is_none(), "another namespace");
     }
 }

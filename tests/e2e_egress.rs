@@ -123,6 +123,28 @@ async fn policies_follow_the_vetted_addresses_and_nothing_else() {
     wait_policy(&policies, name, "other gone", &ctl, |p| cidrs(p) == ["93.184.215.15/32"]).await;
     // An evaluator we did not write reads the objects the controller wrote.
     check_with_nca(&policies, &ns).await;
+
+    // Someone else's policy lets the same Pods go anywhere: told on the Gateway.
+    let open = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: open-egress}\nspec: {podSelector: {}, policyTypes: [Egress], egress: [{}]}\n";
+    apply_yaml(&client, Some(&ns), open).await;
+    let events = support::dynamic(&client, &ns, "events.k8s.io", "v1", "Event");
+    let warned = support::eventually(Duration::from_secs(30), || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.data["reason"] == "EgressPolicyWidened" && e.data["regarding"]["name"] == "gw")
+    })
+    .await;
+    let warned = warned.unwrap_or_else(|| panic!("a Warning Event on the Gateway; log:\n{}", ctl.log_tail()));
+    assert_eq!(warned.data["type"], "Warning");
+    assert!(warned.data["note"].as_str().unwrap().contains("open-egress"), "{}", warned.data["note"]);
+    assert_eq!(ctl.metric("xbackend_egress_widened_gateways"), Some(1.0));
+    policies.delete("open-egress", &DeleteParams::default()).await.unwrap();
+    let cleared = support::eventually(Duration::from_secs(30), || async {
+        (ctl.metric("xbackend_egress_widened_gateways")? == 0.0).then_some(())
+    })
+    .await;
+    assert!(cleared.is_some(), "the gauge follows");
     let theirs_after = policies.get("theirs").await.unwrap();
     assert_eq!(theirs_after.metadata.resource_version, theirs_before.metadata.resource_version, "never touched");
 

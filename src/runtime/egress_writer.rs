@@ -11,9 +11,11 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::watcher;
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -40,10 +42,12 @@ const COALESCE: Duration = Duration::from_millis(200);
 /// Held addresses expire by time alone: look again at least this often.
 const HOLD_TICK: Duration = Duration::from_secs(60);
 
-/// The NetworkPolicies labelled ours, as they stand (JSON, by namespace/name).
+/// The NetworkPolicies labelled ours, as they stand (JSON, by namespace/name),
+/// and everyone else's (to tell when one makes ours moot).
 #[derive(Default)]
 pub struct Standing {
     objects: Mutex<BTreeMap<ObjectRef, Value>>,
+    others: Mutex<BTreeMap<ObjectRef, Value>>,
     wake: Notify,
 }
 
@@ -55,39 +59,53 @@ impl Standing {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ObjectRef, Value>> {
         self.objects.lock().expect("standing policies lock")
     }
+
+    fn others(&self) -> std::sync::MutexGuard<'_, BTreeMap<ObjectRef, Value>> {
+        self.others.lock().expect("other policies lock")
+    }
 }
 
-/// The watch that feeds `Standing`: only objects with our label.
+/// A watch that feeds `Standing`: the NetworkPolicies with our label
+/// (`ours`), or every other one, kept whole (few objects), only to warn when
+/// one makes ours moot (`egress::widens`).
 pub struct PolicyWatch {
     pub standing: Arc<Standing>,
+    pub ours: bool,
+}
+
+impl PolicyWatch {
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<ObjectRef, Value>> {
+        if self.ours { self.standing.lock() } else { self.standing.others() }
+    }
 }
 
 impl Indexer for PolicyWatch {
     type Resource = NetworkPolicy;
 
     fn name(&self) -> &'static str {
-        "NetworkPolicy"
+        if self.ours { "NetworkPolicy" } else { "NetworkPolicy (others)" }
     }
     fn api(&self, client: &Client) -> Api<NetworkPolicy> {
         Api::all(client.clone())
     }
     fn config(&self) -> watcher::Config {
-        super::watch::config().labels(OWNED_LABEL)
+        let selector = if self.ours { OWNED_LABEL.to_string() } else { format!("!{OWNED_LABEL}") };
+        super::watch::config().labels(&selector)
     }
     fn apply(&self, _: &State, key: ObjectRef, object: &NetworkPolicy) -> Result<Affected, String> {
         let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
-        self.standing.lock().insert(key, value);
+        self.map().insert(key, value);
         // An edit of ours is put back; our own write's echo decides nothing new.
         self.standing.wake.notify_one();
         Ok(Affected::none())
     }
     fn delete(&self, _: &State, key: &ObjectRef) -> Affected {
-        self.standing.lock().remove(key);
+        self.map().remove(key);
         self.standing.wake.notify_one();
         Affected::none()
     }
     fn reset(&self, _: &State, seen: &BTreeSet<ObjectRef>, _: bool) -> Affected {
-        self.standing.lock().retain(|key, _| seen.contains(key));
+        self.map().retain(|key, _| seen.contains(key));
         self.standing.wake.notify_one();
         Affected::none()
     }
@@ -104,6 +122,8 @@ pub struct Writer {
     pub hold: Hold,
     /// Held addresses now in a denied range leave at once.
     pub addresses: AddressPolicy,
+    /// Warnings on Gateways whose policies another one makes moot.
+    pub recorder: Recorder,
 }
 
 impl Writer {
@@ -117,6 +137,8 @@ impl Writer {
         let mut held = Held::default();
         let mut failures = 0u32;
         let mut first_pass: Option<Instant> = None;
+        // (Gateway, other policy) pairs already warned about, with the message.
+        let mut warned: BTreeMap<(ObjectRef, ObjectRef), String> = BTreeMap::new();
         loop {
             tokio::select! {
                 _ = self.state.egress_changed.notified() => {}
@@ -143,6 +165,7 @@ impl Writer {
             self.metrics.egress_hold_evictions.inc_by(evicted as u64);
             self.metrics.egress_policy_objects.set(desired.len() as i64);
             self.metrics.egress_addresses.set(count_addresses(&desired) as i64);
+            self.warn_widened(&inputs.gateways, &desired, &mut warned).await;
             if self.write(&desired, &current).await {
                 failures = 0;
             } else {
@@ -213,6 +236,64 @@ impl Writer {
                 false
             }
         }
+    }
+}
+
+impl Writer {
+    /// A Warning Event on each Gateway whose data plane another
+    /// NetworkPolicy lets reach more than ours (once per pair while it lasts),
+    /// and the count of such Gateways.
+    async fn warn_widened(
+        &self,
+        gateways: &[(ObjectRef, String, String)],
+        desired: &BTreeMap<ObjectRef, Value>,
+        warned: &mut BTreeMap<(ObjectRef, ObjectRef), String>,
+    ) {
+        let others = self.standing.others().clone();
+        let mut now: BTreeMap<(ObjectRef, ObjectRef), String> = BTreeMap::new();
+        for (gateway, _, _) in gateways {
+            let is_ours = |p: &&Value| {
+                p["metadata"]["labels"][OWNED_LABEL] == *gateway.name
+                    && p["metadata"]["labels"][egress::OWNED_NAMESPACE_LABEL] == *gateway.namespace
+            };
+            let Some(policy) = desired.values().find(is_ours) else { continue };
+            for (key, other) in &others {
+                if let Some(message) = egress::widens(policy, other) {
+                    now.insert((gateway.clone(), key.clone()), message);
+                }
+            }
+        }
+        let gateways_widened: BTreeSet<&ObjectRef> = now.keys().map(|(gw, _)| gw).collect();
+        self.metrics.egress_widened_gateways.set(gateways_widened.len() as i64);
+        for ((gateway, other), message) in &now {
+            if warned.get(&(gateway.clone(), other.clone())) == Some(message) {
+                continue;
+            }
+            let uid = gateways.iter().find(|(g, _, _)| g == gateway).map(|(_, uid, _)| uid.clone());
+            let reference = ObjectReference {
+                api_version: Some("gateway.networking.k8s.io/v1".into()),
+                kind: Some("Gateway".into()),
+                namespace: Some(gateway.namespace.to_string()),
+                name: Some(gateway.name.to_string()),
+                uid: uid.filter(|u| !u.is_empty()),
+                ..ObjectReference::default()
+            };
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "EgressPolicyWidened".into(),
+                note: Some(message.clone()),
+                action: "Enforce".into(),
+                secondary: None,
+            };
+            match tokio::time::timeout(API_TIMEOUT, self.recorder.publish(&event, &reference)).await {
+                Ok(Ok(())) => {
+                    warn!(gateway = %gateway, networkpolicy = %other, "another NetworkPolicy widens this Gateway's egress")
+                }
+                Ok(Err(e)) => warn!(error = %e, "could not record Event"),
+                Err(_) => warn!("recording an Event timed out"),
+            }
+        }
+        *warned = now;
     }
 }
 

@@ -60,6 +60,7 @@ pub struct Metrics {
     pub egress_policy_objects: Gauge,
     pub egress_addresses: Gauge,
     pub egress_hold_evictions: Counter,
+    pub egress_widened_gateways: Gauge,
     pub status_conflicts: Counter,
     pub status_writes_fenced: Counter,
     pub resyncs: Counter,
@@ -91,6 +92,7 @@ impl Default for Metrics {
             egress_policy_objects: Gauge::default(),
             egress_addresses: Gauge::default(),
             egress_hold_evictions: Counter::default(),
+            egress_widened_gateways: Gauge::default(),
             status_conflicts: Counter::default(),
             status_writes_fenced: Counter::default(),
             resyncs: Counter::default(),
@@ -139,6 +141,11 @@ impl Default for Metrics {
             "egress_hold_evictions",
             "Held addresses dropped because a hostname passed --egress-max-addresses-per-host",
             m.egress_hold_evictions.clone(),
+        );
+        registry.register(
+            "egress_widened_gateways",
+            "Judged Gateways whose data-plane Pods another NetworkPolicy lets reach more than ours (a Warning Event each)",
+            m.egress_widened_gateways.clone(),
         );
         registry.register(
             "gatewayclass_status_writes",

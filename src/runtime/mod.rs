@@ -126,7 +126,8 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     // Egress enforcement: the NetworkPolicies labelled ours, for the second writer.
     let standing = args.egress.enabled().then(egress_writer::Standing::new);
     if let Some(standing) = &standing {
-        watches.start(egress_writer::PolicyWatch { standing: standing.clone() });
+        watches.start(egress_writer::PolicyWatch { standing: standing.clone(), ours: true });
+        watches.start(egress_writer::PolicyWatch { standing: standing.clone(), ours: false });
     }
     let class_resource = found.served.get(&Kind::GatewayClass).cloned();
     let classes = class_writer::Classes::new(&args.controller_name);
@@ -202,6 +203,10 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             config: args.egress.config(),
             hold: args.egress.hold(),
             addresses: policy.addresses.clone(),
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter { controller: "xbackend-controller".into(), instance: Some(identity.clone()) },
+            ),
         };
         tasks.spawn(writer.run());
     }
