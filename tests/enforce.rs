@@ -1,6 +1,7 @@
 //! Egress enforcement on a real enforcer (issue 19): SIG Network's
 //! kube-network-policies (pinned, hack/install-kube-network-policies.sh)
-//! enforces the NetworkPolicies the controller writes, for a "gateway Pod"
+//! enforces the NetworkPolicies the controller writes (in guard mode: the
+//! Gateway is another implementation's), for a "gateway Pod"
 //! that is a network namespace this test creates, registered through the API.
 //! "External hosts" are network namespaces with the addresses the test's DNS
 //! server hands out. Nothing outside these namespaces and 127.0.0.1 is used.
@@ -214,7 +215,18 @@ async fn the_enforcer_allows_vetted_addresses_only_and_refuses_a_rebinding() {
     let cp = ControlPlane::shared(Channel::Standard);
     let (client, ns) = cp.namespace("enforce").await;
     support::install_crd(&client).await;
-    let gw = TestGateway::create(&client, &ns, &["gw"]).await;
+    // Guard mode: the Gateway belongs to another implementation's class.
+    let gw = TestGateway::create(&client, &ns, &[]).await;
+    let foreign = support::unique_name("mesh");
+    apply_yaml(
+        &client,
+        Some(&ns),
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: {foreign}}}\nspec: {{controllerName: istio.io/gateway-controller}}\n{}",
+            support::gateway_yaml("gw", &foreign)
+        ),
+    )
+    .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     register_pod(&pods, "gw-pod", json!({"gateway.networking.k8s.io/gateway-name": "gw"}), "10.244.1.2").await;
     register_pod(&pods, "web-0", json!({"app": "web"}), "10.244.2.2").await;
@@ -313,6 +325,8 @@ async fn the_enforcer_allows_vetted_addresses_only_and_refuses_a_rebinding() {
         &[
             "--controller-name",
             &gw.controller_name,
+            "--gateway-class",
+            &foreign,
             "--dns-check",
             "--dns-server",
             &server,
@@ -342,6 +356,12 @@ async fn the_enforcer_allows_vetted_addresses_only_and_refuses_a_rebinding() {
     })
     .await;
     assert!(written.is_some(), "the controller wrote the policy; log:\n{}", ctl.log_tail());
+    let xbackends = support::xbackend_api(&client, &ns);
+    support::wait_for_xbackend(&xbackends, "api", "our entry for the foreign class's Gateway", |o| {
+        let ours = support::entries_of(o, "ancestors", &gw.controller_name);
+        ours.len() == 1 && ours[0]["ancestorRef"]["name"] == "gw" && ours[0]["conditions"][0]["status"] == "True"
+    })
+    .await;
     // The enforcer has it once another Pod's address stops answering.
     until(&net, "198.51.100.10", 443, false, "an address the policy never held", &ctl).await;
 
