@@ -324,15 +324,30 @@ pub fn analyze(
         }
         analyzed.push(Analyzed { key, object, judgement });
     }
+    // The policy writer's own decision, from nothing standing: what `run` would write first.
     let policies = match &options.egress {
-        Some(config) => index
-            .judged_gateways()
-            .iter()
-            .flat_map(|gw| {
-                let class = index.gateway(gw).map(|g| g.class_name.as_str()).unwrap_or_default();
-                crate::egress::policies(gw, class, behind.get(gw).map_or(&[][..], Vec::as_slice), config)
-            })
-            .collect(),
+        Some(config) => {
+            let gateways = (index.judged_gateways().into_iter())
+                .map(|gw| {
+                    let g = index.gateway(&gw).cloned().unwrap_or_default();
+                    (gw, g.uid, g.class_name)
+                })
+                .collect();
+            let inputs = crate::egress::Inputs { gateways, behind, unknown: Default::default() };
+            let decision = crate::egress::Decisions::default().decide(
+                &inputs,
+                &BTreeMap::new(),
+                0,
+                crate::egress::Hold::default(),
+                config,
+                &|_| false,
+                true,
+            );
+            notes.extend(decision.unwritable.iter().map(|(gw, ns)| {
+                format!("no NetworkPolicy for Gateway {gw}: its data plane runs in namespace {ns}, not one of --egress-namespace")
+            }));
+            decision.policies.into_values().map(|p| (*p).clone()).collect()
+        }
         None => Vec::new(),
     };
     notes.extend(assumed.into_iter().map(|(target, users)| {

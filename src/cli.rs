@@ -100,6 +100,9 @@ pub struct EgressArgs {
     /// Where a GatewayClass's data-plane Pods run, as CLASS=NAMESPACE:KEY=VALUE,... (repeatable; VALUE may say {name} and {namespace}, the Gateway's; an empty NAMESPACE is the Gateway's). Envoy Gateway: eg=envoy-gateway-system:gateway.envoyproxy.io/owning-gateway-name={name},gateway.envoyproxy.io/owning-gateway-namespace={namespace}. Default: the Gateway's namespace, label gateway.networking.k8s.io/gateway-name={name} (GEP-1762; Istio).
     #[arg(long = "egress-data-plane", value_name = "CLASS=NAMESPACE:LABELS", value_parser = parse_data_plane)]
     pub egress_data_planes: Vec<(String, crate::egress::DataPlane)>,
+    /// Write NetworkPolicies only in these namespaces (repeatable; the data planes' namespaces, where the chart grants a Role); a Gateway whose data plane runs elsewhere gets a Warning Event and no policy. Default: every namespace.
+    #[arg(long = "egress-namespace", value_name = "NAMESPACE")]
+    pub egress_namespaces: Vec<String>,
 }
 
 fn parse_data_plane(text: &str) -> Result<(String, crate::egress::DataPlane), String> {
@@ -126,7 +129,8 @@ impl EgressArgs {
             crate::egress::DnsPeers::Cidrs(self.egress_dns_cidrs.clone())
         };
         let data_planes = self.egress_data_planes.iter().cloned().collect();
-        crate::egress::Config { allow_cluster: self.egress_policy_allow_cluster, dns, data_planes }
+        let namespaces = (!self.egress_namespaces.is_empty()).then(|| self.egress_namespaces.iter().cloned().collect());
+        crate::egress::Config { allow_cluster: self.egress_policy_allow_cluster, dns, data_planes, namespaces }
     }
 }
 

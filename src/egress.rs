@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde_json::{Value, json};
@@ -49,11 +50,14 @@ pub struct Config {
     /// Where the data planes of a GatewayClass run, when not beside their
     /// Gateway with GEP-1762's label (`--egress-data-plane`).
     pub data_planes: BTreeMap<String, DataPlane>,
+    /// The namespaces policies may be written to (`--egress-namespace`);
+    /// None: every namespace.
+    pub namespaces: Option<BTreeSet<String>>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { allow_cluster: true, dns: DnsPeers::default(), data_planes: BTreeMap::new() }
+        Config { allow_cluster: true, dns: DnsPeers::default(), data_planes: BTreeMap::new(), namespaces: None }
     }
 }
 
@@ -302,88 +306,166 @@ pub struct Inputs {
     pub unknown: BTreeSet<ObjectRef>,
 }
 
-/// The policies that should stand, by namespace/name, given those that do
-/// (`current`, ours by label), and how many held addresses the cap evicted.
-/// Addresses go through the hold-down (`held`, updated); an XBackend in
-/// `inputs.unknown` keeps the rule `current` has for it, so a restart or a
-/// failed reconcile never cuts a destination.
-pub fn desired(
-    inputs: &Inputs,
-    current: &BTreeMap<ObjectRef, Value>,
+/// NetworkPolicies by namespace/name, shared: a Gateway's unchanged policies
+/// pass from one decision to the next without being copied.
+pub type Policies = BTreeMap<ObjectRef, Arc<Value>>;
+
+/// What one decision gives: the policies that should stand, how many held
+/// addresses the cap evicted, and the Gateways whose data plane runs in a
+/// namespace the controller may not write to (`Config::namespaces`), with
+/// that namespace.
+#[derive(Debug, Default)]
+pub struct Decision {
+    pub policies: Policies,
+    pub evicted: usize,
+    pub unwritable: Vec<(ObjectRef, String)>,
+}
+
+/// The policy writer's memory between decisions: the hold-down, and each
+/// Gateway's policies with the inputs they were built from, so a decision
+/// builds only the Gateways whose inputs changed.
+#[derive(Debug, Default)]
+pub struct Decisions {
+    pub held: Held,
+    built: BTreeMap<ObjectRef, Built>,
+}
+
+#[derive(Debug)]
+struct Built {
+    /// uid, class, the XBackends behind it (addresses as answered) and those kept.
+    from: (String, String, Vec<Allowed>, Vec<Allowed>),
+    policies: Vec<(ObjectRef, Arc<Value>)>,
+}
+
+impl Decisions {
+    /// The policies that should stand, given those that do (`current`, ours
+    /// by label). Addresses go through the hold-down; an XBackend in
+    /// `inputs.unknown` keeps the rule `current` has for it, so a restart or
+    /// a failed reconcile never cuts a destination. A Gateway whose inputs
+    /// are those of the last decision keeps its policies, unless `rebuild`
+    /// (held addresses expire by time alone: the caller rebuilds now and then).
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide(
+        &mut self,
+        inputs: &Inputs,
+        current: &Policies,
+        now: i64,
+        hold: Hold,
+        config: &Config,
+        denied: &dyn Fn(IpAddr) -> bool,
+        rebuild: bool,
+    ) -> Decision {
+        let held = &mut self.held;
+        // The first time, what stands is held as if seen now: a restart extends
+        // a hold, never cuts one.
+        if !std::mem::replace(&mut held.seeded, true) {
+            for (_, allowed) in current.values().flat_map(|p| read_rules(p)) {
+                if let Destination::Addresses { hostname, addresses } = allowed.destination {
+                    held.seed(&hostname, addresses, now);
+                }
+            }
+        }
+        // Skipped when every XBackend is judged: the common case, and read_rules parses every rule.
+        let mut kept: BTreeMap<ObjectRef, Vec<Allowed>> = BTreeMap::new();
+        for policy in current.values().take(if inputs.unknown.is_empty() { 0 } else { usize::MAX }) {
+            let labels = &policy["metadata"]["labels"];
+            let Some(gateway) = labels[OWNED_LABEL].as_str() else { continue };
+            let namespace =
+                labels[OWNED_NAMESPACE_LABEL].as_str().or(policy["metadata"]["namespace"].as_str()).unwrap_or_default();
+            for (backend, allowed) in read_rules(policy) {
+                if inputs.unknown.contains(&backend) {
+                    kept.entry(ObjectRef::new(namespace, gateway)).or_default().push(allowed);
+                }
+            }
+        }
+        // Hostnames still in use: held ones of no use any more are forgotten.
+        let mut live: BTreeSet<String> = BTreeSet::new();
+        let mut decision = Decision::default();
+        let mut built = BTreeMap::new();
+        for (gateway, uid, class) in &inputs.gateways {
+            let given = inputs.behind.get(gateway).cloned().unwrap_or_default();
+            let kept = kept.remove(gateway).unwrap_or_default();
+            for a in given.iter().chain(&kept) {
+                if let Destination::Addresses { hostname, .. } = &a.destination {
+                    live.insert(hostname.clone());
+                }
+            }
+            let from = (uid.clone(), class.clone(), given, kept);
+            let same = self.built.remove(gateway).filter(|b| !rebuild && b.from == from);
+            let done = match same {
+                Some(done) => done,
+                None => {
+                    let (policies, evicted) = build(gateway, &from, held, now, hold, config, denied);
+                    decision.evicted += evicted;
+                    Built { from, policies }
+                }
+            };
+            for (key, policy) in &done.policies {
+                match &config.namespaces {
+                    Some(writable) if !writable.contains(&*key.namespace) => {
+                        decision.unwritable.push((gateway.clone(), key.namespace.to_string()));
+                    }
+                    _ => {
+                        decision.policies.insert(key.clone(), policy.clone());
+                    }
+                }
+            }
+            built.insert(gateway.clone(), done);
+        }
+        decision.unwritable.dedup();
+        self.built = built;
+        for hostname in held.hostnames() {
+            if !live.contains(&hostname) {
+                held.forget(&hostname);
+            }
+        }
+        decision
+    }
+}
+
+/// One Gateway's policies from what `Decisions` keeps of it: the answered
+/// addresses through the hold-down, the kept rules as they stand, and the
+/// owner reference; with the count of addresses the cap evicted.
+fn build(
+    gateway: &ObjectRef,
+    (uid, class, given, kept): &(String, String, Vec<Allowed>, Vec<Allowed>),
     held: &mut Held,
     now: i64,
     hold: Hold,
     config: &Config,
     denied: &dyn Fn(IpAddr) -> bool,
-) -> (BTreeMap<ObjectRef, Value>, usize) {
-    // The first time, what stands is held as if seen now: a restart extends
-    // a hold, never cuts one.
-    if !std::mem::replace(&mut held.seeded, true) {
-        for (_, allowed) in current.values().flat_map(read_rules) {
-            if let Destination::Addresses { hostname, addresses } = allowed.destination {
-                held.seed(&hostname, addresses, now);
-            }
-        }
-    }
-    let mut kept: BTreeMap<ObjectRef, Vec<Allowed>> = BTreeMap::new();
-    for policy in current.values() {
-        let labels = &policy["metadata"]["labels"];
-        let Some(gateway) = labels[OWNED_LABEL].as_str() else { continue };
-        let namespace =
-            labels[OWNED_NAMESPACE_LABEL].as_str().or(policy["metadata"]["namespace"].as_str()).unwrap_or_default();
-        for (backend, allowed) in read_rules(policy) {
-            if inputs.unknown.contains(&backend) {
-                kept.entry(ObjectRef::new(namespace, gateway)).or_default().push(allowed);
-            }
-        }
-    }
-    // Hostnames still in use: held ones of no use any more are forgotten.
-    let mut live: BTreeSet<String> = (kept.values().flatten())
-        .filter_map(|a| match &a.destination {
-            Destination::Addresses { hostname, .. } => Some(hostname.clone()),
-            Destination::Pods { .. } => None,
-        })
-        .collect();
+) -> (Vec<(ObjectRef, Arc<Value>)>, usize) {
     let mut evicted = 0;
-    let mut out = BTreeMap::new();
-    for (gateway, uid, class) in &inputs.gateways {
-        let mut allowed = inputs.behind.get(gateway).cloned().unwrap_or_default();
-        for a in &mut allowed {
-            if let Destination::Addresses { hostname, addresses } = &mut a.destination {
-                live.insert(hostname.clone());
-                *addresses = if addresses.is_empty() {
-                    held.held(hostname, now, hold)
-                } else {
-                    let answer: Vec<IpAddr> = addresses.iter().copied().collect();
-                    let (now_held, cap) = held.observe(hostname, &answer, now, hold, denied);
-                    evicted += cap;
-                    now_held
-                };
-            }
-        }
-        allowed.extend(kept.remove(gateway).unwrap_or_default());
-        for mut policy in policies(gateway, class, &allowed, config) {
-            // An owner reference cannot cross namespaces: a data plane
-            // elsewhere has its policies deleted by the writer alone.
-            if !uid.is_empty() && policy["metadata"]["namespace"] == *gateway.namespace {
-                policy["metadata"]["ownerReferences"] = json!([{
-                    "apiVersion": "gateway.networking.k8s.io/v1",
-                    "kind": "Gateway",
-                    "name": &*gateway.name,
-                    "uid": uid,
-                }]);
-            }
-            let name = policy["metadata"]["name"].as_str().unwrap_or_default().to_string();
-            let namespace = policy["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
-            out.insert(ObjectRef::new(namespace, name), policy);
+    let mut allowed = given.clone();
+    for a in &mut allowed {
+        if let Destination::Addresses { hostname, addresses } = &mut a.destination {
+            *addresses = if addresses.is_empty() {
+                held.held(hostname, now, hold)
+            } else {
+                let answer: Vec<IpAddr> = addresses.iter().copied().collect();
+                let (now_held, cap) = held.observe(hostname, &answer, now, hold, denied);
+                evicted += cap;
+                now_held
+            };
         }
     }
-    for hostname in held.hostnames() {
-        if !live.contains(&hostname) {
-            held.forget(&hostname);
+    allowed.extend(kept.iter().cloned());
+    let policies = policies(gateway, class, &allowed, config).into_iter().map(|mut policy| {
+        // An owner reference cannot cross namespaces: a data plane
+        // elsewhere has its policies deleted by the writer alone.
+        if !uid.is_empty() && policy["metadata"]["namespace"] == *gateway.namespace {
+            policy["metadata"]["ownerReferences"] = json!([{
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "Gateway",
+                "name": &*gateway.name,
+                "uid": uid,
+            }]);
         }
-    }
-    (out, evicted)
+        let name = policy["metadata"]["name"].as_str().unwrap_or_default();
+        let namespace = policy["metadata"]["namespace"].as_str().unwrap_or_default();
+        (ObjectRef::new(namespace, name), Arc::new(policy))
+    });
+    (policies.collect(), evicted)
 }
 
 /// True when `current` already says what `desired` says: the same spec, and
@@ -752,24 +834,20 @@ mod tests {
         }
     }
 
-    fn run(
-        inputs: &Inputs,
-        current: &BTreeMap<ObjectRef, Value>,
-        held: &mut Held,
-        now: i64,
-    ) -> BTreeMap<ObjectRef, Value> {
-        desired(inputs, current, held, now, Hold::default(), &Config::default(), &|ip: IpAddr| ip.is_loopback()).0
+    fn run(inputs: &Inputs, current: &Policies, decisions: &mut Decisions, now: i64) -> Policies {
+        let denied = |ip: IpAddr| ip.is_loopback();
+        decisions.decide(inputs, current, now, Hold::default(), &Config::default(), &denied, false).policies
     }
 
     #[test]
     fn a_restart_keeps_every_rule_until_its_xbackend_is_judged() {
         let first = inputs(vec![external("api", &["192.0.2.10"]), external("b", &["192.0.2.11"])], &[]);
-        let current = run(&first, &BTreeMap::new(), &mut Held::default(), 0);
+        let current = run(&first, &BTreeMap::new(), &mut Decisions::default(), 0);
         assert_eq!(current.len(), 1);
         let policy = current.values().next().unwrap();
         assert_eq!(policy["metadata"]["ownerReferences"][0]["uid"], "uid-gw");
         // After a restart nothing is judged yet: the same objects, nothing to write.
-        let mut held = Held::default();
+        let mut held = Decisions::default();
         let restarted = run(&inputs(vec![], &["api", "b"]), &current, &mut held, 10);
         assert!(restarted.iter().all(|(k, p)| stands(p, &current[k])), "{restarted:#?}");
         // Judged again, with a rotated answer: the old address is held.
@@ -783,17 +861,64 @@ mod tests {
         assert_eq!(rule["to"].as_array().unwrap().len(), 2, "{rule}");
     }
 
+    /// A decision builds only the Gateways whose inputs changed; `rebuild`
+    /// builds every one, which is what lets a held address expire.
+    #[test]
+    fn an_unchanged_gateway_keeps_its_policies_until_a_rebuild() {
+        let other = ObjectRef::new("infra", "gw2");
+        let two = |api: &str| Inputs {
+            gateways: vec![(gw(), "uid-gw".into(), "ours".into()), (other.clone(), "uid-2".into(), "ours".into())],
+            behind: BTreeMap::from([
+                (gw(), vec![external("api", &[api])]),
+                (other.clone(), vec![external("b", &["192.0.2.99"])]),
+            ]),
+            unknown: BTreeSet::new(),
+        };
+        let (hold, config, denied) = (Hold::default(), Config::default(), |_: IpAddr| false);
+        let mut decisions = Decisions::default();
+        let first = decisions.decide(&two("192.0.2.1"), &BTreeMap::new(), 0, hold, &config, &denied, false).policies;
+        let second = decisions.decide(&two("192.0.2.2"), &first, 10, hold, &config, &denied, false).policies;
+        let (mine, theirs) =
+            (ObjectRef::new("infra", "xbackend-egress-gw"), ObjectRef::new("infra", "xbackend-egress-gw2"));
+        assert!(Arc::ptr_eq(&first[&theirs], &second[&theirs]), "gw2's inputs did not change: not built again");
+        assert!(!Arc::ptr_eq(&first[&mine], &second[&mine]));
+        let addresses = |p: &Policies| p[&mine]["spec"]["egress"][2]["to"].as_array().unwrap().len();
+        assert_eq!(addresses(&second), 2, "the rotated-out address is held");
+        // An hour later the same inputs keep what was built; a rebuild lets the hold expire.
+        let later = 10 + hold.seconds + 1;
+        let kept = decisions.decide(&two("192.0.2.2"), &second, later, hold, &config, &denied, false).policies;
+        assert_eq!(addresses(&kept), 2);
+        let rebuilt = decisions.decide(&two("192.0.2.2"), &kept, later, hold, &config, &denied, true).policies;
+        assert_eq!(addresses(&rebuilt), 1);
+        assert_eq!(rebuilt[&theirs], first[&theirs], "same inputs, same bytes");
+    }
+
+    /// With --egress-namespace, a data plane elsewhere gets no policy; the
+    /// decision names the Gateway and the namespace, for a warning.
+    #[test]
+    fn only_writable_namespaces_get_policies() {
+        let elsewhere = ObjectRef::new("team-b", "gw");
+        let inputs = Inputs {
+            gateways: vec![(gw(), "u1".into(), "ours".into()), (elsewhere.clone(), "u2".into(), "ours".into())],
+            ..Inputs::default()
+        };
+        let config = Config { namespaces: Some(BTreeSet::from(["infra".to_string()])), ..Config::default() };
+        let decision =
+            Decisions::default().decide(&inputs, &BTreeMap::new(), 0, Hold::default(), &config, &|_| false, false);
+        assert_eq!(decision.policies.keys().collect::<Vec<_>>(), [&ObjectRef::new("infra", "xbackend-egress-gw")]);
+        assert_eq!(decision.unwritable, [(elsewhere, "team-b".to_string())]);
+    }
+
     #[test]
     fn a_rejected_or_deleted_xbackend_leaves_at_once() {
-        let mut held = Held::default();
+        let mut held = Decisions::default();
         let current = run(&inputs(vec![external("api", &["192.0.2.10"])], &[]), &BTreeMap::new(), &mut held, 0);
         let gone = run(&inputs(vec![], &[]), &current, &mut held, 1);
         let egress = gone.values().next().unwrap()["spec"]["egress"].as_array().unwrap().clone();
         assert_eq!(egress.len(), 2, "DNS and cluster only");
-        assert!(held.hostnames().is_empty(), "its hold is forgotten");
+        assert!(held.held.hostnames().is_empty(), "its hold is forgotten");
         // A Gateway no longer judged has no policy at all (the writer deletes it).
-        let none =
-            desired(&Inputs::default(), &current, &mut held, 2, Hold::default(), &Config::default(), &|_| false).0;
+        let none = run(&Inputs::default(), &current, &mut held, 2);
         assert!(none.is_empty());
     }
 
@@ -827,9 +952,9 @@ mod tests {
             json!({"gateway.envoyproxy.io/owning-gateway-name": "gw", "gateway.envoyproxy.io/owning-gateway-namespace": "infra"})
         );
         let inputs = Inputs { gateways: vec![(gw(), "uid".into(), "eg".into())], ..Inputs::default() };
-        let (out, _) =
-            desired(&inputs, &BTreeMap::new(), &mut Held::default(), 0, Hold::default(), &config, &|_| false);
-        let policy = out.values().next().unwrap();
+        let decision =
+            Decisions::default().decide(&inputs, &BTreeMap::new(), 0, Hold::default(), &config, &|_| false, false);
+        let policy = decision.policies.values().next().unwrap();
         assert!(policy["metadata"].get("ownerReferences").is_none(), "no owner across namespaces");
         for bad in ["no-colon", "ns:", "ns:=v", "ns:k"] {
             assert!(bad.parse::<DataPlane>().is_err(), "{bad}");

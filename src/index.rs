@@ -392,6 +392,10 @@ impl Index {
         self.backends.get(key).cloned()
     }
 
+    pub fn backend_count(&self) -> usize {
+        self.backends.len()
+    }
+
     pub fn backend_keys(&self) -> Vec<ObjectRef> {
         self.backends.keys().cloned().collect()
     }

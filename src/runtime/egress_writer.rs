@@ -28,26 +28,33 @@ use super::queue::backoff;
 use super::state::State;
 use super::timeouts::API_TIMEOUT;
 use super::watch::{Affected, Indexer};
-use crate::egress::{self, Config, Held, Hold, OWNED_LABEL};
+use crate::egress::{self, Config, Decisions, Hold, OWNED_LABEL, Policies};
 use crate::model::ObjectRef;
 use crate::policy::AddressPolicy;
 
 /// Field manager of our server-side applies.
 const MANAGER: &str = "xbackend-controller-egress";
-/// How long a first write waits for every XBackend to be judged once: rules
-/// decided on part of the XBackends would be written again moments later.
-const FIRST_PASS_WAIT: Duration = Duration::from_secs(30);
+/// The first decision waits for every XBackend to be judged once (rules
+/// decided on part of them would be written again moments later) while that
+/// pass makes progress; a pass that has not moved for this long (a reconcile
+/// that keeps failing) is decided without the rest, whose rules stay as they
+/// stand.
+const FIRST_PASS_STALL: Duration = Duration::from_secs(30);
+/// A round may take at most this share of one core: the next one waits this
+/// many times as long as the last took.
+const ROUND_SPACING: u32 = 3;
 /// Gathers a burst of changes (a pass of reconciles) into one decision.
 const COALESCE: Duration = Duration::from_millis(200);
 /// Held addresses expire by time alone: look again at least this often.
 const HOLD_TICK: Duration = Duration::from_secs(60);
 
-/// The NetworkPolicies labelled ours, as they stand (JSON, by namespace/name),
-/// and everyone else's (to tell when one makes ours moot).
+/// The NetworkPolicies labelled ours, and everyone else's (to tell when one
+/// makes ours moot), as they stand: only the fields the writer compares
+/// (`slim`), shared, so a round copies pointers rather than trees.
 #[derive(Default)]
 pub struct Standing {
-    objects: Mutex<BTreeMap<ObjectRef, Value>>,
-    others: Mutex<BTreeMap<ObjectRef, Value>>,
+    objects: Mutex<Policies>,
+    others: Mutex<Policies>,
     wake: Notify,
 }
 
@@ -56,25 +63,39 @@ impl Standing {
         Arc::new(Standing::default())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ObjectRef, Value>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Policies> {
         self.objects.lock().expect("standing policies lock")
     }
 
-    fn others(&self) -> std::sync::MutexGuard<'_, BTreeMap<ObjectRef, Value>> {
+    fn others(&self) -> std::sync::MutexGuard<'_, Policies> {
         self.others.lock().expect("other policies lock")
     }
 }
 
 /// A watch that feeds `Standing`: the NetworkPolicies with our label
-/// (`ours`), or every other one, kept whole (few objects), only to warn when
-/// one makes ours moot (`egress::widens`).
+/// (`ours`), or every other one, kept (few objects) only to warn when one
+/// makes ours moot (`egress::widens`); in every namespace, or in one
+/// (`--egress-namespace`: the chart grants a Role there, nothing wider).
 pub struct PolicyWatch {
-    pub standing: Arc<Standing>,
-    pub ours: bool,
+    standing: Arc<Standing>,
+    ours: bool,
+    namespace: Option<String>,
+    name: &'static str,
 }
 
 impl PolicyWatch {
-    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<ObjectRef, Value>> {
+    pub fn new(standing: Arc<Standing>, ours: bool, namespace: Option<String>) -> PolicyWatch {
+        let which = if ours { "NetworkPolicy" } else { "NetworkPolicy (others)" };
+        // Readiness and metrics know a watch by a static name: one per
+        // namespace the operator lists, made once at start.
+        let name: &'static str = match &namespace {
+            None => which,
+            Some(ns) => Box::leak(format!("{which} in {ns}").into_boxed_str()),
+        };
+        PolicyWatch { standing, ours, namespace, name }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, Policies> {
         if self.ours { self.standing.lock() } else { self.standing.others() }
     }
 }
@@ -83,18 +104,21 @@ impl Indexer for PolicyWatch {
     type Resource = NetworkPolicy;
 
     fn name(&self) -> &'static str {
-        if self.ours { "NetworkPolicy" } else { "NetworkPolicy (others)" }
+        self.name
     }
     fn api(&self, client: &Client) -> Api<NetworkPolicy> {
-        Api::all(client.clone())
+        match &self.namespace {
+            Some(namespace) => Api::namespaced(client.clone(), namespace),
+            None => Api::all(client.clone()),
+        }
     }
     fn config(&self) -> watcher::Config {
         let selector = if self.ours { OWNED_LABEL.to_string() } else { format!("!{OWNED_LABEL}") };
         super::watch::config().labels(&selector)
     }
     fn apply(&self, _: &State, key: ObjectRef, object: &NetworkPolicy) -> Result<Affected, String> {
-        let value = serde_json::to_value(object).map_err(|e| e.to_string())?;
-        self.map().insert(key, value);
+        let value = slim(object).map_err(|e| e.to_string())?;
+        self.map().insert(key, Arc::new(value));
         // An edit of ours is put back; our own write's echo decides nothing new.
         self.standing.wake.notify_one();
         Ok(Affected::none())
@@ -105,7 +129,9 @@ impl Indexer for PolicyWatch {
         Affected::none()
     }
     fn reset(&self, _: &State, seen: &BTreeSet<ObjectRef>, _: bool) -> Affected {
-        self.map().retain(|key, _| seen.contains(key));
+        // Only this watch's namespace: the others' watches answer for theirs.
+        let mine = |key: &ObjectRef| self.namespace.as_deref().is_none_or(|ns| *key.namespace == *ns);
+        self.map().retain(|key, _| !mine(key) || seen.contains(key));
         self.standing.wake.notify_one();
         Affected::none()
     }
@@ -126,6 +152,13 @@ pub struct Writer {
     pub recorder: Recorder,
 }
 
+/// Objects last found standing as decided, with both sides as compared: the
+/// same two pointers again need no comparison.
+type Confirmed = BTreeMap<ObjectRef, (Arc<Value>, Arc<Value>)>;
+
+/// Warnings on Gateways, by (Gateway, what it is about), with reason and message.
+type Warnings = BTreeMap<(ObjectRef, String), (&'static str, String)>;
+
 impl Writer {
     /// Decides and writes until the process ends.
     pub async fn run(self) {
@@ -134,11 +167,14 @@ impl Writer {
             return;
         }
         let mut leading = self.leadership.changes();
-        let mut held = Held::default();
+        let mut decisions = Decisions::default();
+        let mut confirmed = Confirmed::new();
+        let mut last_rebuild = Instant::now();
         let mut failures = 0u32;
-        let mut first_pass: Option<Instant> = None;
-        // (Gateway, other policy) pairs already warned about, with the message.
-        let mut warned: BTreeMap<(ObjectRef, ObjectRef), String> = BTreeMap::new();
+        // Before the first decision: the fewest XBackends left to judge, and since when.
+        let mut first_pass: Option<(usize, Instant)> = None;
+        let mut decided = false;
+        let mut warned = Warnings::new();
         loop {
             tokio::select! {
                 _ = self.state.egress_changed.notified() => {}
@@ -148,50 +184,76 @@ impl Writer {
             }
             tokio::time::sleep(COALESCE).await;
             if !self.leadership.may_write() {
-                first_pass = None;
+                // Another leader may have written meanwhile: start again from what stands.
+                (first_pass, decided, decisions) = (None, false, Decisions::default());
                 continue;
             }
-            let inputs = self.state.egress_inputs();
-            if !inputs.unknown.is_empty() && first_pass.get_or_insert_with(Instant::now).elapsed() < FIRST_PASS_WAIT {
+            if !decided && self.first_pass_goes_on(&mut first_pass) {
                 // Look again soon: the pass may finish without another change.
                 self.standing.wake.notify_one();
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
+            decided = true;
+            let started = Instant::now();
+            // Held addresses expire by time alone: every Gateway is built again now and then.
+            let rebuild = last_rebuild.elapsed() >= HOLD_TICK;
+            if rebuild {
+                last_rebuild = Instant::now();
+            }
+            let inputs = self.state.egress_inputs();
             let current = self.standing.lock().clone();
             let denied = |ip: IpAddr| crate::addresses::denied(ip, &self.addresses).is_some();
-            let (desired, evicted) =
-                egress::desired(&inputs, &current, &mut held, unix_now(), self.hold, &self.config, &denied);
-            self.metrics.egress_hold_evictions.inc_by(evicted as u64);
+            let decision = decisions.decide(&inputs, &current, unix_now(), self.hold, &self.config, &denied, rebuild);
+            let desired = &decision.policies;
+            self.metrics.egress_hold_evictions.inc_by(decision.evicted as u64);
             self.metrics.egress_policy_objects.set(desired.len() as i64);
-            self.metrics.egress_addresses.set(count_addresses(&desired) as i64);
-            self.warn_widened(&inputs.gateways, &desired, &mut warned).await;
-            if self.write(&desired, &current).await {
+            self.metrics.egress_addresses.set(count_addresses(desired) as i64);
+            let spent = started.elapsed();
+            let warnings = self.warnings(&inputs.gateways, &decision);
+            self.warn(&inputs.gateways, &warnings, &warned).await;
+            warned = warnings;
+            if self.write(desired, &current, &mut confirmed).await {
                 failures = 0;
             } else {
                 failures = failures.saturating_add(1);
                 tokio::time::sleep(backoff(failures, Duration::from_millis(250), Duration::from_secs(60))).await;
                 self.standing.wake.notify_one();
             }
+            tokio::time::sleep(spent * ROUND_SPACING).await;
         }
+    }
+
+    /// True while the first pass of reconciles still makes progress: fewer
+    /// XBackends left to judge than FIRST_PASS_STALL ago.
+    fn first_pass_goes_on(&self, progress: &mut Option<(usize, Instant)>) -> bool {
+        let pending = self.state.egress_pending();
+        if pending == 0 {
+            return false;
+        }
+        let (fewest, since) = progress.get_or_insert((pending, Instant::now()));
+        if pending < *fewest {
+            (*fewest, *since) = (pending, Instant::now());
+        }
+        since.elapsed() < FIRST_PASS_STALL
     }
 
     /// Applies what differs and deletes ours that should not stand; false
     /// when a call failed (the next round tries again).
-    async fn write(&self, desired: &BTreeMap<ObjectRef, Value>, current: &BTreeMap<ObjectRef, Value>) -> bool {
+    async fn write(&self, desired: &Policies, current: &Policies, confirmed: &mut Confirmed) -> bool {
         let mut ok = true;
+        confirmed.retain(|key, _| desired.contains_key(key));
         for (key, object) in desired {
-            if current.get(key).is_some_and(|standing| egress::stands(object, standing)) {
+            let Some(standing) = current.get(key) else {
+                ok &= self.apply(key, object).await;
+                continue;
+            };
+            let seen = confirmed.get(key).is_some_and(|(d, c)| Arc::ptr_eq(d, object) && Arc::ptr_eq(c, standing));
+            if seen || egress::stands(object, standing) {
+                confirmed.insert(key.clone(), (object.clone(), standing.clone()));
                 continue;
             }
-            if !self.leadership.may_write() {
-                return false;
-            }
-            let api: Api<NetworkPolicy> = Api::namespaced(self.client.clone(), &key.namespace);
-            let params = PatchParams::apply(MANAGER).force();
-            let body = Patch::Apply(object);
-            let call = api.patch(&key.name, &params, &body);
-            ok &= self.bounded(key, "apply", call).await;
+            ok &= self.apply(key, object).await;
         }
         for (key, standing) in current {
             if desired.contains_key(key) {
@@ -211,6 +273,17 @@ impl Writer {
             ok &= self.bounded(key, "delete", call).await;
         }
         ok
+    }
+
+    /// One server-side apply; false when it failed or this replica may not write.
+    async fn apply(&self, key: &ObjectRef, object: &Value) -> bool {
+        if !self.leadership.may_write() {
+            return false;
+        }
+        let api: Api<NetworkPolicy> = Api::namespaced(self.client.clone(), &key.namespace);
+        let params = PatchParams::apply(MANAGER).force();
+        let body = Patch::Apply(object);
+        self.bounded(key, "apply", api.patch(&key.name, &params, &body)).await
     }
 
     async fn bounded<T>(
@@ -237,36 +310,41 @@ impl Writer {
             }
         }
     }
-}
 
-impl Writer {
-    /// A Warning Event on each Gateway whose data plane another
-    /// NetworkPolicy lets reach more than ours (once per pair while it lasts),
-    /// and the count of such Gateways.
-    async fn warn_widened(
-        &self,
-        gateways: &[(ObjectRef, String, String)],
-        desired: &BTreeMap<ObjectRef, Value>,
-        warned: &mut BTreeMap<(ObjectRef, ObjectRef), String>,
-    ) {
+    /// What to warn each Gateway about: another NetworkPolicy that lets its
+    /// data plane reach more than ours (`egress::widens`), or a data plane in
+    /// a namespace we may not write to. Sets the widened-Gateways gauge.
+    fn warnings(&self, gateways: &[(ObjectRef, String, String)], decision: &egress::Decision) -> Warnings {
         let others = self.standing.others().clone();
-        let mut now: BTreeMap<(ObjectRef, ObjectRef), String> = BTreeMap::new();
+        let mut now = Warnings::new();
         for (gateway, _, _) in gateways {
-            let is_ours = |p: &&Value| {
+            let is_ours = |p: &&Arc<Value>| {
                 p["metadata"]["labels"][OWNED_LABEL] == *gateway.name
                     && p["metadata"]["labels"][egress::OWNED_NAMESPACE_LABEL] == *gateway.namespace
             };
-            let Some(policy) = desired.values().find(is_ours) else { continue };
+            let Some(policy) = decision.policies.values().find(is_ours) else { continue };
             for (key, other) in &others {
                 if let Some(message) = egress::widens(policy, other) {
-                    now.insert((gateway.clone(), key.clone()), message);
+                    now.insert((gateway.clone(), key.to_string()), ("EgressPolicyWidened", message));
                 }
             }
         }
-        let gateways_widened: BTreeSet<&ObjectRef> = now.keys().map(|(gw, _)| gw).collect();
-        self.metrics.egress_widened_gateways.set(gateways_widened.len() as i64);
-        for ((gateway, other), message) in &now {
-            if warned.get(&(gateway.clone(), other.clone())) == Some(message) {
+        let widened: BTreeSet<&ObjectRef> = now.keys().map(|(gw, _)| gw).collect();
+        self.metrics.egress_widened_gateways.set(widened.len() as i64);
+        for (gateway, namespace) in &decision.unwritable {
+            let message = format!(
+                "This Gateway's data plane runs in namespace {namespace}, where xbackend-controller may not write NetworkPolicies (--egress-namespace): its egress is not restricted."
+            );
+            now.insert((gateway.clone(), format!("namespace {namespace}")), ("EgressPolicyNotWritten", message));
+        }
+        now
+    }
+
+    /// A Warning Event on the Gateway for each warning not given in the last
+    /// round (once per warning while it lasts).
+    async fn warn(&self, gateways: &[(ObjectRef, String, String)], warnings: &Warnings, warned: &Warnings) {
+        for ((gateway, about), (reason, message)) in warnings {
+            if warned.get(&(gateway.clone(), about.clone())) == Some(&(*reason, message.clone())) {
                 continue;
             }
             let uid = gateways.iter().find(|(g, _, _)| g == gateway).map(|(_, uid, _)| uid.clone());
@@ -280,24 +358,35 @@ impl Writer {
             };
             let event = Event {
                 type_: EventType::Warning,
-                reason: "EgressPolicyWidened".into(),
+                reason: (*reason).into(),
                 note: Some(message.clone()),
                 action: "Enforce".into(),
                 secondary: None,
             };
             match tokio::time::timeout(API_TIMEOUT, self.recorder.publish(&event, &reference)).await {
-                Ok(Ok(())) => {
-                    warn!(gateway = %gateway, networkpolicy = %other, "another NetworkPolicy widens this Gateway's egress")
-                }
+                Ok(Ok(())) => warn!(gateway = %gateway, about, reason, "{message}"),
                 Ok(Err(e)) => warn!(error = %e, "could not record Event"),
                 Err(_) => warn!("recording an Event timed out"),
             }
         }
-        *warned = now;
     }
 }
 
-fn count_addresses(policies: &BTreeMap<ObjectRef, Value>) -> usize {
+/// What the writer reads of a NetworkPolicy: identity, labels, annotations,
+/// owners and spec; not managedFields (as large as the spec), status or
+/// versions.
+fn slim(policy: &NetworkPolicy) -> serde_json::Result<Value> {
+    let m = &policy.metadata;
+    Ok(serde_json::json!({
+        "metadata": {
+            "name": m.name, "namespace": m.namespace, "uid": m.uid,
+            "labels": m.labels, "annotations": m.annotations, "ownerReferences": m.owner_references,
+        },
+        "spec": serde_json::to_value(&policy.spec)?,
+    }))
+}
+
+fn count_addresses(policies: &Policies) -> usize {
     let rules = policies.values().flat_map(|p| p["spec"]["egress"].as_array().into_iter().flatten());
     let peers = rules.flat_map(|r| r["to"].as_array().into_iter().flatten());
     peers.filter(|peer| peer.get("ipBlock").is_some()).count()

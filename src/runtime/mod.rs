@@ -126,8 +126,11 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     // Egress enforcement: the NetworkPolicies labelled ours, for the second writer.
     let standing = args.egress.enabled().then(egress_writer::Standing::new);
     if let Some(standing) = &standing {
-        watches.start(egress_writer::PolicyWatch { standing: standing.clone(), ours: true });
-        watches.start(egress_writer::PolicyWatch { standing: standing.clone(), ours: false });
+        let namespaces = args.egress.config().namespaces.map_or(vec![None], |ns| ns.into_iter().map(Some).collect());
+        for namespace in namespaces {
+            watches.start(egress_writer::PolicyWatch::new(standing.clone(), true, namespace.clone()));
+            watches.start(egress_writer::PolicyWatch::new(standing.clone(), false, namespace));
+        }
     }
     let class_resource = found.served.get(&Kind::GatewayClass).cloned();
     let classes = class_writer::Classes::new(&args.controller_name);

@@ -2,7 +2,7 @@
 //! writes what: the index (one record per XBackend) only the watches; the
 //! status layout only the CRD watch; `reported` only reconciles, through
 //! `report` and the write guard (`begin_write`). The egress policy writer
-//! only reads (`egress_inputs`), woken by `egress_changed`.
+//! only reads (`egress_pending`, `egress_inputs`), woken by `egress_changed`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -182,6 +182,16 @@ impl State {
         }
         self.count(old, Some(accepted));
         if fresh { events } else { Vec::new() }
+    }
+
+    /// How many XBackends no reconcile has reported egress uses for yet:
+    /// the policy writer's first decision waits for them while they go down.
+    pub fn egress_pending(&self) -> usize {
+        let inner = self.lock();
+        let known = (inner.reported.iter())
+            .filter(|(key, r)| r.uses.is_some() && inner.index.backend(key).is_some_and(|b| b.uid == r.uid))
+            .count();
+        inner.index.backend_count().saturating_sub(known)
     }
 
     /// A copy of what the egress policies depend on (docs/design.md §6b).
