@@ -20,11 +20,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::discovery::Discovery;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
-use support::{Channel, ControlPlane, apply_yaml, eventually, tool};
+use support::dns::{Answer, DnsServer};
+use support::{Channel, ControlPlane, TestGateway, apply_yaml, eventually, tool};
 
 const CHART: &str = "deploy/helm/xbackend-controller";
 const DEFAULT_CONTROLLER_NAME: &str = "gateway.networking.x-k8s.io/xbackend-controller";
@@ -407,7 +409,10 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
             );
         }
     }
-    assert_eq!(rules_seen, 13, "ten ClusterRole rules, one more with egress policies, and two Role rules");
+    assert_eq!(
+        rules_seen, 14,
+        "ten ClusterRole rules, one more with egress policies in every namespace, one for a listed namespace, and two Role rules"
+    );
 
     // --egress-policy networkpolicy adds exactly the NetworkPolicy writes.
     let egress = self::docs(&render("x", "default", &["--set", "controller.egress.policy=networkpolicy"]));
@@ -423,6 +428,33 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
             &json!({"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["list", "watch", "create", "patch", "delete"]})
         ]
     );
+    // Listed namespaces: a Role there with the same verbs, and nothing cluster-wide.
+    let listed = self::docs(&render(
+        "x",
+        "default",
+        &["--set", "controller.egress.policy=networkpolicy", "--set", "controller.egress.namespaces={gw-a,gw-b}"],
+    ));
+    let cluster_rules = one(&listed, "ClusterRole")["rules"].as_array().unwrap();
+    assert!(cluster_rules.iter().all(|r| r["resources"] != json!(["networkpolicies"])), "{cluster_rules:?}");
+    let egress_roles: Vec<&Value> = (listed.iter())
+        .filter(|d| d["kind"] == "Role" && d["metadata"]["name"] == "x-xbackend-controller-egress")
+        .collect();
+    assert_eq!(egress_roles.iter().map(|r| &r["metadata"]["namespace"]).collect::<Vec<_>>(), ["gw-a", "gw-b"]);
+    for role in &egress_roles {
+        assert_eq!(role["rules"], json!([extra[0]]));
+    }
+    let bindings: Vec<&Value> = (listed.iter())
+        .filter(|d| d["kind"] == "RoleBinding" && d["metadata"]["name"] == "x-xbackend-controller-egress")
+        .collect();
+    assert_eq!(bindings.len(), 2);
+    assert_eq!(bindings[1]["metadata"]["namespace"], "gw-b");
+    assert_eq!(bindings[1]["roleRef"]["name"], "x-xbackend-controller-egress");
+    assert_eq!(bindings[1]["subjects"][0]["namespace"], "default");
+    let args = args_of(&listed);
+    assert!(
+        args.contains(&"--egress-namespace=gw-a".to_string()) && args.contains(&"--egress-namespace=gw-b".to_string())
+    );
+
     let refused = try_render(
         "x",
         "default",
@@ -879,6 +911,62 @@ async fn helm_install_upgrade_and_uninstall_work_on_the_real_apiserver() {
 
 /// The chart's ServiceAccount may do what the controller does and nothing
 /// else it was asked about (SelfSubjectAccessReview with its own token).
+/// One request to ask the API server about (SelfSubjectAccessReview).
+struct Ask<'a> {
+    verb: &'a str,
+    group: &'a str,
+    resource: &'a str,
+    sub: &'a str,
+    ns: Option<&'a str>,
+    name: &'a str,
+}
+
+impl<'a> Ask<'a> {
+    fn new(verb: &'a str, group: &'a str, resource: &'a str, sub: &'a str, ns: Option<&'a str>, name: &'a str) -> Self {
+        Ask { verb, group, resource, sub, ns, name }
+    }
+}
+
+/// Each request of `allowed` the server refuses to `me`, and each of `denied` it allows.
+async fn access_mismatches(me: &Client, allowed: &[Ask<'_>], denied: &[Ask<'_>]) -> Vec<String> {
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(me.clone());
+    let mut wrong = Vec::new();
+    for (want, asks) in [(true, allowed), (false, denied)] {
+        for a in asks {
+            let review = SelfSubjectAccessReview {
+                spec: SelfSubjectAccessReviewSpec {
+                    resource_attributes: Some(ResourceAttributes {
+                        verb: Some(a.verb.into()),
+                        group: Some(a.group.into()),
+                        resource: Some(a.resource.into()),
+                        subresource: (!a.sub.is_empty()).then(|| a.sub.into()),
+                        namespace: a.ns.map(Into::into),
+                        name: (!a.name.is_empty()).then(|| a.name.into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let got = reviews
+                .create(&PostParams::default(), &review)
+                .await
+                .expect("SelfSubjectAccessReview")
+                .status
+                .expect("status")
+                .allowed;
+            if got != want {
+                let sub = if a.sub.is_empty() { String::new() } else { format!("/{}", a.sub) };
+                wrong.push(format!(
+                    "{} {}{sub} (group {:?}, ns {:?}, name {:?}): allowed={got}, want {want}",
+                    a.verb, a.resource, a.group, a.ns, a.name
+                ));
+            }
+        }
+    }
+    wrong
+}
+
 #[tokio::test]
 async fn chart_service_account_is_allowed_exactly_what_the_controller_needs() {
     let cp = ControlPlane::shared(Channel::Standard);
@@ -891,15 +979,7 @@ async fn chart_service_account_is_allowed_exactly_what_the_controller_needs() {
     let token = support::service_account_token(&client, &ns, &sa).await;
     let me = support::client_with_token(&cp.kubeconfig, &token).await;
 
-    struct Ask<'a> {
-        verb: &'a str,
-        group: &'a str,
-        resource: &'a str,
-        sub: &'a str,
-        ns: Option<&'a str>,
-        name: &'a str,
-    }
-    let ask = |verb, group, resource, sub, ns, name| Ask { verb, group, resource, sub, ns, name };
+    let ask = Ask::new;
     let x = "gateway.networking.x-k8s.io";
     let g = "gateway.networking.k8s.io";
     let o = Some(other.as_str());
@@ -962,6 +1042,9 @@ async fn chart_service_account_is_allowed_exactly_what_the_controller_needs() {
         ask("patch", g, "httproutes", "", o, "r"),
         ask("get", g, "httproutes", "", o, "r"),
         ask("create", g, "referencegrants", "", o, ""),
+        // No NetworkPolicies unless controller.egress.policy=networkpolicy.
+        ask("list", "networking.k8s.io", "networkpolicies", "", None, ""),
+        ask("patch", "networking.k8s.io", "networkpolicies", "", o, "p"),
         // Nothing else.
         ask("create", "", "pods", "", own, ""),
         ask("get", "", "pods", "", own, "p"),
@@ -993,41 +1076,7 @@ async fn chart_service_account_is_allowed_exactly_what_the_controller_needs() {
         ask("create", "rbac.authorization.k8s.io", "rolebindings", "", own, ""),
         ask("*", "*", "*", "", None, ""),
     ];
-    let reviews: Api<SelfSubjectAccessReview> = Api::all(me.clone());
-    let mut wrong = Vec::new();
-    for (want, asks) in [(true, &allowed[..]), (false, &denied[..])] {
-        for a in asks {
-            let review = SelfSubjectAccessReview {
-                spec: SelfSubjectAccessReviewSpec {
-                    resource_attributes: Some(ResourceAttributes {
-                        verb: Some(a.verb.into()),
-                        group: Some(a.group.into()),
-                        resource: Some(a.resource.into()),
-                        subresource: (!a.sub.is_empty()).then(|| a.sub.into()),
-                        namespace: a.ns.map(Into::into),
-                        name: (!a.name.is_empty()).then(|| a.name.into()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            let got = reviews
-                .create(&PostParams::default(), &review)
-                .await
-                .expect("SelfSubjectAccessReview")
-                .status
-                .expect("status")
-                .allowed;
-            if got != want {
-                let sub = if a.sub.is_empty() { String::new() } else { format!("/{}", a.sub) };
-                wrong.push(format!(
-                    "{} {}{sub} (group {:?}, ns {:?}, name {:?}): allowed={got}, want {want}",
-                    a.verb, a.resource, a.group, a.ns, a.name
-                ));
-            }
-        }
-    }
+    let wrong = access_mismatches(&me, &allowed, &denied).await;
     assert!(wrong.is_empty(), "system:serviceaccount:{ns}:{sa}\n{}", wrong.join("\n"));
 
     // kubectl agrees, impersonating the ServiceAccount.
@@ -1230,6 +1279,106 @@ spec:
     // SIGTERM: a clean exit that releases the Lease (patch) for a standby.
     assert_eq!(ctl.terminate(), Some(0), "log:\n{}", ctl.log());
     assert_eq!(lease_holder(&client, &ns, "xbackend-controller").await, None, "the Lease is released on shutdown");
+}
+
+/// Egress policies under the chart's RBAC: cluster-wide by default; with
+/// controller.egress.namespaces, only there. The controller, given only
+/// that ServiceAccount's token, writes the policy of a Gateway whose data
+/// plane runs in a listed namespace and warns on one that runs elsewhere,
+/// with no request refused.
+#[tokio::test]
+async fn egress_rbac_is_cluster_wide_or_only_in_listed_namespaces_and_the_controller_keeps_within_it() {
+    let cp = ControlPlane::shared(Channel::Standard);
+    let (client, ns) = cp.namespace("deploy-egress").await;
+    let (_, listed) = cp.namespace("deploy-egress-gw").await;
+    let (_, elsewhere) = cp.namespace("deploy-egress-other").await;
+    support::install_crd(&client).await;
+    let np = "networking.k8s.io";
+    let verbs = ["list", "watch", "create", "patch", "delete"];
+    let on = ["--set", "controller.egress.policy=networkpolicy"];
+
+    // Every namespace.
+    let release = support::unique_name("egress-all");
+    install_release(&client, &release, &ns, &on).await;
+    let token = support::service_account_token(&client, &ns, &format!("{release}-xbackend-controller")).await;
+    let me = support::client_with_token(&cp.kubeconfig, &token).await;
+    let allowed: Vec<Ask> = verbs
+        .iter()
+        .flat_map(|v| {
+            [
+                Ask::new(v, np, "networkpolicies", "", None, ""),
+                Ask::new(v, np, "networkpolicies", "", Some(&elsewhere), ""),
+            ]
+        })
+        .collect();
+    let denied = [Ask::new("update", np, "networkpolicies", "", Some(&elsewhere), "p")];
+    let wrong = access_mismatches(&me, &allowed, &denied).await;
+    assert!(wrong.is_empty(), "cluster-wide egress RBAC:\n{}", wrong.join("\n"));
+
+    // Listed namespaces only.
+    let release = support::unique_name("egress-listed");
+    let namespaces = format!("controller.egress.namespaces={{{listed}}}");
+    let rendered = install_release(&client, &release, &ns, &[on[0], on[1], "--set", &namespaces]).await;
+    let sa = format!("{release}-xbackend-controller");
+    let token = support::service_account_token(&client, &ns, &sa).await;
+    let me = support::client_with_token(&cp.kubeconfig, &token).await;
+    let allowed: Vec<Ask> = verbs.iter().map(|v| Ask::new(v, np, "networkpolicies", "", Some(&listed), "")).collect();
+    let denied: Vec<Ask> = verbs
+        .iter()
+        .flat_map(|v| {
+            [
+                Ask::new(v, np, "networkpolicies", "", None, ""),
+                Ask::new(v, np, "networkpolicies", "", Some(&elsewhere), ""),
+            ]
+        })
+        .chain([Ask::new("update", np, "networkpolicies", "", Some(&listed), "p")])
+        .collect();
+    let wrong = access_mismatches(&me, &allowed, &denied).await;
+    assert!(wrong.is_empty(), "egress RBAC in {listed} only:\n{}", wrong.join("\n"));
+
+    // The controller under that ServiceAccount: a Gateway in the listed
+    // namespace and one elsewhere, the same XBackend behind both.
+    let gw = TestGateway::create(&client, &listed, &["edge"]).await;
+    apply_yaml(&client, Some(&elsewhere), &support::gateway_yaml("edge", &gw.class)).await;
+    for at in [&listed, &elsewhere] {
+        let yaml = support::xbackend_yaml("api", "api.example.net") + &support::route_yaml("api", &["edge"], "api");
+        apply_yaml(&client, Some(at), &yaml).await;
+    }
+    let dns = DnsServer::start().await;
+    dns.set("api.example.net", Answer::Addresses(vec!["93.184.215.14".parse().unwrap()], 30));
+    let kubeconfig = support::token_kubeconfig(&cp.kubeconfig, &token, Some(&ns));
+    let port = support::free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xbackend-controller"));
+    let chart_egress_flags = args_of(&rendered).into_iter().filter(|a| a.starts_with("--egress"));
+    cmd.args(["run", "--metrics-addr", &format!("127.0.0.1:{port}"), "--no-leader-election"])
+        .args(["--controller-name", &gw.controller_name, "--dns-check", "--dns-server", &dns.flag()])
+        .args(chart_egress_flags)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "info");
+    let mut ctl = Proc::spawn(cmd, port);
+    ctl.wait_ready().await;
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &listed);
+    let written = eventually(Duration::from_secs(60), || async {
+        let policy = policies.get_opt("xbackend-egress-edge").await.ok()??;
+        serde_json::to_string(&policy).unwrap().contains("93.184.215.14/32").then_some(())
+    })
+    .await;
+    assert!(written.is_some(), "no policy with the vetted address in {listed}; log:\n{}", ctl.log());
+    let events = support::dynamic(&client, &elsewhere, "events.k8s.io", "v1", "Event");
+    let warned = eventually(Duration::from_secs(60), || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|e| e.data["reason"] == "EgressPolicyNotWritten" && e.data["regarding"]["name"] == "edge")
+    })
+    .await;
+    let warned =
+        warned.unwrap_or_else(|| panic!("no EgressPolicyNotWritten Event in {elsewhere}; log:\n{}", ctl.log()));
+    assert!(warned.data["note"].as_str().unwrap().contains(&elsewhere), "{}", warned.data["note"]);
+    let theirs: Api<NetworkPolicy> = Api::namespaced(client.clone(), &elsewhere);
+    assert!(theirs.list(&ListParams::default()).await.unwrap().items.is_empty(), "nothing written in {elsewhere}");
+    let log = ctl.log();
+    assert!(!log.to_ascii_lowercase().contains("forbidden"), "RBAC refused a request:\n{log}");
 }
 
 /// The image's binary in the image's conditions: a root with no libc, run as

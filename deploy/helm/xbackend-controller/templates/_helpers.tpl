@@ -113,6 +113,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- range $class, $plane := .Values.controller.egress.dataPlanes }}
 - {{ printf "--egress-data-plane=%s=%s" $class $plane | quote }}
 {{- end }}
+{{- range .Values.controller.egress.namespaces }}
+- {{ printf "--egress-namespace=%s" . | quote }}
+{{- end }}
 {{- end }}
 {{- if .Values.controller.dns.check }}
 {{- range .Values.controller.dns.servers }}
