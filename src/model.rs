@@ -279,14 +279,43 @@ impl Backend {
 
     /// False when `self` tells nothing beyond `old`: the same object at the
     /// same resourceVersion, or an older one (a watch can lag behind a read
-    /// made after a conflict). Opaque versions that differ count as news.
+    /// made after a conflict). Opaque versions that differ count as news. So
+    /// does the same version with another stored status: after the CRD's
+    /// schema changes, the apiserver prunes what it serves differently, and
+    /// a re-list shows what the old schema hid (docs/design.md §11).
     pub fn is_newer_than(&self, old: &Backend) -> bool {
         if old.uid != self.uid {
             return true;
         }
         match (old.resource_version.parse::<u64>(), self.resource_version.parse::<u64>()) {
+            (Ok(a), Ok(b)) if a == b => self.status != old.status,
             (Ok(a), Ok(b)) => b > a,
-            _ => old.resource_version != self.resource_version,
+            _ => old.resource_version != self.resource_version || self.status != old.status,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(version: &str, status: serde_json::Value) -> Backend {
+        Backend {
+            uid: "u".into(),
+            resource_version: version.into(),
+            status: StoredStatus::from_value(&status),
+            ..Backend::new(1, Err(String::new()))
+        }
+    }
+
+    #[test]
+    fn newer_is_a_later_version_or_the_same_one_read_differently() {
+        let entry = serde_json::json!({"ancestors": [{"controllerName": "x"}]});
+        let pruned = serde_json::json!({});
+        assert!(at("8", pruned.clone()).is_newer_than(&at("7", pruned.clone())));
+        assert!(!at("7", pruned.clone()).is_newer_than(&at("8", pruned.clone())), "a lagging event");
+        assert!(!at("7", pruned.clone()).is_newer_than(&at("7", pruned.clone())), "the same event again");
+        // A re-list after a schema change shows what the old schema pruned.
+        assert!(at("7", entry).is_newer_than(&at("7", pruned)));
     }
 }

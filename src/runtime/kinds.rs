@@ -82,7 +82,7 @@ impl Follower {
             let name = kind_name(*kind);
             info!(kind = name, version = %resource.api_version, "watching");
             self.feeds.state.synced.expect(name);
-            let indexer = watch::Objects { kind: *kind, resource: resource.clone() };
+            let indexer = watch::Objects { kind: *kind, resource: resource.clone(), relists: None };
             let handle = self.watches.spawn(watch::run(self.feeds.clone(), indexer));
             self.running.insert(*kind, (resource.clone(), handle));
         }

@@ -112,8 +112,10 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let feeds = Feeds { client: client.clone(), state: state.clone(), queue: queue.clone(), metrics: metrics.clone() };
     let mut tasks = tokio::task::JoinSet::new();
     let mut watches = watch::Starter { feeds: &feeds, tasks: &mut tasks };
-    watches.start(watch::XBackendCrd);
-    watches.start(watch::Objects { kind: Kind::XBackend, resource: xbackend.clone() });
+    // A schema change re-lists the XBackends: what the old schema pruned shows again.
+    let schema_changed = Arc::new(tokio::sync::Notify::new());
+    watches.start(watch::XBackendCrd { schema_changed: schema_changed.clone() });
+    watches.start(watch::Objects { kind: Kind::XBackend, resource: xbackend.clone(), relists: Some(schema_changed) });
     // The Gateway API kinds, each while its CRD is installed.
     let mut follower = kinds::Follower::new(feeds.clone());
     follower.follow(&found.served);

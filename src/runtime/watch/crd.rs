@@ -3,11 +3,14 @@
 //! moves them.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::Api;
 use kube::runtime::watcher;
+use tokio::sync::Notify;
 use tracing::info;
 
 use super::{Affected, Indexer};
@@ -32,7 +35,15 @@ pub fn shape_of(crd: &CustomResourceDefinition) -> Shape {
 }
 
 /// Follows the one XBackend CRD; the state keeps only its status layout.
-pub struct XBackendCrd;
+/// When the layout changes, `schema_changed` is notified a few times over
+/// the next seconds (the apiserver serves the new schema a moment late), so
+/// the XBackend watch lists again and the index sees every status as stored.
+pub struct XBackendCrd {
+    pub schema_changed: Arc<Notify>,
+}
+
+/// When the XBackends are listed again after a schema change.
+const RELIST_AFTER: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(8)];
 
 impl Indexer for XBackendCrd {
     type Resource = CustomResourceDefinition;
@@ -53,6 +64,13 @@ impl Indexer for XBackendCrd {
             return Ok(Affected::none());
         }
         info!(?shape, "XBackend CRD status layout changed; rechecking every XBackend");
+        let schema_changed = self.schema_changed.clone();
+        tokio::spawn(async move {
+            for wait in RELIST_AFTER {
+                tokio::time::sleep(wait).await;
+                schema_changed.notify_one();
+            }
+        });
         Ok(Affected::Every)
     }
     /// Without the CRD there are no XBackends to write to.

@@ -21,6 +21,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::metrics::Metrics;
@@ -94,6 +95,11 @@ pub trait Indexer: Send + Sync + 'static {
     /// `KEEPS_OBJECTS`); anything else of this kind is gone. `relist` is
     /// false for the first list.
     fn reset(&self, state: &State, seen: &BTreeSet<ObjectRef>, relist: bool) -> Affected;
+    /// Notified when the watch must list again from scratch (the objects did
+    /// not change, but how the apiserver serves them did).
+    fn relists(&self) -> Option<Arc<Notify>> {
+        None
+    }
 }
 
 /// Server-side timeout of every watch request: the watcher reconnects after
@@ -131,10 +137,21 @@ fn key_of<R: Resource>(object: &R) -> ObjectRef {
 /// timeout (`WATCH_TIMEOUT_SECS` + 5 s) and reconnected with backoff.
 pub async fn run<I: Indexer>(feeds: Feeds, indexer: I) {
     let name = indexer.name();
-    let mut stream = watcher::watcher(indexer.api(&feeds.client), indexer.config()).default_backoff().boxed();
+    let start = || watcher::watcher(indexer.api(&feeds.client), indexer.config()).default_backoff().boxed();
+    let mut stream = start();
+    let relists = indexer.relists();
     let mut seen: BTreeSet<ObjectRef> = BTreeSet::new();
     let mut lists = 0u32;
-    while let Some(event) = stream.next().await {
+    loop {
+        let event = tokio::select! {
+            event = stream.next() => event,
+            () = async { relists.as_ref().expect("relist signal").notified().await }, if relists.is_some() => {
+                info!(kind = name, "listing again");
+                stream = start();
+                continue;
+            }
+        };
+        let Some(event) = event else { break };
         let event = match event {
             Ok(event) => event,
             Err(e) => {

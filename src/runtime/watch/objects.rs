@@ -3,10 +3,12 @@
 //! model, with no `DynamicObject` tree in between.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use kube::Client;
 use kube::api::Api;
 use kube::discovery::ApiResource;
+use tokio::sync::Notify;
 
 use super::{Affected, Indexer, kind_name};
 use crate::decode::{Watched, decode_watched};
@@ -18,6 +20,8 @@ use crate::runtime::state::State;
 pub struct Objects {
     pub kind: Kind,
     pub resource: ApiResource,
+    /// Lists again when notified (XBackends, after the CRD's schema changed).
+    pub relists: Option<Arc<Notify>>,
 }
 
 impl Indexer for Objects {
@@ -38,5 +42,8 @@ impl Indexer for Objects {
     }
     fn reset(&self, state: &State, seen: &BTreeSet<ObjectRef>, _: bool) -> Affected {
         Affected::Keys(state.retain(self.kind, seen))
+    }
+    fn relists(&self) -> Option<Arc<Notify>> {
+        self.relists.clone()
     }
 }
