@@ -1,7 +1,9 @@
 //! Egress enforcement on a real enforcer (issue 19): SIG Network's
 //! kube-network-policies (pinned, hack/install-kube-network-policies.sh)
 //! enforces the NetworkPolicies the controller writes (in guard mode: the
-//! Gateway is another implementation's), for a "gateway Pod"
+//! Gateways are other implementations', one with its proxy beside it as
+//! Istio runs it, one in the implementation's namespace as Envoy Gateway
+//! does: deploy/README.md's two recipes), for a "gateway Pod"
 //! that is a network namespace this test creates, registered through the API.
 //! "External hosts" are network namespaces with the addresses the test's DNS
 //! server hands out. Nothing outside these namespaces and 127.0.0.1 is used.
@@ -134,7 +136,12 @@ impl Net {
 
     /// Whether a TCP connection from the gateway Pod to `ip:port` is made.
     fn connects(&self, ip: &str, port: u16) -> bool {
-        self.exec("gwpod", &["python3", "-c", PROBE, ip, &port.to_string()]).output().unwrap().status.success()
+        self.connects_from("gwpod", ip, port)
+    }
+
+    /// Whether a TCP connection from the leaf `from` to `ip:port` is made.
+    fn connects_from(&self, from: &str, ip: &str, port: u16) -> bool {
+        self.exec(from, &["python3", "-c", PROBE, ip, &port.to_string()]).output().unwrap().status.success()
     }
 }
 
@@ -144,7 +151,7 @@ impl Drop for Net {
             let _ = child.kill();
             let _ = child.wait();
         }
-        for name in ["gwpod", "web", "ext1", "ext2", "meta", "node"] {
+        for name in ["gwpod", "egpod", "web", "ext1", "ext2", "meta", "node"] {
             let ns = self.ns(name);
             // Processes left in a namespace would keep it alive.
             if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
@@ -230,6 +237,24 @@ async fn the_enforcer_allows_vetted_addresses_only_and_refuses_a_rebinding() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     register_pod(&pods, "gw-pod", json!({"gateway.networking.k8s.io/gateway-name": "gw"}), "10.244.1.2").await;
     register_pod(&pods, "web-0", json!({"app": "web"}), "10.244.2.2").await;
+    // deploy/README.md's Envoy Gateway recipe: a Gateway "edge" of another
+    // class whose proxy runs in the implementation's own namespace.
+    let (_, eg_system) = cp.namespace("enforce-eg").await;
+    let eg = support::unique_name("eg");
+    apply_yaml(
+        &client,
+        Some(&ns),
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: {eg}}}\nspec: {{controllerName: gateway.envoyproxy.io/gatewayclass-controller}}\n{}",
+            support::gateway_yaml("edge", &eg)
+        ),
+    )
+    .await;
+    let envoy_labels = json!({"gateway.envoyproxy.io/owning-gateway-name": "edge", "gateway.envoyproxy.io/owning-gateway-namespace": ns});
+    register_pod(&Api::namespaced(client.clone(), &eg_system), "envoy-edge", envoy_labels, "10.244.3.2").await;
+    let eg_plane = format!(
+        "{eg}={eg_system}:gateway.envoyproxy.io/owning-gateway-name={{name}},gateway.envoyproxy.io/owning-gateway-namespace={{namespace}}"
+    );
 
     // ---- the network ----
     let mut net =
@@ -238,6 +263,7 @@ async fn the_enforcer_allows_vetted_addresses_only_and_refuses_a_rebinding() {
     net.run("node", &["ip", "link", "set", "lo", "up"]);
     net.run("node", &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     net.leaf("gwpod", "10.244.1.2", "10.244.1.1", 24);
+    net.leaf("egpod", "10.244.3.2", "10.244.3.1", 24);
     net.leaf("web", "10.244.2.2", "10.244.2.1", 24);
     net.leaf("ext1", "192.0.2.10", "192.0.2.1", 24);
     net.leaf("ext2", "198.51.100.10", "198.51.100.1", 24);
@@ -314,6 +340,7 @@ async fn the_enforcer_allows_vetted_addresses_only_and_refuses_a_rebinding() {
     let yaml = [
         xbackend_yaml("api", "api.example.net"),
         route_yaml("api", &["gw"], "api"),
+        route_yaml("api-edge", &["edge"], "api"),
         web.to_string(),
         route_yaml("web", &["gw"], "web"),
     ]
@@ -327,6 +354,10 @@ async fn the_enforcer_allows_vetted_addresses_only_and_refuses_a_rebinding() {
             &gw.controller_name,
             "--gateway-class",
             &foreign,
+            "--gateway-class",
+            &eg,
+            "--egress-data-plane",
+            &eg_plane,
             "--dns-check",
             "--dns-server",
             &server,
@@ -348,6 +379,7 @@ async fn the_enforcer_allows_vetted_addresses_only_and_refuses_a_rebinding() {
     for (ip, port) in [("192.0.2.10", 8443), ("198.51.100.10", 443), ("169.254.169.254", 443)] {
         assert!(net.connects(ip, port), "{ip}:{port} answers before any policy");
     }
+    assert!(net.connects_from("egpod", "198.51.100.10", 443), "the Envoy proxy reaches anything before any policy");
     ctl.wait_ready().await;
     let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
     let written = support::eventually(Duration::from_secs(60), || async {
@@ -357,9 +389,12 @@ async fn the_enforcer_allows_vetted_addresses_only_and_refuses_a_rebinding() {
     .await;
     assert!(written.is_some(), "the controller wrote the policy; log:\n{}", ctl.log_tail());
     let xbackends = support::xbackend_api(&client, &ns);
-    support::wait_for_xbackend(&xbackends, "api", "our entry for the foreign class's Gateway", |o| {
+    support::wait_for_xbackend(&xbackends, "api", "our entries for the foreign classes' Gateways", |o| {
         let ours = support::entries_of(o, "ancestors", &gw.controller_name);
-        ours.len() == 1 && ours[0]["ancestorRef"]["name"] == "gw" && ours[0]["conditions"][0]["status"] == "True"
+        let accepted_behind = |name: &str| {
+            ours.iter().any(|e| e["ancestorRef"]["name"] == name && e["conditions"][0]["status"] == "True")
+        };
+        ours.len() == 2 && accepted_behind("gw") && accepted_behind("edge")
     })
     .await;
     // The enforcer has it once another Pod's address stops answering.
@@ -371,6 +406,28 @@ async fn the_enforcer_allows_vetted_addresses_only_and_refuses_a_rebinding() {
     assert!(!net.connects("192.0.2.10", 8443), "the same host on another port");
     assert!(!net.connects("198.51.100.10", 443), "an address the policy never held");
     assert!(!net.connects("169.254.169.254", 443), "the metadata address");
+
+    // The Envoy Gateway recipe: the policy stands in the proxy's namespace,
+    // named for the Gateway, and holds that proxy to the same addresses.
+    let eg_policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &eg_system);
+    let eg_policy = format!("xbackend-egress-{ns}-edge");
+    let written = support::eventually(Duration::from_secs(60), || async {
+        let policy = eg_policies.get_opt(&eg_policy).await.ok()??;
+        serde_json::to_string(&policy).ok()?.contains("192.0.2.10/32").then_some(())
+    })
+    .await;
+    assert!(written.is_some(), "{eg_system}/{eg_policy} with api's address; log:\n{}", ctl.log_tail());
+    let mut closed = false;
+    for _ in 0..30 {
+        closed = !net.connects_from("egpod", "198.51.100.10", 443);
+        if closed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(closed, "the Envoy proxy reaches an address its policy never held");
+    assert!(net.connects_from("egpod", "192.0.2.10", 443), "the Envoy proxy reaches api's vetted address");
+    assert!(!net.connects_from("egpod", "192.0.2.10", 8443), "the Envoy proxy, same host on another port");
 
     // The record rebinds to the metadata address: whatever the proxy resolves,
     // the enforcer refuses it at once, asking nobody (before the controller reacts).
