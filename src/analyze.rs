@@ -346,7 +346,7 @@ pub fn analyze(
             notes.extend(decision.unwritable.iter().map(|(gw, ns)| {
                 format!("no NetworkPolicy for Gateway {gw}: its data plane runs in namespace {ns}, not one of --egress-namespace")
             }));
-            decision.policies.into_values().map(|p| (*p).clone()).collect()
+            decision.policies.into_values().map(|p| p.to_value()).collect()
         }
         None => Vec::new(),
     };

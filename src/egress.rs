@@ -306,9 +306,47 @@ pub struct Inputs {
     pub unknown: BTreeSet<ObjectRef>,
 }
 
+/// A NetworkPolicy as the writer keeps it: its metadata as JSON (a few
+/// fields), its spec as canonical JSON text. As a tree of small maps the spec
+/// of thousands of rules costs several times its text, once for what should
+/// stand and once for what does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub metadata: Value,
+    spec: Box<str>,
+}
+
+impl Policy {
+    /// From a NetworkPolicy as JSON (`metadata` and `spec`; the rest is not kept).
+    pub fn from_value(policy: &Value) -> Policy {
+        // serde_json's maps are sorted: the same spec gives the same text.
+        Policy { metadata: policy["metadata"].clone(), spec: policy["spec"].to_string().into() }
+    }
+
+    /// The whole object, as applied and printed.
+    pub fn to_value(&self) -> Value {
+        json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": self.metadata,
+            "spec": self.spec(),
+        })
+    }
+
+    pub fn spec(&self) -> Value {
+        serde_json::from_str(&self.spec).unwrap_or_default()
+    }
+
+    /// How many peers are ipBlocks (one vetted or held address each, and
+    /// the DNS resolvers' ranges).
+    pub fn address_peers(&self) -> usize {
+        self.spec.matches("\"ipBlock\":").count()
+    }
+}
+
 /// NetworkPolicies by namespace/name, shared: a Gateway's unchanged policies
 /// pass from one decision to the next without being copied.
-pub type Policies = BTreeMap<ObjectRef, Arc<Value>>;
+pub type Policies = BTreeMap<ObjectRef, Arc<Policy>>;
 
 /// What one decision gives: the policies that should stand, how many held
 /// addresses the cap evicted, and the Gateways whose data plane runs in a
@@ -334,7 +372,7 @@ pub struct Decisions {
 struct Built {
     /// uid, class, the XBackends behind it (addresses as answered) and those kept.
     from: (String, String, Vec<Allowed>, Vec<Allowed>),
-    policies: Vec<(ObjectRef, Arc<Value>)>,
+    policies: Vec<(ObjectRef, Arc<Policy>)>,
 }
 
 impl Decisions {
@@ -359,7 +397,7 @@ impl Decisions {
         // The first time, what stands is held as if seen now: a restart extends
         // a hold, never cuts one.
         if !std::mem::replace(&mut held.seeded, true) {
-            for (_, allowed) in current.values().flat_map(|p| read_rules(p)) {
+            for (_, allowed) in current.values().flat_map(|p| read_rules(&p.to_value())) {
                 if let Destination::Addresses { hostname, addresses } = allowed.destination {
                     held.seed(&hostname, addresses, now);
                 }
@@ -368,11 +406,11 @@ impl Decisions {
         // Skipped when every XBackend is judged: the common case, and read_rules parses every rule.
         let mut kept: BTreeMap<ObjectRef, Vec<Allowed>> = BTreeMap::new();
         for policy in current.values().take(if inputs.unknown.is_empty() { 0 } else { usize::MAX }) {
-            let labels = &policy["metadata"]["labels"];
+            let labels = &policy.metadata["labels"];
             let Some(gateway) = labels[OWNED_LABEL].as_str() else { continue };
             let namespace =
-                labels[OWNED_NAMESPACE_LABEL].as_str().or(policy["metadata"]["namespace"].as_str()).unwrap_or_default();
-            for (backend, allowed) in read_rules(policy) {
+                labels[OWNED_NAMESPACE_LABEL].as_str().or(policy.metadata["namespace"].as_str()).unwrap_or_default();
+            for (backend, allowed) in read_rules(&policy.to_value()) {
                 if inputs.unknown.contains(&backend) {
                     kept.entry(ObjectRef::new(namespace, gateway)).or_default().push(allowed);
                 }
@@ -434,7 +472,7 @@ fn build(
     hold: Hold,
     config: &Config,
     denied: &dyn Fn(IpAddr) -> bool,
-) -> (Vec<(ObjectRef, Arc<Value>)>, usize) {
+) -> (Vec<(ObjectRef, Arc<Policy>)>, usize) {
     let mut evicted = 0;
     let mut allowed = given.clone();
     for a in &mut allowed {
@@ -463,7 +501,7 @@ fn build(
         }
         let name = policy["metadata"]["name"].as_str().unwrap_or_default();
         let namespace = policy["metadata"]["namespace"].as_str().unwrap_or_default();
-        (ObjectRef::new(namespace, name), Arc::new(policy))
+        (ObjectRef::new(namespace, name), Arc::new(Policy::from_value(&policy)))
     });
     (policies.collect(), evicted)
 }
@@ -471,20 +509,20 @@ fn build(
 /// True when `current` already says what `desired` says: the same spec, and
 /// our labels, annotation and owner reference among its own (others may add
 /// theirs; comparing those would rewrite forever).
-pub fn stands(desired: &Value, current: &Value) -> bool {
+pub fn stands(desired: &Policy, current: &Policy) -> bool {
     let contains = |field: &str| {
-        let (want, have) = (&desired["metadata"][field], &current["metadata"][field]);
+        let (want, have) = (&desired.metadata[field], &current.metadata[field]);
         want.as_object().into_iter().flatten().all(|(k, v)| &have[k] == v)
     };
-    let owners = |v: &Value| -> Vec<(Value, Value)> {
-        v["metadata"]["ownerReferences"]
+    let owners = |p: &Policy| -> Vec<(Value, Value)> {
+        p.metadata["ownerReferences"]
             .as_array()
             .into_iter()
             .flatten()
             .map(|o| (o["uid"].clone(), o["kind"].clone()))
             .collect()
     };
-    desired["spec"] == current["spec"]
+    desired.spec == current.spec
         && contains("labels")
         && contains("annotations")
         && owners(desired).iter().all(|o| owners(current).contains(o))
@@ -845,7 +883,7 @@ mod tests {
         let current = run(&first, &BTreeMap::new(), &mut Decisions::default(), 0);
         assert_eq!(current.len(), 1);
         let policy = current.values().next().unwrap();
-        assert_eq!(policy["metadata"]["ownerReferences"][0]["uid"], "uid-gw");
+        assert_eq!(policy.metadata["ownerReferences"][0]["uid"], "uid-gw");
         // After a restart nothing is judged yet: the same objects, nothing to write.
         let mut held = Decisions::default();
         let restarted = run(&inputs(vec![], &["api", "b"]), &current, &mut held, 10);
@@ -857,7 +895,7 @@ mod tests {
             &mut held,
             20,
         );
-        let rule = &again.values().next().unwrap()["spec"]["egress"][2];
+        let rule = &again.values().next().unwrap().spec()["egress"][2];
         assert_eq!(rule["to"].as_array().unwrap().len(), 2, "{rule}");
     }
 
@@ -882,7 +920,7 @@ mod tests {
             (ObjectRef::new("infra", "xbackend-egress-gw"), ObjectRef::new("infra", "xbackend-egress-gw2"));
         assert!(Arc::ptr_eq(&first[&theirs], &second[&theirs]), "gw2's inputs did not change: not built again");
         assert!(!Arc::ptr_eq(&first[&mine], &second[&mine]));
-        let addresses = |p: &Policies| p[&mine]["spec"]["egress"][2]["to"].as_array().unwrap().len();
+        let addresses = |p: &Policies| p[&mine].spec()["egress"][2]["to"].as_array().unwrap().len();
         assert_eq!(addresses(&second), 2, "the rotated-out address is held");
         // An hour later the same inputs keep what was built; a rebuild lets the hold expire.
         let later = 10 + hold.seconds + 1;
@@ -914,7 +952,7 @@ mod tests {
         let mut held = Decisions::default();
         let current = run(&inputs(vec![external("api", &["192.0.2.10"])], &[]), &BTreeMap::new(), &mut held, 0);
         let gone = run(&inputs(vec![], &[]), &current, &mut held, 1);
-        let egress = gone.values().next().unwrap()["spec"]["egress"].as_array().unwrap().clone();
+        let egress = gone.values().next().unwrap().spec()["egress"].as_array().unwrap().clone();
         assert_eq!(egress.len(), 2, "DNS and cluster only");
         assert!(held.held.hostnames().is_empty(), "its hold is forgotten");
         // A Gateway no longer judged has no policy at all (the writer deletes it).
@@ -928,6 +966,7 @@ mod tests {
         let mut theirs = policy.clone();
         theirs["metadata"]["labels"]["team"] = json!("x");
         theirs["metadata"]["resourceVersion"] = json!("7");
+        let stands = |a: &Value, b: &Value| stands(&Policy::from_value(a), &Policy::from_value(b));
         assert!(stands(&policy, &theirs));
         let mut edited = policy.clone();
         edited["spec"]["egress"][2]["to"][0]["ipBlock"]["cidr"] = json!("0.0.0.0/0");
@@ -935,6 +974,22 @@ mod tests {
         let mut relabelled = policy.clone();
         relabelled["metadata"]["annotations"] = json!({});
         assert!(!stands(&policy, &relabelled));
+    }
+
+    /// What the apiserver returns (typed, then JSON again) reads as the same
+    /// text as what was built: otherwise every round would write again.
+    #[test]
+    fn a_policy_read_back_from_the_api_stands_as_built() {
+        let mut pods = external("web", &[]);
+        pods.destination = Destination::Pods { labels: BTreeMap::from([("app".into(), "web".into())]) };
+        pods.udp = true;
+        let built =
+            policies(&gw(), "ours", &[external("api", &["192.0.2.10", "2001:db8::1"]), pods], &Config::default());
+        let typed: k8s_openapi::api::networking::v1::NetworkPolicy = serde_json::from_value(built[0].clone()).unwrap();
+        let back = json!({"metadata": typed.metadata, "spec": typed.spec});
+        assert!(stands(&Policy::from_value(&built[0]), &Policy::from_value(&back)));
+        assert_eq!(Policy::from_value(&built[0]).to_value(), built[0]);
+        assert_eq!(Policy::from_value(&built[0]).address_peers(), 2);
     }
 
     /// Envoy Gateway runs every data plane in its own namespace, labelled
@@ -955,7 +1010,7 @@ mod tests {
         let decision =
             Decisions::default().decide(&inputs, &BTreeMap::new(), 0, Hold::default(), &config, &|_| false, false);
         let policy = decision.policies.values().next().unwrap();
-        assert!(policy["metadata"].get("ownerReferences").is_none(), "no owner across namespaces");
+        assert!(policy.metadata.get("ownerReferences").is_none(), "no owner across namespaces");
         for bad in ["no-colon", "ns:", "ns:=v", "ns:k"] {
             assert!(bad.parse::<DataPlane>().is_err(), "{bad}");
         }

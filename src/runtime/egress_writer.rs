@@ -28,7 +28,7 @@ use super::queue::backoff;
 use super::state::State;
 use super::timeouts::API_TIMEOUT;
 use super::watch::{Affected, Indexer};
-use crate::egress::{self, Config, Decisions, Hold, OWNED_LABEL, Policies};
+use crate::egress::{self, Config, Decisions, Hold, OWNED_LABEL, Policies, Policy};
 use crate::model::ObjectRef;
 use crate::policy::AddressPolicy;
 
@@ -54,9 +54,12 @@ const HOLD_TICK: Duration = Duration::from_secs(60);
 #[derive(Default)]
 pub struct Standing {
     objects: Mutex<Policies>,
-    others: Mutex<Policies>,
+    others: Mutex<Others>,
     wake: Notify,
 }
+
+/// NetworkPolicies without our label, as JSON: only read to warn.
+type Others = BTreeMap<ObjectRef, Arc<Value>>;
 
 impl Standing {
     pub fn new() -> Arc<Standing> {
@@ -67,7 +70,7 @@ impl Standing {
         self.objects.lock().expect("standing policies lock")
     }
 
-    fn others(&self) -> std::sync::MutexGuard<'_, Policies> {
+    fn others(&self) -> std::sync::MutexGuard<'_, Others> {
         self.others.lock().expect("other policies lock")
     }
 }
@@ -94,10 +97,6 @@ impl PolicyWatch {
         };
         PolicyWatch { standing, ours, namespace, name }
     }
-
-    fn map(&self) -> std::sync::MutexGuard<'_, Policies> {
-        if self.ours { self.standing.lock() } else { self.standing.others() }
-    }
 }
 
 impl Indexer for PolicyWatch {
@@ -118,20 +117,32 @@ impl Indexer for PolicyWatch {
     }
     fn apply(&self, _: &State, key: ObjectRef, object: &NetworkPolicy) -> Result<Affected, String> {
         let value = slim(object).map_err(|e| e.to_string())?;
-        self.map().insert(key, Arc::new(value));
+        if self.ours {
+            self.standing.lock().insert(key, Arc::new(Policy::from_value(&value)));
+        } else {
+            self.standing.others().insert(key, Arc::new(value));
+        }
         // An edit of ours is put back; our own write's echo decides nothing new.
         self.standing.wake.notify_one();
         Ok(Affected::none())
     }
     fn delete(&self, _: &State, key: &ObjectRef) -> Affected {
-        self.map().remove(key);
+        if self.ours {
+            self.standing.lock().remove(key);
+        } else {
+            self.standing.others().remove(key);
+        }
         self.standing.wake.notify_one();
         Affected::none()
     }
     fn reset(&self, _: &State, seen: &BTreeSet<ObjectRef>, _: bool) -> Affected {
         // Only this watch's namespace: the others' watches answer for theirs.
         let mine = |key: &ObjectRef| self.namespace.as_deref().is_none_or(|ns| *key.namespace == *ns);
-        self.map().retain(|key, _| !mine(key) || seen.contains(key));
+        if self.ours {
+            self.standing.lock().retain(|key, _| !mine(key) || seen.contains(key));
+        } else {
+            self.standing.others().retain(|key, _| !mine(key) || seen.contains(key));
+        }
         self.standing.wake.notify_one();
         Affected::none()
     }
@@ -154,7 +165,7 @@ pub struct Writer {
 
 /// Objects last found standing as decided, with both sides as compared: the
 /// same two pointers again need no comparison.
-type Confirmed = BTreeMap<ObjectRef, (Arc<Value>, Arc<Value>)>;
+type Confirmed = BTreeMap<ObjectRef, (Arc<Policy>, Arc<Policy>)>;
 
 /// Warnings on Gateways, by (Gateway, what it is about), with reason and message.
 type Warnings = BTreeMap<(ObjectRef, String), (&'static str, String)>;
@@ -264,7 +275,7 @@ impl Writer {
             }
             let api: Api<NetworkPolicy> = Api::namespaced(self.client.clone(), &key.namespace);
             // Only the object we saw: one someone re-created meanwhile is theirs to explain.
-            let uid = standing["metadata"]["uid"].as_str().map(str::to_string);
+            let uid = standing.metadata["uid"].as_str().map(str::to_string);
             let params = DeleteParams {
                 preconditions: uid.map(|uid| kube::api::Preconditions { uid: Some(uid), resource_version: None }),
                 ..DeleteParams::default()
@@ -276,13 +287,13 @@ impl Writer {
     }
 
     /// One server-side apply; false when it failed or this replica may not write.
-    async fn apply(&self, key: &ObjectRef, object: &Value) -> bool {
+    async fn apply(&self, key: &ObjectRef, object: &Policy) -> bool {
         if !self.leadership.may_write() {
             return false;
         }
         let api: Api<NetworkPolicy> = Api::namespaced(self.client.clone(), &key.namespace);
         let params = PatchParams::apply(MANAGER).force();
-        let body = Patch::Apply(object);
+        let body = Patch::Apply(object.to_value());
         self.bounded(key, "apply", api.patch(&key.name, &params, &body)).await
     }
 
@@ -318,13 +329,17 @@ impl Writer {
         let others = self.standing.others().clone();
         let mut now = Warnings::new();
         for (gateway, _, _) in gateways {
-            let is_ours = |p: &&Arc<Value>| {
-                p["metadata"]["labels"][OWNED_LABEL] == *gateway.name
-                    && p["metadata"]["labels"][egress::OWNED_NAMESPACE_LABEL] == *gateway.namespace
+            let is_ours = |p: &&Arc<Policy>| {
+                p.metadata["labels"][OWNED_LABEL] == *gateway.name
+                    && p.metadata["labels"][egress::OWNED_NAMESPACE_LABEL] == *gateway.namespace
             };
+            if others.is_empty() {
+                break;
+            }
             let Some(policy) = decision.policies.values().find(is_ours) else { continue };
+            let policy = policy.to_value();
             for (key, other) in &others {
-                if let Some(message) = egress::widens(policy, other) {
+                if let Some(message) = egress::widens(&policy, other) {
                     now.insert((gateway.clone(), key.to_string()), ("EgressPolicyWidened", message));
                 }
             }
@@ -387,9 +402,7 @@ fn slim(policy: &NetworkPolicy) -> serde_json::Result<Value> {
 }
 
 fn count_addresses(policies: &Policies) -> usize {
-    let rules = policies.values().flat_map(|p| p["spec"]["egress"].as_array().into_iter().flatten());
-    let peers = rules.flat_map(|r| r["to"].as_array().into_iter().flatten());
-    peers.filter(|peer| peer.get("ipBlock").is_some()).count()
+    policies.values().map(|p| p.address_peers()).sum()
 }
 
 fn unix_now() -> i64 {
