@@ -103,8 +103,10 @@ impl DataPlane {
     }
 }
 
-/// One Accepted XBackend behind a Gateway, as the policy needs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One Accepted XBackend behind a Gateway, as the policy needs it. Cheap to
+/// copy (shared name and addresses): the state, each decision's inputs and
+/// the writer all hold one per XBackend and Gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Allowed {
     pub backend: ObjectRef,
     pub destination: Destination,
@@ -122,12 +124,18 @@ impl Allowed {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Destination {
-    /// ExternalHostname: the vetted addresses (hold-down applied by the caller).
-    Addresses { hostname: String, addresses: BTreeSet<IpAddr> },
+    /// ExternalHostname: the vetted addresses, sorted and distinct (hold-down
+    /// applied by the caller; see `address_list`).
+    Addresses { hostname: Arc<str>, addresses: Arc<[IpAddr]> },
     /// EndpointSelector: Pods of the XBackend's namespace with these labels.
     Pods { labels: BTreeMap<String, String> },
+}
+
+/// Addresses as `Destination::Addresses` keeps them: sorted, each once.
+pub fn address_list(addresses: impl IntoIterator<Item = IpAddr>) -> Arc<[IpAddr]> {
+    addresses.into_iter().collect::<BTreeSet<IpAddr>>().into_iter().collect()
 }
 
 /// What one XBackend adds to the policies of the Gateways it is Accepted
@@ -145,8 +153,8 @@ pub fn uses<'a>(
     };
     let destination = match (&spec.external_hostname, &spec.endpoint_selector) {
         (Some(external), _) => Destination::Addresses {
-            hostname: crate::names::normalize(&external.hostname),
-            addresses: addresses.clone(),
+            hostname: crate::names::normalize(&external.hostname).into(),
+            addresses: address_list(addresses.iter().copied()),
         },
         (None, Some(selector)) => Destination::Pods { labels: selector.match_labels.clone() },
         (None, None) => return Vec::new(),
@@ -370,9 +378,22 @@ pub struct Decisions {
 
 #[derive(Debug)]
 struct Built {
-    /// uid, class, the XBackends behind it (addresses as answered) and those kept.
-    from: (String, String, Vec<Allowed>, Vec<Allowed>),
+    /// A digest of what they were built from (`Inputs`): uid, class, the
+    /// XBackends behind it (addresses as answered) and those kept. Keeping
+    /// the inputs themselves would cost another copy of every rule; two
+    /// different inputs with the same 64-bit digest (about one in 2^64) would
+    /// keep stale policies until the next full rebuild, at most `HOLD_TICK`.
+    digest: u64,
     policies: Vec<(ObjectRef, Arc<Policy>)>,
+}
+
+type Given = (String, String, Vec<Allowed>, Vec<Allowed>);
+
+fn digest(from: &Given) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    from.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl Decisions {
@@ -399,7 +420,7 @@ impl Decisions {
         if !std::mem::replace(&mut held.seeded, true) {
             for (_, allowed) in current.values().flat_map(|p| read_rules(&p.to_value())) {
                 if let Destination::Addresses { hostname, addresses } = allowed.destination {
-                    held.seed(&hostname, addresses, now);
+                    held.seed(&hostname, addresses.iter().copied(), now);
                 }
             }
         }
@@ -425,17 +446,18 @@ impl Decisions {
             let kept = kept.remove(gateway).unwrap_or_default();
             for a in given.iter().chain(&kept) {
                 if let Destination::Addresses { hostname, .. } = &a.destination {
-                    live.insert(hostname.clone());
+                    live.insert(hostname.to_string());
                 }
             }
             let from = (uid.clone(), class.clone(), given, kept);
-            let same = self.built.remove(gateway).filter(|b| !rebuild && b.from == from);
+            let digest = digest(&from);
+            let same = self.built.remove(gateway).filter(|b| !rebuild && b.digest == digest);
             let done = match same {
                 Some(done) => done,
                 None => {
                     let (policies, evicted) = build(gateway, &from, held, now, hold, config, denied);
                     decision.evicted += evicted;
-                    Built { from, policies }
+                    Built { digest, policies }
                 }
             };
             for (key, policy) in &done.policies {
@@ -466,7 +488,7 @@ impl Decisions {
 /// owner reference; with the count of addresses the cap evicted.
 fn build(
     gateway: &ObjectRef,
-    (uid, class, given, kept): &(String, String, Vec<Allowed>, Vec<Allowed>),
+    (uid, class, given, kept): &Given,
     held: &mut Held,
     now: i64,
     hold: Hold,
@@ -477,14 +499,14 @@ fn build(
     let mut allowed = given.clone();
     for a in &mut allowed {
         if let Destination::Addresses { hostname, addresses } = &mut a.destination {
-            *addresses = if addresses.is_empty() {
+            let now_held = if addresses.is_empty() {
                 held.held(hostname, now, hold)
             } else {
-                let answer: Vec<IpAddr> = addresses.iter().copied().collect();
-                let (now_held, cap) = held.observe(hostname, &answer, now, hold, denied);
+                let (now_held, cap) = held.observe(hostname, addresses, now, hold, denied);
                 evicted += cap;
                 now_held
             };
+            *addresses = now_held.into_iter().collect();
         }
     }
     allowed.extend(kept.iter().cloned());
@@ -600,12 +622,10 @@ fn read_rule(line: &str, rules: &[Value]) -> Option<(ObjectRef, Allowed)> {
     let destination = match to.first()?.get("podSelector") {
         Some(selector) => Destination::Pods { labels: serde_json::from_value(selector["matchLabels"].clone()).ok()? },
         None => Destination::Addresses {
-            hostname: hostname.to_string(),
-            addresses: to
-                .iter()
-                .filter_map(|peer| peer["ipBlock"]["cidr"].as_str()?.parse::<IpNet>().ok())
-                .map(|net| net.addr())
-                .collect(),
+            hostname: hostname.into(),
+            addresses: address_list(
+                to.iter().filter_map(|peer| peer["ipBlock"]["cidr"].as_str()?.parse::<IpNet>().ok()).map(|n| n.addr()),
+            ),
         },
     };
     Some((
@@ -705,8 +725,8 @@ mod tests {
         Allowed {
             backend: ObjectRef::new("app", name),
             destination: Destination::Addresses {
-                hostname: format!("{name}.example.com"),
-                addresses: addresses.iter().map(|a| ip(a)).collect(),
+                hostname: format!("{name}.example.com").into(),
+                addresses: address_list(addresses.iter().map(|a| ip(a))),
             },
             port: 443,
             udp: false,
