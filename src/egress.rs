@@ -639,7 +639,9 @@ fn read_rule(line: &str, rules: &[Value]) -> Option<(ObjectRef, Allowed)> {
 /// to an address it cached (docs/design.md §6b, hold-down).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Held {
-    seen: BTreeMap<String, BTreeMap<IpAddr, i64>>,
+    /// Per hostname, each address with when it was last seen; a short list
+    /// (a tree per hostname would cost more than its few entries).
+    seen: BTreeMap<Box<str>, Vec<(IpAddr, i64)>>,
     /// Whether the standing policies have seeded it (once per process).
     seeded: bool,
 }
@@ -658,6 +660,13 @@ impl Default for Hold {
 }
 
 impl Held {
+    fn entry(&mut self, hostname: &str) -> &mut Vec<(IpAddr, i64)> {
+        if !self.seen.contains_key(hostname) {
+            self.seen.insert(hostname.into(), Vec::new());
+        }
+        self.seen.get_mut(hostname).expect("just inserted")
+    }
+
     /// Records a vetted answer for `hostname` at `now` (Unix seconds) and
     /// returns the addresses to allow: this answer's, plus earlier ones seen
     /// within the hold that `denied` does not refuse now, at most
@@ -673,37 +682,42 @@ impl Held {
         hold: Hold,
         denied: impl Fn(IpAddr) -> bool,
     ) -> (BTreeSet<IpAddr>, usize) {
-        let seen = self.seen.entry(hostname.to_string()).or_default();
+        let seen = self.entry(hostname);
         for ip in answer {
-            seen.insert(*ip, now);
+            match seen.iter_mut().find(|(held, _)| held == ip) {
+                Some(entry) => entry.1 = now,
+                None => seen.push((*ip, now)),
+            }
         }
-        seen.retain(|ip, last| now - *last <= hold.seconds && !denied(*ip));
+        seen.retain(|(ip, last)| now - *last <= hold.seconds && !denied(*ip));
         let mut evicted = 0;
         while seen.len() > hold.max_per_host.max(1) {
-            let oldest = seen.iter().min_by_key(|(ip, last)| (**last, **ip)).map(|(ip, _)| *ip).expect("non-empty");
-            seen.remove(&oldest);
+            let oldest = (0..seen.len()).min_by_key(|i| (seen[*i].1, seen[*i].0)).expect("non-empty");
+            seen.swap_remove(oldest);
             evicted += 1;
         }
-        (seen.keys().copied().collect(), evicted)
+        (seen.iter().map(|(ip, _)| *ip).collect(), evicted)
     }
 
     /// Addresses a policy already allows, as if seen at `now`.
     fn seed(&mut self, hostname: &str, addresses: impl IntoIterator<Item = IpAddr>, now: i64) {
-        let seen = self.seen.entry(hostname.to_string()).or_default();
+        let seen = self.entry(hostname);
         for ip in addresses {
-            seen.entry(ip).or_insert(now);
+            if !seen.iter().any(|(held, _)| *held == ip) {
+                seen.push((ip, now));
+            }
         }
     }
 
     /// Hostnames held.
     pub fn hostnames(&self) -> Vec<String> {
-        self.seen.keys().cloned().collect()
+        self.seen.keys().map(|h| h.to_string()).collect()
     }
 
     /// What is held for `hostname` at `now`, without a new answer.
     pub fn held(&self, hostname: &str, now: i64, hold: Hold) -> BTreeSet<IpAddr> {
         let seen = self.seen.get(hostname).into_iter().flatten();
-        seen.filter(|(_, last)| now - **last <= hold.seconds).map(|(ip, _)| *ip).collect()
+        seen.filter(|(_, last)| now - *last <= hold.seconds).map(|(ip, _)| *ip).collect()
     }
 
     /// Forgets a hostname: its XBackend is no longer Accepted or is gone, and

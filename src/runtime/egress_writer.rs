@@ -113,7 +113,9 @@ impl Indexer for PolicyWatch {
     }
     fn config(&self) -> watcher::Config {
         let selector = if self.ours { OWNED_LABEL.to_string() } else { format!("!{OWNED_LABEL}") };
-        super::watch::config().labels(&selector)
+        // Ours hold up to 64 XBackends' rules each: a (re-)list in pages of
+        // 16 keeps one page's typed objects in memory, not all of them.
+        super::watch::config().labels(&selector).page_size(16)
     }
     fn apply(&self, _: &State, key: ObjectRef, object: &NetworkPolicy) -> Result<Affected, String> {
         let value = slim(object).map_err(|e| e.to_string())?;
