@@ -159,7 +159,7 @@ pub fn uses<'a>(
         (None, Some(selector)) => Destination::Pods { labels: selector.match_labels.clone() },
         (None, None) => return Vec::new(),
     };
-    accepted
+    let mut uses: Vec<(ObjectRef, Allowed)> = accepted
         .into_iter()
         .filter(|(_, accepted)| *accepted)
         .map(|(ancestor, _)| {
@@ -167,7 +167,11 @@ pub fn uses<'a>(
             let allowed = Allowed { backend: key.clone(), destination: destination.clone(), port, udp };
             (ancestor.gateway.clone(), allowed)
         })
-        .collect()
+        .collect();
+    // The state keeps this per XBackend: no spare capacity (a filtered
+    // collect starts at four).
+    uses.shrink_to_fit();
+    uses
 }
 
 /// The NetworkPolicies for one Gateway, in shard order. Same inputs, same
