@@ -428,16 +428,19 @@ impl Decisions {
                 }
             }
         }
-        // Skipped when every XBackend is judged: the common case, and read_rules parses every rule.
+        // Only while some XBackend is not judged yet: read_rules parses every rule.
         let mut kept: BTreeMap<ObjectRef, Vec<Allowed>> = BTreeMap::new();
-        for policy in current.values().take(if inputs.unknown.is_empty() { 0 } else { usize::MAX }) {
-            let labels = &policy.metadata["labels"];
-            let Some(gateway) = labels[OWNED_LABEL].as_str() else { continue };
-            let namespace =
-                labels[OWNED_NAMESPACE_LABEL].as_str().or(policy.metadata["namespace"].as_str()).unwrap_or_default();
-            for (backend, allowed) in read_rules(&policy.to_value()) {
-                if inputs.unknown.contains(&backend) {
-                    kept.entry(ObjectRef::new(namespace, gateway)).or_default().push(allowed);
+        if !inputs.unknown.is_empty() {
+            for policy in current.values() {
+                let labels = &policy.metadata["labels"];
+                let Some(gateway) = labels[OWNED_LABEL].as_str() else { continue };
+                let namespace = (labels[OWNED_NAMESPACE_LABEL].as_str())
+                    .or(policy.metadata["namespace"].as_str())
+                    .unwrap_or_default();
+                for (backend, allowed) in read_rules(&policy.to_value()) {
+                    if inputs.unknown.contains(&backend) {
+                        kept.entry(ObjectRef::new(namespace, gateway)).or_default().push(allowed);
+                    }
                 }
             }
         }

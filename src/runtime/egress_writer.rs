@@ -54,12 +54,9 @@ const HOLD_TICK: Duration = Duration::from_secs(60);
 #[derive(Default)]
 pub struct Standing {
     objects: Mutex<Policies>,
-    others: Mutex<Others>,
+    others: Mutex<Policies>,
     wake: Notify,
 }
-
-/// NetworkPolicies without our label, as JSON: only read to warn.
-type Others = BTreeMap<ObjectRef, Arc<Value>>;
 
 impl Standing {
     pub fn new() -> Arc<Standing> {
@@ -70,7 +67,7 @@ impl Standing {
         self.objects.lock().expect("standing policies lock")
     }
 
-    fn others(&self) -> std::sync::MutexGuard<'_, Others> {
+    fn others(&self) -> std::sync::MutexGuard<'_, Policies> {
         self.others.lock().expect("other policies lock")
     }
 }
@@ -97,6 +94,10 @@ impl PolicyWatch {
         };
         PolicyWatch { standing, ours, namespace, name }
     }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, Policies> {
+        if self.ours { self.standing.lock() } else { self.standing.others() }
+    }
 }
 
 impl Indexer for PolicyWatch {
@@ -119,32 +120,20 @@ impl Indexer for PolicyWatch {
     }
     fn apply(&self, _: &State, key: ObjectRef, object: &NetworkPolicy) -> Result<Affected, String> {
         let value = slim(object).map_err(|e| e.to_string())?;
-        if self.ours {
-            self.standing.lock().insert(key, Arc::new(Policy::from_value(&value)));
-        } else {
-            self.standing.others().insert(key, Arc::new(value));
-        }
+        self.map().insert(key, Arc::new(Policy::from_value(&value)));
         // An edit of ours is put back; our own write's echo decides nothing new.
         self.standing.wake.notify_one();
         Ok(Affected::none())
     }
     fn delete(&self, _: &State, key: &ObjectRef) -> Affected {
-        if self.ours {
-            self.standing.lock().remove(key);
-        } else {
-            self.standing.others().remove(key);
-        }
+        self.map().remove(key);
         self.standing.wake.notify_one();
         Affected::none()
     }
     fn reset(&self, _: &State, seen: &BTreeSet<ObjectRef>, _: bool) -> Affected {
         // Only this watch's namespace: the others' watches answer for theirs.
         let mine = |key: &ObjectRef| self.namespace.as_deref().is_none_or(|ns| *key.namespace == *ns);
-        if self.ours {
-            self.standing.lock().retain(|key, _| !mine(key) || seen.contains(key));
-        } else {
-            self.standing.others().retain(|key, _| !mine(key) || seen.contains(key));
-        }
+        self.map().retain(|key, _| !mine(key) || seen.contains(key));
         self.standing.wake.notify_one();
         Affected::none()
     }
@@ -328,16 +317,15 @@ impl Writer {
     /// data plane reach more than ours (`egress::widens`), or a data plane in
     /// a namespace we may not write to. Sets the widened-Gateways gauge.
     fn warnings(&self, gateways: &[(ObjectRef, String, String)], decision: &egress::Decision) -> Warnings {
-        let others = self.standing.others().clone();
+        let others: Vec<(ObjectRef, Value)> =
+            self.standing.others().iter().map(|(key, p)| (key.clone(), p.to_value())).collect();
         let mut now = Warnings::new();
-        for (gateway, _, _) in gateways {
+        // With no other policy there is nothing to compare ours with (and no need to parse them).
+        for (gateway, _, _) in gateways.iter().take_while(|_| !others.is_empty()) {
             let is_ours = |p: &&Arc<Policy>| {
                 p.metadata["labels"][OWNED_LABEL] == *gateway.name
                     && p.metadata["labels"][egress::OWNED_NAMESPACE_LABEL] == *gateway.namespace
             };
-            if others.is_empty() {
-                break;
-            }
             let Some(policy) = decision.policies.values().find(is_ours) else { continue };
             let policy = policy.to_value();
             for (key, other) in &others {
