@@ -734,6 +734,17 @@ async fn install_release(client: &Client, release: &str, ns: &str, extra: &[&str
     docs(&yaml)
 }
 
+/// The first Event (events.k8s.io) in `ns` with `reason` about the object
+/// `name`, waited for up to a minute.
+async fn event_about(client: &Client, ns: &str, reason: &str, name: &str) -> Option<DynamicObject> {
+    let events = support::dynamic(client, ns, "events.k8s.io", "v1", "Event");
+    eventually(Duration::from_secs(60), || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| e.data["reason"] == reason && e.data["regarding"]["name"] == name)
+    })
+    .await
+}
+
 /// A controller process of this test; SIGTERM then SIGKILL on drop.
 struct Proc {
     child: Child,
@@ -1238,14 +1249,7 @@ spec:
     }
 
     // Events (events.k8s.io create) on the rejected XBackend, in its namespace.
-    let events = support::dynamic(&client, &apps, "events.k8s.io", "v1", "Event");
-    let event = eventually(Duration::from_secs(60), || async {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        list.items
-            .into_iter()
-            .find(|e| e.data["reason"] == "HostnameNotAllowed" && e.data["regarding"]["name"] == "instance-metadata")
-    })
-    .await;
+    let event = event_about(&client, &apps, "HostnameNotAllowed", "instance-metadata").await;
     let event = event.unwrap_or_else(|| panic!("no HostnameNotAllowed Event; log:\n{}", ctl.log()));
     assert_eq!(event.data["reportingController"], "xbackend-controller");
     assert_eq!(event.data["type"], "Warning");
@@ -1364,14 +1368,7 @@ async fn egress_rbac_is_cluster_wide_or_only_in_listed_namespaces_and_the_contro
     })
     .await;
     assert!(written.is_some(), "no policy with the vetted address in {listed}; log:\n{}", ctl.log());
-    let events = support::dynamic(&client, &elsewhere, "events.k8s.io", "v1", "Event");
-    let warned = eventually(Duration::from_secs(60), || async {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        list.items
-            .into_iter()
-            .find(|e| e.data["reason"] == "EgressPolicyNotWritten" && e.data["regarding"]["name"] == "edge")
-    })
-    .await;
+    let warned = event_about(&client, &elsewhere, "EgressPolicyNotWritten", "edge").await;
     let warned =
         warned.unwrap_or_else(|| panic!("no EgressPolicyNotWritten Event in {elsewhere}; log:\n{}", ctl.log()));
     assert!(warned.data["note"].as_str().unwrap().contains(&elsewhere), "{}", warned.data["note"]);

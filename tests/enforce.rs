@@ -190,6 +190,18 @@ fn credentials(kubeconfig: &Path) -> (u16, String, Vec<u8>) {
     (port, token, ca.0)
 }
 
+/// A GatewayClass of another implementation (`controller`) and a Gateway
+/// `gateway` of it in `ns`; returns the class name.
+async fn foreign_gateway(client: &kube::Client, ns: &str, prefix: &str, controller: &str, gateway: &str) -> String {
+    let class = support::unique_name(prefix);
+    let yaml = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: {class}}}\nspec: {{controllerName: {controller}}}\n{}",
+        support::gateway_yaml(gateway, &class)
+    );
+    apply_yaml(client, Some(ns), &yaml).await;
+    class
+}
+
 async fn register_pod(pods: &Api<Pod>, name: &str, labels: serde_json::Value, ip: &str) {
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": name, "labels": labels},
@@ -224,32 +236,14 @@ async fn the_enforcer_allows_vetted_addresses_only_and_refuses_a_rebinding() {
     support::install_crd(&client).await;
     // Guard mode: the Gateway belongs to another implementation's class.
     let gw = TestGateway::create(&client, &ns, &[]).await;
-    let foreign = support::unique_name("mesh");
-    apply_yaml(
-        &client,
-        Some(&ns),
-        &format!(
-            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: {foreign}}}\nspec: {{controllerName: istio.io/gateway-controller}}\n{}",
-            support::gateway_yaml("gw", &foreign)
-        ),
-    )
-    .await;
+    let foreign = foreign_gateway(&client, &ns, "mesh", "istio.io/gateway-controller", "gw").await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     register_pod(&pods, "gw-pod", json!({"gateway.networking.k8s.io/gateway-name": "gw"}), "10.244.1.2").await;
     register_pod(&pods, "web-0", json!({"app": "web"}), "10.244.2.2").await;
     // deploy/README.md's Envoy Gateway recipe: a Gateway "edge" of another
     // class whose proxy runs in the implementation's own namespace.
     let (_, eg_system) = cp.namespace("enforce-eg").await;
-    let eg = support::unique_name("eg");
-    apply_yaml(
-        &client,
-        Some(&ns),
-        &format!(
-            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: {eg}}}\nspec: {{controllerName: gateway.envoyproxy.io/gatewayclass-controller}}\n{}",
-            support::gateway_yaml("edge", &eg)
-        ),
-    )
-    .await;
+    let eg = foreign_gateway(&client, &ns, "eg", "gateway.envoyproxy.io/gatewayclass-controller", "edge").await;
     let envoy_labels = json!({"gateway.envoyproxy.io/owning-gateway-name": "edge", "gateway.envoyproxy.io/owning-gateway-namespace": ns});
     register_pod(&Api::namespaced(client.clone(), &eg_system), "envoy-edge", envoy_labels, "10.244.3.2").await;
     let eg_plane = format!(
