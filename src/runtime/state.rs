@@ -77,14 +77,18 @@ impl State {
         let mut inner = self.lock();
         let mut echo = false;
         if let Object::XBackend(new) = &object {
-            if inner.index.backend(&key).is_some_and(|old| !new.is_newer_than(old)) {
+            let old = inner.index.backend(&key);
+            if old.is_some_and(|old| !new.is_newer_than(old)) {
                 return BTreeSet::new();
             }
+            // The version we know, read again with another status (after a
+            // CRD schema change): never our echo, even if we wrote that version.
+            let reread = old.is_some_and(|old| old.resource_version == new.resource_version);
             if let Some(r) = inner.reported.get_mut(&key).filter(|r| r.uid == new.uid) {
                 if r.writing {
                     r.held = Some(new.resource_version.clone());
                 }
-                echo = r.writing || r.written.as_deref() == Some(new.resource_version.as_str());
+                echo = !reread && (r.writing || r.written.as_deref() == Some(new.resource_version.as_str()));
             }
         }
         if matches!(object, Object::Gateway(_) | Object::GatewayClass(_)) {
@@ -418,6 +422,20 @@ mod tests {
         assert!(s.apply(k.clone(), backend("u", "6")).is_empty(), "our echo");
         assert_eq!(s.snapshot(&k).unwrap().backend.resource_version, "6", "but the record follows it");
         assert!(s.apply(k.clone(), backend("u", "7")).contains(&k), "someone else's write");
+    }
+
+    /// After a CRD schema change a re-list shows the version we wrote with a
+    /// status the old schema had hidden: that is news, not our echo.
+    #[test]
+    fn our_version_read_again_with_another_status_is_reconciled() {
+        let (s, k) = reported();
+        let q = Queue::default();
+        s.begin_write(&q, &k, "u").wrote("6".into());
+        assert!(s.apply(k.clone(), backend("u", "6")).is_empty(), "our echo");
+        let Object::XBackend(mut reread) = backend("u", "6") else { unreachable!() };
+        reread.status =
+            crate::model::StoredStatus::from_value(&serde_json::json!({"ancestors": [{"controllerName": "ctl"}]}));
+        assert!(s.apply(k.clone(), Object::XBackend(reread)).contains(&k));
     }
 
     #[test]
