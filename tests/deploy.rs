@@ -335,7 +335,9 @@ fn chart_refuses_values_that_would_break_the_controller() {
 #[test]
 fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
     let docs = docs(&render("xbackend-controller", "xbackend-system", &[]));
-    let rules = |kind: &str| -> Vec<(Vec<String>, Vec<String>, Vec<String>, Vec<String>)> {
+    // (apiGroups, resources, resourceNames, verbs) of each rule
+    type Rule = (Vec<String>, Vec<String>, Vec<String>, Vec<String>);
+    let rules = |kind: &str| -> Vec<Rule> {
         let strs = |v: &Value| -> Vec<String> {
             v.as_array().map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect()).unwrap_or_default()
         };
@@ -1221,7 +1223,8 @@ spec:
     );
 
     let api = support::xbackend_api(&client, &apps);
-    let want: [(&str, Vec<(String, String, String)>); 3] = [
+    type Conditions = Vec<(String, String, String)>;
+    let want: [(&str, Conditions); 3] = [
         ("openai-api", vec![cond("Accepted", "True", "Accepted"), cond("ResolvedRefs", "True", "ResolvedRefs")]),
         ("partner", vec![cond("Accepted", "True", "Accepted"), cond("ResolvedRefs", "True", "ResolvedRefs")]),
         (

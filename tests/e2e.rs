@@ -68,7 +68,9 @@ async fn every_condition_reason_is_reported() {
     let (_, other_key) = certificate("other.example");
     let (ca, _) = certificate("ca.example");
 
-    let cases: Vec<(&str, String, (&str, &str), (&str, &str))> = vec![
+    // (name, manifest, Accepted (status, reason), ResolvedRefs (status, reason))
+    type Case<'a> = (&'a str, String, (&'a str, &'a str), (&'a str, &'a str));
+    let cases: Vec<Case> = vec![
         ("ok", xbackend_yaml("ok", "api.openai.com"), ("True", "Accepted"), ("True", "ResolvedRefs")),
         ("in-cluster", xbackend_yaml("in-cluster", "api.corp.internal"), ("False", "Invalid"), ("True", "ResolvedRefs")),
         ("metadata", xbackend_yaml("metadata", "metadata.google.internal"), ("False", "HostnameNotAllowed"), ("True", "ResolvedRefs")),
