@@ -361,14 +361,15 @@ impl Policy {
 pub type Policies = BTreeMap<ObjectRef, Arc<Policy>>;
 
 /// What one decision gives: the policies that should stand, how many held
-/// addresses the cap evicted, and the Gateways whose data plane runs in a
+/// addresses the cap evicted, the Gateways whose data plane runs in a
 /// namespace the controller may not write to (`Config::namespaces`), with
-/// that namespace.
+/// that namespace, and how many address peers each Gateway's policies hold.
 #[derive(Debug, Default)]
 pub struct Decision {
     pub policies: Policies,
     pub evicted: usize,
     pub unwritable: Vec<(ObjectRef, String)>,
+    pub addresses: BTreeMap<ObjectRef, usize>,
 }
 
 /// The policy writer's memory between decisions: the hold-down, and each
@@ -467,15 +468,20 @@ impl Decisions {
                     Built { digest, policies }
                 }
             };
+            let mut addresses = None;
             for (key, policy) in &done.policies {
                 match &config.namespaces {
                     Some(writable) if !writable.contains(&*key.namespace) => {
                         decision.unwritable.push((gateway.clone(), key.namespace.to_string()));
                     }
                     _ => {
+                        *addresses.get_or_insert(0) += policy.address_peers();
                         decision.policies.insert(key.clone(), policy.clone());
                     }
                 }
+            }
+            if let Some(addresses) = addresses {
+                decision.addresses.insert(gateway.clone(), addresses);
             }
             built.insert(gateway.clone(), done);
         }
@@ -956,7 +962,9 @@ mod tests {
         let (hold, config, denied) = (Hold::default(), Config::default(), |_: IpAddr| false);
         let mut decisions = Decisions::default();
         let first = decisions.decide(&two("192.0.2.1"), &BTreeMap::new(), 0, hold, &config, &denied, false).policies;
-        let second = decisions.decide(&two("192.0.2.2"), &first, 10, hold, &config, &denied, false).policies;
+        let second = decisions.decide(&two("192.0.2.2"), &first, 10, hold, &config, &denied, false);
+        assert_eq!(second.addresses, BTreeMap::from([(gw(), 2), (other.clone(), 1)]), "address peers per Gateway");
+        let second = second.policies;
         let (mine, theirs) =
             (ObjectRef::new("infra", "xbackend-egress-gw"), ObjectRef::new("infra", "xbackend-egress-gw2"));
         assert!(Arc::ptr_eq(&first[&theirs], &second[&theirs]), "gw2's inputs did not change: not built again");
@@ -986,6 +994,7 @@ mod tests {
             Decisions::default().decide(&inputs, &BTreeMap::new(), 0, Hold::default(), &config, &|_| false, false);
         assert_eq!(decision.policies.keys().collect::<Vec<_>>(), [&ObjectRef::new("infra", "xbackend-egress-gw")]);
         assert_eq!(decision.unwritable, [(elsewhere, "team-b".to_string())]);
+        assert_eq!(decision.addresses, BTreeMap::from([(gw(), 0)]), "only Gateways with a policy written");
     }
 
     #[test]

@@ -159,6 +159,9 @@ async fn policies_follow_the_vetted_addresses_and_nothing_else() {
     assert_eq!(writes, Some(1.0), "only the new Gateway's policy was written; log:\n{}", ctl.log_tail());
     let kept = policies.get(name).await.unwrap();
     assert_eq!(cidrs(&kept), ["93.184.215.15/32"]);
+    // Addresses per Gateway without a label per Gateway: the count, the sum and the largest.
+    let gauges = ["xbackend_egress_gateways", "xbackend_egress_addresses", "xbackend_egress_addresses_max_per_gateway"];
+    assert_eq!(gauges.map(|g| ctl.metric(g)), [Some(2.0), Some(1.0), Some(1.0)], "gw has one address, gw2 none");
 
     // The Gateway deleted: no garbage collector runs here, so the writer removes its policy.
     let gateways = support::dynamic(&client, &ns, "gateway.networking.k8s.io", "v1", "Gateway");

@@ -210,7 +210,10 @@ impl Writer {
             let desired = &decision.policies;
             self.metrics.egress_hold_evictions.inc_by(decision.evicted as u64);
             self.metrics.egress_policy_objects.set(desired.len() as i64);
-            self.metrics.egress_addresses.set(count_addresses(desired) as i64);
+            self.metrics.egress_addresses.set(decision.addresses.values().sum::<usize>() as i64);
+            self.metrics.egress_gateways.set(decision.addresses.len() as i64);
+            let most = decision.addresses.values().max().copied().unwrap_or(0);
+            self.metrics.egress_addresses_max_per_gateway.set(most as i64);
             let spent = started.elapsed();
             let warnings = self.warnings(&inputs.gateways, &decision);
             self.warn(&inputs.gateways, &warnings, &warned).await;
@@ -389,10 +392,6 @@ fn slim(policy: &NetworkPolicy) -> serde_json::Result<Value> {
         },
         "spec": serde_json::to_value(&policy.spec)?,
     }))
-}
-
-fn count_addresses(policies: &Policies) -> usize {
-    policies.values().map(|p| p.address_peers()).sum()
 }
 
 fn unix_now() -> i64 {

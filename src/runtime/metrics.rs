@@ -59,6 +59,8 @@ pub struct Metrics {
     pub egress_policy_writes: Counter,
     pub egress_policy_objects: Gauge,
     pub egress_addresses: Gauge,
+    pub egress_gateways: Gauge,
+    pub egress_addresses_max_per_gateway: Gauge,
     pub egress_hold_evictions: Counter,
     pub egress_widened_gateways: Gauge,
     pub status_conflicts: Counter,
@@ -91,6 +93,8 @@ impl Default for Metrics {
             egress_policy_writes: Counter::default(),
             egress_policy_objects: Gauge::default(),
             egress_addresses: Gauge::default(),
+            egress_gateways: Gauge::default(),
+            egress_addresses_max_per_gateway: Gauge::default(),
             egress_hold_evictions: Counter::default(),
             egress_widened_gateways: Gauge::default(),
             status_conflicts: Counter::default(),
@@ -136,6 +140,18 @@ impl Default for Metrics {
             "egress_addresses",
             "Addresses allowed by the egress NetworkPolicies, summed over Gateways",
             m.egress_addresses.clone(),
+        );
+        // Addresses per Gateway without a label per Gateway (no per-object
+        // labels): how many Gateways, and the largest; the mean is the sum over the count.
+        registry.register(
+            "egress_gateways",
+            "Judged Gateways with egress NetworkPolicies written",
+            m.egress_gateways.clone(),
+        );
+        registry.register(
+            "egress_addresses_max_per_gateway",
+            "Addresses allowed for the Gateway that has the most",
+            m.egress_addresses_max_per_gateway.clone(),
         );
         registry.register(
             "egress_hold_evictions",
