@@ -180,6 +180,17 @@ pub fn uses<'a>(
 /// one object. A Gateway with no Accepted XBackend still gets shard 0:
 /// its data plane may reach DNS (and the cluster) and nothing outside.
 pub fn policies(gateway: &ObjectRef, class: &str, allowed: &[Allowed], config: &Config) -> Vec<Value> {
+    shards(gateway, class, allowed, config).collect()
+}
+
+/// `policies`, one object at a time: a Gateway with thousands of rules is
+/// never held as JSON trees all at once.
+fn shards<'a>(
+    gateway: &'a ObjectRef,
+    class: &str,
+    allowed: &'a [Allowed],
+    config: &'a Config,
+) -> impl Iterator<Item = Value> + 'a {
     let (namespace, selector) = config.data_planes.get(class).cloned().unwrap_or_default().select(gateway);
     // In a namespace shared by many Gateways' data planes, the name says whose.
     let base = if namespace == *gateway.namespace {
@@ -195,10 +206,7 @@ pub fn policies(gateway: &ObjectRef, class: &str, allowed: &[Allowed], config: &
     for a in allowed {
         by_shard[shard_of(&a.backend, shards)].push(a);
     }
-    by_shard
-        .into_iter()
-        .enumerate()
-        .map(|(shard, mut members)| {
+    by_shard.into_iter().enumerate().map(move |(shard, mut members)| {
             members.sort_by(|a, b| a.backend.cmp(&b.backend));
             let mut rules = Vec::new();
             let mut notes = Vec::new();
@@ -235,7 +243,6 @@ pub fn policies(gateway: &ObjectRef, class: &str, allowed: &[Allowed], config: &
                 },
             })
         })
-        .collect()
 }
 
 /// A power of two, so the count (and every XBackend's shard) changes only
@@ -333,6 +340,24 @@ impl Policy {
     pub fn from_value(policy: &Value) -> Policy {
         // serde_json's maps are sorted: the same spec gives the same text.
         Policy { metadata: policy["metadata"].clone(), spec: policy["spec"].to_string().into() }
+    }
+
+    /// A NetworkPolicy as read from the API, kept as `from_value` keeps one
+    /// built here: identity, labels, annotations, owners and spec. Not its
+    /// uid (the writer keeps that apart), managedFields (as large as the
+    /// spec), status or versions: one that stands as built is equal to it.
+    pub fn from_object(policy: &k8s_openapi::api::networking::v1::NetworkPolicy) -> serde_json::Result<Policy> {
+        let m = &policy.metadata;
+        let metadata = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: m.name.clone(),
+            namespace: m.namespace.clone(),
+            labels: m.labels.clone(),
+            annotations: m.annotations.clone(),
+            owner_references: m.owner_references.clone(),
+            ..Default::default()
+        };
+        let spec = serde_json::to_string(&serde_json::to_value(&policy.spec)?)?;
+        Ok(Policy { metadata: serde_json::to_value(metadata)?, spec: spec.into() })
     }
 
     /// The whole object, as applied and printed.
@@ -459,11 +484,11 @@ impl Decisions {
             }
             let from = (uid.clone(), class.clone(), given, kept);
             let digest = digest(&from);
-            let same = self.built.remove(gateway).filter(|b| !rebuild && b.digest == digest);
-            let done = match same {
-                Some(done) => done,
-                None => {
-                    let (policies, evicted) = build(gateway, &from, held, now, hold, config, denied);
+            let done = match self.built.remove(gateway) {
+                Some(done) if !rebuild && done.digest == digest => done,
+                before => {
+                    let before = before.map(|b| b.policies).unwrap_or_default();
+                    let (policies, evicted) = build(gateway, &from, &before, held, now, hold, config, denied);
                     decision.evicted += evicted;
                     Built { digest, policies }
                 }
@@ -498,10 +523,14 @@ impl Decisions {
 
 /// One Gateway's policies from what `Decisions` keeps of it: the answered
 /// addresses through the hold-down, the kept rules as they stand, and the
-/// owner reference; with the count of addresses the cap evicted.
+/// owner reference; with the count of addresses the cap evicted. An object
+/// the same as `before`'s is `before`'s: a rebuild that changes nothing
+/// holds one copy, and the writer sees the same pointer it confirmed.
+#[allow(clippy::too_many_arguments)]
 fn build(
     gateway: &ObjectRef,
     (uid, class, given, kept): &Given,
+    before: &[(ObjectRef, Arc<Policy>)],
     held: &mut Held,
     now: i64,
     hold: Hold,
@@ -523,7 +552,7 @@ fn build(
         }
     }
     allowed.extend(kept.iter().cloned());
-    let policies = policies(gateway, class, &allowed, config).into_iter().map(|mut policy| {
+    let policies = shards(gateway, class, &allowed, config).map(|mut policy| {
         // An owner reference cannot cross namespaces: a data plane
         // elsewhere has its policies deleted by the writer alone.
         if !uid.is_empty() && policy["metadata"]["namespace"] == *gateway.namespace {
@@ -536,7 +565,10 @@ fn build(
         }
         let name = policy["metadata"]["name"].as_str().unwrap_or_default();
         let namespace = policy["metadata"]["namespace"].as_str().unwrap_or_default();
-        (ObjectRef::new(namespace, name), Arc::new(Policy::from_value(&policy)))
+        let key = ObjectRef::new(namespace, name);
+        let policy = Policy::from_value(&policy);
+        let same = before.iter().find(|(k, p)| *k == key && **p == policy).map(|(_, p)| p.clone());
+        (key, same.unwrap_or_else(|| Arc::new(policy)))
     });
     (policies.collect(), evicted)
 }
@@ -675,7 +707,8 @@ impl Default for Hold {
 impl Held {
     fn entry(&mut self, hostname: &str) -> &mut Vec<(IpAddr, i64)> {
         if !self.seen.contains_key(hostname) {
-            self.seen.insert(hostname.into(), Vec::new());
+            // Most hostnames answer one address: room for more only when needed.
+            self.seen.insert(hostname.into(), Vec::with_capacity(1));
         }
         self.seen.get_mut(hostname).expect("just inserted")
     }
@@ -978,6 +1011,7 @@ mod tests {
         let rebuilt = decisions.decide(&two("192.0.2.2"), &kept, later, hold, &config, &denied, true).policies;
         assert_eq!(addresses(&rebuilt), 1);
         assert_eq!(rebuilt[&theirs], first[&theirs], "same inputs, same bytes");
+        assert!(Arc::ptr_eq(&rebuilt[&theirs], &first[&theirs]), "rebuilt the same: the one copy kept");
     }
 
     /// With --egress-namespace, a data plane elsewhere gets no policy; the
@@ -1035,9 +1069,14 @@ mod tests {
         pods.udp = true;
         let built =
             policies(&gw(), "ours", &[external("api", &["192.0.2.10", "2001:db8::1"]), pods], &Config::default());
-        let typed: k8s_openapi::api::networking::v1::NetworkPolicy = serde_json::from_value(built[0].clone()).unwrap();
-        let back = json!({"metadata": typed.metadata, "spec": typed.spec});
-        assert!(stands(&Policy::from_value(&built[0]), &Policy::from_value(&back)));
+        let mut typed: k8s_openapi::api::networking::v1::NetworkPolicy =
+            serde_json::from_value(built[0].clone()).unwrap();
+        typed.metadata.uid = Some("u-1".into());
+        typed.metadata.resource_version = Some("7".into());
+        let back = Policy::from_object(&typed).unwrap();
+        assert!(stands(&Policy::from_value(&built[0]), &back));
+        // Equal, not only standing: the writer keeps one copy for both.
+        assert_eq!(Policy::from_value(&built[0]), back);
         assert_eq!(Policy::from_value(&built[0]).to_value(), built[0]);
         assert_eq!(Policy::from_value(&built[0]).address_peers(), 2);
     }
