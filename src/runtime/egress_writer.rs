@@ -50,11 +50,18 @@ const HOLD_TICK: Duration = Duration::from_secs(60);
 
 /// The NetworkPolicies labelled ours, and everyone else's (to tell when one
 /// makes ours moot), as they stand: only the fields the writer compares
-/// (`slim`), shared, so a round copies pointers rather than trees.
+/// (`Policy::from_object`), shared, so a round copies pointers rather than
+/// trees, and one that stands as decided is the decided copy.
 #[derive(Default)]
 pub struct Standing {
     objects: Mutex<Policies>,
     others: Mutex<Policies>,
+    /// The uid of each of ours, for deletes that must not hit a successor
+    /// (kept apart, so one that stands as decided is the decided copy).
+    uids: Mutex<BTreeMap<ObjectRef, String>>,
+    /// What the writer last decided should stand: an object read back the
+    /// same is kept as that copy, not as a second one.
+    decided: Mutex<Policies>,
     wake: Notify,
 }
 
@@ -69,6 +76,23 @@ impl Standing {
 
     fn others(&self) -> std::sync::MutexGuard<'_, Policies> {
         self.others.lock().expect("other policies lock")
+    }
+
+    fn uids(&self) -> std::sync::MutexGuard<'_, BTreeMap<ObjectRef, String>> {
+        self.uids.lock().expect("policy uids lock")
+    }
+
+    fn decided(&self) -> std::sync::MutexGuard<'_, Policies> {
+        self.decided.lock().expect("decided policies lock")
+    }
+
+    /// `decided` stands exactly as `standing` (the copy read from the API):
+    /// keep the decided copy for both, unless the watch brought news meanwhile.
+    fn adopt(&self, key: &ObjectRef, standing: &Arc<Policy>, decided: &Arc<Policy>) {
+        let mut objects = self.lock();
+        if let Some(entry) = objects.get_mut(key).filter(|entry| Arc::ptr_eq(entry, standing)) {
+            *entry = decided.clone();
+        }
     }
 }
 
@@ -119,14 +143,26 @@ impl Indexer for PolicyWatch {
         super::watch::config().labels(&selector).page_size(16)
     }
     fn apply(&self, _: &State, key: ObjectRef, object: &NetworkPolicy) -> Result<Affected, String> {
-        let value = slim(object).map_err(|e| e.to_string())?;
-        self.map().insert(key, Arc::new(Policy::from_value(&value)));
+        let policy = Policy::from_object(object).map_err(|e| e.to_string())?;
+        if self.ours {
+            self.standing.uids().insert(key.clone(), object.metadata.uid.clone().unwrap_or_default());
+        }
+        // One the same as what stands (a re-list brings every object again)
+        // or as what the writer decided (our own write's echo) is kept as
+        // that copy, not as a second one.
+        let mut map = self.map();
+        let same = |p: &&Arc<Policy>| ***p == policy;
+        let known = map.get(&key).filter(same).cloned();
+        let known = known.or_else(|| self.ours.then(|| self.standing.decided().get(&key).filter(same).cloned())?);
+        map.insert(key, known.unwrap_or_else(|| Arc::new(policy)));
+        drop(map);
         // An edit of ours is put back; our own write's echo decides nothing new.
         self.standing.wake.notify_one();
         Ok(Affected::none())
     }
     fn delete(&self, _: &State, key: &ObjectRef) -> Affected {
         self.map().remove(key);
+        self.standing.uids().remove(key);
         self.standing.wake.notify_one();
         Affected::none()
     }
@@ -134,6 +170,9 @@ impl Indexer for PolicyWatch {
         // Only this watch's namespace: the others' watches answer for theirs.
         let mine = |key: &ObjectRef| self.namespace.as_deref().is_none_or(|ns| *key.namespace == *ns);
         self.map().retain(|key, _| !mine(key) || seen.contains(key));
+        if self.ours {
+            self.standing.uids().retain(|key, _| !mine(key) || seen.contains(key));
+        }
         self.standing.wake.notify_one();
         Affected::none()
     }
@@ -208,6 +247,7 @@ impl Writer {
             let denied = |ip: IpAddr| crate::addresses::denied(ip, &self.addresses).is_some();
             let decision = decisions.decide(&inputs, &current, unix_now(), self.hold, &self.config, &denied, rebuild);
             let desired = &decision.policies;
+            *self.standing.decided() = desired.clone();
             self.metrics.egress_hold_evictions.inc_by(decision.evicted as u64);
             self.metrics.egress_policy_objects.set(desired.len() as i64);
             self.metrics.egress_addresses.set(decision.addresses.values().sum::<usize>() as i64);
@@ -255,12 +295,15 @@ impl Writer {
             };
             let seen = confirmed.get(key).is_some_and(|(d, c)| Arc::ptr_eq(d, object) && Arc::ptr_eq(c, standing));
             if seen || egress::stands(object, standing) {
+                if !Arc::ptr_eq(object, standing) && object == standing {
+                    self.standing.adopt(key, standing, object);
+                }
                 confirmed.insert(key.clone(), (object.clone(), standing.clone()));
                 continue;
             }
             ok &= self.apply(key, object).await;
         }
-        for (key, standing) in current {
+        for key in current.keys() {
             if desired.contains_key(key) {
                 continue;
             }
@@ -269,7 +312,7 @@ impl Writer {
             }
             let api: Api<NetworkPolicy> = Api::namespaced(self.client.clone(), &key.namespace);
             // Only the object we saw: one someone re-created meanwhile is theirs to explain.
-            let uid = standing.metadata["uid"].as_str().map(str::to_string);
+            let uid = self.standing.uids().get(key).filter(|uid| !uid.is_empty()).cloned();
             let params = DeleteParams {
                 preconditions: uid.map(|uid| kube::api::Preconditions { uid: Some(uid), resource_version: None }),
                 ..DeleteParams::default()
@@ -380,20 +423,53 @@ impl Writer {
     }
 }
 
-/// What the writer reads of a NetworkPolicy: identity, labels, annotations,
-/// owners and spec; not managedFields (as large as the spec), status or
-/// versions.
-fn slim(policy: &NetworkPolicy) -> serde_json::Result<Value> {
-    let m = &policy.metadata;
-    Ok(serde_json::json!({
-        "metadata": {
-            "name": m.name, "namespace": m.namespace, "uid": m.uid,
-            "labels": m.labels, "annotations": m.annotations, "ownerReferences": m.owner_references,
-        },
-        "spec": serde_json::to_value(&policy.spec)?,
-    }))
-}
-
 fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::egress::policies;
+    use crate::index::Index;
+    use crate::runtime::state::Synced;
+
+    fn read_back(policy: &Policy, uid: &str) -> NetworkPolicy {
+        let mut object: NetworkPolicy = serde_json::from_value(policy.to_value()).expect("a NetworkPolicy");
+        object.metadata.uid = Some(uid.into());
+        object.metadata.resource_version = Some("7".into());
+        object
+    }
+
+    /// Our write's echo and a re-list each keep the one copy of a policy that
+    /// stands as decided; an edit is a copy of its own; the uid is kept apart
+    /// for deletes.
+    #[test]
+    fn a_policy_read_back_unchanged_is_kept_once() {
+        let standing = Standing::new();
+        let watch = PolicyWatch::new(standing.clone(), true, None);
+        let state = State::new(Index::new("ctl"), Arc::new(Metrics::default()), Synced::new([]));
+        let gateway = ObjectRef::new("infra", "gw");
+        let built = policies(&gateway, "ours", &[], &Config::default()).remove(0);
+        let decided = Arc::new(Policy::from_value(&built));
+        let key = ObjectRef::new("infra", "xbackend-egress-gw");
+        standing.decided().insert(key.clone(), decided.clone());
+
+        watch.apply(&state, key.clone(), &read_back(&decided, "u-1")).unwrap();
+        assert!(Arc::ptr_eq(&standing.lock()[&key], &decided), "the echo is the decided copy");
+        assert_eq!(standing.uids()[&key], "u-1");
+        standing.decided().clear();
+        watch.apply(&state, key.clone(), &read_back(&decided, "u-1")).unwrap();
+        assert!(Arc::ptr_eq(&standing.lock()[&key], &decided), "a re-list keeps what stands");
+
+        let mut edited = read_back(&decided, "u-1");
+        edited.metadata.labels.get_or_insert_default().insert("team".into(), "x".into());
+        watch.apply(&state, key.clone(), &edited).unwrap();
+        let now = standing.lock()[&key].clone();
+        assert!(!Arc::ptr_eq(&now, &decided));
+        assert_eq!(now.metadata["labels"]["team"], "x");
+
+        watch.delete(&state, &key);
+        assert!(standing.lock().is_empty() && standing.uids().is_empty());
+    }
 }
