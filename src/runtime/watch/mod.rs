@@ -103,10 +103,15 @@ pub trait Indexer: Send + Sync + 'static {
 }
 
 /// Server-side timeout of every watch request: the watcher reconnects after
-/// it, and treats a stream silent for 5 s longer as dead.
+/// it, and treats a stream silent for 5 s longer as dead. A (re-)list holds
+/// one page at a time, body and objects: 100 rather than kube's 500 keeps
+/// that small when every watch lists at once (an apiserver restart).
 pub fn config() -> watcher::Config {
-    watcher::Config::default().timeout(super::timeouts::WATCH_TIMEOUT_SECS)
+    watcher::Config::default().timeout(super::timeouts::WATCH_TIMEOUT_SECS).page_size(LIST_PAGE)
 }
+
+/// Objects per list page.
+pub const LIST_PAGE: u32 = 100;
 
 /// Which lane queued keys go to: a (re-)list rechecks behind changes.
 #[derive(Clone, Copy)]
