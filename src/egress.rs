@@ -488,7 +488,8 @@ impl Decisions {
                 Some(done) if !rebuild && done.digest == digest => done,
                 before => {
                     let before = before.map(|b| b.policies).unwrap_or_default();
-                    let (policies, evicted) = build(gateway, &from, &before, held, now, hold, config, denied);
+                    let known = Known { before: &before, current };
+                    let (policies, evicted) = build(gateway, &from, known, held, now, hold, config, denied);
                     decision.evicted += evicted;
                     Built { digest, policies }
                 }
@@ -521,16 +522,31 @@ impl Decisions {
     }
 }
 
+/// Copies of policies already held: the Gateway's last build, and what stands.
+#[derive(Clone, Copy)]
+struct Known<'a> {
+    before: &'a [(ObjectRef, Arc<Policy>)],
+    current: &'a Policies,
+}
+
+impl Known<'_> {
+    fn find(&self, key: &ObjectRef, policy: &Policy) -> Option<Arc<Policy>> {
+        let before = self.before.iter().find(|(k, _)| k == key).map(|(_, p)| p);
+        before.into_iter().chain(self.current.get(key)).find(|p| ***p == *policy).cloned()
+    }
+}
+
 /// One Gateway's policies from what `Decisions` keeps of it: the answered
 /// addresses through the hold-down, the kept rules as they stand, and the
 /// owner reference; with the count of addresses the cap evicted. An object
-/// the same as `before`'s is `before`'s: a rebuild that changes nothing
-/// holds one copy, and the writer sees the same pointer it confirmed.
+/// built the same as one `known` is that one: a rebuild that changes nothing,
+/// or a first decision after a restart, holds one copy, and the writer sees
+/// the pointer it confirmed.
 #[allow(clippy::too_many_arguments)]
 fn build(
     gateway: &ObjectRef,
     (uid, class, given, kept): &Given,
-    before: &[(ObjectRef, Arc<Policy>)],
+    known: Known,
     held: &mut Held,
     now: i64,
     hold: Hold,
@@ -567,8 +583,7 @@ fn build(
         let namespace = policy["metadata"]["namespace"].as_str().unwrap_or_default();
         let key = ObjectRef::new(namespace, name);
         let policy = Policy::from_value(&policy);
-        let same = before.iter().find(|(k, p)| *k == key && **p == policy).map(|(_, p)| p.clone());
-        (key, same.unwrap_or_else(|| Arc::new(policy)))
+        (key.clone(), known.find(&key, &policy).unwrap_or_else(|| Arc::new(policy)))
     });
     (policies.collect(), evicted)
 }
@@ -968,6 +983,7 @@ mod tests {
         let mut held = Decisions::default();
         let restarted = run(&inputs(vec![], &["api", "b"]), &current, &mut held, 10);
         assert!(restarted.iter().all(|(k, p)| stands(p, &current[k])), "{restarted:#?}");
+        assert!(restarted.iter().all(|(k, p)| Arc::ptr_eq(p, &current[k])), "what stands is the one copy");
         // Judged again, with a rotated answer: the old address is held.
         let again = run(
             &inputs(vec![external("api", &["192.0.2.20"]), external("b", &["192.0.2.11"])], &[]),

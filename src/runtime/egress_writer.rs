@@ -86,14 +86,6 @@ impl Standing {
         self.decided.lock().expect("decided policies lock")
     }
 
-    /// `decided` stands exactly as `standing` (the copy read from the API):
-    /// keep the decided copy for both, unless the watch brought news meanwhile.
-    fn adopt(&self, key: &ObjectRef, standing: &Arc<Policy>, decided: &Arc<Policy>) {
-        let mut objects = self.lock();
-        if let Some(entry) = objects.get_mut(key).filter(|entry| Arc::ptr_eq(entry, standing)) {
-            *entry = decided.clone();
-        }
-    }
 }
 
 /// A watch that feeds `Standing`: the NetworkPolicies with our label
@@ -295,9 +287,6 @@ impl Writer {
             };
             let seen = confirmed.get(key).is_some_and(|(d, c)| Arc::ptr_eq(d, object) && Arc::ptr_eq(c, standing));
             if seen || egress::stands(object, standing) {
-                if !Arc::ptr_eq(object, standing) && object == standing {
-                    self.standing.adopt(key, standing, object);
-                }
                 confirmed.insert(key.clone(), (object.clone(), standing.clone()));
                 continue;
             }
