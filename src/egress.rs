@@ -207,42 +207,42 @@ fn shards<'a>(
         by_shard[shard_of(&a.backend, shards)].push(a);
     }
     by_shard.into_iter().enumerate().map(move |(shard, mut members)| {
-            members.sort_by(|a, b| a.backend.cmp(&b.backend));
-            let mut rules = Vec::new();
-            let mut notes = Vec::new();
-            if shard == 0 {
-                rules.push(dns_rule(&config.dns));
-                notes.push("DNS".to_string());
-                if config.allow_cluster {
-                    rules.push(json!({"to": [{"namespaceSelector": {}}]}));
-                    notes.push("every Pod of the cluster (--egress-policy-allow-cluster)".to_string());
-                }
+        members.sort_by(|a, b| a.backend.cmp(&b.backend));
+        let mut rules = Vec::new();
+        let mut notes = Vec::new();
+        if shard == 0 {
+            rules.push(dns_rule(&config.dns));
+            notes.push("DNS".to_string());
+            if config.allow_cluster {
+                rules.push(json!({"to": [{"namespaceSelector": {}}]}));
+                notes.push("every Pod of the cluster (--egress-policy-allow-cluster)".to_string());
             }
-            for a in members {
-                rules.push(backend_rule(a));
-                notes.push(note(a));
-            }
-            let annotation: Vec<String> = notes.iter().enumerate().map(|(i, n)| format!("egress[{i}]: {n}")).collect();
-            json!({
-                "apiVersion": "networking.k8s.io/v1",
-                "kind": "NetworkPolicy",
-                "metadata": {
-                    "name": object_name(&base, shard),
-                    "namespace": &namespace,
-                    "labels": {
-                        OWNED_LABEL: &*gateway.name,
-                        OWNED_NAMESPACE_LABEL: &*gateway.namespace,
-                        "app.kubernetes.io/managed-by": "xbackend-controller",
-                    },
-                    "annotations": {RULES_ANNOTATION: annotation.join("\n")},
+        }
+        for a in members {
+            rules.push(backend_rule(a));
+            notes.push(note(a));
+        }
+        let annotation: Vec<String> = notes.iter().enumerate().map(|(i, n)| format!("egress[{i}]: {n}")).collect();
+        json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {
+                "name": object_name(&base, shard),
+                "namespace": &namespace,
+                "labels": {
+                    OWNED_LABEL: &*gateway.name,
+                    OWNED_NAMESPACE_LABEL: &*gateway.namespace,
+                    "app.kubernetes.io/managed-by": "xbackend-controller",
                 },
-                "spec": {
-                    "podSelector": {"matchLabels": &selector},
-                    "policyTypes": ["Egress"],
-                    "egress": rules,
-                },
-            })
+                "annotations": {RULES_ANNOTATION: annotation.join("\n")},
+            },
+            "spec": {
+                "podSelector": {"matchLabels": &selector},
+                "policyTypes": ["Egress"],
+                "egress": rules,
+            },
         })
+    })
 }
 
 /// A power of two, so the count (and every XBackend's shard) changes only

@@ -85,7 +85,6 @@ impl Standing {
     fn decided(&self) -> std::sync::MutexGuard<'_, Policies> {
         self.decided.lock().expect("decided policies lock")
     }
-
 }
 
 /// A watch that feeds `Standing`: the NetworkPolicies with our label
