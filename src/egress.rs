@@ -583,7 +583,8 @@ fn build(
         let namespace = policy["metadata"]["namespace"].as_str().unwrap_or_default();
         let key = ObjectRef::new(namespace, name);
         let policy = Policy::from_value(&policy);
-        (key.clone(), known.find(&key, &policy).unwrap_or_else(|| Arc::new(policy)))
+        let known = known.find(&key, &policy);
+        (key, known.unwrap_or_else(|| Arc::new(policy)))
     });
     (policies.collect(), evicted)
 }

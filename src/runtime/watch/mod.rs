@@ -111,7 +111,7 @@ pub fn config() -> watcher::Config {
 }
 
 /// Objects per list page.
-pub const LIST_PAGE: u32 = 100;
+const LIST_PAGE: u32 = 100;
 
 /// Which lane queued keys go to: a (re-)list rechecks behind changes.
 #[derive(Clone, Copy)]
