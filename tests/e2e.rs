@@ -279,8 +279,8 @@ async fn no_writes_for_irrelevant_changes_or_after_restart() {
         )
         .await;
     }
-    let writes = ctl.metric("xbackend_status_writes_total").expect("writes metric");
-    assert_eq!(writes, 5.0, "exactly one write per XBackend on a cold start");
+    let writes = ctl.counted("xbackend_status_writes_total", 5.0).await;
+    assert_eq!(writes, Some(5.0), "exactly one write per XBackend on a cold start");
 
     // Irrelevant changes: an unrelated Secret and ConfigMap, a label on a route and on an XBackend.
     apply_yaml(&client, Some(&ns), "apiVersion: v1\nkind: Secret\nmetadata: {name: unrelated}\nstringData: {a: b}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: unrelated}\ndata: {a: b}\n").await;
@@ -611,7 +611,7 @@ async fn our_gatewayclass_is_accepted_once_per_generation_and_others_are_never_t
     let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name]);
     ctl.wait_ready().await;
     let ours = accepted_at(1).await;
-    assert_eq!(ctl.metric("xbackend_gatewayclass_status_writes_total"), Some(1.0));
+    assert_eq!(ctl.counted("xbackend_gatewayclass_status_writes_total", 1.0).await, Some(1.0));
     // Their class came in the same list as ours, before our write.
     let theirs_after = classes.get(&theirs).await.unwrap();
     assert_eq!(theirs_after.metadata.resource_version, theirs_before.metadata.resource_version, "not ours: untouched");
@@ -628,7 +628,8 @@ async fn our_gatewayclass_is_accepted_once_per_generation_and_others_are_never_t
         .await
         .unwrap();
     let again = accepted_at(2).await;
-    assert_eq!(ctl.metric("xbackend_gatewayclass_status_writes_total"), Some(1.0), "only the new generation wrote");
+    let writes = ctl.counted("xbackend_gatewayclass_status_writes_total", 1.0).await;
+    assert_eq!(writes, Some(1.0), "only the new generation wrote");
     let transition = |o: &DynamicObject| o.data["status"]["conditions"][0]["lastTransitionTime"].clone();
     assert_eq!(transition(&again), transition(&ours), "still True: lastTransitionTime kept");
     assert_eq!(classes.get(&theirs).await.unwrap().metadata.resource_version, theirs_before.metadata.resource_version);
@@ -680,7 +681,7 @@ async fn guard_mode_judges_another_implementations_gateways() {
     assert!(ours_accepted.is_some(), "our class Accepted; log:\n{}", ctl.log_tail());
     let class_after = classes.get(&class).await.unwrap();
     assert_eq!(class_after.metadata.resource_version, class_before.metadata.resource_version, "class status not ours");
-    assert_eq!(ctl.metric("xbackend_gatewayclass_status_writes_total"), Some(1.0), "ours only");
+    assert_eq!(ctl.counted("xbackend_gatewayclass_status_writes_total", 1.0).await, Some(1.0), "ours only");
 }
 
 /// `--egress-policy networkpolicy` needs the DNS check: refused in one line.

@@ -155,7 +155,7 @@ async fn policies_follow_the_vetted_addresses_and_nothing_else() {
     ctl.wait_ready().await;
     apply_yaml(&client, Some(&ns), &support::gateway_yaml("gw2", &gw.class)).await;
     wait_policy(&policies, "xbackend-egress-gw2", "the new Gateway's policy", &ctl, |_| true).await;
-    let writes = ctl.metric("xbackend_egress_policy_writes_total");
+    let writes = ctl.counted("xbackend_egress_policy_writes_total", 1.0).await;
     assert_eq!(writes, Some(1.0), "only the new Gateway's policy was written; log:\n{}", ctl.log_tail());
     let kept = policies.get(name).await.unwrap();
     assert_eq!(cidrs(&kept), ["93.184.215.15/32"]);

@@ -156,10 +156,6 @@ async fn wait_all(
     }
 }
 
-async fn wait_metric(ctl: &Controller, name: &str, timeout: Duration, ok: impl Fn(f64) -> bool) -> Option<f64> {
-    support::eventually(timeout, || async { ctl.metric(name).filter(|v| ok(*v)) }).await
-}
-
 /// Namespace + CRD + GatewayClass/Gateways on the binary's shared control plane.
 async fn setup(test: &str, gateways: &[&str]) -> (&'static ControlPlane, Client, String, TestGateway) {
     let cp = ControlPlane::shared(Channel::Standard);
@@ -344,11 +340,7 @@ async fn sigkill_mid_reconcile_converges_without_duplicates() {
         let ctl_name = gw.controller_name.clone();
         wait_all(&api, N, Duration::from_secs(120), "convergence after SIGKILL", |o| converged(o, &ctl_name, want(o.metadata.name.as_deref().unwrap())))
             .await;
-        // A write counts right after its response, which may trail the
-        // object we listed: wait for the count, then require it exact.
-        let writes = wait_metric(&ctl, "xbackend_status_writes_total", Duration::from_secs(5), |w| w >= pending as f64)
-            .await
-            .unwrap_or_else(|| ctl.metric("xbackend_status_writes_total").unwrap_or(0.0));
+        let writes = ctl.counted("xbackend_status_writes_total", pending as f64).await.unwrap_or(0.0);
         eprintln!("SIGKILL: {done_before} of {N} had entries at the kill, {pending} needed a write after it; the new process wrote {writes}");
         assert_eq!(writes, pending as f64, "the restarted controller writes exactly the XBackends whose status is not yet right");
     })
@@ -461,8 +453,8 @@ async fn leader_election_only_the_leader_writes_and_a_standby_takes_over() {
         let (leader_ctl, standby) = if leader == 0 { (a, b) } else { (b, a) };
         // Sentinel: the leader's N writes are counted; a standby writing
         // alongside would have written by then.
-        wait_metric(&leader_ctl, "xbackend_status_writes_total", Duration::from_secs(5), |w| w >= N as f64).await;
-        assert_eq!(leader_ctl.metric("xbackend_status_writes_total"), Some(N as f64), "the leader wrote each XBackend once");
+        let writes = leader_ctl.counted("xbackend_status_writes_total", N as f64).await;
+        assert_eq!(writes, Some(N as f64), "the leader wrote each XBackend once");
         assert_eq!(standby.metric("xbackend_status_writes_total"), Some(0.0), "the standby wrote nothing");
         assert_eq!(standby.metric("xbackend_leader"), Some(0.0));
 
@@ -470,17 +462,17 @@ async fn leader_election_only_the_leader_writes_and_a_standby_takes_over() {
         leader_ctl.kill();
         let killed = Instant::now();
         set_parents(&client, &ns, "r0", &["gw-b"]).await;
-        wait_metric(&standby, "xbackend_leader", Duration::from_secs(30), |v| v == 1.0).await.expect("the standby takes over");
+        standby.wait_metric("xbackend_leader", Duration::from_secs(30), |v| v == 1.0).await.expect("the standby takes over");
         let takeover = killed.elapsed();
         wait_all(&api, N, Duration::from_secs(30), "pending change processed by the new leader", |o| {
             converged(o, &ctl_name, if o.metadata.name.as_deref() == Some("b0") { &["gw-b"] } else { &["gw-a"] })
         })
         .await;
         let processed = killed.elapsed();
-        wait_metric(&standby, "xbackend_status_writes_total", Duration::from_secs(5), |w| w >= 1.0).await;
         eprintln!("leader election: takeover {takeover:?} after SIGKILL (lease 10 s), pending change written {processed:?} after it");
         assert!(takeover <= Duration::from_secs(20), "takeover took {takeover:?}");
-        assert_eq!(standby.metric("xbackend_status_writes_total"), Some(1.0), "the new leader writes only the changed XBackend");
+        let writes = standby.counted("xbackend_status_writes_total", 1.0).await;
+        assert_eq!(writes, Some(1.0), "the new leader writes only the changed XBackend");
     })
     .await;
 }
@@ -565,7 +557,7 @@ async fn a_replica_that_lost_the_lease_sends_no_further_patches() {
         ];
         let ctl = Controller::start_with_env(&cp.kubeconfig, &args, &[("POD_NAME", "replica-a")]);
         ctl.wait_ready().await;
-        wait_metric(&ctl, "xbackend_leader", Duration::from_secs(30), |v| v == 1.0).await.expect("it leads");
+        ctl.wait_metric("xbackend_leader", Duration::from_secs(30), |v| v == 1.0).await.expect("it leads");
         let api = xbackend_api(&client, &ns);
         let ctl_name = gw.controller_name.clone();
         wait_all(&api, 2, Duration::from_secs(60), "converged under the leader", |o| converged(o, &ctl_name, &["gw-a"]))
@@ -859,7 +851,7 @@ async fn malformed_objects_neither_crash_nor_stop_the_controller() {
 
         // Counted: every Invalid one shows in the gauge of not-accepted XBackends.
         let invalid = cases.iter().filter(|c| matches!(c.2, Expect::Invalid)).count() as f64;
-        let not_accepted = wait_metric(&ctl, "xbackend_objects{accepted=\"false\"}", Duration::from_secs(10), |v| v >= invalid).await;
+        let not_accepted = ctl.wait_metric("xbackend_objects{accepted=\"false\"}", Duration::from_secs(10), |v| v >= invalid).await;
         assert_eq!(not_accepted, Some(invalid), "xbackend_objects{{accepted=\"false\"}} counts each Invalid XBackend");
         let decode_failures = ctl.metric("xbackend_decode_failures_total").unwrap_or(0.0);
         // Capped ones get a Warning event.

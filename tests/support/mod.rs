@@ -349,6 +349,19 @@ impl Controller {
         (!values.is_empty()).then(|| values.iter().sum())
     }
 
+    /// The metric once `ok` holds, or None after `timeout`.
+    pub async fn wait_metric(&self, name: &str, timeout: Duration, ok: impl Fn(f64) -> bool) -> Option<f64> {
+        eventually(timeout, || async { self.metric(name).filter(|v| ok(*v)) }).await
+    }
+
+    /// A write counter once it reaches `at_least`, else as it stands after
+    /// 10 s. A writer counts a write when the API answers, a moment after
+    /// the write is visible: read earlier, the count lags by one.
+    pub async fn counted(&self, name: &str, at_least: f64) -> Option<f64> {
+        let reached = self.wait_metric(name, Duration::from_secs(10), |v| v >= at_least).await;
+        reached.or_else(|| self.metric(name))
+    }
+
     /// Waits until /readyz answers 200.
     pub async fn wait_ready(&self) {
         let ready =
