@@ -60,33 +60,9 @@ impl ControlPlane {
         CP.get_or_init(|| ControlPlane::start(channel))
     }
 
-    /// Starts a control plane in a new temporary folder.
+    /// Starts a control plane in a new temporary folder, without fsync.
     pub fn start(channel: Channel) -> ControlPlane {
-        let bin = controlplane_binary();
-        let dir = tempdir("cp");
-        let log = std::fs::File::create(dir.join("controlplane.log")).expect("create log");
-        let mut child = Command::new(&bin)
-            .arg("--dir")
-            .arg(dir.join("state"))
-            .args(channel.args())
-            // Test data is thrown away; fsync only slows the suite.
-            .arg("--unsafe-no-fsync")
-            // Dies with this test binary even when it exits without cleanup.
-            .arg("--exit-with-parent")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read control plane stdout");
-        let Some(path) = line.trim().strip_prefix("KUBECONFIG=") else {
-            let log = std::fs::read_to_string(dir.join("controlplane.log")).unwrap_or_default();
-            let tail: String =
-                log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-            panic!("control plane did not start (stdout {line:?}); log tail:\n{tail}");
-        };
-        ControlPlane { kubeconfig: PathBuf::from(path), dir, _child: Mutex::new(child) }
+        ControlPlane::start_opts(ControlPlaneOpts { channel, fsync: false })
     }
 
     /// A client with the control plane's cluster-admin identity.
@@ -584,6 +560,7 @@ fn spawn_controlplane(dir: &Path, opts: ControlPlaneOpts) -> (Child, PathBuf) {
     }
     let mut child =
         cmd.stdout(Stdio::piped()).stderr(log).spawn().unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+    remove_at_exit(dir.join("state"), child.id());
     let stdout = child.stdout.take().expect("piped stdout");
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).expect("read control plane stdout");
@@ -594,6 +571,46 @@ fn spawn_controlplane(dir: &Path, opts: ControlPlaneOpts) -> (Child, PathBuf) {
         panic!("control plane did not start (stdout {line:?}); log tail:\n{tail}");
     };
     (child, PathBuf::from(path))
+}
+
+/// Control-plane state folders (etcd's data: 65 MB and more each) and the
+/// process now running on each. Statics are never dropped, so the shared
+/// control plane's folder would outlive every run and fill /tmp; an exit
+/// hook removes them. Logs stay beside them for a post-mortem.
+static STATE_DIRS: Mutex<Vec<(PathBuf, u32)>> = Mutex::new(Vec::new());
+
+fn remove_at_exit(state: PathBuf, pid: u32) {
+    unsafe extern "C" {
+        fn atexit(hook: extern "C" fn()) -> i32;
+    }
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registers a plain function with the C library, once.
+    HOOK.call_once(|| unsafe {
+        atexit(remove_state_dirs);
+    });
+    let mut dirs = STATE_DIRS.lock().unwrap_or_else(|e| e.into_inner());
+    dirs.retain(|(dir, _)| *dir != state);
+    dirs.push((state, pid));
+}
+
+/// Runs as the test binary exits: each control plane is killed first (its
+/// data is thrown away), so nothing writes into a folder being removed.
+extern "C" fn remove_state_dirs() {
+    unsafe extern "C" {
+        fn kill(pid: i32, signal: i32) -> i32;
+    }
+    let dirs = std::mem::take(&mut *STATE_DIRS.lock().unwrap_or_else(|e| e.into_inner()));
+    for (dir, pid) in dirs {
+        // SAFETY: a signal to our own child, which the exit would stop anyway.
+        unsafe { kill(pid as i32, 9) };
+        // A process being killed may still create a file while the folder goes.
+        for _ in 0..3 {
+            if std::fs::remove_dir_all(&dir).is_ok() || !dir.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 impl Controller {
