@@ -4,8 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
+	"strconv"
+	"strings"
 )
 
 // portSet is saved in the state folder so a restart on the same folder comes
@@ -46,11 +49,32 @@ func loadOrPickPorts(path string, apiserver int) (portSet, error) {
 	return p, os.WriteFile(path, out, 0o600)
 }
 
+// freePort returns a port on 127.0.0.1 that nothing listens on, picked below
+// the kernel's ephemeral range. A port from binding ":0" is ephemeral: until
+// the apiserver binds it (after etcd is up), any outgoing connection, ours or
+// a parallel test's, may take it as its local port ("address already in use").
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	low := ephemeralLow()
+	for range 100 {
+		port := low/2 + rand.IntN(low-low/2)
+		if l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err == nil {
+			l.Close()
+			return port, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, fmt.Errorf("no free port in %d-%d on 127.0.0.1", low/2, low-1)
+}
+
+// ephemeralLow is the first port the kernel hands out for outgoing
+// connections and ":0" (Linux's default when the setting cannot be read).
+func ephemeralLow() int {
+	data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err == nil {
+		if fields := strings.Fields(string(data)); len(fields) == 2 {
+			if low, err := strconv.Atoi(fields[0]); err == nil && low >= 2048 {
+				return low
+			}
+		}
+	}
+	return 32768
 }

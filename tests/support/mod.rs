@@ -380,8 +380,24 @@ fn unsafe_kill(pid: u32, signal: &str) {
     let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
 }
 
+/// A port on 127.0.0.1 that nothing listens on, for a process to bind a moment
+/// later. Picked below the kernel's ephemeral range, as the control plane
+/// picks its own (tests/controlplane/ports.go): a ":0" port is ephemeral, and
+/// an outgoing connection may take it before the process binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::hash::{BuildHasher, RandomState};
+    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .filter(|low| *low >= 2048)
+        .unwrap_or(32768);
+    for attempt in 0..100u64 {
+        let port = low / 2 + (RandomState::new().hash_one(attempt) % u64::from(low - low / 2)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {}-{} on 127.0.0.1", low / 2, low - 1);
 }
 
 /// A controller name and a GatewayClass + Gateway served by it, unique to one
