@@ -110,6 +110,15 @@ fn parse_data_plane(text: &str) -> Result<(String, crate::egress::DataPlane), St
     Ok((class.to_string(), plane.parse()?))
 }
 
+fn parse_service(text: &str) -> Result<(String, String), String> {
+    match text.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((namespace.to_string(), name.to_string()))
+        }
+        _ => Err("expected NAMESPACE/NAME, for example kube-system/kube-dns".to_string()),
+    }
+}
+
 impl EgressArgs {
     pub fn enabled(&self) -> bool {
         self.egress_policy == EgressPolicy::Networkpolicy
@@ -194,6 +203,9 @@ pub struct RunArgs {
     pub no_dns_check: bool,
     #[command(flatten)]
     pub dns: DnsArgs,
+    /// Also ask every ready endpoint of this Service, as NAMESPACE/NAME (kube-system/kube-dns), followed through its EndpointSlices: replicas can answer differently, and the data plane may ask any of them. Needs the DNS check.
+    #[arg(long = "dns-service", value_name = "NAMESPACE/NAME", value_parser = parse_service)]
+    pub dns_service: Option<(String, String)>,
     #[command(flatten)]
     pub egress: EgressArgs,
     /// Seconds between safety resyncs on the leader, counted from when the previous pass was drained from the queue: every XBackend is reconciled again (nothing is written when nothing changed). 0 disables them.

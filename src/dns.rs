@@ -2,7 +2,9 @@
 //! resolved-address guardrail (docs/design.md §5c). One lookup, no caching: the
 //! runtime decides when to ask again.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
@@ -43,6 +45,8 @@ pub enum LookupError {
     ServerFailure,
     #[error("no DNS server answered in time")]
     Timeout,
+    #[error("no DNS server to ask: the DNS Service given with --dns-service has no ready endpoint")]
+    NoServer,
 }
 
 impl LookupError {
@@ -53,6 +57,7 @@ impl LookupError {
             LookupError::NoAddresses => "no_addresses",
             LookupError::ServerFailure => "servfail",
             LookupError::Timeout => "timeout",
+            LookupError::NoServer => "no_server",
         }
     }
 }
@@ -66,7 +71,9 @@ impl LookupError {
 /// cover what each says.
 #[derive(Clone)]
 pub struct Resolver {
-    servers: Vec<One>,
+    fixed: Vec<One>,
+    /// Servers found at run time (`--dns-service`), asked beside the fixed ones.
+    found: Option<Arc<Found>>,
 }
 
 /// One upstream (or the system configuration).
@@ -75,33 +82,102 @@ struct One {
     inner: TokioResolver,
 }
 
+/// The servers a watch finds (the ready endpoints of the cluster DNS Service),
+/// shared by the watch that sets them and the resolver that asks them.
+pub struct Found {
+    timeout: Duration,
+    servers: Mutex<BTreeMap<SocketAddr, One>>,
+    /// False until the watch has listed once: a lookup before that waits for it.
+    listed: tokio::sync::watch::Sender<bool>,
+    /// Notified when the set changes: every hostname is then asked again.
+    pub changed: tokio::sync::Notify,
+}
+
+impl Found {
+    /// Replaces the set; true when it changed.
+    pub fn set(&self, servers: BTreeSet<SocketAddr>) -> Result<bool, String> {
+        let changed = {
+            let mut current = self.servers.lock().expect("dns servers lock");
+            let changed = !current.keys().eq(servers.iter());
+            if changed {
+                let mut next = BTreeMap::new();
+                for addr in servers {
+                    let one = match current.remove(&addr) {
+                        Some(one) => one,
+                        None => One::at(addr, self.timeout)?,
+                    };
+                    next.insert(addr, one);
+                }
+                *current = next;
+            }
+            changed
+        };
+        if changed {
+            self.changed.notify_one();
+        }
+        Ok(changed)
+    }
+
+    /// The watch has listed once: lookups no longer wait for it.
+    pub fn listed(&self) {
+        self.listed.send_replace(true);
+    }
+
+    /// The servers asked now.
+    pub fn servers(&self) -> Vec<SocketAddr> {
+        self.servers.lock().expect("dns servers lock").keys().copied().collect()
+    }
+}
+
 impl Resolver {
     /// `servers` empty means the system resolver configuration (/etc/resolv.conf).
     pub fn new(servers: &[SocketAddr], timeout: Duration) -> Result<Resolver, String> {
         if servers.is_empty() {
             let builder =
                 Hickory::builder_tokio().map_err(|e| format!("cannot read the system resolver configuration: {e}"))?;
-            return Ok(Resolver { servers: vec![One::build(builder, timeout)?] });
+            return Ok(Resolver { fixed: vec![One::build(builder, timeout)?], found: None });
         }
-        let servers = servers
-            .iter()
-            .map(|addr| {
-                let mut server = NameServerConfig::udp_and_tcp(addr.ip());
-                for connection in &mut server.connections {
-                    connection.port = addr.port();
-                }
-                let config = ResolverConfig::from_name_servers(vec![server]);
-                One::build(Hickory::builder_with_config(config, TokioRuntimeProvider::default()), timeout)
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Resolver { servers })
+        let fixed = servers.iter().map(|addr| One::at(*addr, timeout)).collect::<Result<_, _>>()?;
+        Ok(Resolver { fixed, found: None })
+    }
+
+    /// `servers` (possibly none) and those a watch finds and sets in the returned `Found`.
+    pub fn discovering(servers: &[SocketAddr], timeout: Duration) -> Result<(Resolver, Arc<Found>), String> {
+        let fixed = servers.iter().map(|addr| One::at(*addr, timeout)).collect::<Result<_, _>>()?;
+        let found = Arc::new(Found {
+            timeout,
+            servers: Mutex::default(),
+            listed: tokio::sync::watch::Sender::new(false),
+            changed: tokio::sync::Notify::new(),
+        });
+        Ok((Resolver { fixed, found: Some(found.clone()) }, found))
+    }
+
+    /// The set a watch keeps up to date, when discovering.
+    pub fn found(&self) -> Option<Arc<Found>> {
+        self.found.clone()
+    }
+
+    /// How many servers a lookup asks now (the system configuration counts as one).
+    pub fn server_count(&self) -> usize {
+        self.fixed.len() + self.found.as_ref().map_or(0, |f| f.servers.lock().expect("dns servers lock").len())
     }
 
     /// A and AAAA of `hostname` from every server, joined: the addresses and
     /// aliases any of them gave, the smallest TTL. A server that fails adds
     /// nothing; when all fail, the error of the first.
     pub async fn resolve(&self, hostname: &str) -> Result<Resolution, LookupError> {
-        let answers = futures::future::join_all(self.servers.iter().map(|s| s.resolve(hostname))).await;
+        let mut found = Vec::new();
+        if let Some(servers) = &self.found {
+            // Before the first list the set is not known yet: wait for it (bounded).
+            let mut listed = servers.listed.subscribe();
+            let _ = tokio::time::timeout(servers.timeout, listed.wait_for(|listed| *listed)).await;
+            found.extend(servers.servers.lock().expect("dns servers lock").values().cloned());
+        }
+        if self.fixed.is_empty() && found.is_empty() {
+            return Err(LookupError::NoServer);
+        }
+        let answers = futures::future::join_all(self.fixed.iter().chain(&found).map(|s| s.resolve(hostname))).await;
         let mut joined: Option<Resolution> = None;
         let mut first_error = None;
         for answer in answers {
@@ -133,6 +209,16 @@ impl Resolver {
 }
 
 impl One {
+    /// The server at `addr`, UDP and TCP on its port.
+    fn at(addr: SocketAddr, timeout: Duration) -> Result<One, String> {
+        let mut server = NameServerConfig::udp_and_tcp(addr.ip());
+        for connection in &mut server.connections {
+            connection.port = addr.port();
+        }
+        let config = ResolverConfig::from_name_servers(vec![server]);
+        One::build(Hickory::builder_with_config(config, TokioRuntimeProvider::default()), timeout)
+    }
+
     fn build(
         mut builder: hickory_resolver::ResolverBuilder<TokioRuntimeProvider>,
         timeout: Duration,
@@ -259,5 +345,34 @@ mod tests {
         assert!(a.same_answer(&b));
         let c = Resolution { addresses: vec!["1.0.0.1".parse().unwrap()], ..a.clone() };
         assert!(!a.same_answer(&c));
+    }
+
+    #[tokio::test]
+    async fn a_discovered_set_changes_only_when_its_addresses_do() {
+        let (resolver, found) = Resolver::discovering(&[], Duration::from_secs(1)).unwrap();
+        let a: SocketAddr = "10.0.0.10:53".parse().unwrap();
+        let b: SocketAddr = "10.0.0.11:53".parse().unwrap();
+        assert!(found.set([a, b].into()).unwrap());
+        assert!(!found.set([b, a].into()).unwrap(), "the same set in another order");
+        assert_eq!((resolver.server_count(), found.servers()), (2, vec![a, b]));
+        assert!(found.set([b].into()).unwrap());
+        assert!(found.set(BTreeSet::new()).unwrap());
+        found.listed();
+        assert_eq!(resolver.resolve("example.com").await, Err(LookupError::NoServer), "nothing to ask");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_before_the_first_list_waits_for_it() {
+        let (resolver, found) = Resolver::discovering(&[], Duration::from_secs(1)).unwrap();
+        let started = tokio::time::Instant::now();
+        let lookup = tokio::spawn(async move { resolver.resolve("example.com").await });
+        tokio::task::yield_now().await;
+        assert!(!lookup.is_finished(), "it waits for the list");
+        found.set(BTreeSet::new()).unwrap();
+        tokio::task::yield_now().await;
+        assert!(!lookup.is_finished(), "a slice is not the whole list");
+        found.listed();
+        assert_eq!(lookup.await.unwrap(), Err(LookupError::NoServer));
+        assert!(started.elapsed() < Duration::from_secs(1), "it ended with the list, not the timeout");
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::metrics::{Metrics, ResultLabel};
 use super::queue::Queue;
@@ -82,7 +82,25 @@ impl DnsCheck {
             started: Instant::now(),
         });
         tokio::spawn(schedule(Arc::downgrade(&tracker), tracker.wake.clone()));
+        tracker.metrics.dns_servers.set(tracker.resolver.server_count() as i64);
+        if let Some(found) = tracker.resolver.found() {
+            tokio::spawn(recheck_on_change(Arc::downgrade(&tracker), found));
+        }
         tracker
+    }
+
+    /// Every hostname waiting for its next lookup is due now: a DNS server
+    /// joined or left, and its answers may differ from the others'.
+    fn recheck_all(&self) {
+        let now = Instant::now();
+        let mut due = self.due.lock().expect("dns schedule lock");
+        let later: Vec<_> = due.iter().filter(|(at, _)| *at > now).cloned().collect();
+        for entry in later {
+            due.remove(&entry);
+            due.insert((now, entry.1));
+        }
+        drop(due);
+        self.wake.notify_one();
     }
 
     /// The latest answer for `hostname` (normalized). The first call schedules
@@ -204,7 +222,8 @@ impl DnsCheck {
     fn log_failure(&self, hostname: &str, error: LookupError) {
         let now = self.started.elapsed().as_secs().max(1);
         let last = self.last_failure_log.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= FAILURE_LOG_EVERY.as_secs()
+        // The first failure is always logged (`last` 0: none yet).
+        if (last == 0 || now.saturating_sub(last) >= FAILURE_LOG_EVERY.as_secs())
             && self.last_failure_log.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
             warn!(hostname, %error, "DNS lookup failed; the last verdict stands (further failures are only counted for a while)");
@@ -243,6 +262,18 @@ async fn schedule(tracker: Weak<DnsCheck>, wake: Arc<Notify>) {
             }
             None => wake.notified().await,
         }
+    }
+}
+
+/// Follows the discovered DNS servers: each change counts them and asks every hostname again.
+async fn recheck_on_change(tracker: Weak<DnsCheck>, found: Arc<dns::Found>) {
+    loop {
+        found.changed.notified().await;
+        let Some(tracker) = tracker.upgrade() else { return };
+        let servers = tracker.resolver.server_count();
+        tracker.metrics.dns_servers.set(servers as i64);
+        info!(servers, "DNS servers changed: asking every hostname again");
+        tracker.recheck_all();
     }
 }
 

@@ -19,12 +19,14 @@ pub enum Error {
         "--egress-policy networkpolicy needs the DNS check (the policies allow resolved addresses): drop --no-dns-check"
     )]
     EgressNeedsDnsCheck,
+    #[error("--dns-service names DNS servers for the DNS check: drop --no-dns-check or --dns-service")]
+    DnsServiceNeedsDnsCheck,
 }
 
 impl Error {
     /// Flags that cannot work together: exit 2, like any usage error.
     pub fn is_usage(&self) -> bool {
-        matches!(self, Error::Usage(_) | Error::EgressNeedsDnsCheck)
+        matches!(self, Error::Usage(_) | Error::EgressNeedsDnsCheck | Error::DnsServiceNeedsDnsCheck)
     }
 }
 

@@ -73,6 +73,7 @@ pub struct Metrics {
     pub rejected: Family<ReasonLabel, Gauge>,
     pub dns_lookups: Family<ResultLabel, Counter>,
     pub dns_hostnames: Gauge,
+    pub dns_servers: Gauge,
     pub dns_slow_first_lookups: Counter,
     /// Set when scraped, from the queue.
     pub queue_depth: Family<LaneLabel, Gauge>,
@@ -107,6 +108,7 @@ impl Default for Metrics {
             rejected: Family::default(),
             dns_lookups: Family::default(),
             dns_hostnames: Gauge::default(),
+            dns_servers: Gauge::default(),
             dns_slow_first_lookups: Counter::default(),
             queue_depth: Family::default(),
             leader: Gauge::default(),
@@ -194,6 +196,11 @@ impl Default for Metrics {
         registry.register("rejected", "XBackends with Accepted=False, by reason", m.rejected.clone());
         registry.register("dns_lookups", "DNS lookups of XBackend hostnames, by result", m.dns_lookups.clone());
         registry.register("dns_hostnames", "Distinct hostnames the DNS check tracks", m.dns_hostnames.clone());
+        registry.register(
+            "dns_servers",
+            "DNS servers each lookup asks (--dns-server and the ready endpoints of --dns-service)",
+            m.dns_servers.clone(),
+        );
         registry.register(
             "dns_slow_first_lookups",
             "Reconciles that stopped waiting for a hostname's first DNS answer (2 s); it queues them again when it comes",

@@ -83,6 +83,9 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     if args.egress.enabled() && !args.dns_check_enabled() {
         return Err(Error::EgressNeedsDnsCheck);
     }
+    if args.dns_service.is_some() && !args.dns_check_enabled() {
+        return Err(Error::DnsServiceNeedsDnsCheck);
+    }
     let mut config = kube::Config::infer().await?;
     config.read_timeout = Some(timeouts::READ_TIMEOUT);
     // Count the read timeout from each request, not from when a pooled
@@ -134,6 +137,19 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             watches.start(egress_writer::PolicyWatch::new(standing.clone(), false, namespace));
         }
     }
+    // The DNS servers: the flags', and the DNS Service's ready endpoints as its watch finds them.
+    let resolver = match (&args.dns_service, args.dns_check_enabled()) {
+        (_, false) => None,
+        (None, true) => Some(crate::dns::Resolver::new(&args.dns.dns_servers, timeouts::DNS_TIMEOUT)),
+        (Some((namespace, service)), true) => {
+            Some(crate::dns::Resolver::discovering(&args.dns.dns_servers, timeouts::DNS_TIMEOUT).map(|(r, found)| {
+                watches.start(watch::DnsService::new(namespace.clone(), service.clone(), found));
+                r
+            }))
+        }
+    }
+    .transpose()
+    .map_err(Error::Usage)?;
     let class_resource = found.served.get(&Kind::GatewayClass).cloned();
     let classes = class_writer::Classes::new(&args.controller_name);
     if let Some(resource) = &class_resource {
@@ -183,13 +199,10 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     // nothing when nothing changed).
     tasks.spawn(lead(leadership.changes(), state.clone(), queue.clone(), metrics.clone(), args.resync_interval));
 
-    let dns = if args.dns_check_enabled() {
-        let resolver = crate::dns::Resolver::new(&args.dns.dns_servers, timeouts::DNS_TIMEOUT).map_err(Error::Usage)?;
+    let dns = resolver.map(|resolver| {
         let ttls = (Duration::from_secs(args.dns.dns_min_ttl), Duration::from_secs(args.dns.dns_max_ttl));
-        Some(dns_check::DnsCheck::start(resolver, ttls, state.clone(), queue.clone(), metrics.clone()))
-    } else {
-        None
-    };
+        dns_check::DnsCheck::start(resolver, ttls, state.clone(), queue.clone(), metrics.clone())
+    });
     let api = reconcile::Kube {
         recorder: Recorder::new(
             client.clone(),

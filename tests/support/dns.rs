@@ -47,7 +47,12 @@ impl Drop for DnsServer {
 impl DnsServer {
     /// Binds a UDP port on 127.0.0.1 and serves until dropped.
     pub async fn start() -> DnsServer {
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind DNS server"));
+        DnsServer::start_at([127, 0, 0, 1].into()).await
+    }
+
+    /// Binds a UDP port on `ip` (an address of a network namespace the test made).
+    pub async fn start_at(ip: IpAddr) -> DnsServer {
+        let socket = Arc::new(UdpSocket::bind((ip, 0)).await.expect("bind DNS server"));
         let addr = socket.local_addr().unwrap();
         let zone = Arc::new(Mutex::new(Zone::default()));
         let served = zone.clone();

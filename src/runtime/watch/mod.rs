@@ -7,6 +7,7 @@
 
 mod crd;
 mod crds;
+mod dns_service;
 mod metadata;
 mod objects;
 mod references;
@@ -32,6 +33,7 @@ use crate::model::ObjectRef;
 
 pub use crd::{XBACKEND_CRD, XBackendCrd};
 pub use crds::GatewayApiCrds;
+pub use dns_service::DnsService;
 pub use metadata::{LIVE_PODS, Metadata};
 pub use objects::Objects;
 pub use references::References;
