@@ -93,6 +93,12 @@ fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
     found[0]
 }
 
+fn named<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind && d["metadata"]["name"] == name).collect();
+    assert_eq!(found.len(), 1, "expected one {kind} {name}, got {}", found.len());
+    found[0]
+}
+
 fn container(docs: &[Value]) -> &Value {
     &one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
 }
@@ -129,7 +135,7 @@ controller:
     maxAddressesPerHost: 16
     dnsCIDRs: [169.254.20.10/32]
     dataPlanes: {eg: "envoy-gateway-system:gateway.envoyproxy.io/owning-gateway-name={name}"}
-  dns: {servers: ["10.96.0.10:53"], minTTL: 10, maxTTL: 60}
+  dns: {servers: ["10.96.0.10:53"], service: kube-system/kube-dns, minTTL: 10, maxTTL: 60}
   concurrency: 4
   logFormat: text
   logLevel: debug
@@ -267,6 +273,7 @@ fn every_value_reaches_the_rendered_flags_and_objects() {
             "--egress-dns-cidr=169.254.20.10/32",
             "--egress-data-plane=eg=envoy-gateway-system:gateway.envoyproxy.io/owning-gateway-name={name}",
             "--dns-server=10.96.0.10:53",
+            "--dns-service=kube-system/kube-dns",
             "--dns-min-ttl=10",
             "--dns-max-ttl=60",
             "--metrics-addr=[::]:9090",
@@ -288,10 +295,25 @@ fn every_value_reaches_the_rendered_flags_and_objects() {
     assert!(c["env"].as_array().unwrap().contains(&json!({"name": "RUST_LOG", "value": "debug"})), "{}", c["env"]);
     assert!(!kinds(&docs).contains("CustomResourceDefinition"), "crds.install=false leaves the CRD out");
     // The Lease Role lives where the Lease is, for that Lease only.
-    let role = one(&docs, "Role");
+    let role = named(&docs, "Role", "edge-xbackend-controller-leader-election");
     assert_eq!(role["metadata"]["namespace"], "leases");
-    assert_eq!(one(&docs, "RoleBinding")["metadata"]["namespace"], "leases");
+    assert_eq!(
+        named(&docs, "RoleBinding", "edge-xbackend-controller-leader-election")["metadata"]["namespace"],
+        "leases"
+    );
     assert_eq!(role["rules"][1]["resourceNames"], json!(["xbc-leader"]));
+    // --dns-service: its EndpointSlices, read in the Service's namespace only.
+    let dns = named(&docs, "Role", "edge-xbackend-controller-dns");
+    assert_eq!(dns["metadata"]["namespace"], "kube-system");
+    assert_eq!(
+        dns["rules"],
+        json!([{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}])
+    );
+    let binding = named(&docs, "RoleBinding", "edge-xbackend-controller-dns");
+    assert_eq!(
+        (&binding["metadata"]["namespace"], &binding["subjects"][0]["namespace"]),
+        (&json!("kube-system"), &json!("gw-system"))
+    );
     let sm = one(&docs, "ServiceMonitor");
     assert_eq!(sm["metadata"]["labels"]["release"], "prometheus");
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
@@ -412,8 +434,8 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
         }
     }
     assert_eq!(
-        rules_seen, 14,
-        "ten ClusterRole rules, one more with egress policies in every namespace, one for a listed namespace, and two Role rules"
+        rules_seen, 15,
+        "ten ClusterRole rules, one more with egress policies in every namespace, one for a listed namespace, one for --dns-service, and two Role rules"
     );
 
     // --egress-policy networkpolicy adds exactly the NetworkPolicy writes.
@@ -463,6 +485,14 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
         &["--set", "controller.egress.policy=networkpolicy", "--set", "controller.dns.check=false"],
     );
     assert!(refused.is_err_and(|e| e.contains("needs controller.dns.check=true")));
+    let refused = try_render(
+        "x",
+        "default",
+        &["--set", "controller.dns.service=kube-system/kube-dns", "--set", "controller.dns.check=false"],
+    );
+    assert!(refused.is_err_and(|e| e.contains("controller.dns.service needs controller.dns.check=true")));
+    let err = try_render("x", "default", &["--set", "controller.dns.service=kube-dns"]).unwrap_err();
+    assert!(err.contains("/controller/dns/service"), "NAMESPACE/NAME: {err}");
     assert!(!source.contains("\"*\"") && !source.contains("['*']") && !source.contains("[*]"), "no wildcard in RBAC");
 }
 
@@ -1063,6 +1093,9 @@ async fn chart_service_account_is_allowed_exactly_what_the_controller_needs() {
         // No NetworkPolicies unless controller.egress.policy=networkpolicy.
         ask("list", "networking.k8s.io", "networkpolicies", "", None, ""),
         ask("patch", "networking.k8s.io", "networkpolicies", "", o, "p"),
+        // No EndpointSlices unless controller.dns.service names a DNS Service.
+        ask("list", "discovery.k8s.io", "endpointslices", "", None, ""),
+        ask("watch", "discovery.k8s.io", "endpointslices", "", Some("kube-system"), ""),
         // Nothing else.
         ask("create", "", "pods", "", own, ""),
         ask("get", "", "pods", "", own, "p"),

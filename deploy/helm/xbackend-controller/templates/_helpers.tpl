@@ -121,9 +121,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- range .Values.controller.dns.servers }}
 - {{ printf "--dns-server=%s" . | quote }}
 {{- end }}
+{{- with .Values.controller.dns.service }}
+- {{ printf "--dns-service=%s" . | quote }}
+{{- end }}
 - {{ printf "--dns-min-ttl=%d" (int .Values.controller.dns.minTTL) | quote }}
 - {{ printf "--dns-max-ttl=%d" (int .Values.controller.dns.maxTTL) | quote }}
 {{- else }}
+{{- if .Values.controller.dns.service }}
+{{- fail "controller.dns.service needs controller.dns.check=true: it names the DNS servers the check asks" }}
+{{- end }}
 - --no-dns-check
 {{- end }}
 - {{ printf "--metrics-addr=%s" (include "xbackend-controller.metricsAddr" .) | quote }}
