@@ -111,12 +111,19 @@ fn parse_data_plane(text: &str) -> Result<(String, crate::egress::DataPlane), St
 }
 
 fn parse_service(text: &str) -> Result<(String, String), String> {
-    match text.split_once('/') {
-        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() && !name.contains('/') => {
-            Ok((namespace.to_string(), name.to_string()))
-        }
-        _ => Err("expected NAMESPACE/NAME, for example kube-system/kube-dns".to_string()),
+    let (namespace, name) = text.split_once('/').ok_or("expected NAMESPACE/NAME, for example kube-system/kube-dns")?;
+    // Both are DNS labels (a Service name also starts with a letter): nothing
+    // else may reach the label selector the watch builds from the name.
+    if let Some(problem) = crate::names::dns_label_problem(namespace) {
+        return Err(format!("the namespace {namespace:?} {problem}"));
     }
+    if let Some(problem) = crate::names::dns_label_problem(name) {
+        return Err(format!("the Service name {name:?} {problem}"));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Err(format!("the Service name {name:?} does not start with a letter"));
+    }
+    Ok((namespace.to_string(), name.to_string()))
 }
 
 impl EgressArgs {
@@ -203,7 +210,7 @@ pub struct RunArgs {
     pub no_dns_check: bool,
     #[command(flatten)]
     pub dns: DnsArgs,
-    /// Also ask every ready endpoint of this Service, as NAMESPACE/NAME (kube-system/kube-dns), followed through its EndpointSlices: replicas can answer differently, and the data plane may ask any of them. Needs the DNS check.
+    /// Ask every ready endpoint of this Service, as NAMESPACE/NAME (kube-system/kube-dns), followed through its EndpointSlices, instead of the system resolver (--dns-server still adds servers): replicas can answer differently, and the data plane may ask any of them. Needs the DNS check.
     #[arg(long = "dns-service", value_name = "NAMESPACE/NAME", value_parser = parse_service)]
     pub dns_service: Option<(String, String)>,
     #[command(flatten)]
@@ -275,4 +282,21 @@ pub struct AnalyzeArgs {
     /// yaml or json: the XBackends with the status the controller would write (then, with --egress-policy networkpolicy, the NetworkPolicies it would write); table: one line per XBackend and ancestor.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Yaml)]
     pub output: OutputFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dns_service_is_two_dns_labels() {
+        assert_eq!(parse_service("kube-system/kube-dns"), Ok(("kube-system".into(), "kube-dns".into())));
+        for bad in ["kube-dns", "/kube-dns", "kube-system/", "a/b/c", "ns/a,b=c", "ns/1dns", "NS/dns"] {
+            assert!(parse_service(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_service("ns/a,b=c").unwrap_err(),
+            "the Service name \"a,b=c\" has characters other than lowercase letters, digits and '-'"
+        );
+    }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,7 +46,9 @@ pub enum LookupError {
     ServerFailure,
     #[error("no DNS server answered in time")]
     Timeout,
-    #[error("no DNS server to ask: the DNS Service given with --dns-service has no ready endpoint")]
+    #[error(
+        "no DNS server to ask: the Service given with --dns-service has no ready endpoint, or its EndpointSlices cannot be listed"
+    )]
     NoServer,
 }
 
@@ -87,8 +90,12 @@ struct One {
 pub struct Found {
     timeout: Duration,
     servers: Mutex<BTreeMap<SocketAddr, One>>,
-    /// False until the watch has listed once: a lookup before that waits for it.
+    /// Counts the changes: a lookup that saw another value began with another set.
+    generation: AtomicU64,
+    /// False until the watch has listed once: lookups until then wait for it,
+    /// up to `timeout` after start (the list may be refused).
     listed: tokio::sync::watch::Sender<bool>,
+    started: tokio::time::Instant,
     /// Notified when the set changes: every hostname is then asked again.
     pub changed: tokio::sync::Notify,
 }
@@ -100,15 +107,17 @@ impl Found {
             let mut current = self.servers.lock().expect("dns servers lock");
             let changed = !current.keys().eq(servers.iter());
             if changed {
+                // Built aside, so a failure leaves the set as it was.
                 let mut next = BTreeMap::new();
                 for addr in servers {
-                    let one = match current.remove(&addr) {
-                        Some(one) => one,
+                    let one = match current.get(&addr) {
+                        Some(one) => one.clone(),
                         None => One::at(addr, self.timeout)?,
                     };
                     next.insert(addr, one);
                 }
                 *current = next;
+                self.generation.fetch_add(1, Ordering::Relaxed);
             }
             changed
         };
@@ -141,16 +150,25 @@ impl Resolver {
         Ok(Resolver { fixed, found: None })
     }
 
-    /// `servers` (possibly none) and those a watch finds and sets in the returned `Found`.
+    /// `servers` (possibly none: the system resolver is then not asked, as it
+    /// reaches one of the same replicas) and those a watch finds and sets in
+    /// the returned `Found`.
     pub fn discovering(servers: &[SocketAddr], timeout: Duration) -> Result<(Resolver, Arc<Found>), String> {
         let fixed = servers.iter().map(|addr| One::at(*addr, timeout)).collect::<Result<_, _>>()?;
         let found = Arc::new(Found {
             timeout,
             servers: Mutex::default(),
+            generation: AtomicU64::new(0),
             listed: tokio::sync::watch::Sender::new(false),
+            started: tokio::time::Instant::now(),
             changed: tokio::sync::Notify::new(),
         });
         Ok((Resolver { fixed, found: Some(found.clone()) }, found))
+    }
+
+    /// Which set of discovered servers a lookup starting now asks (0 when not discovering).
+    pub fn generation(&self) -> u64 {
+        self.found.as_ref().map_or(0, |f| f.generation.load(Ordering::Relaxed))
     }
 
     /// The set a watch keeps up to date, when discovering.
@@ -158,7 +176,7 @@ impl Resolver {
         self.found.clone()
     }
 
-    /// How many servers a lookup asks now (the system configuration counts as one).
+    /// How many servers a lookup asks now.
     pub fn server_count(&self) -> usize {
         self.fixed.len() + self.found.as_ref().map_or(0, |f| f.servers.lock().expect("dns servers lock").len())
     }
@@ -169,9 +187,11 @@ impl Resolver {
     pub async fn resolve(&self, hostname: &str) -> Result<Resolution, LookupError> {
         let mut found = Vec::new();
         if let Some(servers) = &self.found {
-            // Before the first list the set is not known yet: wait for it (bounded).
+            // Before the first list the set is not known yet: wait for it, but
+            // only until `timeout` after start, since the list may be refused.
             let mut listed = servers.listed.subscribe();
-            let _ = tokio::time::timeout(servers.timeout, listed.wait_for(|listed| *listed)).await;
+            let deadline = servers.started + servers.timeout;
+            let _ = tokio::time::timeout_at(deadline, listed.wait_for(|listed| *listed)).await;
             found.extend(servers.servers.lock().expect("dns servers lock").values().cloned());
         }
         if self.fixed.is_empty() && found.is_empty() {
@@ -374,5 +394,16 @@ mod tests {
         found.listed();
         assert_eq!(lookup.await.unwrap(), Err(LookupError::NoServer));
         assert!(started.elapsed() < Duration::from_secs(1), "it ended with the list, not the timeout");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_list_that_never_comes_delays_only_the_first_second() {
+        let (resolver, _found) = Resolver::discovering(&[], Duration::from_secs(1)).unwrap();
+        let started = tokio::time::Instant::now();
+        assert_eq!(resolver.resolve("example.com").await, Err(LookupError::NoServer));
+        assert_eq!(started.elapsed(), Duration::from_secs(1), "the first lookup waited until the deadline");
+        let again = tokio::time::Instant::now();
+        assert_eq!(resolver.resolve("example.com").await, Err(LookupError::NoServer));
+        assert_eq!(again.elapsed(), Duration::ZERO, "later ones do not wait");
     }
 }

@@ -90,7 +90,8 @@ impl DnsCheck {
     }
 
     /// Every hostname waiting for its next lookup is due now: a DNS server
-    /// joined or left, and its answers may differ from the others'.
+    /// joined or left, and its answers may differ from the others'. Lookups in
+    /// flight reschedule themselves (`lookup` compares the set's generation).
     fn recheck_all(&self) {
         let now = Instant::now();
         let mut due = self.due.lock().expect("dns schedule lock");
@@ -165,6 +166,7 @@ impl DnsCheck {
             self.metrics.dns_hostnames.set(hosts.len() as i64);
             return;
         }
+        let servers = self.resolver.generation();
         let result = self.resolver.resolve(&hostname).await;
         drop(permit);
         let (wait, requeue) = match result {
@@ -182,6 +184,9 @@ impl DnsCheck {
         if requeue {
             self.queue.extend(self.state.backends_with_hostname(&hostname));
         }
+        // The server set changed meanwhile (recheck_all could not reschedule a
+        // lookup in flight): ask the new set now.
+        let wait = if self.resolver.generation() == servers { wait } else { Duration::ZERO };
         self.schedule_at(Instant::now() + wait, hostname);
     }
 
@@ -287,6 +292,11 @@ mod tests {
 
     /// A tracker whose DNS server never answers, so every lookup holds its slot.
     fn tracker(silent: &std::net::UdpSocket, hostnames: &[&str]) -> Arc<DnsCheck> {
+        let resolver = Resolver::new(&[silent.local_addr().unwrap()], Duration::from_secs(1)).unwrap();
+        tracker_with(resolver, hostnames)
+    }
+
+    fn tracker_with(resolver: Resolver, hostnames: &[&str]) -> Arc<DnsCheck> {
         let metrics = Arc::new(Metrics::default());
         let state = Arc::new(State::new(crate::index::Index::new("ctrl"), metrics.clone(), Synced::new([])));
         for (i, hostname) in hostnames.iter().enumerate() {
@@ -294,9 +304,33 @@ mod tests {
             spec.external_hostname = Some(ExternalHostnameBackend { hostname: hostname.to_string() });
             state.apply(ObjectRef::new("ns", format!("b{i}")), Object::XBackend(Backend::new(1, Ok(spec))));
         }
-        let resolver = Resolver::new(&[silent.local_addr().unwrap()], Duration::from_secs(1)).unwrap();
         let ttls = (Duration::from_secs(30), Duration::from_secs(300));
         DnsCheck::start(resolver, ttls, state, Arc::new(Queue::default()), metrics)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_in_flight_when_the_servers_change_is_asked_again_at_once() {
+        let silent =
+            [std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), std::net::UdpSocket::bind("127.0.0.1:0").unwrap()];
+        let (resolver, found) = Resolver::discovering(&[], Duration::from_secs(1)).unwrap();
+        found.set([silent[0].local_addr().unwrap()].into()).unwrap();
+        found.listed();
+        let tracker = tracker_with(resolver, &["moving.example"]);
+        tracker.schedule_at(tracker.started, "moving.example".into());
+        // In flight once the first server got the query (nobody answers).
+        silent[0].set_nonblocking(true).unwrap();
+        while silent[0].peek_from(&mut [0u8; 512]).is_err() {
+            tokio::task::yield_now().await;
+        }
+        // The set changes under it: the new server is asked as soon as that lookup ends.
+        found.set([silent[1].local_addr().unwrap()].into()).unwrap();
+        let changed_at = Instant::now();
+        silent[1].set_nonblocking(true).unwrap();
+        while silent[1].peek_from(&mut [0u8; 512]).is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let after = changed_at.elapsed();
+        assert!(after < Duration::from_secs(30), "asked {after:?} after the change, not a TTL later");
     }
 
     #[tokio::test(start_paused = true)]
