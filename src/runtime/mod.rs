@@ -218,9 +218,9 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
             client: client.clone(),
             leadership: leadership.clone(),
             metrics: metrics.clone(),
-            config: args.egress.config(),
+            config: Arc::new(args.egress.config()),
             hold: args.egress.hold(),
-            addresses: policy.addresses.clone(),
+            addresses: Arc::new(policy.addresses.clone()),
             recorder: Recorder::new(
                 client.clone(),
                 Reporter { controller: "xbackend-controller".into(), instance: Some(identity.clone()) },
