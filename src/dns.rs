@@ -133,6 +133,7 @@ impl Found {
     }
 
     /// The servers asked now.
+    #[cfg(test)]
     pub fn servers(&self) -> Vec<SocketAddr> {
         self.servers.lock().expect("dns servers lock").keys().copied().collect()
     }

@@ -7,26 +7,16 @@ mod support;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 use support::dns::{Answer, DnsServer};
-use support::{Channel, ControlPlane, Controller, TestGateway, apply_yaml, conditions_of, entries_of, xbackend_api};
+use support::{
+    Channel, ControlPlane, Controller, TestGateway, apply_yaml, conditions_of, entries_of, wait_accepted, xbackend_api,
+};
 
 /// An XBackend to `hostname` behind Gateway `gw`, with its route.
 fn backend(name: &str, hostname: &str) -> String {
     format!("{}{}", support::xbackend_yaml(name, hostname), support::route_yaml(name, &["gw"], name))
-}
-
-/// Waits until our entry's Accepted condition has `reason`; returns its message.
-async fn wait_accepted(api: &Api<DynamicObject>, name: &str, controller: &str, reason: &str) -> String {
-    let obj = support::wait_for_xbackend(api, name, &format!("Accepted reason {reason}"), |o| {
-        let entries = entries_of(o, "ancestors", controller);
-        entries.len() == 1 && conditions_of(&entries[0]).iter().any(|c| c.0 == "Accepted" && c.2 == reason)
-    })
-    .await;
-    let entry = &entries_of(&obj, "ancestors", controller)[0];
-    let accepted = entry["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Accepted").unwrap();
-    accepted["message"].as_str().unwrap_or_default().to_string()
 }
 
 fn public(ip: &str) -> Answer {

@@ -11,7 +11,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::dns::{Answer, DnsServer};
-use support::{Channel, ControlPlane, Controller, TestGateway, apply_yaml, conditions_of, entries_of, xbackend_api};
+use support::{Channel, ControlPlane, Controller, TestGateway, apply_yaml, wait_accepted, xbackend_api};
 
 /// The test's thread (and what it starts from now on) moves to a new network
 /// namespace with only `lo`, holding `addresses`.
@@ -45,15 +45,6 @@ fn slice(name: &str, server: &DnsServer, ready: bool) -> EndpointSlice {
         "endpoints": [{"addresses": [server.addr.ip().to_string()], "conditions": {"ready": ready}}],
     }))
     .unwrap()
-}
-
-/// Our entry's Accepted reason for XBackend `name`, once it is `reason`.
-async fn wait_reason(api: &Api<kube::api::DynamicObject>, name: &str, controller: &str, reason: &str) {
-    support::wait_for_xbackend(api, name, &format!("Accepted reason {reason}"), |o| {
-        let entries = entries_of(o, "ancestors", controller);
-        entries.len() == 1 && conditions_of(&entries[0]).iter().any(|c| c.0 == "Accepted" && c.2 == reason)
-    })
-    .await;
 }
 
 /// `xbackend_dns_lookups_total` with `result="no_server"`.
@@ -96,7 +87,7 @@ async fn each_ready_endpoint_of_the_dns_service_is_asked_as_they_come_and_go() {
     ctl.wait_ready().await;
     let api = xbackend_api(&client, &ns);
     let name = &gw.controller_name;
-    wait_reason(&api, "api", name, "Accepted").await;
+    wait_accepted(&api, "api", name, "Accepted").await;
     assert_eq!(ctl.metric("xbackend_dns_servers"), Some(1.0), "one ready endpoint");
     // Accepted may come by name alone if the first answer is slow: wait for a's.
     let asked_a =
@@ -106,14 +97,14 @@ async fn each_ready_endpoint_of_the_dns_service_is_asked_as_they_come_and_go() {
 
     // A second replica joins: it is asked at once, and its answer rejects the XBackend.
     slices.create(&PostParams::default(), &slice("dns-b", &b, true)).await.expect("create slice dns-b");
-    wait_reason(&api, "api", name, "AddressNotAllowed").await;
+    wait_accepted(&api, "api", name, "AddressNotAllowed").await;
     assert!(b.queries("api.example.net") > 0, "b was asked");
     assert_eq!(ctl.metric("xbackend_dns_servers"), Some(2.0));
 
     // It turns unready: no longer asked, and a's answer alone accepts it again.
     let unready = json!({"endpoints": [{"addresses": ["10.96.53.2"], "conditions": {"ready": false}}]});
     slices.patch("dns-b", &PatchParams::default(), &Patch::Merge(&unready)).await.expect("mark dns-b unready");
-    wait_reason(&api, "api", name, "Accepted").await;
+    wait_accepted(&api, "api", name, "Accepted").await;
     let asked = b.queries("api.example.net");
     assert_eq!(ctl.metric("xbackend_dns_servers"), Some(1.0));
 
@@ -123,7 +114,7 @@ async fn each_ready_endpoint_of_the_dns_service_is_asked_as_they_come_and_go() {
         support::eventually(Duration::from_secs(30), || async { (no_server_lookups(&ctl) > 0.0).then_some(()) }).await;
     assert!(failed.is_some(), "a lookup with no server was counted; log:\n{}", ctl.log_tail());
     assert_eq!(ctl.metric("xbackend_dns_servers"), Some(0.0));
-    wait_reason(&api, "api", name, "Accepted").await;
+    wait_accepted(&api, "api", name, "Accepted").await;
     assert_eq!(b.queries("api.example.net"), asked, "an unready endpoint is never asked");
     // The failure is counted, then logged: wait for the line.
     let logged = support::eventually(Duration::from_secs(10), || async {

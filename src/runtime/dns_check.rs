@@ -95,11 +95,7 @@ impl DnsCheck {
     fn recheck_all(&self) {
         let now = Instant::now();
         let mut due = self.due.lock().expect("dns schedule lock");
-        let later: Vec<_> = due.iter().filter(|(at, _)| *at > now).cloned().collect();
-        for entry in later {
-            due.remove(&entry);
-            due.insert((now, entry.1));
-        }
+        *due = std::mem::take(&mut *due).into_iter().map(|(at, hostname)| (at.min(now), hostname)).collect();
         drop(due);
         self.wake.notify_one();
     }

@@ -506,6 +506,18 @@ pub async fn wait_for_xbackend(
 }
 
 /// A namespaced Api for any kind by group/version/kind.
+/// Waits until our entry's Accepted condition has `reason`; returns its message.
+pub async fn wait_accepted(api: &Api<DynamicObject>, name: &str, controller: &str, reason: &str) -> String {
+    let obj = wait_for_xbackend(api, name, &format!("Accepted reason {reason}"), |o| {
+        let entries = entries_of(o, "ancestors", controller);
+        entries.len() == 1 && conditions_of(&entries[0]).iter().any(|c| c.0 == "Accepted" && c.2 == reason)
+    })
+    .await;
+    let entry = &entries_of(&obj, "ancestors", controller)[0];
+    let accepted = entry["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Accepted").unwrap();
+    accepted["message"].as_str().unwrap_or_default().to_string()
+}
+
 pub fn dynamic(client: &Client, ns: &str, group: &str, version: &str, kind: &str) -> Api<DynamicObject> {
     let ar = ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(group, version, kind));
     Api::namespaced_with(client.clone(), ns, &ar)

@@ -31,11 +31,11 @@ pub struct DnsService {
 
 /// What one slice offers.
 #[derive(Debug, Default, PartialEq)]
-pub struct Servers {
-    pub ready: Vec<SocketAddr>,
+struct Servers {
+    ready: Vec<SocketAddr>,
     /// Serving but not ready (terminating): kube-proxy falls back to these
     /// when no endpoint of the Service is ready, and so does the check.
-    pub serving: Vec<SocketAddr>,
+    serving: Vec<SocketAddr>,
 }
 
 impl DnsService {
@@ -63,7 +63,7 @@ impl DnsService {
 /// The DNS servers one EndpointSlice gives: the first address of each
 /// endpoint (the one kube-proxy uses), on the slice's UDP port (the one named
 /// `dns` first). A slice without a UDP port, or of FQDNs, gives none.
-pub fn servers_of(slice: &EndpointSlice) -> Servers {
+fn servers_of(slice: &EndpointSlice) -> Servers {
     if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
         return Servers::default();
     }
@@ -77,12 +77,11 @@ pub fn servers_of(slice: &EndpointSlice) -> Servers {
     let mut servers = Servers::default();
     for endpoint in slice.endpoints.iter().flatten() {
         let Some(ip) = endpoint.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else { continue };
-        let conditions = endpoint.conditions.clone().unwrap_or_default();
+        let conditions = endpoint.conditions.as_ref();
         // nil ready means ready; nil serving defers to ready.
-        let ready = conditions.ready != Some(false);
-        if ready {
+        if conditions.and_then(|c| c.ready) != Some(false) {
             servers.ready.push(SocketAddr::new(ip, port));
-        } else if conditions.serving == Some(true) {
+        } else if conditions.and_then(|c| c.serving) == Some(true) {
             servers.serving.push(SocketAddr::new(ip, port));
         }
     }
