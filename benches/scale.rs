@@ -41,7 +41,8 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::{Channel, ControlPlane, ControlPlaneOpts, Controller};
 use xbackend_controller::model::ObjectRef;
-use xbackend_controller::status::{Shape, Verdicts, merge};
+use xbackend_controller::status::{Shape, merge};
+use xbackend_controller::verdict::Verdicts;
 
 const CONTROLLER: &str = "bench.example.com/xbackend-controller";
 const FOREIGN: &str = "bench.example.com/someone-else";

@@ -13,12 +13,14 @@ use serde_json::Value;
 use crate::cli::{AnalyzeArgs, OutputFormat};
 use crate::decode;
 use crate::dns::{Resolution, Resolver};
-use crate::index::{Index, Kind, Object};
-use crate::judge::{Inputs, Judgement, judge};
+use crate::index::Index;
+use crate::judge::{Judgement, Settings, judge};
 use crate::model::ObjectRef;
+use crate::model::{Kind, Object};
 use crate::policy::Policy;
 use crate::refs::{self, Fetched, RefTarget};
-use crate::status::{Shape, Verdicts};
+use crate::status::Shape;
+use crate::verdict::Verdicts;
 
 /// How long one DNS query may take with --dns-check.
 const DNS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -63,9 +65,12 @@ pub fn main(args: AnalyzeArgs) -> ExitCode {
         }
     };
     if args.egress.enabled() && !args.dns_check {
-        eprintln!(
-            "error: --egress-policy networkpolicy needs --dns-check: the policies allow the addresses names resolve to"
-        );
+        eprintln!("error: --egress-policy needs --dns-check: the policies allow the addresses names resolve to");
+        return ExitCode::from(EXIT_INPUT);
+    }
+    let engine = args.egress.engine();
+    if let Some(Err(e)) = engine.as_deref().map(|engine| args.egress.check_engine(engine)) {
+        eprintln!("error: {e}");
         return ExitCode::from(EXIT_INPUT);
     }
     let resolve = |hostname: &str| -> Option<Resolution> {
@@ -76,7 +81,7 @@ pub fn main(args: AnalyzeArgs) -> ExitCode {
         controller_name: &args.controller_name,
         gateway_classes: &args.guard.gateway_classes,
         assume_refs_exist: args.assume_refs_exist,
-        egress: args.egress.enabled().then(|| args.egress.config()),
+        egress: engine.map(|engine| (args.egress.config(), engine)),
     };
     let report = analyze(docs, &policy, &options, &crate::judge::now_rfc3339(), &resolve);
     let mut stdout = std::io::stdout().lock();
@@ -113,7 +118,7 @@ pub struct Report {
     pub backends: Vec<Analyzed>,
     /// Things worth knowing that are not findings: ignored kinds, duplicates.
     pub notes: Vec<String>,
-    /// With --egress-policy networkpolicy: the NetworkPolicies `run` would write.
+    /// With --egress-policy: the policy objects `run` would write.
     pub policies: Vec<Value>,
 }
 
@@ -188,9 +193,10 @@ impl Report {
         ));
         for p in &self.policies {
             let rules = p["spec"]["egress"].as_array().map_or(0, Vec::len);
+            let namespace = p["metadata"]["namespace"].as_str().map(|ns| format!("{ns}/")).unwrap_or_default();
             lines.push(format!(
-                "NetworkPolicy {}/{}  {rules} egress rule(s)",
-                p["metadata"]["namespace"].as_str().unwrap_or_default(),
+                "{} {namespace}{}  {rules} egress rule(s)",
+                p["kind"].as_str().unwrap_or_default(),
                 p["metadata"]["name"].as_str().unwrap_or_default()
             ));
         }
@@ -208,8 +214,8 @@ pub struct Options<'a> {
     /// Referenced Secrets and ConfigMaps the bundle does not hold count as
     /// present and valid (made at run time by cert-manager and the like).
     pub assume_refs_exist: bool,
-    /// Build the egress NetworkPolicies too (docs/design.md §6b).
-    pub egress: Option<crate::egress::Config>,
+    /// Build the egress policies too (docs/design.md §6b), with this engine.
+    pub egress: Option<(crate::egress::Config, Box<dyn crate::egress::Engine>)>,
 }
 
 /// Runs the controller's logic over the objects of a bundle.
@@ -259,7 +265,7 @@ pub fn analyze(
                 }
                 Err(e) => notes.push(format!("{}: ConfigMap {key} ignored: {e}", doc.source)),
             },
-            _ => match decode::kind_of(&api_version, &kind_str) {
+            _ => match Kind::of(&api_version, &kind_str) {
                 Some(kind) => match decode::decode(kind, &as_created(kind, value.clone())) {
                     Ok((k, object)) => {
                         if kind == Kind::XBackend {
@@ -294,7 +300,7 @@ pub fn analyze(
         let hostname = index
             .backend(&key)
             .and_then(|b| b.spec.as_ref().ok())
-            .and_then(|spec| refs::hostname_to_resolve(spec, policy, &index));
+            .and_then(|spec| crate::verdict::hostname_to_resolve(spec, policy, &index));
         fetched.resolution = hostname.as_deref().and_then(resolve).map(std::sync::Arc::new);
         for target in targets {
             let found = match &target {
@@ -310,7 +316,7 @@ pub fn analyze(
         }
         let shape = Shape::Ancestors;
         let current = object["status"][shape.list_field()].as_array().cloned().unwrap_or_default();
-        let inputs = Inputs { policy, controller_name, shape, current: &current, now };
+        let inputs = Settings { policy, controller_name, shape, current: &current, now };
         let Some(judgement) = judge(&index, &key, &fetched, &inputs) else { continue };
         let list =
             if judgement.merged.list.is_empty() { Value::Null } else { Value::Array(judgement.merged.list.clone()) };
@@ -326,25 +332,28 @@ pub fn analyze(
     }
     // The policy writer's own decision, from nothing standing: what `run` would write first.
     let policies = match &options.egress {
-        Some(config) => {
+        Some((config, engine)) => {
             let gateways = (index.judged_gateways().into_iter())
                 .map(|gw| {
                     let g = index.gateway(&gw).cloned().unwrap_or_default();
                     (gw, g.uid, g.class_name)
                 })
                 .collect();
-            let inputs = crate::egress::Inputs { gateways, behind, unknown: Default::default() };
-            let decision = crate::egress::Decisions::default().decide(
-                &inputs,
-                &BTreeMap::new(),
-                0,
-                crate::egress::Hold::default(),
+            let demand = crate::egress::Demand { gateways, behind, unknown: Default::default() };
+            let round = crate::egress::Round {
+                now: 0,
+                hold: crate::egress::Hold::default(),
                 config,
-                &|_| false,
-                true,
-            );
+                engine: &**engine,
+                denied: &|_| false,
+                rebuild: true,
+            };
+            let decision = crate::egress::Decisions::default().decide(&demand, &BTreeMap::new(), &round);
+            let kind = engine.kind().kind;
             notes.extend(decision.unwritable.iter().map(|(gw, ns)| {
-                format!("no NetworkPolicy for Gateway {gw}: its data plane runs in namespace {ns}, not one of --egress-namespace")
+                format!(
+                    "no {kind} for Gateway {gw}: its data plane runs in namespace {ns}, not one of --egress-namespace"
+                )
             }));
             decision.policies.into_values().map(|p| p.to_value()).collect()
         }

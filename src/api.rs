@@ -9,10 +9,10 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub const GROUP: &str = "gateway.networking.x-k8s.io";
+pub const GROUP: &str = crate::object::XBACKEND_GROUP;
 pub const VERSION: &str = "v1alpha1";
 pub const KIND: &str = "XBackend";
-pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+pub const GATEWAY_GROUP: &str = crate::object::GATEWAY_GROUP;
 /// At most this many entries in `status.ancestors` (shared by all controllers).
 pub const MAX_ANCESTORS: usize = 32;
 

@@ -79,12 +79,15 @@ pub struct GuardArgs {
     pub gateway_classes: Vec<String>,
 }
 
-/// Egress enforcement: NetworkPolicies for the judged Gateways' data planes (docs/design.md §6b).
+/// Egress enforcement: policy objects for the judged Gateways' data planes (docs/design.md §6b).
 #[derive(Args, Debug, Clone)]
 pub struct EgressArgs {
-    /// off, or networkpolicy: one set of NetworkPolicies per judged Gateway allowing its data-plane Pods to reach only the vetted addresses of its Accepted XBackends, DNS and (by default) the cluster's Pods. Needs the DNS check.
-    #[arg(long, value_enum, default_value_t = EgressPolicy::Off)]
-    pub egress_policy: EgressPolicy,
+    /// off, or the engine that enforces: networkpolicy (NetworkPolicies, every CNI; another NetworkPolicy on the same Pods can widen them), adminnetworkpolicy (AdminNetworkPolicy v1alpha1 with the networks peer: OVN-Kubernetes, Calico, Antrea, kube-network-policies) or clusternetworkpolicy (ClusterNetworkPolicy, tier Admin, v1beta1 where served else v1alpha2): the admin tier, which namespace owners cannot widen. Each judged Gateway's data-plane Pods may reach only the vetted addresses of its Accepted XBackends, DNS and (by default) the cluster's Pods. Needs the DNS check.
+    #[arg(long, value_name = "ENGINE", default_value = "off", value_parser = engine_names())]
+    pub egress_policy: String,
+    /// The admin tier's priority (adminnetworkpolicy, clusternetworkpolicy): each Gateway's Accepts at N, its final Deny at N+1 (lower numbers are evaluated first; OVN-Kubernetes supports 0-99).
+    #[arg(long, value_name = "N", default_value_t = 90, value_parser = clap::value_parser!(u32).range(0..1000))]
+    pub egress_admin_priority: u32,
     /// Let the data plane reach every Pod of every namespace (routes to Services keep working); false for operators who add their own rules.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub egress_policy_allow_cluster: bool,
@@ -126,9 +129,39 @@ fn parse_service(text: &str) -> Result<(String, String), String> {
     Ok((namespace.to_string(), name.to_string()))
 }
 
+/// off, and every engine's name.
+fn engine_names() -> clap::builder::PossibleValuesParser {
+    let names = std::iter::once("off").chain(crate::egress::ENGINES.iter().map(|(name, _)| *name));
+    clap::builder::PossibleValuesParser::new(names)
+}
+
 impl EgressArgs {
     pub fn enabled(&self) -> bool {
-        self.egress_policy == EgressPolicy::Networkpolicy
+        self.engine_name().is_some()
+    }
+
+    /// The engine's name, or None with `off`.
+    pub fn engine_name(&self) -> Option<&str> {
+        (self.egress_policy != "off").then_some(self.egress_policy.as_str())
+    }
+
+    /// The engine offline (`analyze`: no cluster to discover versions in).
+    pub fn engine(&self) -> Option<Box<dyn crate::egress::Engine>> {
+        let settings = crate::egress::EngineSettings { admin_priority: self.egress_admin_priority, served: &[] };
+        crate::egress::engine(self.engine_name()?, &settings)
+    }
+
+    /// The flags the engine's API cannot carry.
+    pub fn check_engine(&self, engine: &dyn crate::egress::Engine) -> Result<(), String> {
+        let most = engine.max_addresses_per_host();
+        if usize::from(self.egress_max_addresses_per_host) > most {
+            return Err(format!(
+                "--egress-max-addresses-per-host {} is more than one {} rule can hold ({most})",
+                self.egress_max_addresses_per_host,
+                engine.kind().kind
+            ));
+        }
+        Ok(())
     }
 
     pub fn hold(&self) -> crate::egress::Hold {
@@ -148,12 +181,6 @@ impl EgressArgs {
         let namespaces = (!self.egress_namespaces.is_empty()).then(|| self.egress_namespaces.iter().cloned().collect());
         crate::egress::Config { allow_cluster: self.egress_policy_allow_cluster, dns, data_planes, namespaces }
     }
-}
-
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EgressPolicy {
-    Off,
-    Networkpolicy,
 }
 
 /// Where and how often the resolved-address guardrail asks DNS.

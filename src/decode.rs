@@ -11,46 +11,14 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::api::{self, GATEWAY_GROUP, XBackendSpec};
-use crate::index::{Kind, Object};
 use crate::model::{
-    Backend, Gateway, GatewayClass, GrantFrom, GrantTo, ObjectRef, Pod, ReferenceGrant, Refs, Route, RouteKind,
+    Backend, Gateway, GatewayClass, GrantFrom, GrantTo, Kind, Object, ObjectRef, Pod, ReferenceGrant, Refs, Route,
     StoredStatus,
 };
 
 /// Namespace given to namespaced objects that carry none, as `kubectl apply`
 /// would with the default context (only `analyze` input can lack one).
 pub const DEFAULT_NAMESPACE: &str = "default";
-
-/// Which index kind an apiVersion/kind pair is, if any.
-pub fn kind_of(api_version: &str, kind: &str) -> Option<Kind> {
-    if api_version == "v1" {
-        return match kind {
-            "Pod" => Some(Kind::Pod),
-            "Namespace" => Some(Kind::Namespace),
-            _ => None,
-        };
-    }
-    let (group, version) = api_version.split_once('/')?;
-    if version.is_empty() {
-        return None;
-    }
-    if group == api::GROUP {
-        return (version == api::VERSION && kind == api::KIND).then_some(Kind::XBackend);
-    }
-    if group != GATEWAY_GROUP {
-        return None;
-    }
-    if let Some(route) = RouteKind::ALL.into_iter().find(|r| r.kind() == kind) {
-        return Some(Kind::Route(route));
-    }
-    match kind {
-        "Gateway" => Some(Kind::Gateway),
-        "ListenerSet" => Some(Kind::ListenerSet),
-        "GatewayClass" => Some(Kind::GatewayClass),
-        "ReferenceGrant" => Some(Kind::ReferenceGrant),
-        _ => None,
-    }
-}
 
 /// Decodes one object of `kind`. XBackends whose spec does not decode still
 /// return Ok (with `Backend.spec = Err(..)`) so they get an Invalid condition;
@@ -424,6 +392,7 @@ fn decode_grant(spec: &Value) -> ReferenceGrant {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::RouteKind;
     use serde_json::json;
 
     fn route(kind: RouteKind, value: Value) -> (ObjectRef, Route) {
@@ -439,30 +408,30 @@ mod tests {
 
     #[test]
     fn kinds() {
-        assert_eq!(kind_of("gateway.networking.k8s.io/v1", "HTTPRoute"), Some(Kind::Route(RouteKind::Http)));
-        assert_eq!(kind_of("gateway.networking.k8s.io/v1beta1", "HTTPRoute"), Some(Kind::Route(RouteKind::Http)));
-        assert_eq!(kind_of("gateway.networking.k8s.io/v1", "GRPCRoute"), Some(Kind::Route(RouteKind::Grpc)));
-        assert_eq!(kind_of("gateway.networking.k8s.io/v1", "Gateway"), Some(Kind::Gateway));
-        assert_eq!(kind_of("gateway.networking.k8s.io/v1", "GatewayClass"), Some(Kind::GatewayClass));
-        assert_eq!(kind_of("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"), Some(Kind::ReferenceGrant));
-        assert_eq!(kind_of("gateway.networking.x-k8s.io/v1alpha1", "XBackend"), Some(Kind::XBackend));
-        assert_eq!(kind_of("gateway.networking.x-k8s.io/v1alpha2", "XBackend"), None);
+        assert_eq!(Kind::of("gateway.networking.k8s.io/v1", "HTTPRoute"), Some(Kind::Route(RouteKind::Http)));
+        assert_eq!(Kind::of("gateway.networking.k8s.io/v1beta1", "HTTPRoute"), Some(Kind::Route(RouteKind::Http)));
+        assert_eq!(Kind::of("gateway.networking.k8s.io/v1", "GRPCRoute"), Some(Kind::Route(RouteKind::Grpc)));
+        assert_eq!(Kind::of("gateway.networking.k8s.io/v1", "Gateway"), Some(Kind::Gateway));
+        assert_eq!(Kind::of("gateway.networking.k8s.io/v1", "GatewayClass"), Some(Kind::GatewayClass));
+        assert_eq!(Kind::of("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"), Some(Kind::ReferenceGrant));
+        assert_eq!(Kind::of("gateway.networking.x-k8s.io/v1alpha1", "XBackend"), Some(Kind::XBackend));
+        assert_eq!(Kind::of("gateway.networking.x-k8s.io/v1alpha2", "XBackend"), None);
         for version in ["v1alpha2", "v1"] {
             let api_version = format!("gateway.networking.k8s.io/{version}");
-            assert_eq!(kind_of(&api_version, "TCPRoute"), Some(Kind::Route(RouteKind::Tcp)));
-            assert_eq!(kind_of(&api_version, "UDPRoute"), Some(Kind::Route(RouteKind::Udp)));
+            assert_eq!(Kind::of(&api_version, "TCPRoute"), Some(Kind::Route(RouteKind::Tcp)));
+            assert_eq!(Kind::of(&api_version, "UDPRoute"), Some(Kind::Route(RouteKind::Udp)));
         }
         for version in ["v1alpha2", "v1alpha3", "v1"] {
             let api_version = format!("gateway.networking.k8s.io/{version}");
-            assert_eq!(kind_of(&api_version, "TLSRoute"), Some(Kind::Route(RouteKind::Tls)));
+            assert_eq!(Kind::of(&api_version, "TLSRoute"), Some(Kind::Route(RouteKind::Tls)));
         }
-        assert_eq!(kind_of("gateway.networking.k8s.io/v1", "ListenerSet"), Some(Kind::ListenerSet));
-        assert_eq!(kind_of("gateway.networking.x-k8s.io/v1alpha1", "XListenerSet"), None);
-        assert_eq!(kind_of("gateway.networking.k8s.io/v1", "BackendTLSPolicy"), None);
-        assert_eq!(kind_of("v1", "Service"), None);
-        assert_eq!(kind_of("gateway.networking.k8s.io/", "Gateway"), None);
-        assert_eq!(kind_of("", ""), None);
-        assert_eq!(kind_of("networking.k8s.io/v1", "Gateway"), None);
+        assert_eq!(Kind::of("gateway.networking.k8s.io/v1", "ListenerSet"), Some(Kind::ListenerSet));
+        assert_eq!(Kind::of("gateway.networking.x-k8s.io/v1alpha1", "XListenerSet"), None);
+        assert_eq!(Kind::of("gateway.networking.k8s.io/v1", "BackendTLSPolicy"), None);
+        assert_eq!(Kind::of("v1", "Service"), None);
+        assert_eq!(Kind::of("gateway.networking.k8s.io/", "Gateway"), None);
+        assert_eq!(Kind::of("", ""), None);
+        assert_eq!(Kind::of("networking.k8s.io/v1", "Gateway"), None);
     }
 
     #[test]

@@ -9,11 +9,12 @@ use serde_json::{Value, json};
 
 use crate::conditions::{self, reason};
 use crate::guardrails::Namespaces;
-use crate::index::{self, Index};
+use crate::index::Index;
 use crate::model::{Ancestor, Backend, ObjectRef, ReferenceGrant};
 use crate::policy::Policy;
 use crate::refs::{self, Fetched, Lookup, RefTarget};
-use crate::status::{self, EventNote, MergeOutcome, Shape, Verdicts};
+use crate::status::{self, EventNote, MergeOutcome, Shape};
+use crate::verdict::{self, Verdicts};
 
 pub struct Judgement {
     pub ancestors: Vec<Ancestor>,
@@ -28,7 +29,7 @@ pub struct Judgement {
 }
 
 /// Everything a caller passes in besides the index.
-pub struct Inputs<'a> {
+pub struct Settings<'a> {
     pub policy: &'a Policy,
     pub controller_name: &'a str,
     pub shape: Shape,
@@ -39,7 +40,7 @@ pub struct Inputs<'a> {
 }
 
 /// None when the index has no such XBackend.
-pub fn judge(index: &Index, key: &ObjectRef, fetched: &Fetched, inputs: &Inputs<'_>) -> Option<Judgement> {
+pub fn judge(index: &Index, key: &ObjectRef, fetched: &Fetched, inputs: &Settings<'_>) -> Option<Judgement> {
     let backend = index.backend(key)?;
     Some(judge_with(key, backend, index.ancestors(key), index, fetched, inputs))
 }
@@ -50,9 +51,9 @@ fn judge_with(
     ancestors: Vec<Ancestor>,
     lookup: &impl Lookup,
     fetched: &Fetched,
-    inputs: &Inputs<'_>,
+    inputs: &Settings<'_>,
 ) -> Judgement {
-    let verdicts = status::evaluate(key, backend, lookup, fetched, inputs.policy);
+    let verdicts = verdict::evaluate(key, backend, lookup, fetched, inputs.policy);
     let entries: Vec<Verdicts> = ancestors.iter().map(|a| fitted(&verdicts, a, backend)).collect();
     let merged = status::merge(
         inputs.current,
@@ -124,7 +125,7 @@ impl Snapshot {
     /// None when the index has no such XBackend. Cheap: no parsing, no I/O.
     pub fn take(index: &Index, key: &ObjectRef, shape: Shape) -> Option<Snapshot> {
         let backend = index.backend_shared(key)?;
-        let grants = match backend.spec.as_ref().ok().and_then(|s| index::cross_namespace_target(key, s)) {
+        let grants = match backend.spec.as_ref().ok().and_then(|s| refs::cross_namespace_target(key, s)) {
             Some(namespace) => index.grants_in(&namespace).cloned().collect(),
             None => Vec::new(),
         };
@@ -132,7 +133,7 @@ impl Snapshot {
             .spec
             .as_ref()
             .ok()
-            .and_then(index::endpoint_selector)
+            .and_then(refs::endpoint_selector)
             .is_some_and(|selector| index.has_matching_pod(&key.namespace, selector));
         Some(Snapshot {
             key: key.clone(),
@@ -168,14 +169,14 @@ impl Namespaces for Snapshot {
 impl Lookup for Snapshot {
     fn grant_permits(&self, from_namespace: &str, group: &str, kind: &str, to: &ObjectRef) -> bool {
         // `grants` holds only the one namespace a reference can leave for.
-        let in_namespace = self.backend.spec.as_ref().ok().and_then(|s| index::cross_namespace_target(&self.key, s));
+        let in_namespace = self.backend.spec.as_ref().ok().and_then(|s| refs::cross_namespace_target(&self.key, s));
         in_namespace.as_deref() == Some(&*to.namespace)
-            && index::grants_permit(self.grants.iter(), from_namespace, group, kind, to)
+            && refs::grants_permit(self.grants.iter(), from_namespace, group, kind, to)
     }
 
     fn has_matching_pod(&self, namespace: &str, selector: &std::collections::BTreeMap<String, String>) -> bool {
         // Answered for the XBackend's own selector and namespace only.
-        let own = self.backend.spec.as_ref().ok().and_then(index::endpoint_selector);
+        let own = self.backend.spec.as_ref().ok().and_then(refs::endpoint_selector);
         *namespace == *self.key.namespace && own == Some(selector) && self.has_matching_pod
     }
 }
@@ -201,7 +202,7 @@ pub fn plan(snapshot: &Snapshot, fetched: &Fetched, policy: &Policy, controller_
     let shape = snapshot.shape;
     let stored = snapshot.backend.status.list(shape.list_field());
     let current = stored.as_deref();
-    let inputs = Inputs { policy, controller_name, shape, current: current.unwrap_or_default(), now };
+    let inputs = Settings { policy, controller_name, shape, current: current.unwrap_or_default(), now };
     let ancestors = snapshot.ancestors.clone();
     let Judgement { ancestors, verdicts, entries, merged, notes } =
         judge_with(&snapshot.key, &snapshot.backend, ancestors, snapshot, fetched, &inputs);

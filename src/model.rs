@@ -2,59 +2,9 @@
 //! API objects so that one malformed object never stops a watch.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use crate::api::XBackendSpec;
-
-/// Namespace and name of a namespaced object (empty namespace for cluster-scoped).
-///
-/// Shared strings: the index keeps the same key in several maps (the record,
-/// reverse indexes, reports, the queue), and a clone costs no allocation.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ObjectRef {
-    pub namespace: Arc<str>,
-    pub name: Arc<str>,
-}
-
-impl ObjectRef {
-    pub fn new(namespace: impl AsRef<str>, name: impl AsRef<str>) -> Self {
-        ObjectRef { namespace: namespace.as_ref().into(), name: name.as_ref().into() }
-    }
-}
-
-impl std::fmt::Display for ObjectRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.namespace.is_empty() {
-            write!(f, "{}", self.name)
-        } else {
-            write!(f, "{}/{}", self.namespace, self.name)
-        }
-    }
-}
-
-/// Route kinds whose backendRefs can point at an XBackend. Every served
-/// version of a kind decodes the same way: the fields read here did not change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RouteKind {
-    Http,
-    Grpc,
-    Tcp,
-    Tls,
-    Udp,
-}
-
-impl RouteKind {
-    pub const ALL: [RouteKind; 5] = [RouteKind::Http, RouteKind::Grpc, RouteKind::Tcp, RouteKind::Tls, RouteKind::Udp];
-    pub fn kind(self) -> &'static str {
-        match self {
-            RouteKind::Http => "HTTPRoute",
-            RouteKind::Grpc => "GRPCRoute",
-            RouteKind::Tcp => "TCPRoute",
-            RouteKind::Tls => "TLSRoute",
-            RouteKind::Udp => "UDPRoute",
-        }
-    }
-}
+pub use crate::object::{Kind, ObjectRef, RefKind, RouteKind};
 
 /// A kind of object that can make a Gateway an XBackend's ancestor
 /// (docs/design.md §3): routes through their parentRefs, a Gateway through
@@ -209,6 +159,39 @@ pub struct ReferenceGrant {
 pub struct Pod {
     pub labels: BTreeMap<String, String>,
     pub live: bool,
+}
+
+/// One decoded object of some kind: what a watch event or an `analyze` file
+/// gives the index.
+// Objects live only between a watch event and the index, so boxing the large
+// XBackend variant would buy nothing but an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Route(RouteKind, Route),
+    Gateway(Gateway),
+    /// Indexed like a route: its parent Gateway and its listeners' ExternalAuth targets.
+    ListenerSet(Route),
+    GatewayClass(GatewayClass),
+    ReferenceGrant(ReferenceGrant),
+    XBackend(Backend),
+    Pod(Pod),
+    Namespace,
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Route(route_kind, _) => Kind::Route(*route_kind),
+            Object::Gateway(_) => Kind::Gateway,
+            Object::ListenerSet(_) => Kind::ListenerSet,
+            Object::GatewayClass(_) => Kind::GatewayClass,
+            Object::ReferenceGrant(_) => Kind::ReferenceGrant,
+            Object::XBackend(_) => Kind::XBackend,
+            Object::Pod(_) => Kind::Pod,
+            Object::Namespace => Kind::Namespace,
+        }
+    }
 }
 
 /// An XBackend as the index holds it: the one record of it, so a reconcile

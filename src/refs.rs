@@ -9,12 +9,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use crate::api::{BackendType, XBackendSpec};
 use crate::conditions::{self, Verdict};
 use crate::dns::Resolution;
-use crate::guardrails::{self, Namespaces};
-use crate::index::{self, Index, is_core_group};
-use crate::model::ObjectRef;
-use crate::policy::Policy;
+use crate::guardrails::Namespaces;
+use crate::model::{ObjectRef, ReferenceGrant};
 use crate::tls;
-use crate::validate;
 
 /// An object the reconciler must read before it can evaluate references.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -50,13 +47,69 @@ pub trait Lookup: Namespaces {
     fn has_matching_pod(&self, namespace: &str, selector: &BTreeMap<String, String>) -> bool;
 }
 
-impl Lookup for Index {
-    fn grant_permits(&self, from_namespace: &str, group: &str, kind: &str, to: &ObjectRef) -> bool {
-        Index::grant_permits(self, from_namespace, group, kind, to)
-    }
-    fn has_matching_pod(&self, namespace: &str, selector: &BTreeMap<String, String>) -> bool {
-        Index::has_matching_pod(self, namespace, selector)
-    }
+/// True for the core API group, however a reference spells it.
+pub fn is_core_group(group: Option<&str>) -> bool {
+    matches!(group, None | Some("") | Some("core"))
+}
+
+/// The Secret an XBackend's `spec.tls.clientCertificateRef` names, when it
+/// names one (core group, kind Secret or unset); namespace defaults to the XBackend's.
+pub fn client_certificate_secret(backend: &ObjectRef, spec: &XBackendSpec) -> Option<ObjectRef> {
+    let reference = spec.tls.as_ref()?.client_certificate_ref.as_ref()?;
+    let is_secret =
+        is_core_group(reference.group.as_deref()) && matches!(reference.kind.as_deref(), None | Some("Secret"));
+    is_secret.then(|| ObjectRef::new(reference.namespace.as_deref().unwrap_or(&backend.namespace), &reference.name))
+}
+
+/// The ConfigMaps (always in the XBackend's namespace) that
+/// `spec.tls.validation.caCertificateRefs` names, skipping other kinds.
+pub fn ca_certificate_config_maps(backend: &ObjectRef, spec: &XBackendSpec) -> Vec<ObjectRef> {
+    let refs = spec.tls.as_ref().and_then(|tls| tls.validation.as_ref()).and_then(|v| v.ca_certificate_refs.as_ref());
+    refs.into_iter()
+        .flatten()
+        .filter(|r| is_core_group(Some(&r.group)) && r.kind == "ConfigMap")
+        .map(|r| ObjectRef::new(&backend.namespace, &r.name))
+        .collect()
+}
+
+/// Namespace of `spec.tls.clientCertificateRef` when it leaves the XBackend's
+/// namespace (of any kind: a grant there can change the verdict).
+pub fn cross_namespace_target(backend: &ObjectRef, spec: &XBackendSpec) -> Option<String> {
+    let namespace = spec.tls.as_ref()?.client_certificate_ref.as_ref()?.namespace.as_ref()?;
+    (**namespace != *backend.namespace).then(|| namespace.clone())
+}
+
+/// True when one of `grants` (those of `to.namespace`) lets XBackends from
+/// `from_namespace` reference the object (`group`, `kind`, `to.name`).
+pub fn grants_permit<'a>(
+    mut grants: impl Iterator<Item = &'a ReferenceGrant>,
+    from_namespace: &str,
+    group: &str,
+    kind: &str,
+    to: &ObjectRef,
+) -> bool {
+    let same_group = |a: &str, b: &str| a == b || (is_core_group(Some(a)) && is_core_group(Some(b)));
+    grants.any(|grant| {
+        let from_ok = grant
+            .from
+            .iter()
+            .any(|f| f.group == crate::api::GROUP && f.kind == crate::api::KIND && f.namespace == from_namespace);
+        let to_ok = grant
+            .to
+            .iter()
+            .any(|t| same_group(&t.group, group) && t.kind == kind && t.name.as_ref().is_none_or(|n| **n == *to.name));
+        from_ok && to_ok
+    })
+}
+
+/// The labels an EndpointSelector XBackend selects Pods by.
+pub fn endpoint_selector(spec: &XBackendSpec) -> Option<&BTreeMap<String, String>> {
+    spec.endpoint_selector.as_ref().map(|selector| &selector.match_labels)
+}
+
+/// The normalized hostname of an ExternalHostname XBackend.
+pub fn external_hostname(spec: &XBackendSpec) -> Option<String> {
+    spec.external_hostname.as_ref().map(|e| crate::names::normalize(&e.hostname))
 }
 
 /// The Secrets and ConfigMaps `evaluate` will look at: only supported kinds,
@@ -64,27 +117,18 @@ impl Lookup for Index {
 /// never reads a Secret it was not granted).
 pub fn refs_to_fetch(key: &ObjectRef, spec: &XBackendSpec, index: &(impl Lookup + ?Sized)) -> Vec<RefTarget> {
     let mut targets = Vec::new();
-    if let Some(secret) = index::client_certificate_secret(key, spec)
+    if let Some(secret) = client_certificate_secret(key, spec)
         && (secret.namespace == key.namespace || index.grant_permits(&key.namespace, "", "Secret", &secret))
     {
         targets.push(RefTarget::Secret(secret));
     }
-    for config_map in index::ca_certificate_config_maps(key, spec) {
+    for config_map in ca_certificate_config_maps(key, spec) {
         let target = RefTarget::ConfigMap(config_map);
         if !targets.contains(&target) {
             targets.push(target);
         }
     }
     targets
-}
-
-/// The hostname the DNS check resolves for this spec: one that passes the API
-/// rules and the name guardrails (docs/design.md §5c), normalized.
-pub fn hostname_to_resolve(spec: &XBackendSpec, policy: &Policy, namespaces: &dyn Namespaces) -> Option<String> {
-    let external = spec.external_hostname.as_ref()?;
-    let passes = validate::validate(spec, policy).is_ok()
-        && guardrails::check_egress(&external.hostname, policy, namespaces).is_ok();
-    passes.then(|| crate::names::normalize(&external.hostname))
 }
 
 /// The ResolvedRefs verdict alone: the first failing reference in field order
@@ -96,7 +140,7 @@ pub fn resolve_refs(
     index: &(impl Lookup + ?Sized),
     fetched: &Fetched,
 ) -> Verdict {
-    if let Some(selector) = index::endpoint_selector(spec)
+    if let Some(selector) = endpoint_selector(spec)
         && spec.type_ == BackendType::EndpointSelector
         && !index.has_matching_pod(&key.namespace, selector)
     {
@@ -173,8 +217,9 @@ fn group_kind(group: &str, kind: &str) -> String {
 mod tests {
     use super::*;
     use crate::conditions::reason;
-    use crate::index::Object;
-    use crate::model::{GrantFrom, GrantTo, ReferenceGrant};
+    use crate::index::Index;
+    use crate::model::{GrantFrom, GrantTo, Object};
+
     use crate::testing::*;
     use serde_json::json;
 
@@ -278,7 +323,7 @@ mod tests {
         assert_reason(&no_pods, false, reason::NO_MATCHING_PODS, &["app=web", "namespace app"]);
         let pod = |ns: &str, phase: &str| {
             let value = json!({"metadata": {"name": "web-0", "namespace": ns, "labels": {"app": "web"}}, "status": {"phase": phase}});
-            let (key, object) = crate::decode::decode(crate::index::Kind::Pod, &value).unwrap();
+            let (key, object) = crate::decode::decode(crate::model::Kind::Pod, &value).unwrap();
             (key, object)
         };
         let (k, o) = pod("other", "Running");

@@ -4,11 +4,10 @@
 use serde_json::{Map, Value, json};
 
 use crate::api::{GATEWAY_GROUP, MAX_ANCESTORS};
-use crate::conditions::{self, Verdict, reason};
+use crate::conditions::{Verdict, reason};
 use crate::model::{Backend, ObjectRef};
-use crate::policy::Policy;
-use crate::refs::{Fetched, Lookup, resolve_refs};
 use crate::validate;
+use crate::verdict::Verdicts;
 
 /// Event reason for an XBackend whose traffic would be clear text.
 pub const INSECURE_REASON: &str = "Insecure";
@@ -39,36 +38,6 @@ impl Shape {
             Shape::Parents => "parentRef",
         }
     }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Verdicts {
-    pub accepted: Verdict,
-    pub resolved_refs: Verdict,
-}
-
-/// Accepted and ResolvedRefs for one XBackend (docs/design.md §4).
-///
-/// A spec that does not decode has no references anyone could resolve, so
-/// ResolvedRefs is True (with a message pointing at Accepted, which is
-/// Invalid): reporting a reference failure would send users after the wrong problem.
-pub fn evaluate(
-    key: &ObjectRef,
-    backend: &Backend,
-    index: &impl Lookup,
-    fetched: &Fetched,
-    policy: &Policy,
-) -> Verdicts {
-    let context = validate::Context { namespaces: index, resolution: fetched.resolution.as_deref() };
-    let accepted = validate::accepted_verdict(backend.spec.as_ref().map_err(String::as_str), policy, context);
-    let resolved_refs = match &backend.spec {
-        Ok(spec) => resolve_refs(key, spec, index, fetched),
-        Err(_) => Verdict {
-            message: "No references to resolve: the spec does not decode (see the Accepted condition).".to_string(),
-            ..conditions::resolved_refs()
-        },
-    };
-    Verdicts { accepted, resolved_refs }
 }
 
 /// A Warning or Normal Event to record on the XBackend.
@@ -253,9 +222,12 @@ fn same_condition(a: &Value, b: &Value) -> bool {
 mod tests {
     use super::*;
     use crate::api::ExternalHostnameBackend;
+    use crate::conditions;
     use crate::index::Index;
-    use crate::policy::PolicyConfig;
+    use crate::policy::{Policy, PolicyConfig};
+    use crate::refs::Fetched;
     use crate::testing::*;
+    use crate::verdict::evaluate;
     use proptest::prelude::*;
 
     const OURS: &str = "example.com/xbackend-controller";

@@ -1,19 +1,15 @@
-//! Spec validation (docs/design.md §5a, reason Invalid) and the Accepted verdict
-//! that combines it with the egress guardrails and the resolved-address check.
+//! Spec validation (docs/design.md §5a, reason Invalid): every API rule of the
+//! CRD and the flag-dependent ones, checked again in case the CRD was not.
 
 use std::net::IpAddr;
 
 use std::collections::BTreeMap;
 
-use crate::addresses;
 use crate::api::{
     BackendPort, BackendProtocol, BackendTls, BackendType, CookieLifetimeType, LocalObjectReference,
     SecretObjectReference, SessionPersistence, SessionPersistenceType, SubjectAltName, SubjectAltNameType, TlsMode,
     TlsValidation, XBackendSpec,
 };
-use crate::conditions::{self, Verdict};
-use crate::dns::Resolution;
-use crate::guardrails::{self, Namespaces, NoNamespaces};
 use crate::names::{MAX_HOSTNAME, MAX_LABEL, dns_label_problem, dns_subdomain_problem, has_dot_suffix, quoted};
 use crate::policy::Policy;
 
@@ -574,52 +570,9 @@ fn is_uri(value: &str) -> bool {
     !scheme.is_empty() && !scheme.contains(['/', '?', '#']) && rest.starts_with("//")
 }
 
-/// What the Accepted verdict knows of the world beyond the spec.
-#[derive(Clone, Copy)]
-pub struct Context<'a> {
-    pub namespaces: &'a dyn Namespaces,
-    /// The hostname's last resolution, when the DNS check has one.
-    pub resolution: Option<&'a Resolution>,
-}
-
-impl Context<'_> {
-    /// No cluster and no DNS: the verdict of the spec and the flags alone.
-    pub const STATIC: Context<'static> = Context { namespaces: &NoNamespaces, resolution: None };
-}
-
-/// The Accepted verdict for a spec (or the error that stopped it decoding):
-/// Invalid, then HostnameNotAllowed, then TLSRequired, then AddressNotAllowed,
-/// else Accepted.
-pub fn accepted_verdict(spec: Result<&XBackendSpec, &str>, policy: &Policy, context: Context<'_>) -> Verdict {
-    let spec = match spec {
-        Ok(spec) => spec,
-        Err(message) => return conditions::invalid(message),
-    };
-    if let Err(violations) = validate(spec, policy) {
-        return conditions::invalid(join_violations(&violations));
-    }
-    if let Some(ext) = &spec.external_hostname
-        && let Err(message) = guardrails::check_egress(&ext.hostname, policy, context.namespaces)
-    {
-        return conditions::hostname_not_allowed(message);
-    }
-    if policy.require_tls && is_insecure(spec) {
-        let what = if spec.tls.is_none() { "spec.tls is absent" } else { "spec.tls.mode is None" };
-        return conditions::tls_required(format!(
-            "{what}, but this controller runs with --require-tls; set spec.tls.mode to ServerOnly or ClientAndServer."
-        ));
-    }
-    if let (Some(ext), Some(resolution)) = (&spec.external_hostname, context.resolution)
-        && let Err(message) = addresses::check_resolution(&ext.hostname, resolution, policy, context.namespaces)
-    {
-        return conditions::address_not_allowed(message);
-    }
-    conditions::accepted()
-}
-
 /// Several violations in one condition message; the list is capped so the
 /// message stays readable.
-fn join_violations(violations: &[Violation]) -> String {
+pub fn join_violations(violations: &[Violation]) -> String {
     const SHOWN: usize = 5;
     let mut message = violations.iter().take(SHOWN).map(|v| v.message.as_str()).collect::<Vec<_>>().join(" ");
     if violations.len() > SHOWN {
@@ -636,7 +589,8 @@ pub fn is_insecure(spec: &XBackendSpec) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conditions::reason;
+    use crate::conditions::{self, Verdict, reason};
+    use crate::guardrails::{self, NoNamespaces};
     use crate::policy::PolicyConfig;
     use proptest::prelude::*;
     use serde_json::json;
@@ -647,7 +601,7 @@ mod tests {
 
     /// The verdict of the spec and the flags alone (no cluster, no DNS).
     fn accepted_verdict(spec: Result<&XBackendSpec, &str>, policy: &Policy) -> Verdict {
-        super::accepted_verdict(spec, policy, Context::STATIC)
+        crate::verdict::accepted(spec, policy, crate::verdict::Context::STATIC)
     }
 
     fn check_egress(hostname: &str, policy: &Policy) -> Result<(), String> {

@@ -898,9 +898,10 @@ mod fuzz {
     use xbackend_controller::guardrails::{self, NoNamespaces};
     use xbackend_controller::model::ObjectRef;
     use xbackend_controller::policy::{Policy, PolicyConfig};
-    use xbackend_controller::status::{Shape, Verdicts, merge};
+    use xbackend_controller::status::{Shape, merge};
     use xbackend_controller::tls::{check_ca_bundle, check_client_certificate};
     use xbackend_controller::validate::validate;
+    use xbackend_controller::verdict::Verdicts;
 
     fn check_egress(hostname: &str, policy: &Policy) -> Result<(), String> {
         guardrails::check_egress(hostname, policy, &NoNamespaces)

@@ -58,13 +58,14 @@ pub struct DnsCheck {
 }
 
 impl DnsCheck {
-    /// Starts the scheduler; it ends when the tracker is dropped.
+    /// Starts the scheduler (supervised, given `tasks`); it ends when the tracker is dropped.
     pub fn start(
         resolver: Resolver,
         (min_ttl, max_ttl): (Duration, Duration),
         state: Arc<State>,
         queue: Arc<Queue>,
         metrics: Arc<Metrics>,
+        tasks: Option<&mut super::tasks::Tasks>,
     ) -> Arc<DnsCheck> {
         let tracker = Arc::new(DnsCheck {
             resolver,
@@ -81,10 +82,23 @@ impl DnsCheck {
             last_failure_log: AtomicU64::new(0),
             started: Instant::now(),
         });
-        tokio::spawn(schedule(Arc::downgrade(&tracker), tracker.wake.clone()));
+        let (weak, wake) = (Arc::downgrade(&tracker), tracker.wake.clone());
+        let found = tracker.resolver.found();
         tracker.metrics.dns_servers.set(tracker.resolver.server_count() as i64);
-        if let Some(found) = tracker.resolver.found() {
-            tokio::spawn(recheck_on_change(Arc::downgrade(&tracker), found));
+        match tasks {
+            Some(tasks) => {
+                let again = weak.clone();
+                tasks.spawn("dns-check", move || schedule(again.clone(), wake.clone()));
+                if let Some(found) = found {
+                    tasks.spawn("dns-servers", move || recheck_on_change(weak.clone(), found.clone()));
+                }
+            }
+            None => {
+                tokio::spawn(schedule(weak.clone(), wake));
+                if let Some(found) = found {
+                    tokio::spawn(recheck_on_change(weak, found));
+                }
+            }
         }
         tracker
     }
@@ -282,7 +296,7 @@ async fn recheck_on_change(tracker: Weak<DnsCheck>, found: Arc<dns::Found>) {
 mod tests {
     use super::*;
     use crate::api::ExternalHostnameBackend;
-    use crate::index::Object;
+    use crate::model::Object;
     use crate::model::{Backend, ObjectRef};
     use crate::runtime::state::Synced;
 
@@ -301,7 +315,7 @@ mod tests {
             state.apply(ObjectRef::new("ns", format!("b{i}")), Object::XBackend(Backend::new(1, Ok(spec))));
         }
         let ttls = (Duration::from_secs(30), Duration::from_secs(300));
-        DnsCheck::start(resolver, ttls, state, Arc::new(Queue::default()), metrics)
+        DnsCheck::start(resolver, ttls, state, Arc::new(Queue::default()), metrics, None)
     }
 
     #[tokio::test(start_paused = true)]

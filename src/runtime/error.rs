@@ -1,5 +1,5 @@
 //! The runtime's start-up error (what `run` returns) and `chain`, which prints
-//! an error with its causes on one line. A leaf: it imports no runtime module.
+//! an error with its causes on one line. It imports only the task supervisor's error.
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -15,10 +15,16 @@ pub enum Error {
     Listen(#[from] std::io::Error),
     #[error("cannot start leader election")]
     Lease(#[source] kube_lease_manager::LeaseManagerError),
-    #[error(
-        "--egress-policy networkpolicy needs the DNS check (the policies allow resolved addresses): drop --no-dns-check"
-    )]
+    #[error("--egress-policy needs the DNS check (the policies allow resolved addresses): drop --no-dns-check")]
     EgressNeedsDnsCheck,
+    #[error(
+        "--egress-policy {engine} writes {kind} ({api_version}), which this cluster does not serve: install its CRD (and an enforcer that reads it) or choose another --egress-policy"
+    )]
+    EngineCrdMissing { engine: &'static str, kind: &'static str, api_version: String },
+    #[error(transparent)]
+    TaskEnded(#[from] super::tasks::GaveUp),
+    #[error("leader election stopped ({0}); exiting so the Pod restarts")]
+    ElectionEnded(&'static str),
     #[error("--dns-service names DNS servers for the DNS check: drop --no-dns-check or --dns-service")]
     DnsServiceNeedsDnsCheck,
 }

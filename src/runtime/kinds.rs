@@ -13,8 +13,8 @@ use tokio::sync::Notify;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{info, warn};
 
-use super::watch::{self, Feeds, kind_name};
-use crate::index::Kind;
+use super::watch::{self, Feeds};
+use crate::model::Kind;
 use crate::model::RouteKind;
 
 /// The index kinds that can make or change ancestors, by served version.
@@ -36,7 +36,7 @@ pub async fn discover(client: &Client) -> Result<Discovered, kube::Error> {
     let discovery =
         Discovery::new(client.clone()).filter(&[crate::api::GATEWAY_GROUP, crate::api::GROUP]).run().await?;
     let find = |group: &str, kind: &str| discovery.get(group).and_then(|g| g.recommended_kind(kind)).map(|(ar, _)| ar);
-    let served = wanted().filter_map(|kind| Some((kind, find(crate::api::GATEWAY_GROUP, kind_name(kind))?))).collect();
+    let served = wanted().filter_map(|kind| Some((kind, find(crate::api::GATEWAY_GROUP, kind.name())?))).collect();
     Ok(Discovered { xbackend: find(crate::api::GROUP, crate::api::KIND), served })
 }
 
@@ -63,7 +63,7 @@ impl Follower {
         for kind in stale {
             let (resource, watch) = self.running.remove(&kind).expect("running");
             watch.abort();
-            let name = kind_name(kind);
+            let name = kind.name();
             if served.contains_key(&kind) {
                 info!(kind = name, from = %resource.api_version, "served version changed; watching the new one");
                 continue;
@@ -79,18 +79,18 @@ impl Follower {
             if self.running.contains_key(kind) {
                 continue;
             }
-            let name = kind_name(*kind);
+            let name = kind.name();
             info!(kind = name, version = %resource.api_version, "watching");
             self.feeds.state.synced.expect(name);
             let indexer = watch::Objects { kind: *kind, resource: resource.clone(), relists: None };
-            let handle = self.watches.spawn(watch::run(self.feeds.clone(), indexer));
+            let handle = self.watches.spawn(watch::run(self.feeds.clone(), std::sync::Arc::new(indexer)));
             self.running.insert(*kind, (resource.clone(), handle));
         }
     }
 
     /// Follows CRD changes until the process ends (`changed` is notified by
     /// the CRD watch, `watch::GatewayApiCrds`).
-    pub async fn run(mut self, changed: Arc<Notify>) {
+    pub async fn run(&mut self, changed: Arc<Notify>) {
         loop {
             changed.notified().await;
             // A new CRD is served a moment after it is created: look again a

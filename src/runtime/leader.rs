@@ -150,6 +150,16 @@ async fn watch_lease(api: Api<Lease>, name: String, identity: String, valid: Arc
 }
 
 impl Election {
+    /// Waits until a part of the election ends (the lease manager, or the
+    /// watch of our Lease): neither restarts, and without them this replica
+    /// can neither lead nor know its hold, so the process must exit.
+    pub async fn ended(&mut self) -> &'static str {
+        tokio::select! {
+            _ = &mut self.manager => "the lease manager ended",
+            _ = &mut self.lease_watch => "the Lease watch ended",
+        }
+    }
+
     /// Releases the Lease so a standby takes over at once instead of after expiry.
     pub async fn release(self) {
         self.lease_watch.abort();

@@ -42,6 +42,37 @@ pub struct LaneLabel {
     pub lane: String,
 }
 
+/// A long-lived task or a writer's work, by name (`reconcile`, `egress`, a watch's kind, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabel {
+    pub task: String,
+}
+
+impl TaskLabel {
+    pub fn of(task: &str) -> TaskLabel {
+        TaskLabel { task: task.to_string() }
+    }
+}
+
+/// A writer: `status` (XBackends), `egress` (policy objects), `gatewayclass`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriterLabel {
+    pub writer: String,
+}
+
+impl WriterLabel {
+    pub fn of(writer: &str) -> WriterLabel {
+        WriterLabel { writer: writer.to_string() }
+    }
+}
+
+/// The egress engine and the API version it writes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EngineLabel {
+    pub engine: String,
+    pub api_version: String,
+}
+
 /// A reconcile error's kind (`reconcile::Error::label`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabel {
@@ -63,8 +94,12 @@ pub struct Metrics {
     pub egress_addresses_max_per_gateway: Gauge,
     pub egress_hold_evictions: Counter,
     pub egress_widened_gateways: Gauge,
+    pub egress_engine: Family<EngineLabel, Gauge>,
     pub status_conflicts: Counter,
     pub status_writes_fenced: Counter,
+    pub panics: Family<TaskLabel, Counter>,
+    pub task_ends: Family<TaskLabel, Counter>,
+    pub write_failures: Family<WriterLabel, Counter>,
     pub resyncs: Counter,
     pub watch_events: Family<KindLabel, Counter>,
     pub watch_errors: Family<KindLabel, Counter>,
@@ -98,8 +133,12 @@ impl Default for Metrics {
             egress_addresses_max_per_gateway: Gauge::default(),
             egress_hold_evictions: Counter::default(),
             egress_widened_gateways: Gauge::default(),
+            egress_engine: Family::default(),
             status_conflicts: Counter::default(),
             status_writes_fenced: Counter::default(),
+            panics: Family::default(),
+            task_ends: Family::default(),
+            write_failures: Family::default(),
             resyncs: Counter::default(),
             watch_events: Family::default(),
             watch_errors: Family::default(),
@@ -130,26 +169,22 @@ impl Default for Metrics {
         registry.register("status_writes", "Status patches sent", m.status_writes.clone());
         registry.register(
             "egress_policy_writes",
-            "NetworkPolicy creates, updates and deletes sent (--egress-policy networkpolicy)",
+            "Egress policy object applies and deletes sent (--egress-policy)",
             m.egress_policy_writes.clone(),
         );
         registry.register(
             "egress_policy_objects",
-            "NetworkPolicies this controller wants to stand, over every judged Gateway",
+            "Egress policy objects this controller wants to stand, over every judged Gateway",
             m.egress_policy_objects.clone(),
         );
         registry.register(
             "egress_addresses",
-            "Addresses allowed by the egress NetworkPolicies, summed over Gateways",
+            "Addresses allowed by the egress policies, summed over Gateways",
             m.egress_addresses.clone(),
         );
         // Addresses per Gateway without a label per Gateway (no per-object
         // labels): how many Gateways, and the largest; the mean is the sum over the count.
-        registry.register(
-            "egress_gateways",
-            "Judged Gateways with egress NetworkPolicies written",
-            m.egress_gateways.clone(),
-        );
+        registry.register("egress_gateways", "Judged Gateways with egress policies written", m.egress_gateways.clone());
         registry.register(
             "egress_addresses_max_per_gateway",
             "Addresses allowed for the Gateway that has the most",
@@ -162,8 +197,13 @@ impl Default for Metrics {
         );
         registry.register(
             "egress_widened_gateways",
-            "Judged Gateways whose data-plane Pods another NetworkPolicy lets reach more than ours (a Warning Event each)",
+            "Judged Gateways whose data-plane Pods another policy object lets reach more than ours (a Warning Event each)",
             m.egress_widened_gateways.clone(),
+        );
+        registry.register(
+            "egress_engine",
+            "1 for the egress engine (--egress-policy) and the API version of the objects it writes",
+            m.egress_engine.clone(),
         );
         registry.register(
             "gatewayclass_status_writes",
@@ -179,6 +219,21 @@ impl Default for Metrics {
             "status_writes_fenced",
             "Status writes not sent because this replica's leader Lease was lost or its renewal overdue",
             m.status_writes_fenced.clone(),
+        );
+        registry.register(
+            "panics",
+            "Panics caught, by task (reconcile, egress, gatewayclass, a watch's kind); the key is retried after a backoff",
+            m.panics.clone(),
+        );
+        registry.register(
+            "task_ends",
+            "Long-lived tasks that ended and were started again, by task (after too many the process exits)",
+            m.task_ends.clone(),
+        );
+        registry.register(
+            "write_failures",
+            "Writes that failed and are retried with backoff, by writer (status, egress, gatewayclass)",
+            m.write_failures.clone(),
         );
         registry.register("resyncs", "Periodic safety resyncs started (every XBackend queued)", m.resyncs.clone());
         registry.register("watch_events", "Watch events received, by kind", m.watch_events.clone());
@@ -212,7 +267,11 @@ impl Default for Metrics {
             m.queue_depth.clone(),
         );
         registry.register("leader", "1 while this replica holds the leader Lease", m.leader.clone());
-        registry.register("ready", "1 once every watch has synced", m.ready.clone());
+        registry.register(
+            "ready",
+            "1 while ready: every watch has synced and no long-lived task is down",
+            m.ready.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -227,6 +286,12 @@ impl Metrics {
         for (lane, depth) in [("change", change), ("bulk", bulk), ("retry", retry)] {
             self.queue_depth.get_or_create(&LaneLabel { lane: lane.into() }).set(depth as i64);
         }
+    }
+
+    /// Says which engine writes egress policies, in which API version.
+    pub fn egress_engine(&self, engine: &str, api_version: &str) {
+        let label = EngineLabel { engine: engine.to_string(), api_version: api_version.to_string() };
+        self.egress_engine.get_or_create(&label).set(1);
     }
 
     pub fn encode(&self) -> String {

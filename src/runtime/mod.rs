@@ -1,19 +1,23 @@
 //! `xbackend-controller run`: wiring. Watches (`watch`) write the index in the
-//! state (`state`) and queue what they affect (`queue`); workers (`reconcile`)
-//! plan from snapshots and write status while this replica holds the Lease
-//! (`leader`). docs/design.md §11 has the data flow and who owns what.
+//! state (`state`) and queue what they affect (`queue`); three writers run on
+//! one runner (`runner`): reconcile (XBackend status), the egress policy
+//! writer (`egress`) and the GatewayClass writer (`class_writer`), each while
+//! this replica holds the Lease (`leader`). Every long-lived task is
+//! supervised (`tasks`). docs/design.md §11 has the data flow and who owns what.
 
 mod class_writer;
 mod dns_check;
-mod egress_writer;
+mod egress;
 mod error;
 mod kinds;
 mod leader;
 mod metrics;
 mod queue;
 mod reconcile;
+mod runner;
 mod server;
 mod state;
+mod tasks;
 mod timeouts;
 mod watch;
 
@@ -21,25 +25,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::StatusCode;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use kube::Client;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::watch as channel;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::cli::{LogFormat, RunArgs};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
-
-use crate::index::{Index, Kind, RefKind};
+use crate::index::Index;
+use crate::model::{Kind, RefKind};
 use crate::policy::Policy;
 
 pub use error::{Error, chain};
-use leader::Leadership;
+use leader::{Election, Leadership};
 use metrics::Metrics;
 use queue::Queue;
 use reconcile::Reconciler;
+use runner::Runner;
 use state::{State, Synced};
-use watch::Feeds;
+use tasks::{Health, Tasks};
+use watch::{Feeds, Starter};
 
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
@@ -78,65 +84,174 @@ async fn detect_service_cidrs(client: &Client, policy: &mut Policy) {
     }
 }
 
-pub async fn run(args: RunArgs) -> Result<(), Error> {
-    let mut policy = Policy::new(args.policy.to_config()).map_err(Error::Usage)?;
+/// A client whose reads time out, counted from each request.
+async fn connect() -> Result<(Client, String), Error> {
+    let mut config = kube::Config::infer().await?;
+    config.read_timeout = Some(timeouts::READ_TIMEOUT);
+    // Count the read timeout from each request, not from when a pooled
+    // connection went idle.
+    config.reset_reader_on_write = true;
+    let namespace = config.default_namespace.clone();
+    Ok((Client::try_from(config)?, namespace))
+}
+
+/// Flags that cannot work together.
+fn check_flags(args: &RunArgs) -> Result<(), Error> {
     if args.egress.enabled() && !args.dns_check_enabled() {
         return Err(Error::EgressNeedsDnsCheck);
     }
     if args.dns_service.is_some() && !args.dns_check_enabled() {
         return Err(Error::DnsServiceNeedsDnsCheck);
     }
-    let mut config = kube::Config::infer().await?;
-    config.read_timeout = Some(timeouts::READ_TIMEOUT);
-    // Count the read timeout from each request, not from when a pooled
-    // connection went idle.
-    config.reset_reader_on_write = true;
-    let default_namespace = config.default_namespace.clone();
-    let client = Client::try_from(config)?;
+    Ok(())
+}
+
+pub async fn run(args: RunArgs) -> Result<(), Error> {
+    let mut policy = Policy::new(args.policy.to_config()).map_err(Error::Usage)?;
+    check_flags(&args)?;
+    let (client, default_namespace) = connect().await?;
     let found = kinds::discover(&client).await?;
-    let xbackend = found.xbackend.ok_or(Error::CrdMissing(watch::XBACKEND_CRD))?;
+    let xbackend = found.xbackend.clone().ok_or(Error::CrdMissing(watch::XBACKEND_CRD))?;
     for kind in kinds::wanted().filter(|kind| !found.served.contains_key(kind)) {
-        warn!(kind = watch::kind_name(kind), "kind not served by this cluster; watching for its CRD");
+        warn!(kind = kind.name(), "kind not served by this cluster; watching for its CRD");
+    }
+    let engine = match args.egress.engine_name() {
+        Some(name) => Some(egress::engine(&client, name, args.egress.egress_admin_priority).await?),
+        None => None,
+    };
+    if let Some(engine) = &engine {
+        args.egress.check_engine(&**engine).map_err(Error::Usage)?;
     }
     if args.dns_check_enabled() {
         detect_service_cidrs(&client, &mut policy).await;
     }
     let identity = identity();
-
     let metrics = Arc::new(Metrics::default());
-    let state = Arc::new(State::new(
-        Index::new(&args.controller_name).guarding(args.guard.gateway_classes.clone()),
-        metrics.clone(),
-        Synced::open(),
-    ));
-    let queue = Arc::new(Queue::default());
+    let index = Index::new(&args.controller_name).guarding(args.guard.gateway_classes.clone());
+    let state = Arc::new(State::new(index, metrics.clone(), Synced::open()));
+    let feeds = Feeds { client: client.clone(), state: state.clone(), queue: Arc::default(), metrics: metrics.clone() };
+    let mut tasks = Tasks::new(metrics.clone());
+    let (stop_tx, stop) = channel::channel(false);
 
-    // The watches: one line per kind (docs/design.md §11, "Adding a watched kind").
-    let feeds = Feeds { client: client.clone(), state: state.clone(), queue: queue.clone(), metrics: metrics.clone() };
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut watches = watch::Starter { feeds: &feeds, tasks: &mut tasks };
+    let watched = start_watches(&feeds, &mut tasks, &args, &found, xbackend.clone()).await?;
+    let mut election = elect(&args, &client, &default_namespace, &identity).await?;
+    let leadership = election.as_ref().map(|e| e.leadership.clone()).unwrap_or_else(Leadership::always);
+    let recorder = || {
+        let reporter = Reporter { controller: "xbackend-controller".into(), instance: Some(identity.clone()) };
+        Recorder::new(client.clone(), reporter)
+    };
+    // The egress policy watches are the last to register for readiness.
+    let egress_queue = engine.map(|engine| {
+        let egress = egress::Egress {
+            engine,
+            config: args.egress.config(),
+            hold: args.egress.hold(),
+            addresses: policy.addresses.clone(),
+        };
+        let mut watches = Starter { feeds: &feeds, tasks: &mut tasks };
+        egress.start(&mut watches, &client, &state, &leadership, &metrics, recorder(), &stop)
+    });
+    state.synced.seal();
+    let mut synced = state.synced.subscribe();
+    tokio::spawn(async move {
+        if synced.wait_for(|r| *r).await.is_ok() {
+            info!("every watch synced: ready");
+        }
+    });
+    let writers = Writers { feeds: &feeds, leadership: &leadership, stop: &stop };
+    let dns = watched.resolver.map(|resolver| {
+        let ttls = (Duration::from_secs(args.dns.dns_min_ttl), Duration::from_secs(args.dns.dns_max_ttl));
+        let (state, queue, metrics) = (state.clone(), feeds.queue.clone(), metrics.clone());
+        dns_check::DnsCheck::start(resolver, ttls, state, queue, metrics, Some(&mut tasks))
+    });
+    let api = reconcile::Kube { recorder: recorder(), client: client.clone(), xbackend };
+    let reconciler = Reconciler {
+        api,
+        policy,
+        controller_name: args.controller_name.clone(),
+        state: state.clone(),
+        queue: feeds.queue.clone(),
+        metrics: metrics.clone(),
+        leadership: leadership.clone(),
+        dns,
+    };
+    writers.start(reconciler, feeds.queue.clone(), args.concurrency, &mut tasks);
+    if let Some(resource) = &watched.class_resource {
+        let api = class_writer::KubeClasses::new(client.clone(), resource);
+        let classes = watched.classes.clone();
+        let work = class_writer::ClassWriter { classes, api, leadership: leadership.clone(), metrics: metrics.clone() };
+        writers.start(work, watched.classes.queue.clone(), 1, &mut tasks);
+    }
+
+    // A new leader starts from a full pass: the old one may have died mid-way.
+    // While leading, a periodic safety resync does the same (it writes
+    // nothing when nothing changed). The egress decider starts again by itself.
+    let leading = Arc::new(Lead {
+        state: state.clone(),
+        queue: feeds.queue.clone(),
+        metrics: metrics.clone(),
+        classes: watched.classes.clone(),
+        resync_secs: args.resync_interval,
+    });
+    let changes = leadership.clone();
+    tasks.spawn("leader-pass", move || leading.clone().run(changes.changes()));
+
+    let addr = serve_admin(&args, &state, &feeds.queue, &metrics, &tasks.health).await?;
+    info!(%addr, controller_name = %args.controller_name, "serving /metrics, /healthz, /readyz");
+    let ended = tokio::select! {
+        () = shutdown_signal() => None,
+        gave_up = tasks.supervise() => Some(Error::TaskEnded(gave_up)),
+        what = async { election.as_mut().expect("checked").ended().await }, if election.is_some() => {
+            election = None;
+            Some(Error::ElectionEnded(what))
+        }
+    };
+    stop_tx.send_replace(true);
+    let queues = [Some(feeds.queue.clone()), Some(watched.classes.queue.clone()), egress_queue];
+    shutdown(queues.into_iter().flatten().collect(), election, tasks).await;
+    match ended {
+        Some(e) => {
+            error!(error = %e, "exiting");
+            Err(e)
+        }
+        None => Ok(()),
+    }
+}
+
+/// What the watches started leave for the writers: the DNS resolver (with
+/// `--dns-service`, fed by its watch), our GatewayClasses, and the class kind.
+struct Watched {
+    resolver: Option<crate::dns::Resolver>,
+    classes: Arc<class_writer::Classes>,
+    class_resource: Option<kube::discovery::ApiResource>,
+}
+
+/// The watches: one line per kind (docs/design.md §11.9, "Adding a watched kind").
+async fn start_watches(
+    feeds: &Feeds,
+    tasks: &mut Tasks,
+    args: &RunArgs,
+    found: &kinds::Discovered,
+    xbackend: kube::discovery::ApiResource,
+) -> Result<Watched, Error> {
+    let mut watches = Starter { feeds, tasks };
     // A schema change re-lists the XBackends: what the old schema pruned shows again.
     let schema_changed = Arc::new(tokio::sync::Notify::new());
     watches.start(watch::XBackendCrd { schema_changed: schema_changed.clone() });
-    watches.start(watch::Objects { kind: Kind::XBackend, resource: xbackend.clone(), relists: Some(schema_changed) });
+    watches.start(watch::Objects { kind: Kind::XBackend, resource: xbackend, relists: Some(schema_changed) });
     // The Gateway API kinds, each while its CRD is installed.
-    let mut follower = kinds::Follower::new(feeds.clone());
-    follower.follow(&found.served);
+    let follower = Arc::new(tokio::sync::Mutex::new(kinds::Follower::new(feeds.clone())));
+    follower.lock().await.follow(&found.served);
     let crds_changed = Arc::new(tokio::sync::Notify::new());
     watches.start(watch::GatewayApiCrds { changed: crds_changed.clone() });
+    watches.tasks.spawn("follower", move || {
+        let (follower, changed) = (follower.clone(), crds_changed.clone());
+        async move { follower.lock().await.run(changed).await }
+    });
     watches.start(watch::References::<Secret>::new(RefKind::Secret));
     watches.start(watch::References::<ConfigMap>::new(RefKind::ConfigMap));
     watches.start(watch::Metadata::<Pod>::new(Kind::Pod, Some(watch::LIVE_PODS)));
     watches.start(watch::Metadata::<Namespace>::new(Kind::Namespace, None));
-    // Egress enforcement: the NetworkPolicies labelled ours, for the second writer.
-    let standing = args.egress.enabled().then(egress_writer::Standing::new);
-    if let Some(standing) = &standing {
-        let namespaces = args.egress.config().namespaces.map_or(vec![None], |ns| ns.into_iter().map(Some).collect());
-        for namespace in namespaces {
-            watches.start(egress_writer::PolicyWatch::new(standing.clone(), true, namespace.clone()));
-            watches.start(egress_writer::PolicyWatch::new(standing.clone(), false, namespace));
-        }
-    }
     // The DNS servers: the flags', and the DNS Service's ready endpoints as its watch finds them.
     let resolver = match (&args.dns_service, args.dns_check_enabled()) {
         (_, false) => None,
@@ -155,111 +270,31 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     if let Some(resource) = &class_resource {
         watches.start(class_writer::ClassWatch { classes: classes.clone(), resource: resource.clone() });
     }
-    state.synced.seal();
-    tasks.spawn(follower.run(crds_changed));
+    Ok(Watched { resolver, classes, class_resource })
+}
 
-    let endpoints = {
-        let (metrics, state, queue) = (metrics.clone(), state.clone(), queue.clone());
-        Arc::new(move |path: &str| -> server::Reply {
-            match path {
-                "/metrics" => {
-                    metrics.set_queue_depth(queue.depths(), queue.retrying());
-                    (StatusCode::OK, metrics.encode(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
-                }
-                "/healthz" | "/livez" => (StatusCode::OK, "ok".to_string(), "text/plain"),
-                "/readyz" if state.synced.is_ready() => (StatusCode::OK, "ok".to_string(), "text/plain"),
-                "/readyz" => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("waiting for watches: {}", state.synced.pending().join(", ")),
-                    "text/plain",
-                ),
-                _ => (StatusCode::NOT_FOUND, "not found".to_string(), "text/plain"),
-            }
-        })
-    };
-    let addr = server::serve(args.metrics_addr, server::Limits::default(), endpoints).await?;
-    info!(%addr, controller_name = %args.controller_name, "serving /metrics, /healthz, /readyz");
+/// Starts writers on the runner: each behind the readiness gate and the Lease.
+struct Writers<'a> {
+    feeds: &'a Feeds,
+    leadership: &'a Leadership,
+    stop: &'a channel::Receiver<bool>,
+}
 
-    let election = if args.leader_election_enabled() {
-        let namespace = args.leader_election_namespace.clone().unwrap_or(default_namespace);
-        let lease = leader::LeaseArgs {
-            name: &args.lease_name,
-            namespace: &namespace,
-            identity: &identity,
-            duration: args.lease_duration,
-        };
-        Some(leader::elect(&client, lease).await?)
-    } else {
-        None
-    };
-    let leadership = election.as_ref().map(|e| e.leadership.clone()).unwrap_or_else(Leadership::always);
-
-    // A new leader starts from a full pass: the old one may have died mid-way.
-    // While leading, a periodic safety resync does the same (it writes
-    // nothing when nothing changed).
-    tasks.spawn(lead(leadership.changes(), state.clone(), queue.clone(), metrics.clone(), args.resync_interval));
-
-    let dns = resolver.map(|resolver| {
-        let ttls = (Duration::from_secs(args.dns.dns_min_ttl), Duration::from_secs(args.dns.dns_max_ttl));
-        dns_check::DnsCheck::start(resolver, ttls, state.clone(), queue.clone(), metrics.clone())
-    });
-    let api = reconcile::Kube {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter { controller: "xbackend-controller".into(), instance: Some(identity.clone()) },
-        ),
-        client: client.clone(),
-        xbackend,
-    };
-    if let Some(standing) = standing {
-        let writer = egress_writer::Writer {
-            standing,
-            state: state.clone(),
-            client: client.clone(),
-            leadership: leadership.clone(),
-            metrics: metrics.clone(),
-            config: Arc::new(args.egress.config()),
-            hold: args.egress.hold(),
-            addresses: Arc::new(policy.addresses.clone()),
-            recorder: Recorder::new(
-                client.clone(),
-                Reporter { controller: "xbackend-controller".into(), instance: Some(identity.clone()) },
-            ),
-        };
-        tasks.spawn(writer.run());
+impl Writers<'_> {
+    fn start<W: runner::Work>(&self, work: W, queue: Arc<queue::Queue<W::Key>>, workers: usize, tasks: &mut Tasks) {
+        let ready = self.feeds.state.synced.subscribe();
+        let (leadership, metrics) = (self.leadership.clone(), self.feeds.metrics.clone());
+        Arc::new(Runner { work, queue, leadership, ready, metrics }).spawn(workers, tasks, self.stop);
     }
-    let reconciler = Arc::new(Reconciler {
-        api,
-        policy,
-        controller_name: args.controller_name.clone(),
-        state: state.clone(),
-        queue: queue.clone(),
-        metrics: metrics.clone(),
-        leadership: leadership.clone(),
-        dns,
-    });
-    if let Some(resource) = class_resource {
-        tasks.spawn(class_writer::write(classes, client.clone(), resource, leadership, metrics.clone()));
-    }
-    let (stop_tx, stop_rx) = channel::channel(false);
-    for _ in 0..args.concurrency.max(1) {
-        tasks.spawn(reconcile::worker(reconciler.clone(), stop_rx.clone()));
-    }
-    let mut ready = state.synced.subscribe();
-    let ready_metric = metrics.clone();
-    tasks.spawn(async move {
-        let _ = ready.wait_for(|r| *r).await;
-        ready_metric.ready.set(1);
-        info!("every watch synced: ready");
-    });
+}
 
-    shutdown_signal().await;
-    info!("shutting down: finishing in-flight reconciles");
-    stop_tx.send_replace(true);
-    // Workers take no new keys once stopped; wait for the ones already running
-    // (each API call they make is bounded).
+/// Workers take no new keys once stopped: waits (5 s at most) for the guards
+/// of the keys already running (each API call they make is bounded), then
+/// releases the Lease and stops every task.
+async fn shutdown(queues: Vec<Arc<Queue>>, election: Option<Election>, mut tasks: Tasks) {
+    info!("shutting down: finishing in-flight writes");
     let drain = async {
-        while queue.running() > 0 {
+        while queues.iter().any(|q| q.running() > 0) {
             tokio::time::sleep(Duration::from_millis(50)).await
         }
     };
@@ -268,47 +303,110 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         election.release().await;
     }
     tasks.abort_all();
-    Ok(())
 }
 
-/// Follows leadership: the leader metric, a full pass on takeover (once every
-/// watch has listed), and the periodic resync while leading (`resync_secs` 0:
-/// none), each `resync_secs` after the previous pass drained from the queue.
-async fn lead(
-    mut changes: channel::Receiver<bool>,
+/// Leader election, when enabled.
+async fn elect(
+    args: &RunArgs,
+    client: &Client,
+    default_namespace: &str,
+    identity: &str,
+) -> Result<Option<Election>, Error> {
+    if !args.leader_election_enabled() {
+        return Ok(None);
+    }
+    let namespace = args.leader_election_namespace.clone().unwrap_or_else(|| default_namespace.to_string());
+    let lease =
+        leader::LeaseArgs { name: &args.lease_name, namespace: &namespace, identity, duration: args.lease_duration };
+    Ok(Some(leader::elect(client, lease).await?))
+}
+
+/// `/metrics`, `/healthz` and `/readyz`: ready once every watch has synced
+/// and while no long-lived task is down (each named when one is).
+async fn serve_admin(
+    args: &RunArgs,
+    state: &Arc<State>,
+    queue: &Arc<Queue>,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+) -> Result<std::net::SocketAddr, Error> {
+    let (metrics, state, queue, health) = (metrics.clone(), state.clone(), queue.clone(), health.clone());
+    let endpoints = Arc::new(move |path: &str| -> server::Reply {
+        let text = |code, body: String| (code, body, "text/plain");
+        match path {
+            "/metrics" => {
+                metrics.set_queue_depth(queue.depths(), queue.retrying());
+                metrics.ready.set(i64::from(state.synced.is_ready() && health.down().is_empty()));
+                (StatusCode::OK, metrics.encode(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            }
+            "/healthz" | "/livez" => text(StatusCode::OK, "ok".to_string()),
+            "/readyz" => {
+                let (code, body) = readiness(&health, &state.synced);
+                text(code, body)
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found".to_string()),
+        }
+    });
+    Ok(server::serve(args.metrics_addr, server::Limits::default(), endpoints).await?)
+}
+
+/// `/readyz`: ready once every watch has synced and while no long-lived
+/// task is down; otherwise 503, naming the tasks down or the watches pending.
+fn readiness(health: &Health, synced: &Synced) -> (StatusCode, String) {
+    let down = health.down();
+    if !down.is_empty() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("tasks down: {}", down.join(", ")));
+    }
+    if synced.is_ready() {
+        return (StatusCode::OK, "ok".to_string());
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, format!("waiting for watches: {}", synced.pending().join(", ")))
+}
+
+/// What leadership starts: a full pass on takeover (once every watch has
+/// listed) of XBackends and our GatewayClasses, and the periodic resync while
+/// leading (`resync_secs` 0: none), each `resync_secs` after the previous
+/// pass drained from the queue.
+struct Lead {
     state: Arc<State>,
     queue: Arc<Queue>,
     metrics: Arc<Metrics>,
+    classes: Arc<class_writer::Classes>,
     resync_secs: u64,
-) {
-    let period = (resync_secs > 0).then(|| Duration::from_secs(resync_secs));
-    loop {
-        let leading = *changes.borrow_and_update();
-        metrics.leader.set(i64::from(leading));
-        let pass = async {
-            if !leading {
-                return std::future::pending::<()>().await;
+}
+
+impl Lead {
+    async fn run(self: Arc<Self>, mut changes: channel::Receiver<bool>) {
+        let period = (self.resync_secs > 0).then(|| Duration::from_secs(self.resync_secs));
+        loop {
+            let leading = *changes.borrow_and_update();
+            self.metrics.leader.set(i64::from(leading));
+            let pass = async {
+                if !leading {
+                    return std::future::pending::<()>().await;
+                }
+                // Before every watch has listed, the keys are partial and the
+                // queue is still filling: the resync clock would start too early.
+                let _ = self.state.synced.subscribe().wait_for(|r| *r).await;
+                info!("leading: reconciling every XBackend");
+                self.queue.extend_bulk(self.state.backend_keys());
+                self.classes.queue_all();
+                let Some(period) = period else { return std::future::pending::<()>().await };
+                // The period counts from when the previous pass has started every
+                // key: at 50,000 XBackends a pass can outlast it, and overlapping
+                // passes would recheck each XBackend twice.
+                loop {
+                    self.queue.bulk_drained().await;
+                    tokio::time::sleep(period).await;
+                    self.metrics.resyncs.inc();
+                    info!("periodic resync: reconciling every XBackend");
+                    self.queue.extend_bulk(self.state.backend_keys());
+                }
+            };
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                _ = pass => {}
             }
-            // Before every watch has listed, the keys are partial and the
-            // queue is still filling: the resync clock would start too early.
-            let _ = state.synced.subscribe().wait_for(|r| *r).await;
-            info!("leading: reconciling every XBackend");
-            queue.extend_bulk(state.backend_keys());
-            let Some(period) = period else { return std::future::pending::<()>().await };
-            // The period counts from when the previous pass has started every
-            // key: at 50,000 XBackends a pass can outlast it, and overlapping
-            // passes would recheck each XBackend twice.
-            loop {
-                queue.bulk_drained().await;
-                tokio::time::sleep(period).await;
-                metrics.resyncs.inc();
-                info!("periodic resync: reconciling every XBackend");
-                queue.extend_bulk(state.backend_keys());
-            }
-        };
-        tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return },
-            _ = pass => {}
         }
     }
 }
@@ -328,8 +426,27 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::Object;
-    use crate::model::{Backend, ObjectRef};
+    use crate::model::{Backend, Object, ObjectRef};
+
+    /// A task that ends makes the replica unready, by name, until it runs again;
+    /// one that keeps ending stops `run` with an error (exit 1).
+    #[tokio::test(start_paused = true)]
+    async fn readiness_names_a_task_that_is_down_and_giving_up_is_an_error() {
+        let metrics = Arc::new(Metrics::default());
+        let synced = Synced::new([]);
+        let mut tasks = Tasks::new(metrics.clone());
+        let health = tasks.health.clone();
+        assert_eq!(readiness(&health, &synced), (StatusCode::OK, "ok".to_string()));
+        tasks.spawn("egress-decider", || async { panic!("a bug") });
+        let supervisor = tokio::spawn(async move { tasks.supervise().await });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let (code, body) = readiness(&health, &synced);
+        assert_eq!((code, body.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "tasks down: egress-decider"));
+        let gave_up = supervisor.await.unwrap();
+        let error = Error::TaskEnded(gave_up);
+        assert!(!error.is_usage(), "a runtime failure: exit 1, not 2");
+        assert!(error.to_string().contains("task egress-decider ended 5 times"), "{error}");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_resync_clock_starts_once_the_first_pass_has_drained() {
@@ -340,7 +457,15 @@ mod tests {
         }
         let queue = Arc::new(Queue::default());
         let leadership = Leadership::always();
-        tokio::spawn(lead(leadership.changes(), state.clone(), queue.clone(), metrics.clone(), 10));
+        let classes = class_writer::Classes::new("ctl");
+        let lead = Arc::new(Lead {
+            state: state.clone(),
+            queue: queue.clone(),
+            metrics: metrics.clone(),
+            classes,
+            resync_secs: 10,
+        });
+        tokio::spawn(lead.run(leadership.changes()));
         let resyncs = || metrics.resyncs.get();
 
         tokio::time::sleep(Duration::from_secs(60)).await;
@@ -351,8 +476,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert_eq!(resyncs(), 0, "the pass has not drained: no resync yet");
         for _ in 0..2 {
-            let key = queue.pop().await;
-            queue.done(&key);
+            queue.pop().await.done();
         }
         tokio::time::sleep(Duration::from_secs(9)).await;
         assert_eq!(resyncs(), 0, "the period counts from the drain");

@@ -1,11 +1,12 @@
-//! Work queue of XBackends to reconcile: deduplicated, never the same key on
-//! two workers at once. Bulk passes (re-lists, resyncs) wait in a second lane
+//! Work queue of keys to write (XBackends to reconcile, policy objects,
+//! GatewayClasses): deduplicated, never the same key on two workers at once. Bulk passes (re-lists, resyncs) wait in a second lane
 //! behind changes, so a user's new XBackend is not queued behind 50,000
 //! rechecks. Failed keys wait in a delay queue (one entry per key, earliest
 //! deadline wins, cancelled by a success or a push) for a jittered
 //! exponential backoff; no task sleeps per key.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -26,42 +27,67 @@ pub fn backoff(failures: u32, base: Duration, max: Duration) -> Duration {
     half + half.mul_f64(fastrand::f64())
 }
 
-#[derive(Default)]
-pub struct Queue {
-    keys: Mutex<Keys>,
+/// What a queue can be keyed by: an XBackend, a policy object, a class.
+pub trait Key: Clone + Eq + Hash + Ord + std::fmt::Display + Send + Sync + 'static {}
+impl<T: Clone + Eq + Hash + Ord + std::fmt::Display + Send + Sync + 'static> Key for T {}
+
+pub struct Queue<K: Key = ObjectRef> {
+    keys: Mutex<Keys<K>>,
     notify: Notify,
     /// Woken when the last key waiting in the bulk lane starts.
     drained: Notify,
 }
 
+impl<K: Key> Default for Queue<K> {
+    fn default() -> Self {
+        Queue { keys: Mutex::new(Keys::default()), notify: Notify::new(), drained: Notify::new() }
+    }
+}
+
 /// Which lane a queued key waits in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Lane {
+pub enum Lane {
     /// Something changed: a watch event, a DNS answer, a retry.
     Change,
     /// A recheck of everything (re-list, periodic resync): runs when no change waits.
     Bulk,
 }
 
-#[derive(Default)]
-struct Keys {
-    order: VecDeque<ObjectRef>,
+struct Keys<K> {
+    order: VecDeque<K>,
     /// Bulk keys; an entry whose key was promoted or already ran is skipped.
-    bulk: VecDeque<ObjectRef>,
-    queued: HashMap<ObjectRef, Lane>,
+    bulk: VecDeque<K>,
+    queued: HashMap<K, Lane>,
     /// Keys waiting in the bulk lane (`queued` entries with `Lane::Bulk`).
     bulk_waiting: usize,
-    running: HashSet<ObjectRef>,
+    /// Keys popped and not yet ended: one `Popped` guard each.
+    running: HashSet<K>,
     /// Keys pushed while running, and the lane they go back to.
-    again: HashMap<ObjectRef, Lane>,
+    again: HashMap<K, Lane>,
     /// Consecutive failures per key; gone after a success.
-    failures: HashMap<ObjectRef, u32>,
+    failures: HashMap<K, u32>,
     /// When each failed key is due again, and the same entries by deadline.
-    delayed: HashMap<ObjectRef, Instant>,
-    deadlines: BTreeSet<(Instant, ObjectRef)>,
+    delayed: HashMap<K, Instant>,
+    deadlines: BTreeSet<(Instant, K)>,
 }
 
-impl Keys {
+impl<K> Default for Keys<K> {
+    fn default() -> Self {
+        Keys {
+            order: VecDeque::new(),
+            bulk: VecDeque::new(),
+            queued: HashMap::new(),
+            bulk_waiting: 0,
+            running: HashSet::new(),
+            again: HashMap::new(),
+            failures: HashMap::new(),
+            delayed: HashMap::new(),
+            deadlines: BTreeSet::new(),
+        }
+    }
+}
+
+impl<K: Key> Keys<K> {
     /// Moves the failed keys whose backoff is over into the change lane.
     fn promote_due(&mut self, now: Instant) {
         while let Some((when, _)) = self.deadlines.first()
@@ -75,14 +101,14 @@ impl Keys {
     }
 
     /// Drops the key's delay entry (it runs sooner, or needs no retry).
-    fn cancel_delay(&mut self, key: &ObjectRef) {
+    fn cancel_delay(&mut self, key: &K) {
         if let Some(when) = self.delayed.remove(key) {
             self.deadlines.remove(&(when, key.clone()));
         }
     }
 
     /// The next key: changes first, then bulk keys still waiting as such.
-    fn next(&mut self) -> Option<ObjectRef> {
+    fn next(&mut self) -> Option<K> {
         if let Some(key) = self.order.pop_front() {
             return Some(key);
         }
@@ -96,21 +122,25 @@ impl Keys {
     }
 }
 
-impl Queue {
-    pub fn push(&self, key: ObjectRef) {
+impl<K: Key> Queue<K> {
+    pub fn push(&self, key: K) {
         self.push_to(key, Lane::Change);
     }
 
-    pub fn extend(&self, keys: impl IntoIterator<Item = ObjectRef>) {
-        keys.into_iter().for_each(|k| self.push_to(k, Lane::Change));
+    pub fn extend(&self, keys: impl IntoIterator<Item = K>) {
+        self.extend_in(keys, Lane::Change);
     }
 
     /// Queues a recheck of `keys` behind every change (re-lists, resyncs).
-    pub fn extend_bulk(&self, keys: impl IntoIterator<Item = ObjectRef>) {
-        keys.into_iter().for_each(|k| self.push_to(k, Lane::Bulk));
+    pub fn extend_bulk(&self, keys: impl IntoIterator<Item = K>) {
+        self.extend_in(keys, Lane::Bulk);
     }
 
-    fn push_to(&self, key: ObjectRef, lane: Lane) {
+    pub fn extend_in(&self, keys: impl IntoIterator<Item = K>, lane: Lane) {
+        keys.into_iter().for_each(|k| self.push_to(k, lane));
+    }
+
+    fn push_to(&self, key: K, lane: Lane) {
         let mut s = self.keys.lock().expect("queue lock");
         // Now is earlier than any backoff deadline.
         s.cancel_delay(&key);
@@ -145,7 +175,7 @@ impl Queue {
         self.notify.notify_one();
     }
 
-    fn wake_if_drained(&self, s: &Keys) {
+    fn wake_if_drained(&self, s: &Keys<K>) {
         if s.bulk_waiting == 0 {
             self.drained.notify_waiters();
         }
@@ -176,8 +206,11 @@ impl Queue {
         self.keys.lock().expect("queue lock").delayed.len()
     }
 
-    /// Waits for the next key and marks it running; call `done` or `failed` after.
-    pub async fn pop(&self) -> ObjectRef {
+    /// Waits for the next key and marks it running. The guard ends the run:
+    /// `done` or `failed`, and dropping it unended (a panic, an early
+    /// return, cancellation at shutdown) counts as failed, so no key is ever
+    /// left running.
+    pub async fn pop(&self) -> Popped<'_, K> {
         loop {
             let notified = self.notify.notified();
             let next_due = {
@@ -192,7 +225,7 @@ impl Queue {
                         // Wake another idle worker for the rest.
                         self.notify.notify_one();
                     }
-                    return key;
+                    return Popped { queue: self, key: Some(key) };
                 }
                 s.deadlines.first().map(|(when, _)| *when)
             };
@@ -206,14 +239,9 @@ impl Queue {
         }
     }
 
-    /// The reconcile succeeded: its failure count starts over.
-    pub fn done(&self, key: &ObjectRef) {
-        self.finish(key, true);
-    }
-
-    /// The reconcile failed: the key runs again after a backoff, or sooner
-    /// when pushed meanwhile (then without a delay entry). Returns the delay.
-    pub fn failed(&self, key: &ObjectRef) -> Duration {
+    /// The key runs again after a backoff, or sooner when pushed meanwhile
+    /// (then without a delay entry). Returns the delay.
+    fn fail(&self, key: &K) -> Duration {
         let failures = {
             let mut s = self.keys.lock().expect("queue lock");
             let n = s.failures.entry(key.clone()).or_default();
@@ -238,7 +266,7 @@ impl Queue {
     }
 
     /// Ends a run; returns true when the key was queued again (pushed while running).
-    fn finish(&self, key: &ObjectRef, success: bool) -> bool {
+    fn finish(&self, key: &K, success: bool) -> bool {
         let again = {
             let mut s = self.keys.lock().expect("queue lock");
             s.running.remove(key);
@@ -254,9 +282,44 @@ impl Queue {
         again.is_some()
     }
 
-    /// Keys being reconciled right now.
+    /// Keys popped and not yet ended (live `Popped` guards).
     pub fn running(&self) -> usize {
         self.keys.lock().expect("queue lock").running.len()
+    }
+}
+
+/// A key taken from the queue, running until the guard ends.
+#[must_use = "end the run with done() or failed()"]
+pub struct Popped<'a, K: Key> {
+    queue: &'a Queue<K>,
+    key: Option<K>,
+}
+
+impl<K: Key> Popped<'_, K> {
+    pub fn key(&self) -> &K {
+        self.key.as_ref().expect("a live guard has its key")
+    }
+
+    /// The run succeeded: the key's failure count starts over.
+    pub fn done(mut self) {
+        if let Some(key) = self.key.take() {
+            self.queue.finish(&key, true);
+        }
+    }
+
+    /// The run failed (or may not write yet): the key comes back after a
+    /// backoff. Returns the delay.
+    pub fn failed(mut self) -> Duration {
+        let key = self.key.take().expect("a live guard has its key");
+        self.queue.fail(&key)
+    }
+}
+
+impl<K: Key> Drop for Popped<'_, K> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.queue.fail(&key);
+        }
     }
 }
 
@@ -268,14 +331,22 @@ mod tests {
         ObjectRef::new("ns", n)
     }
 
+    /// Pops and returns the key, leaving it running (the guard forgotten).
+    async fn take(q: &Queue) -> ObjectRef {
+        let popped = q.pop().await;
+        let key = popped.key().clone();
+        std::mem::forget(popped);
+        key
+    }
+
     #[tokio::test]
     async fn deduplicates_and_keeps_order() {
         let q = Queue::default();
         q.push(key("a"));
         q.push(key("b"));
         q.push(key("a"));
-        assert_eq!(q.pop().await, key("a"));
-        assert_eq!(q.pop().await, key("b"));
+        let (a, b) = (q.pop().await, q.pop().await);
+        assert_eq!((a.key(), b.key()), (&key("a"), &key("b")));
         assert_eq!(q.running(), 2, "both still running");
     }
 
@@ -290,8 +361,8 @@ mod tests {
             let s = q.keys.lock().unwrap();
             assert_eq!(s.order.len() + s.bulk.len(), 0, "not queued while running");
         }
-        q.done(&a);
-        assert_eq!(q.pop().await, key("a"));
+        a.done();
+        assert_eq!(take(&q).await, key("a"));
     }
 
     #[tokio::test]
@@ -301,7 +372,7 @@ mod tests {
         q.push(key("new"));
         q.push(key("c"));
         q.extend_bulk([key("c"), key("new"), key("a")]);
-        let order = [q.pop().await, q.pop().await, q.pop().await, q.pop().await];
+        let order = [take(&q).await, take(&q).await, take(&q).await, take(&q).await];
         assert_eq!(order, [key("new"), key("c"), key("a"), key("b")], "changes first, promoted once");
         let s = q.keys.lock().unwrap();
         assert!(s.queued.is_empty() && s.order.is_empty(), "c's stale bulk entry is not run again");
@@ -313,10 +384,10 @@ mod tests {
         q.push(key("a"));
         let a = q.pop().await;
         q.extend_bulk([key("a")]);
-        q.done(&a);
+        a.done();
         q.push(key("b"));
-        assert_eq!(q.pop().await, key("b"), "the change first");
-        assert_eq!(q.pop().await, key("a"));
+        assert_eq!(take(&q).await, key("b"), "the change first");
+        assert_eq!(take(&q).await, key("a"));
     }
 
     #[tokio::test]
@@ -328,12 +399,12 @@ mod tests {
         let drained = q.bulk_drained();
         tokio::pin!(drained);
         assert!(drained.as_mut().now_or_never().is_none());
-        assert_eq!(q.pop().await, key("a"));
+        assert_eq!(take(&q).await, key("a"));
         q.push(key("b"));
         assert_eq!(q.depths(), (1, 1), "b promoted, c still a recheck");
         assert!(drained.as_mut().now_or_never().is_none());
-        assert_eq!(q.pop().await, key("b"));
-        assert_eq!(q.pop().await, key("c"));
+        assert_eq!(take(&q).await, key("b"));
+        assert_eq!(take(&q).await, key("c"));
         assert!(drained.now_or_never().is_some(), "c started: drained");
         assert_eq!(q.depths(), (0, 0));
     }
@@ -358,26 +429,22 @@ mod tests {
         let q = Queue::default();
         q.push(key("a"));
         let mut last = Duration::ZERO;
+        let mut a = q.pop().await;
         for round in 1..=4u32 {
-            let a = q.pop().await;
-            let delay = q.failed(&a);
+            let delay = a.failed();
             let full = BACKOFF_BASE * 2u32.pow(round - 1);
             assert!(delay >= full / 2 && delay <= full, "round {round}: {delay:?}");
             assert!(round == 1 || delay > last / 2, "grows");
             last = delay;
             let started = tokio::time::Instant::now();
-            assert_eq!(q.pop().await, key("a"));
+            a = q.pop().await;
+            assert_eq!(a.key(), &key("a"));
             assert!(started.elapsed() >= delay, "not before its backoff");
-            // Put it back into the running state the loop expects.
-            q.keys.lock().unwrap().running.remove(&a);
-            q.push(a);
         }
-        let a = q.pop().await;
-        q.done(&a);
+        a.done();
         assert!(q.keys.lock().unwrap().failures.is_empty(), "a success resets the count");
         q.push(key("a"));
-        let a = q.pop().await;
-        let delay = q.failed(&a);
+        let delay = q.pop().await.failed();
         assert!(delay <= BACKOFF_BASE, "starts over: {delay:?}");
     }
 
@@ -387,8 +454,7 @@ mod tests {
         let keys: Vec<ObjectRef> = (0..100).map(|i| key(&i.to_string())).collect();
         q.extend(keys.clone());
         for _ in &keys {
-            let k = q.pop().await;
-            q.failed(&k);
+            q.pop().await.failed();
         }
         assert_eq!(q.retrying(), 100, "one delay entry per key");
         let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
@@ -397,14 +463,15 @@ mod tests {
         // A change to a waiting key runs it now and drops its delay entry.
         q.push(keys[0].clone());
         assert_eq!(q.retrying(), 99);
-        assert_eq!(q.pop().await, keys[0]);
-        q.done(&keys[0]);
+        let first = q.pop().await;
+        assert_eq!(first.key(), &keys[0]);
+        first.done();
         // Every other key comes back once, after its backoff; the one that
         // succeeded never does (the paused clock jumps to each deadline).
         let mut back = BTreeSet::new();
-        while let Ok(k) = tokio::time::timeout(BACKOFF_MAX, q.pop()).await {
-            assert!(back.insert(k.clone()), "{k} came back twice");
-            q.done(&k);
+        while let Ok(popped) = tokio::time::timeout(BACKOFF_MAX, q.pop()).await {
+            assert!(back.insert(popped.key().clone()), "{} came back twice", popped.key());
+            popped.done();
         }
         assert_eq!(back, keys[1..].iter().cloned().collect(), "each failed key once, not the one that succeeded");
         assert_eq!(q.retrying(), 0);
@@ -416,12 +483,42 @@ mod tests {
         q.push(key("a"));
         let a = q.pop().await;
         q.push(key("a"));
-        let delay = q.failed(&a);
+        let delay = a.failed();
         assert_eq!(q.retrying(), 0, "the push is sooner than any backoff");
         let started = Instant::now();
-        assert_eq!(q.pop().await, key("a"));
+        let a = q.pop().await;
+        assert_eq!(a.key(), &key("a"));
         assert!(started.elapsed() < delay, "ran at once");
-        q.failed(&a);
+        a.failed();
         assert_eq!(q.retrying(), 1, "failing again waits for a backoff");
+    }
+
+    /// A guard dropped unended (a panic unwinding through the worker, an
+    /// early return, a task cancelled at shutdown) fails its key: it is not
+    /// left running, and it comes back after a backoff.
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_guard_counts_as_failed_and_requeues() {
+        let q = Queue::default();
+        q.push(key("a"));
+        let popped = q.pop().await;
+        assert_eq!(q.running(), 1);
+        let worker = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _held = popped;
+            panic!("a reconcile that panics");
+        }));
+        assert!(worker.is_err());
+        assert_eq!((q.running(), q.retrying()), (0, 1), "not running, waiting for its backoff");
+        let back = tokio::time::timeout(BACKOFF_BASE * 2, q.pop()).await.expect("back after its backoff");
+        assert_eq!(back.key(), &key("a"));
+        back.done();
+
+        // Cancelled while holding the guard (shutdown aborts the worker).
+        q.push(key("b"));
+        let task = async {
+            let _held = q.pop().await;
+            std::future::pending::<()>().await
+        };
+        assert!(tokio::time::timeout(Duration::from_millis(1), task).await.is_err());
+        assert_eq!((q.running(), q.retrying()), (0, 1), "b failed when its future was dropped");
     }
 }

@@ -17,24 +17,25 @@ use kube::discovery::ApiResource;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
-use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::dns_check::DnsCheck;
 use super::error::chain;
 use super::leader::Leadership;
-use super::metrics::{ErrorLabel, Metrics};
+use super::metrics::{ErrorLabel, Metrics, WriterLabel};
 use super::queue::{self, Queue};
+use super::runner::{Finish, Work};
 use super::state::State;
 use super::timeouts::API_TIMEOUT;
 use crate::conditions::reason;
 use crate::decode::{Watched, decode_watched};
-use crate::index::{Kind, Object};
 use crate::judge::{Snapshot, now_rfc3339, plan};
+use crate::model::{Kind, Object};
 use crate::model::{ObjectRef, StoredStatus};
 use crate::policy::Policy;
-use crate::refs::{Fetched, RefTarget, hostname_to_resolve};
+use crate::refs::{Fetched, RefTarget};
 use crate::status::EventNote;
+use crate::verdict::hostname_to_resolve;
 
 /// Attempts per reconcile when other writers keep changing the object; then
 /// the key goes to the queue's backoff.
@@ -80,6 +81,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// True when the status write itself failed (not a read before it).
+    pub fn is_write(&self) -> bool {
+        match self {
+            Error::Timeout { call } | Error::Api { call, .. } => *call == Call::PatchStatus,
+            Error::Conflicts | Error::NotKept => true,
+        }
+    }
+
     /// The `error` label of `xbackend_reconcile_failures_total`.
     pub fn label(&self) -> &'static str {
         match self {
@@ -171,49 +180,34 @@ fn is_status(e: &Error, code: u16) -> bool {
     matches!(e, Error::Api { source: kube::Error::Api(s), .. } if s.code == code)
 }
 
-/// Pulls keys once every watch has synced and while this replica leads.
-pub async fn worker<A: ClusterApi>(ctx: Arc<Reconciler<A>>, mut stop: watch::Receiver<bool>) {
-    let mut ready = ctx.state.synced.subscribe();
-    if ready.wait_for(|r| *r).await.is_err() {
-        return;
-    }
-    let mut leading = ctx.leadership.changes();
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            led = leading.wait_for(|l| *l) => if led.is_err() { return },
-        }
-        let key = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            key = ctx.queue.pop() => key,
-        };
-        run_one(&ctx, &key).await;
-    }
-}
+impl<A: ClusterApi> Work for Reconciler<A> {
+    type Key = ObjectRef;
+    const TASK: &'static str = "reconcile";
 
-/// One reconcile of a popped key, and what its result does to the queue.
-async fn run_one<A: ClusterApi>(ctx: &Reconciler<A>, key: &ObjectRef) {
-    let started = Instant::now();
-    let span = info_span!("reconcile", xbackend = %key);
-    let result = reconcile(ctx, key).instrument(span).await;
-    ctx.metrics.reconciles.inc();
-    ctx.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
-    match result {
-        Ok(Outcome::Fenced) => {
-            // Not an error: the Lease is not (yet) valid. Try again later;
-            // a new leader's full pass queues every key anyway.
-            let retry_in = ctx.queue.failed(key);
-            debug!(xbackend = %key, ?retry_in, "fenced; retrying");
-        }
-        Ok(outcome) => {
-            debug!(xbackend = %key, ?outcome, "reconciled");
-            ctx.queue.done(key);
-        }
-        Err(e) => {
-            ctx.metrics.reconcile_errors.inc();
-            ctx.metrics.reconcile_failures.get_or_create(&ErrorLabel { error: e.label().into() }).inc();
-            let retry_in = ctx.queue.failed(key);
-            warn!(xbackend = %key, error = %chain(&e), ?retry_in, "reconcile failed; retrying");
+    /// One reconcile, its metrics and its log line; fenced and failed ones retry.
+    async fn run(&self, key: &ObjectRef) -> Finish {
+        let started = Instant::now();
+        let span = info_span!("reconcile", xbackend = %key);
+        let result = reconcile(self, key).instrument(span).await;
+        self.metrics.reconciles.inc();
+        self.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+        match result {
+            // Not an error: the Lease is not (yet) valid. A new leader's full
+            // pass queues every key anyway.
+            Ok(Outcome::Fenced) => Finish::Retry,
+            Ok(outcome) => {
+                debug!(xbackend = %key, ?outcome, "reconciled");
+                Finish::Done
+            }
+            Err(e) => {
+                self.metrics.reconcile_errors.inc();
+                self.metrics.reconcile_failures.get_or_create(&ErrorLabel { error: e.label().into() }).inc();
+                if e.is_write() {
+                    self.metrics.write_failures.get_or_create(&WriterLabel::of("status")).inc();
+                }
+                warn!(xbackend = %key, error = %chain(&e), "reconcile failed; retrying after a backoff");
+                Finish::Retry
+            }
         }
     }
 }
@@ -411,6 +405,8 @@ mod tests {
 
     use super::*;
     use crate::model::RouteKind;
+    use crate::runtime::metrics::TaskLabel;
+    use crate::runtime::runner::Runner;
     use crate::runtime::state::Synced;
 
     const OURS: &str = "example.com/ours";
@@ -432,6 +428,8 @@ mod tests {
         reread: Mutex<Option<Value>>,
         during_patch: Mutex<Option<Box<dyn FnOnce() + Send>>>,
         during_publish: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+        /// A status patch of this XBackend panics (a bug to contain).
+        panic_for: Mutex<Option<ObjectRef>>,
     }
 
     fn watched(object: Value) -> Watched {
@@ -452,8 +450,11 @@ mod tests {
         async fn read_xbackend(&self, _: &ObjectRef) -> kube::Result<Option<Watched>> {
             Ok(self.reread.lock().unwrap().clone().map(watched))
         }
-        async fn patch_status(&self, _: &ObjectRef, patch: &Value) -> kube::Result<Watched> {
+        async fn patch_status(&self, key: &ObjectRef, patch: &Value) -> kube::Result<Watched> {
             self.patches.lock().unwrap().push(patch.clone());
+            if self.panic_for.lock().unwrap().as_ref() == Some(key) {
+                panic!("a bug in writing {key}");
+            }
             if let Some(hook) = self.during_patch.lock().unwrap().take() {
                 hook();
             }
@@ -501,7 +502,10 @@ mod tests {
             "metadata": {"namespace": "app", "name": "r"},
             "spec": {
                 "parentRefs": [{"name": "gw"}],
-                "rules": [{"backendRefs": [{"group": "gateway.networking.x-k8s.io", "kind": "XBackend", "name": "b"}]}],
+                "rules": [{"backendRefs": [
+                    {"group": "gateway.networking.x-k8s.io", "kind": "XBackend", "name": "b"},
+                    {"group": "gateway.networking.x-k8s.io", "kind": "XBackend", "name": "c"},
+                ]}],
             },
         });
         apply(&state, Kind::Route(RouteKind::Http), route);
@@ -559,11 +563,8 @@ mod tests {
         assert_eq!(reconcile(&ctx, &key()).await.unwrap(), Outcome::Fenced);
         assert!(ctx.api.patches.lock().unwrap().is_empty(), "the fence is checked right before the patch");
         assert_eq!(ctx.metrics.status_writes_fenced.get(), 1);
-        // The worker treats it as a retry, not a success.
-        ctx.queue.push(key());
-        let popped = ctx.queue.pop().await;
-        run_one(&ctx, &popped).await;
-        assert_eq!(ctx.queue.retrying(), 1, "retried after a backoff");
+        // The runner treats it as a retry, not a success.
+        assert_eq!(Work::run(&ctx, &key()).await, Finish::Retry, "retried after a backoff");
     }
 
     #[tokio::test(start_paused = true)]
@@ -606,13 +607,61 @@ mod tests {
     async fn a_status_the_apiserver_did_not_keep_is_an_error_and_retried() {
         let ctx = reconciler(replies([Reply::Stored("11", false)]), Leadership::always());
         assert!(matches!(reconcile(&ctx, &key()).await, Err(Error::NotKept)));
-        ctx.queue.push(key());
-        let popped = ctx.queue.pop().await;
         let ctx = Reconciler { api: replies([Reply::Stored("11", false)]), ..ctx };
-        run_one(&ctx, &popped).await;
-        assert_eq!(ctx.queue.retrying(), 1, "the key waits for a backoff");
+        assert_eq!(Work::run(&ctx, &key()).await, Finish::Retry, "the key waits for a backoff");
         let label = ErrorLabel { error: "not_kept".into() };
         assert_eq!(ctx.metrics.reconcile_failures.get_or_create(&label).get(), 1);
+        assert_eq!(ctx.metrics.write_failures.get_or_create(&WriterLabel::of("status")).get(), 1);
+    }
+
+    /// A reconcile that panics (here: inside the status patch, for one
+    /// XBackend only) is contained: the panic is counted, the key comes back
+    /// after a backoff and reconciles once the cause is gone, the other key
+    /// is never held up, and no task ends, so the controller stays ready.
+    #[tokio::test(start_paused = true)]
+    async fn a_panic_is_caught_counted_and_retried_while_other_keys_go_on() {
+        let fake = replies([Reply::Stored("21", true), Reply::Stored("11", true)]);
+        *fake.panic_for.lock().unwrap() = Some(key());
+        let ctx = reconciler(fake, Leadership::always());
+        let other = ObjectRef::new("app", "c");
+        apply(
+            &ctx.state,
+            Kind::XBackend,
+            json!({"metadata": {"namespace": "app", "name": "c", "uid": "uc", "generation": 1, "resourceVersion": "20"}, "spec": {"type": "ExternalHostname", "port": {"number": 443}, "externalHostname": {"hostname": "c.example.com"}}}),
+        );
+        let (metrics, queue) = (ctx.metrics.clone(), ctx.queue.clone());
+        let (_, ready) = tokio::sync::watch::channel(true);
+        let runner = Arc::new(Runner {
+            work: ctx,
+            queue: queue.clone(),
+            leadership: Leadership::always(),
+            ready,
+            metrics: metrics.clone(),
+        });
+        let mut tasks = crate::runtime::tasks::Tasks::new(metrics.clone());
+        let health = tasks.health.clone();
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        runner.spawn(1, &mut tasks, &stop);
+        tokio::spawn(async move { tasks.supervise().await });
+
+        queue.extend([key(), other.clone()]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let panics = || metrics.panics.get_or_create(&TaskLabel::of("reconcile")).get();
+        assert_eq!(panics(), 1, "counted");
+        let patched = |name: &str| {
+            let patches = runner.work.api.patches.lock().unwrap().clone();
+            patches.iter().filter(|p| p["metadata"]["resourceVersion"] == if name == "b" { "10" } else { "20" }).count()
+        };
+        assert_eq!(patched("c"), 1, "the other key was not held up");
+        assert_eq!(queue.retrying(), 1, "the panicking key waits for its backoff");
+        assert!(health.down().is_empty(), "the worker lives on: still ready");
+
+        // The cause goes away; the same key reconciles after its backoff.
+        *runner.work.api.panic_for.lock().unwrap() = None;
+        tokio::time::sleep(queue::BACKOFF_BASE).await;
+        assert_eq!(patched("b"), 2, "the second attempt wrote");
+        assert_eq!((queue.retrying(), queue.running(), panics()), (0, 0, 1));
+        assert!(health.down().is_empty());
     }
 
     /// An event that arrives while the patch is in flight: held, then

@@ -2,7 +2,7 @@
 //! writes what: the index (one record per XBackend) only the watches; the
 //! status layout only the CRD watch; `reported` only reconciles, through
 //! `report` and the write guard (`begin_write`). The egress policy writer
-//! only reads (`egress_pending`, `egress_inputs`), woken by `egress_changed`.
+//! only reads (`egress_pending`, `egress_demand`), woken by `egress_changed`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,10 +13,11 @@ use tokio::sync::watch as channel;
 use super::metrics::{AcceptedLabel, Metrics, ReasonLabel};
 use super::queue::Queue;
 use crate::conditions::Verdict;
-use crate::egress::{Allowed, Inputs};
-use crate::index::{Index, Kind, Object, RefKind};
+use crate::egress::{Allowed, Demand};
+use crate::index::Index;
 use crate::judge::Snapshot;
 use crate::model::ObjectRef;
+use crate::model::{Kind, Object, RefKind};
 use crate::status::{EventNote, Shape};
 
 /// What a reconcile last did for one XBackend (object `uid`): reconciles
@@ -62,8 +63,11 @@ impl State {
         State { inner: Mutex::new(inner), metrics, synced, egress_changed: Notify::new() }
     }
 
+    /// A panic caught under the lock (counted where it was caught) leaves
+    /// the state as it was: the next caller goes on with it rather than
+    /// failing forever on a poisoned lock.
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().expect("state lock")
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Applies one added or changed object; returns the XBackends to reconcile.
@@ -199,7 +203,7 @@ impl State {
     }
 
     /// A copy of what the egress policies depend on (docs/design.md §6b).
-    pub fn egress_inputs(&self) -> Inputs {
+    pub fn egress_demand(&self) -> Demand {
         let inner = self.lock();
         let gateways = (inner.index.judged_gateways().into_iter())
             .map(|gw| {
@@ -207,7 +211,7 @@ impl State {
                 (gw, g.uid, g.class_name)
             })
             .collect();
-        let mut inputs = Inputs { gateways, ..Inputs::default() };
+        let mut inputs = Demand { gateways, ..Demand::default() };
         for key in inner.index.backend_keys() {
             match inner.reported.get(&key).and_then(|r| r.uses.as_ref()) {
                 Some(uses) => {

@@ -8,9 +8,9 @@ use kube::runtime::watcher;
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
-use super::{Affected, Indexer, kind_name};
+use super::{Affected, Indexer};
 use crate::decode::{WatchedMeta, decode_metadata};
-use crate::index::Kind;
+use crate::model::Kind;
 use crate::model::ObjectRef;
 use crate::runtime::state::State;
 
@@ -39,7 +39,7 @@ where
     type Resource = WatchedMeta<K>;
 
     fn name(&self) -> &'static str {
-        kind_name(self.kind)
+        self.kind.name()
     }
     fn api(&self, client: &Client) -> Api<WatchedMeta<K>> {
         Api::all(client.clone())

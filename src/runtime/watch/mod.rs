@@ -23,12 +23,11 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::metrics::Metrics;
-use super::queue::Queue;
+use super::queue::{Lane, Queue};
 use super::state::State;
-use crate::index::Kind;
 use crate::model::ObjectRef;
 
 pub use crd::{XBACKEND_CRD, XBackendCrd};
@@ -37,19 +36,6 @@ pub use dns_service::DnsService;
 pub use metadata::{LIVE_PODS, Metadata};
 pub use objects::Objects;
 pub use references::References;
-
-pub fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Route(r) => r.kind(),
-        Kind::Gateway => "Gateway",
-        Kind::ListenerSet => "ListenerSet",
-        Kind::GatewayClass => "GatewayClass",
-        Kind::ReferenceGrant => "ReferenceGrant",
-        Kind::XBackend => "XBackend",
-        Kind::Pod => "Pod",
-        Kind::Namespace => "Namespace",
-    }
-}
 
 /// What every watch feeds.
 #[derive(Clone)]
@@ -115,22 +101,27 @@ pub fn config() -> watcher::Config {
 /// Objects per list page.
 const LIST_PAGE: u32 = 100;
 
-/// Which lane queued keys go to: a (re-)list rechecks behind changes.
-#[derive(Clone, Copy)]
-enum Lane {
-    Change,
-    Bulk,
-}
-
+/// Queues what an event affects; a (re-)list rechecks in the bulk lane, behind changes.
 fn queue(feeds: &Feeds, affected: Affected, lane: Lane) {
     let keys = match affected {
         Affected::Keys(keys) if keys.is_empty() => return,
         Affected::Keys(keys) => keys.into_iter().collect(),
         Affected::Every => feeds.state.backend_keys(),
     };
-    match lane {
-        Lane::Change => feeds.queue.extend(keys),
-        Lane::Bulk => feeds.queue.extend_bulk(keys),
+    feeds.queue.extend_in(keys, lane);
+}
+
+/// Runs one indexer call with its panics caught: an object that trips a bug
+/// is counted and skipped (`xbackend_panics_total{task}`), and the watch goes on.
+fn contained<T>(feeds: &Feeds, name: &'static str, call: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
+        Ok(done) => Some(done),
+        Err(panic) => {
+            feeds.metrics.panics.get_or_create(&super::metrics::TaskLabel::of(name)).inc();
+            let panic = super::tasks::panic_message(&*panic);
+            error!(kind = name, panic, "a watch event panicked; skipped");
+            None
+        }
     }
 }
 
@@ -142,7 +133,7 @@ fn key_of<R: Resource>(object: &R) -> ObjectRef {
 /// object as it streams in, and what it did not see is deleted at its end. A
 /// dead connection, half-open included, is noticed by the watcher's idle
 /// timeout (`WATCH_TIMEOUT_SECS` + 5 s) and reconnected with backoff.
-pub async fn run<I: Indexer>(feeds: Feeds, indexer: I) {
+pub async fn run<I: Indexer>(feeds: Feeds, indexer: Arc<I>) {
     let name = indexer.name();
     let start = || watcher::watcher(indexer.api(&feeds.client), indexer.config()).default_backoff().boxed();
     let mut stream = start();
@@ -172,7 +163,7 @@ pub async fn run<I: Indexer>(feeds: Feeds, indexer: I) {
             Event::Init => seen.clear(),
             Event::InitApply(object) => {
                 let key = key_of(&object);
-                if let Some(affected) = applied(&feeds, &indexer, key.clone(), &object) {
+                if let Some(affected) = applied(&feeds, &*indexer, key.clone(), &object) {
                     queue(&feeds, affected, Lane::Bulk);
                     if I::KEEPS_OBJECTS {
                         seen.insert(key);
@@ -180,14 +171,21 @@ pub async fn run<I: Indexer>(feeds: Feeds, indexer: I) {
                 }
             }
             Event::Apply(object) => {
-                if let Some(affected) = applied(&feeds, &indexer, key_of(&object), &object) {
+                if let Some(affected) = applied(&feeds, &*indexer, key_of(&object), &object) {
                     queue(&feeds, affected, Lane::Change);
                 }
             }
-            Event::Delete(object) => queue(&feeds, indexer.delete(&feeds.state, &key_of(&object)), Lane::Change),
+            Event::Delete(object) => {
+                let key = key_of(&object);
+                if let Some(affected) = contained(&feeds, name, || indexer.delete(&feeds.state, &key)) {
+                    queue(&feeds, affected, Lane::Change);
+                }
+            }
             Event::InitDone => {
                 lists += 1;
-                let affected = indexer.reset(&feeds.state, &std::mem::take(&mut seen), lists > 1);
+                let seen = std::mem::take(&mut seen);
+                let affected = contained(&feeds, name, || indexer.reset(&feeds.state, &seen, lists > 1));
+                let affected = affected.unwrap_or(Affected::Every);
                 let lane = if affected == Affected::Every { Lane::Bulk } else { Lane::Change };
                 queue(&feeds, affected, lane);
                 feeds.state.synced.mark(name);
@@ -197,21 +195,24 @@ pub async fn run<I: Indexer>(feeds: Feeds, indexer: I) {
     }
 }
 
-/// Starts watches, each registered with the readiness gate before it runs.
+/// Starts watches, each registered with the readiness gate before it runs
+/// and supervised as a long-lived task.
 pub struct Starter<'a> {
     pub feeds: &'a Feeds,
-    pub tasks: &'a mut tokio::task::JoinSet<()>,
+    pub tasks: &'a mut super::tasks::Tasks,
 }
 
 impl Starter<'_> {
     pub fn start<I: Indexer>(&mut self, indexer: I) {
-        self.feeds.state.synced.expect(indexer.name());
-        self.tasks.spawn(run(self.feeds.clone(), indexer));
+        let name = indexer.name();
+        self.feeds.state.synced.expect(name);
+        let (feeds, indexer) = (self.feeds.clone(), Arc::new(indexer));
+        self.tasks.spawn(name, move || run(feeds.clone(), indexer.clone()));
     }
 }
 
 fn applied<I: Indexer>(feeds: &Feeds, indexer: &I, key: ObjectRef, object: &I::Resource) -> Option<Affected> {
-    match indexer.apply(&feeds.state, key.clone(), object) {
+    match contained(feeds, indexer.name(), || indexer.apply(&feeds.state, key.clone(), object))? {
         Ok(affected) => Some(affected),
         Err(error) => {
             let name = indexer.name();

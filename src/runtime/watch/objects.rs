@@ -10,9 +10,9 @@ use kube::api::Api;
 use kube::discovery::ApiResource;
 use tokio::sync::Notify;
 
-use super::{Affected, Indexer, kind_name};
+use super::{Affected, Indexer};
 use crate::decode::{Watched, decode_watched};
-use crate::index::Kind;
+use crate::model::Kind;
 use crate::model::ObjectRef;
 use crate::runtime::state::State;
 
@@ -28,7 +28,7 @@ impl Indexer for Objects {
     type Resource = Watched;
 
     fn name(&self) -> &'static str {
-        kind_name(self.kind)
+        self.kind.name()
     }
     fn api(&self, client: &Client) -> Api<Watched> {
         Api::all_with(client.clone(), &self.resource)

@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 
 use super::{Affected, Indexer};
 use crate::decode::WatchedMeta;
-use crate::index::RefKind;
 use crate::model::ObjectRef;
+use crate::model::RefKind;
 use crate::runtime::state::State;
 
 /// `K` (Secret or ConfigMap), referenced as `kind`.

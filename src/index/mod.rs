@@ -1,303 +1,69 @@
-//! In-memory index of the watched objects. Watches feed it (apply / delete /
-//! retain after a re-list); each call returns the XBackends whose status may have changed.
+//! In-memory index of the watched objects, in parts that each own their
+//! records and reverse maps (routes, Gateways and classes, XBackends, Pods
+//! and Namespaces, grants) behind one face. Watches feed it (apply / delete /
+//! retain after a re-list); each call returns the XBackends whose status may
+//! have changed, found through the reverse maps without a scan.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+mod backends;
+mod cluster;
+mod gateways;
+mod grants;
+mod members;
+mod routes;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::api::{self, XBackendSpec};
+use crate::api;
 use crate::guardrails;
 use crate::model::{
-    Ancestor, Backend, Gateway, GatewayClass, ObjectRef, Pod, ReferenceGrant, Referrer, Referrers, Refs, Route,
-    RouteKind,
+    Ancestor, Backend, Gateway, Kind, Object, ObjectRef, RefKind, ReferenceGrant, Referrer, Referrers, Route,
 };
+use crate::refs::{self, Lookup};
 
-/// Every kind the index holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    Route(RouteKind),
-    Gateway,
-    ListenerSet,
-    GatewayClass,
-    ReferenceGrant,
-    XBackend,
-    /// Watched by metadata only; only labels matter.
-    Pod,
-    /// Watched by metadata only; only names matter (cluster-aware guardrails).
-    Namespace,
-}
+use backends::Backends;
+use cluster::{Cluster, selects};
+use gateways::Gateways;
+use grants::Grants;
+use routes::{RouteKey, Routes};
 
-/// One decoded object of some kind.
-// Objects live only between a watch event and the index, so boxing the large
-// XBackend variant would buy nothing but an allocation.
-#[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug, PartialEq)]
-pub enum Object {
-    Route(RouteKind, Route),
-    Gateway(Gateway),
-    /// Indexed like a route: its parent Gateway and its listeners' ExternalAuth targets.
-    ListenerSet(Route),
-    GatewayClass(GatewayClass),
-    ReferenceGrant(ReferenceGrant),
-    XBackend(Backend),
-    Pod(Pod),
-    Namespace,
-}
-
-impl Object {
-    pub fn kind(&self) -> Kind {
-        match self {
-            Object::Route(route_kind, _) => Kind::Route(*route_kind),
-            Object::Gateway(_) => Kind::Gateway,
-            Object::ListenerSet(_) => Kind::ListenerSet,
-            Object::GatewayClass(_) => Kind::GatewayClass,
-            Object::ReferenceGrant(_) => Kind::ReferenceGrant,
-            Object::XBackend(_) => Kind::XBackend,
-            Object::Pod(_) => Kind::Pod,
-            Object::Namespace => Kind::Namespace,
-        }
-    }
-}
-
-/// Objects an XBackend can reference by kind, watched by metadata only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RefKind {
-    Secret,
-    ConfigMap,
-}
-
-/// True for the core API group, however a reference spells it.
-pub fn is_core_group(group: Option<&str>) -> bool {
-    matches!(group, None | Some("") | Some("core"))
-}
-
-/// The Secret an XBackend's `spec.tls.clientCertificateRef` names, when it
-/// names one (core group, kind Secret or unset); namespace defaults to the XBackend's.
-pub fn client_certificate_secret(backend: &ObjectRef, spec: &XBackendSpec) -> Option<ObjectRef> {
-    let reference = spec.tls.as_ref()?.client_certificate_ref.as_ref()?;
-    let is_secret =
-        is_core_group(reference.group.as_deref()) && matches!(reference.kind.as_deref(), None | Some("Secret"));
-    is_secret.then(|| ObjectRef::new(reference.namespace.as_deref().unwrap_or(&backend.namespace), &reference.name))
-}
-
-/// The ConfigMaps (always in the XBackend's namespace) that
-/// `spec.tls.validation.caCertificateRefs` names, skipping other kinds.
-pub fn ca_certificate_config_maps(backend: &ObjectRef, spec: &XBackendSpec) -> Vec<ObjectRef> {
-    let refs = spec.tls.as_ref().and_then(|tls| tls.validation.as_ref()).and_then(|v| v.ca_certificate_refs.as_ref());
-    refs.into_iter()
-        .flatten()
-        .filter(|r| is_core_group(Some(&r.group)) && r.kind == "ConfigMap")
-        .map(|r| ObjectRef::new(&backend.namespace, &r.name))
-        .collect()
-}
-
-/// Namespace of `spec.tls.clientCertificateRef` when it leaves the XBackend's
-/// namespace (of any kind: a grant there can change the verdict).
-pub fn cross_namespace_target(backend: &ObjectRef, spec: &XBackendSpec) -> Option<String> {
-    let namespace = spec.tls.as_ref()?.client_certificate_ref.as_ref()?.namespace.as_ref()?;
-    (**namespace != *backend.namespace).then(|| namespace.clone())
-}
-
-/// True when one of `grants` (those of `to.namespace`) lets XBackends from
-/// `from_namespace` reference the object (`group`, `kind`, `to.name`).
-pub fn grants_permit<'a>(
-    mut grants: impl Iterator<Item = &'a ReferenceGrant>,
-    from_namespace: &str,
-    group: &str,
-    kind: &str,
-    to: &ObjectRef,
-) -> bool {
-    let same_group = |a: &str, b: &str| a == b || (is_core_group(Some(a)) && is_core_group(Some(b)));
-    grants.any(|grant| {
-        let from_ok =
-            grant.from.iter().any(|f| f.group == api::GROUP && f.kind == api::KIND && f.namespace == from_namespace);
-        let to_ok = grant
-            .to
-            .iter()
-            .any(|t| same_group(&t.group, group) && t.kind == kind && t.name.as_ref().is_none_or(|n| **n == *to.name));
-        from_ok && to_ok
-    })
-}
-
-/// The labels an EndpointSelector XBackend selects Pods by.
-pub fn endpoint_selector(spec: &XBackendSpec) -> Option<&BTreeMap<String, String>> {
-    spec.endpoint_selector.as_ref().map(|selector| &selector.match_labels)
-}
-
-/// The normalized hostname of an ExternalHostname XBackend.
-pub fn external_hostname(spec: &XBackendSpec) -> Option<String> {
-    spec.external_hostname.as_ref().map(|e| crate::names::normalize(&e.hostname))
-}
-
-/// matchLabels semantics: every selector label is on the Pod. An empty
-/// selector selects nothing here (validation rejects it anyway).
-fn selects(selector: &BTreeMap<String, String>, labels: &Labels) -> bool {
-    let get = |key: &str| labels.binary_search_by(|(k, _)| (**k).cmp(key)).ok().map(|i| &*labels[i].1);
-    !selector.is_empty() && selector.iter().all(|(key, value)| get(key) == Some(value.as_str()))
-}
-
-/// A Pod's labels, sorted by key, in one allocation per string: a BTreeMap
-/// costs a node of eleven slots even for the two labels most Pods carry, and
-/// the index keeps every live Pod of the cluster.
-type Labels = Box<[(Box<str>, Box<str>)]>;
-
-fn compact(labels: BTreeMap<String, String>) -> Labels {
-    labels.into_iter().map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str())).collect()
-}
-
-type RouteKey = (Referrer, ObjectRef);
-
-/// Plain maps of every kind plus reverse indexes, so each change finds the
-/// XBackends it affects without scanning.
+/// The face over the parts. Each part keeps its own reverse maps; the face
+/// turns a change into the XBackends it affects, asking the other parts.
 #[derive(Debug, Default)]
 pub struct Index {
-    controller_name: String,
-    /// Guard mode (`--gateway-class`): classes judged whatever their controllerName.
-    guarded_classes: BTreeSet<String>,
-
-    /// Routes, and Gateways and ListenerSets as their ExternalAuth filters
-    /// make them referrers, that name at least one XBackend: the others
-    /// cannot make ancestors, and most routes point at Services.
-    routes: HashMap<RouteKey, Route>,
-    gateways: HashMap<ObjectRef, Gateway>,
-    /// Keyed by name (cluster-scoped).
-    classes: HashMap<String, GatewayClass>,
-    /// Ordered so the grants of one namespace are a contiguous range.
-    grants: BTreeMap<ObjectRef, ReferenceGrant>,
-    /// Shared with reconcile snapshots, which then copy no spec or status.
-    backends: BTreeMap<ObjectRef, Arc<Backend>>,
-
-    /// XBackend (may not exist yet) -> routes (and other referrers) naming it.
-    routes_by_backend: HashMap<ObjectRef, Members<RouteKey>>,
-    /// Gateway (may not exist yet) -> routes with a parentRef to it.
-    routes_by_gateway: HashMap<ObjectRef, Members<RouteKey>>,
-    /// GatewayClass name -> existing Gateways of that class.
-    gateways_by_class: HashMap<String, Members<ObjectRef>>,
-    /// Secret -> XBackends whose clientCertificateRef names it.
-    backends_by_secret: HashMap<ObjectRef, Members<ObjectRef>>,
-    /// ConfigMap -> XBackends whose caCertificateRefs name it.
-    backends_by_config_map: HashMap<ObjectRef, Members<ObjectRef>>,
-    /// Namespace -> XBackends of other namespaces whose clientCertificateRef points there.
-    backends_by_target_namespace: HashMap<String, Members<ObjectRef>>,
-
-    /// Namespace -> live Pods' labels by Pod name.
-    pods: HashMap<String, HashMap<Box<str>, Labels>>,
-    /// Namespace -> EndpointSelector XBackends in it (their selectors are in `backends`).
-    selectors_by_namespace: HashMap<String, Members<ObjectRef>>,
-
-    /// Namespaces of the cluster: a hostname ending in one reaches inside it.
-    /// Shared with reconcile snapshots; copied only when a Namespace comes or goes.
-    namespaces: Arc<BTreeSet<String>>,
-    /// Last label -> XBackends whose hostname (two or three labels) ends in it.
-    backends_by_last_label: HashMap<String, Members<ObjectRef>>,
-    /// Hostname -> XBackends of type ExternalHostname that name it, for DNS answers.
-    backends_by_hostname: HashMap<String, Members<ObjectRef>>,
+    routes: Routes,
+    gateways: Gateways,
+    backends: Backends,
+    cluster: Cluster,
+    grants: Grants,
 }
 
 impl guardrails::Namespaces for Index {
     fn contains(&self, name: &str) -> bool {
-        self.namespaces.contains(name)
+        self.cluster.namespaces().contains(name)
     }
 }
 
-fn insert_into<K: std::hash::Hash + Eq, V: Ord>(map: &mut HashMap<K, Members<V>>, key: K, value: V) {
-    match map.entry(key) {
-        std::collections::hash_map::Entry::Occupied(mut members) => members.get_mut().insert(value),
-        std::collections::hash_map::Entry::Vacant(slot) => {
-            slot.insert(Members::One(value));
-        }
+impl Lookup for Index {
+    fn grant_permits(&self, from_namespace: &str, group: &str, kind: &str, to: &ObjectRef) -> bool {
+        Index::grant_permits(self, from_namespace, group, kind, to)
     }
-}
-
-/// Removes `value` and drops the entry once empty, so deleted objects leave nothing behind.
-fn remove_from<K: std::hash::Hash + Eq, V: Ord>(map: &mut HashMap<K, Members<V>>, key: &K, value: &V) {
-    if let Some(members) = map.get_mut(key)
-        && members.remove(value)
-    {
-        map.remove(key);
-    }
-}
-
-/// The members behind one key of a reverse index. Most keys have exactly one
-/// (a hostname, a backend's routes), and a BTreeSet would allocate a node of
-/// eleven slots for it: at 10,000 XBackends that was most of the index.
-#[derive(Debug)]
-enum Members<V> {
-    One(V),
-    Many(BTreeSet<V>),
-}
-
-impl<V: Ord> Members<V> {
-    fn insert(&mut self, value: V) {
-        match self {
-            Members::One(one) if *one == value => {}
-            Members::One(_) => {
-                let Members::One(one) = std::mem::replace(self, Members::Many(BTreeSet::new())) else { unreachable!() };
-                *self = Members::Many(BTreeSet::from([one, value]));
-            }
-            Members::Many(set) => {
-                set.insert(value);
-            }
-        }
-    }
-
-    /// Returns true when nothing is left.
-    fn remove(&mut self, value: &V) -> bool {
-        match self {
-            Members::One(one) => one == value,
-            Members::Many(set) => {
-                set.remove(value);
-                match set.len() {
-                    0 => true,
-                    1 => {
-                        *self = Members::One(set.pop_first().expect("one member"));
-                        false
-                    }
-                    _ => false,
-                }
-            }
-        }
-    }
-
-    fn iter(&self) -> MembersIter<'_, V> {
-        let (one, many) = match self {
-            Members::One(one) => (Some(one), None),
-            Members::Many(set) => (None, Some(set.iter())),
-        };
-        one.into_iter().chain(many.into_iter().flatten())
-    }
-
-    fn to_set(&self) -> BTreeSet<V>
-    where
-        V: Clone,
-    {
-        self.iter().cloned().collect()
-    }
-}
-
-type MembersIter<'a, V> = std::iter::Chain<
-    std::option::IntoIter<&'a V>,
-    std::iter::Flatten<std::option::IntoIter<std::collections::btree_set::Iter<'a, V>>>,
->;
-
-impl<'a, V: Ord> IntoIterator for &'a Members<V> {
-    type Item = &'a V;
-    type IntoIter = MembersIter<'a, V>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
+    fn has_matching_pod(&self, namespace: &str, selector: &BTreeMap<String, String>) -> bool {
+        Index::has_matching_pod(self, namespace, selector)
     }
 }
 
 impl Index {
     /// `controller_name` decides which GatewayClasses are ours.
     pub fn new(controller_name: impl Into<String>) -> Self {
-        Index { controller_name: controller_name.into(), ..Index::default() }
+        Index { gateways: Gateways::new(controller_name.into(), BTreeSet::new()), ..Index::default() }
     }
 
     /// Guard mode (docs/design.md §3): Gateways whose `gatewayClassName` is
     /// one of `classes` are judged too, whoever implements them. Call on an
     /// empty index: it changes which Gateways count.
     pub fn guarding(mut self, classes: impl IntoIterator<Item = String>) -> Self {
-        self.guarded_classes = classes.into_iter().collect();
+        self.gateways.guard(classes.into_iter().collect());
         self
     }
 
@@ -308,13 +74,37 @@ impl Index {
     /// the stored status too), and a reconcile that finds nothing to change
     /// writes nothing. The state filters out our own echoes before this.
     pub fn apply(&mut self, key: ObjectRef, object: Object) -> BTreeSet<ObjectRef> {
-        self.put(key, Some(object))
+        match object {
+            Object::Route(route_kind, route) => self.put_route(Referrer::Route(route_kind), key, Some(route)),
+            Object::ListenerSet(route) => self.put_route(Referrer::ListenerSet, key, Some(route)),
+            Object::Gateway(gateway) => self.put_gateway(key, Some(gateway)),
+            Object::GatewayClass(class) => self.put_class(&key.name, Some(class)),
+            Object::ReferenceGrant(grant) => self.put_grant(key, Some(grant)),
+            Object::XBackend(backend) => {
+                self.backends.put(&key, Some(backend));
+                BTreeSet::from([key])
+            }
+            Object::Pod(pod) => self.put_pod(&key, pod.live.then_some(pod.labels)),
+            Object::Namespace => self.put_namespace(&key.name, true),
+        }
     }
 
     /// Removes one object. Deleting an XBackend returns itself, so the caller
     /// can drop whatever it keeps per XBackend.
     pub fn delete(&mut self, kind: Kind, key: &ObjectRef) -> BTreeSet<ObjectRef> {
-        self.remove(kind, key)
+        match kind {
+            Kind::Route(route_kind) => self.put_route(Referrer::Route(route_kind), key.clone(), None),
+            Kind::ListenerSet => self.put_route(Referrer::ListenerSet, key.clone(), None),
+            Kind::Gateway => self.put_gateway(key.clone(), None),
+            Kind::GatewayClass => self.put_class(&key.name, None),
+            Kind::ReferenceGrant => self.put_grant(key.clone(), None),
+            Kind::XBackend => {
+                self.backends.put(key, None);
+                BTreeSet::from([key.clone()])
+            }
+            Kind::Pod => self.put_pod(key, None),
+            Kind::Namespace => self.put_namespace(&key.name, false),
+        }
     }
 
     /// Ends a watch re-list whose objects were applied one by one as they
@@ -324,18 +114,14 @@ impl Index {
         let gone: Vec<ObjectRef> = self.keys_of(kind).into_iter().filter(|key| !seen.contains(key)).collect();
         let mut affected = BTreeSet::new();
         for key in gone {
-            affected.extend(self.remove(kind, &key));
+            affected.extend(self.delete(kind, &key));
         }
         affected
     }
 
     /// XBackends that reference this Secret or ConfigMap.
     pub fn referencing(&self, kind: RefKind, key: &ObjectRef) -> BTreeSet<ObjectRef> {
-        let map = match kind {
-            RefKind::Secret => &self.backends_by_secret,
-            RefKind::ConfigMap => &self.backends_by_config_map,
-        };
-        map.get(key).map(Members::to_set).unwrap_or_default()
+        self.backends.referencing(kind, key)
     }
 
     /// docs/design.md §3: this controller's Gateways behind the objects that
@@ -343,13 +129,13 @@ impl Index {
     /// those objects.
     pub fn ancestors(&self, backend: &ObjectRef) -> Vec<Ancestor> {
         let mut ancestors: BTreeMap<&ObjectRef, Referrers> = BTreeMap::new();
-        for route_key in self.routes_by_backend.get(backend).into_iter().flatten() {
+        for route_key in self.routes.naming(backend) {
             // GEP-4894: a route never makes ancestors for another namespace's XBackend.
             if route_key.1.namespace != backend.namespace {
                 continue;
             }
             let Some(route) = self.routes.get(route_key) else { continue };
-            for gateway in route.gateways.iter().filter(|gw| self.is_our_gateway(gw)) {
+            for gateway in route.gateways.iter().filter(|gw| self.gateways.is_judged(gw)) {
                 ancestors.entry(gateway).or_default().insert(route_key.0);
             }
         }
@@ -358,9 +144,7 @@ impl Index {
 
     /// Every Gateway this controller judges (docs/design.md §3), sorted.
     pub fn judged_gateways(&self) -> Vec<ObjectRef> {
-        let mut judged: Vec<ObjectRef> = self.gateways.keys().filter(|gw| self.is_our_gateway(gw)).cloned().collect();
-        judged.sort();
-        judged
+        self.gateways.judged()
     }
 
     /// A Gateway as the index holds it (class name and uid).
@@ -370,17 +154,17 @@ impl Index {
 
     /// True when a live Pod in `namespace` carries every label of `selector`.
     pub fn has_matching_pod(&self, namespace: &str, selector: &BTreeMap<String, String>) -> bool {
-        self.pods.get(namespace).is_some_and(|pods| pods.values().any(|labels| selects(selector, labels)))
+        self.cluster.has_matching_pod(namespace, selector)
     }
 
     /// The cluster's Namespaces, shared (cheap to hold in a snapshot).
     pub fn namespaces(&self) -> Arc<BTreeSet<String>> {
-        self.namespaces.clone()
+        self.cluster.namespaces().clone()
     }
 
     /// The XBackends whose spec names `hostname` (normalized).
     pub fn backends_with_hostname(&self, hostname: &str) -> BTreeSet<ObjectRef> {
-        self.backends_by_hostname.get(hostname).map(Members::to_set).unwrap_or_default()
+        self.backends.with_hostname(hostname)
     }
 
     pub fn backend(&self, key: &ObjectRef) -> Option<&Backend> {
@@ -393,146 +177,64 @@ impl Index {
     }
 
     pub fn backend_count(&self) -> usize {
-        self.backends.len()
+        self.backends.count()
     }
 
     pub fn backend_keys(&self) -> Vec<ObjectRef> {
-        self.backends.keys().cloned().collect()
+        self.backends.keys()
     }
 
     /// True when a ReferenceGrant in `to.namespace` lets XBackends from
     /// `from_namespace` reference the object (`group`, `kind`, `to.name`).
     pub fn grant_permits(&self, from_namespace: &str, group: &str, kind: &str, to: &ObjectRef) -> bool {
-        grants_permit(self.grants_in(&to.namespace), from_namespace, group, kind, to)
+        refs::grants_permit(self.grants.in_namespace(&to.namespace), from_namespace, group, kind, to)
     }
 
     /// The ReferenceGrants of one namespace.
     pub fn grants_in<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a ReferenceGrant> + 'a {
-        self.grants
-            .range(ObjectRef::new(namespace, "")..)
-            .take_while(move |(key, _)| &*key.namespace == namespace)
-            .map(|(_, grant)| grant)
-    }
-
-    /// A Gateway counts only if it exists and its GatewayClass is ours.
-    fn is_our_gateway(&self, gateway: &ObjectRef) -> bool {
-        self.gateways.get(gateway).is_some_and(|gw| self.is_our_class(&gw.class_name))
-    }
-
-    /// Ours by controllerName (the class must exist), or named by `--gateway-class`.
-    fn is_our_class(&self, class_name: &str) -> bool {
-        self.guarded_classes.contains(class_name)
-            || self.classes.get(class_name).is_some_and(|c| c.controller_name == self.controller_name)
+        self.grants.in_namespace(namespace)
     }
 
     fn keys_of(&self, kind: Kind) -> Vec<ObjectRef> {
         match kind {
-            Kind::Route(route_kind) => self.referrer_keys(Referrer::Route(route_kind)),
-            Kind::ListenerSet => self.referrer_keys(Referrer::ListenerSet),
-            Kind::Gateway => self.gateways.keys().cloned().collect(),
-            Kind::GatewayClass => self.classes.keys().map(|name| ObjectRef::new("", name)).collect(),
-            Kind::ReferenceGrant => self.grants.keys().cloned().collect(),
-            Kind::XBackend => self.backends.keys().cloned().collect(),
-            Kind::Namespace => self.namespaces.iter().map(|name| ObjectRef::new("", name)).collect(),
-            Kind::Pod => self
-                .pods
-                .iter()
-                .flat_map(|(namespace, pods)| pods.keys().map(move |name| ObjectRef::new(namespace, &**name)))
-                .collect(),
-        }
-    }
-
-    fn referrer_keys(&self, referrer: Referrer) -> Vec<ObjectRef> {
-        self.routes.keys().filter(|(r, _)| *r == referrer).map(|(_, key)| key.clone()).collect()
-    }
-
-    fn remove(&mut self, kind: Kind, key: &ObjectRef) -> BTreeSet<ObjectRef> {
-        match kind {
-            Kind::Route(route_kind) => self.put_route(Referrer::Route(route_kind), key.clone(), None),
-            Kind::ListenerSet => self.put_route(Referrer::ListenerSet, key.clone(), None),
-            Kind::Gateway => self.put_gateway(key.clone(), None),
-            Kind::GatewayClass => self.put_class(&key.name, None),
-            Kind::ReferenceGrant => self.put_grant(key.clone(), None),
-            Kind::XBackend => {
-                self.put_backend(key.clone(), None);
-                BTreeSet::from([key.clone()])
-            }
-            Kind::Pod => self.put_pod(key, None),
-            Kind::Namespace => self.put_namespace(&key.name, false),
-        }
-    }
-
-    fn put(&mut self, key: ObjectRef, object: Option<Object>) -> BTreeSet<ObjectRef> {
-        match object {
-            None => BTreeSet::new(),
-            Some(Object::Route(route_kind, route)) => self.put_route(Referrer::Route(route_kind), key, Some(route)),
-            Some(Object::ListenerSet(route)) => self.put_route(Referrer::ListenerSet, key, Some(route)),
-            Some(Object::Gateway(gateway)) => self.put_gateway(key, Some(gateway)),
-            Some(Object::GatewayClass(class)) => self.put_class(&key.name, Some(class)),
-            Some(Object::ReferenceGrant(grant)) => self.put_grant(key, Some(grant)),
-            Some(Object::XBackend(backend)) => {
-                self.put_backend(key.clone(), Some(backend));
-                BTreeSet::from([key])
-            }
-            Some(Object::Pod(pod)) => {
-                let labels = pod.live.then_some(pod.labels);
-                self.put_pod(&key, labels)
-            }
-            Some(Object::Namespace) => self.put_namespace(&key.name, true),
+            Kind::Route(route_kind) => self.routes.keys(Referrer::Route(route_kind)),
+            Kind::ListenerSet => self.routes.keys(Referrer::ListenerSet),
+            Kind::Gateway => self.gateways.keys(),
+            Kind::GatewayClass => self.gateways.class_keys(),
+            Kind::ReferenceGrant => self.grants.keys(),
+            Kind::XBackend => self.backends.keys(),
+            Kind::Namespace => self.cluster.namespaces().iter().map(|name| ObjectRef::new("", name)).collect(),
+            Kind::Pod => self.cluster.pod_keys(),
         }
     }
 
     /// A Namespace coming or going affects exactly the XBackends whose
     /// two- or three-label hostname ends in its name.
     fn put_namespace(&mut self, name: &str, exists: bool) -> BTreeSet<ObjectRef> {
-        if self.namespaces.contains(name) == exists {
+        if !self.cluster.put_namespace(name, exists) {
             return BTreeSet::new();
         }
-        let namespaces = Arc::make_mut(&mut self.namespaces);
-        let changed = if exists { namespaces.insert(name.to_string()) } else { namespaces.remove(name) };
-        if !changed {
-            return BTreeSet::new();
-        }
-        self.backends_by_last_label.get(name).map(Members::to_set).unwrap_or_default()
+        self.backends.ending_in(name)
     }
 
     /// A Pod affects the EndpointSelector XBackends of its namespace whose
     /// selector matched its labels before or matches them now.
     fn put_pod(&mut self, key: &ObjectRef, labels: Option<BTreeMap<String, String>>) -> BTreeSet<ObjectRef> {
-        // The labels before and after: a backend that selects either is affected.
-        let seen = match labels {
-            Some(labels) => {
-                let labels = compact(labels);
-                let pods = self.pods.entry(key.namespace.to_string()).or_default();
-                let old = pods.insert((*key.name).into(), labels.clone());
-                if old.as_ref() == Some(&labels) {
-                    return BTreeSet::new();
-                }
-                [old, Some(labels)]
-            }
-            None => {
-                let Some(pods) = self.pods.get_mut(&*key.namespace) else { return BTreeSet::new() };
-                let Some(old) = pods.remove(&*key.name) else { return BTreeSet::new() };
-                if pods.is_empty() {
-                    self.pods.remove(&*key.namespace);
-                }
-                [Some(old), None]
-            }
-        };
-        let candidates = self.selectors_by_namespace.get(&*key.namespace).into_iter().flatten();
+        let Some(seen) = self.cluster.put_pod(&key.namespace, &key.name, labels) else { return BTreeSet::new() };
+        let candidates = self.backends.selectors_in(&key.namespace);
         candidates
+            .into_iter()
             .filter(|backend| {
                 let selector =
-                    self.backends.get(*backend).and_then(|b| b.spec.as_ref().ok()).and_then(endpoint_selector);
+                    self.backends.get(backend).and_then(|b| b.spec.as_ref().ok()).and_then(refs::endpoint_selector);
                 selector.is_some_and(|selector| seen.iter().flatten().any(|labels| selects(selector, labels)))
             })
-            .cloned()
             .collect()
     }
 
     /// Only existing XBackends have a status to update.
     fn existing(&self, keys: impl IntoIterator<Item = ObjectRef>) -> BTreeSet<ObjectRef> {
-        keys.into_iter().filter(|key| self.backends.contains_key(key)).collect()
+        keys.into_iter().filter(|key| self.backends.contains(key)).collect()
     }
 
     fn put_route(&mut self, referrer: Referrer, key: ObjectRef, route: Option<Route>) -> BTreeSet<ObjectRef> {
@@ -543,34 +245,15 @@ impl Index {
                 ..r
             })
             .filter(|r| !r.backends.is_empty());
-        let route_key = (referrer, key);
-        let old = match &new {
-            Some(new) => self.routes.insert(route_key.clone(), new.clone()),
-            None => self.routes.remove(&route_key),
-        };
+        let route_key: RouteKey = (referrer, key);
+        let old = self.routes.put(route_key, new.clone());
         if old == new {
             return BTreeSet::new();
-        }
-        if let Some(old) = &old {
-            for backend in &old.backends {
-                remove_from(&mut self.routes_by_backend, backend, &route_key);
-            }
-            for gateway in &old.gateways {
-                remove_from(&mut self.routes_by_gateway, gateway, &route_key);
-            }
-        }
-        if let Some(new) = &new {
-            for backend in &new.backends {
-                insert_into(&mut self.routes_by_backend, backend.clone(), route_key.clone());
-            }
-            for gateway in &new.gateways {
-                insert_into(&mut self.routes_by_gateway, gateway.clone(), route_key.clone());
-            }
         }
         // What this route contributes to a backend is its set of live
         // Gateways; only backends whose contribution differs are affected.
         let live = |route: &Option<Route>| -> BTreeSet<ObjectRef> {
-            route.iter().flat_map(|r| r.gateways.iter()).filter(|gw| self.is_our_gateway(gw)).cloned().collect()
+            route.iter().flat_map(|r| r.gateways.iter()).filter(|gw| self.gateways.is_judged(gw)).cloned().collect()
         };
         let (old_live, new_live) = (live(&old), live(&new));
         let old_backends = old.map(|r| r.backends).unwrap_or_default();
@@ -589,48 +272,33 @@ impl Index {
     /// filters) a referrer whose one Gateway is itself.
     fn put_gateway(&mut self, key: ObjectRef, mut gateway: Option<Gateway>) -> BTreeSet<ObjectRef> {
         let external_auth = gateway.as_mut().map(|g| std::mem::take(&mut g.external_auth));
-        let was_ours = self.is_our_gateway(&key);
-        let old = match &gateway {
-            Some(new) => self.gateways.insert(key.clone(), new.clone()),
-            None => self.gateways.remove(&key),
+        let was_judged = self.gateways.put_gateway(&key, gateway);
+        let mut affected = if was_judged == self.gateways.is_judged(&key) {
+            BTreeSet::new()
+        } else {
+            self.backends_behind_gateway(&key)
         };
-        if let Some(old) = &old {
-            remove_from(&mut self.gateways_by_class, &old.class_name, &key);
-        }
-        if let Some(new) = &gateway {
-            insert_into(&mut self.gateways_by_class, new.class_name.clone(), key.clone());
-        }
-        let mut affected =
-            if was_ours == self.is_our_gateway(&key) { BTreeSet::new() } else { self.backends_behind_gateway(&key) };
-        let referrer = external_auth.map(|backends| Route { gateways: Refs::from_iter([key.clone()]), backends });
+        let referrer = external_auth.map(|backends| Route { gateways: [key.clone()].into_iter().collect(), backends });
         affected.extend(self.put_route(Referrer::Gateway, key, referrer));
         affected
     }
 
-    fn put_class(&mut self, name: &str, class: Option<GatewayClass>) -> BTreeSet<ObjectRef> {
-        let was_ours = self.is_our_class(name);
-        match class {
-            Some(class) => self.classes.insert(name.to_string(), class),
-            None => self.classes.remove(name),
-        };
-        if was_ours == self.is_our_class(name) {
+    fn put_class(&mut self, name: &str, class: Option<crate::model::GatewayClass>) -> BTreeSet<ObjectRef> {
+        let was_ours = self.gateways.put_class(name, class);
+        if was_ours == self.gateways.is_our_class(name) {
             return BTreeSet::new();
         }
-        let gateways: Vec<ObjectRef> = self.gateways_by_class.get(name).into_iter().flatten().cloned().collect();
+        let gateways = self.gateways.of_class(name);
         gateways.iter().flat_map(|gw| self.backends_behind_gateway(gw)).collect()
     }
 
     fn backends_behind_gateway(&self, gateway: &ObjectRef) -> BTreeSet<ObjectRef> {
-        let routes = self.routes_by_gateway.get(gateway).into_iter().flatten();
-        let backends = routes.filter_map(|key| self.routes.get(key)).flat_map(|route| route.backends.iter().cloned());
-        self.existing(backends.collect::<Vec<_>>())
+        let routes = self.routes.attached_to(gateway).filter_map(|key| self.routes.get(key));
+        self.existing(routes.flat_map(|route| route.backends.iter().cloned()).collect::<Vec<_>>())
     }
 
     fn put_grant(&mut self, key: ObjectRef, grant: Option<ReferenceGrant>) -> BTreeSet<ObjectRef> {
-        let old = match &grant {
-            Some(new) => self.grants.insert(key.clone(), new.clone()),
-            None => self.grants.remove(&key),
-        };
+        let old = self.grants.put(key.clone(), grant.clone());
         if old == grant {
             return BTreeSet::new();
         }
@@ -641,70 +309,26 @@ impl Index {
             .filter(|f| f.group == api::GROUP && f.kind == api::KIND)
             .map(|f| f.namespace.as_str())
             .collect();
-        let candidates = self.backends_by_target_namespace.get(&*key.namespace).into_iter().flatten();
-        candidates.filter(|backend| from_namespaces.contains(&*backend.namespace)).cloned().collect()
+        let candidates = self.backends.targeting(&key.namespace);
+        candidates.into_iter().filter(|backend| from_namespaces.contains(&*backend.namespace)).collect()
     }
 
-    /// Returns whether the stored XBackend changed.
-    fn put_backend(&mut self, key: ObjectRef, backend: Option<Backend>) -> bool {
-        let backend = backend.map(Arc::new);
-        let old = match &backend {
-            Some(new) => self.backends.insert(key.clone(), new.clone()),
-            None => self.backends.remove(&key),
-        };
-        if old == backend {
-            return false;
-        }
-        if let Some(Ok(spec)) = old.as_ref().map(|b| &b.spec) {
-            if let Some(secret) = client_certificate_secret(&key, spec) {
-                remove_from(&mut self.backends_by_secret, &secret, &key);
-            }
-            for config_map in ca_certificate_config_maps(&key, spec) {
-                remove_from(&mut self.backends_by_config_map, &config_map, &key);
-            }
-            if let Some(namespace) = cross_namespace_target(&key, spec) {
-                remove_from(&mut self.backends_by_target_namespace, &namespace, &key);
-            }
-            if endpoint_selector(spec).is_some() {
-                remove_from(&mut self.selectors_by_namespace, &key.namespace.to_string(), &key);
-            }
-            if let Some(hostname) = external_hostname(spec) {
-                if let Some(label) = guardrails::namespace_label(&hostname) {
-                    remove_from(&mut self.backends_by_last_label, &label, &key);
-                }
-                remove_from(&mut self.backends_by_hostname, &hostname, &key);
-            }
-        }
-        if let Some(Ok(spec)) = backend.as_ref().map(|b| &b.spec) {
-            if let Some(secret) = client_certificate_secret(&key, spec) {
-                insert_into(&mut self.backends_by_secret, secret, key.clone());
-            }
-            for config_map in ca_certificate_config_maps(&key, spec) {
-                insert_into(&mut self.backends_by_config_map, config_map, key.clone());
-            }
-            if let Some(namespace) = cross_namespace_target(&key, spec) {
-                insert_into(&mut self.backends_by_target_namespace, namespace, key.clone());
-            }
-            if endpoint_selector(spec).is_some() {
-                insert_into(&mut self.selectors_by_namespace, key.namespace.to_string(), key.clone());
-            }
-            if let Some(hostname) = external_hostname(spec) {
-                if let Some(label) = guardrails::namespace_label(&hostname) {
-                    insert_into(&mut self.backends_by_last_label, label, key.clone());
-                }
-                insert_into(&mut self.backends_by_hostname, hostname, key.clone());
-            }
-        }
-        true
+    /// Every part's reverse maps equal those rebuilt from its records.
+    #[cfg(test)]
+    pub fn check(&self) {
+        self.routes.check();
+        self.gateways.check();
+        self.backends.check();
+        self.cluster.check();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{BackendTls, LocalObjectReference, SecretObjectReference, TlsMode, TlsValidation};
-    use crate::decode::{decode, kind_of};
-    use crate::model::{GrantFrom, GrantTo};
+    use crate::api::{BackendTls, LocalObjectReference, SecretObjectReference, TlsMode, TlsValidation, XBackendSpec};
+    use crate::decode::decode;
+    use crate::model::{Gateway, GatewayClass, GrantFrom, GrantTo, RouteKind};
     use serde_json::{Value, json};
 
     /// The ancestors' Gateways, for the cases where the referring kinds do not matter.
@@ -714,25 +338,6 @@ mod tests {
 
     const OURS: &str = "example.com/xbackend-controller";
 
-    #[test]
-    fn members_grow_and_shrink_back_to_one() {
-        let mut map: HashMap<&str, Members<u32>> = HashMap::new();
-        insert_into(&mut map, "k", 1);
-        insert_into(&mut map, "k", 1);
-        assert!(matches!(map["k"], Members::One(1)), "a duplicate adds nothing");
-        insert_into(&mut map, "k", 3);
-        insert_into(&mut map, "k", 2);
-        assert_eq!(map["k"].to_set(), BTreeSet::from([1, 2, 3]));
-        assert_eq!((&map["k"]).into_iter().copied().collect::<Vec<_>>(), [1, 2, 3], "in order");
-        remove_from(&mut map, &"k", &1);
-        remove_from(&mut map, &"k", &9);
-        remove_from(&mut map, &"k", &3);
-        assert!(matches!(map["k"], Members::One(2)), "back to one slot");
-        remove_from(&mut map, &"k", &5);
-        assert!(map.contains_key("k"), "removing a non-member keeps the entry");
-        remove_from(&mut map, &"k", &2);
-        assert!(map.is_empty(), "the last member takes the entry with it");
-    }
     const THEIRS: &str = "other.example/controller";
     const XGROUP: &str = "gateway.networking.x-k8s.io";
 
@@ -745,7 +350,7 @@ mod tests {
     }
 
     fn apply_json(index: &mut Index, api_version: &str, kind: &str, value: Value) -> BTreeSet<ObjectRef> {
-        let kind = kind_of(api_version, kind).expect("known kind");
+        let kind = Kind::of(api_version, kind).expect("known kind");
         let (key, object) = decode(kind, &value).expect("decodes");
         index.apply(key, object)
     }
@@ -1314,12 +919,9 @@ mod tests {
         for key in index.keys_of(Kind::Gateway) {
             index.delete(Kind::Gateway, &key);
         }
-        assert!(index.routes_by_backend.is_empty());
-        assert!(index.routes_by_gateway.is_empty());
-        assert!(index.gateways_by_class.is_empty());
-        assert!(index.backends_by_secret.is_empty());
-        assert!(index.backends_by_config_map.is_empty());
-        assert!(index.backends_by_target_namespace.is_empty());
+        assert!(index.routes.is_empty(), "no route and no reverse entry left");
+        assert_eq!(index.gateways.reverse_entries() + index.backends.reverse_entries(), 0);
+        index.check();
     }
 
     #[test]
@@ -1332,7 +934,6 @@ mod tests {
             json!({"parentRefs": [{"name": "local"}], "rules": [{"backendRefs": [{"name": "svc", "port": 80}]}]}),
         );
         assert!(index.routes.is_empty());
-        assert!(index.routes_by_gateway.is_empty());
     }
 
     fn selector_backend(index: &mut Index, namespace: &str, name: &str, labels: Value) -> BTreeSet<ObjectRef> {
@@ -1440,7 +1041,7 @@ mod tests {
         assert!(gateways(&index, &r("app", "b")).is_empty());
         assert_eq!(index.delete(Kind::Gateway, &r("app", "local")), set(&[("app", "c")]));
         assert!(gateways(&index, &r("app", "c")).is_empty());
-        assert!(!index.routes.contains_key(&(Referrer::Gateway, r("app", "local"))), "its referrer entry left with it");
+        assert!(index.routes.get(&(Referrer::Gateway, r("app", "local"))).is_none(), "its referrer entry left with it");
     }
 
     /// A ListenerSet's ExternalAuth makes its parent Gateway an ancestor of
@@ -1511,5 +1112,173 @@ mod tests {
         assert!(class(&mut index, "istio", "istio.io/gateway-controller").is_empty(), "still judged: no change");
         assert_eq!(gateways(&index, &r("app", "b")), vec![r("infra", "mesh")]);
         assert!(gateways(&Index::new(OURS).guarding([]), &r("app", "b")).is_empty());
+    }
+
+    /// The property of the parts: after any sequence of applies, deletes
+    /// and re-lists, every reverse map equals one rebuilt from the records
+    /// (`Index::check`), and every answer equals that of an index built from
+    /// scratch out of the objects that are left.
+    mod parts {
+        use super::*;
+        use crate::testing::{ca_ref, secret_ref, tls_spec};
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+
+        const NAMESPACES: [&str; 3] = ["app", "infra", "certs"];
+        const NAMES: [&str; 3] = ["a", "b", "c"];
+        const CLASSES: [&str; 3] = ["ours", "theirs", "guarded"];
+
+        #[derive(Clone, Debug)]
+        #[allow(clippy::large_enum_variant)]
+        enum Op {
+            Apply(ObjectRef, Object),
+            Delete(Kind, ObjectRef),
+            /// A re-list of `kind` that saw only these keys.
+            Retain(Kind, Vec<ObjectRef>),
+        }
+
+        fn key() -> impl Strategy<Value = ObjectRef> {
+            (prop::sample::select(&NAMESPACES[..]), prop::sample::select(&NAMES[..])).prop_map(|(ns, n)| r(ns, n))
+        }
+
+        fn refs() -> impl Strategy<Value = crate::model::Refs> {
+            prop::collection::vec(key(), 0..3).prop_map(|keys| keys.into_iter().collect())
+        }
+
+        fn labels() -> impl Strategy<Value = BTreeMap<String, String>> {
+            prop::collection::btree_map(
+                prop::sample::select(&["app", "tier"][..]),
+                prop::sample::select(&["web", "db"][..]),
+                0..3,
+            )
+            .prop_map(|m| m.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        }
+
+        fn spec() -> impl Strategy<Value = XBackendSpec> {
+            let hostname =
+                prop::sample::select(&["api.example.com", "x.app", "a.b.infra", "db.certs", "other.net"][..]);
+            let secret = prop::option::of((
+                prop::option::of(prop::sample::select(&NAMESPACES[..])),
+                prop::sample::select(&NAMES[..]),
+            ));
+            let cas = prop::collection::vec(prop::sample::select(&NAMES[..]), 0..3);
+            (hostname, secret, cas, prop::option::of(labels())).prop_map(|(hostname, secret, cas, selector)| {
+                let mut spec = match secret {
+                    Some((ns, name)) => tls_spec(Some(secret_ref(ns, name)), cas.iter().map(|n| ca_ref(n)).collect()),
+                    None => tls_spec(None, cas.iter().map(|n| ca_ref(n)).collect()),
+                };
+                match selector {
+                    Some(labels) => {
+                        spec.type_ = crate::api::BackendType::EndpointSelector;
+                        spec.external_hostname = None;
+                        spec.endpoint_selector = Some(crate::api::EndpointSelectorBackend { match_labels: labels });
+                    }
+                    None => {
+                        spec.external_hostname = Some(crate::api::ExternalHostnameBackend { hostname: hostname.into() })
+                    }
+                }
+                spec
+            })
+        }
+
+        fn object() -> impl Strategy<Value = Object> {
+            let route_kind = prop::sample::select(&RouteKind::ALL[..]);
+            let grant = (prop::sample::select(&NAMESPACES[..]), prop::option::of(prop::sample::select(&NAMES[..])));
+            prop_oneof![
+                (route_kind, refs(), refs())
+                    .prop_map(|(k, gateways, backends)| Object::Route(k, Route { gateways, backends })),
+                (refs(), refs()).prop_map(|(gateways, backends)| Object::ListenerSet(Route { gateways, backends })),
+                (prop::sample::select(&CLASSES[..]), refs()).prop_map(|(class, external_auth)| Object::Gateway(
+                    Gateway { class_name: class.into(), uid: String::new(), external_auth }
+                )),
+                prop::sample::select(&[OURS, THEIRS][..])
+                    .prop_map(|c| Object::GatewayClass(GatewayClass { controller_name: c.into() })),
+                grant.prop_map(|(from, name)| Object::ReferenceGrant(ReferenceGrant {
+                    from: vec![GrantFrom { group: XGROUP.into(), kind: "XBackend".into(), namespace: from.into() }],
+                    to: vec![GrantTo { group: "".into(), kind: "Secret".into(), name: name.map(str::to_string) }],
+                })),
+                spec().prop_map(|spec| Object::XBackend(Backend::new(1, Ok(spec)))),
+                Just(Object::XBackend(Backend::new(1, Err("does not decode".into())))),
+                (labels(), any::<bool>()).prop_map(|(labels, live)| Object::Pod(crate::model::Pod { labels, live })),
+                Just(Object::Namespace),
+            ]
+        }
+
+        fn keyed(kind: Kind, key: ObjectRef) -> ObjectRef {
+            if kind.namespaced() { key } else { r("", &key.namespace) }
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (key(), object()).prop_map(|(key, object)| Op::Apply(keyed(object.kind(), key), object)),
+                2 => (object(), key()).prop_map(|(object, key)| Op::Delete(object.kind(), keyed(object.kind(), key))),
+                1 => (object(), prop::collection::vec(key(), 0..4))
+                    .prop_map(|(object, keys)| Op::Retain(object.kind(), keys.into_iter().map(|k| keyed(object.kind(), k)).collect())),
+            ]
+        }
+
+        /// What an index answers, for comparison.
+        fn answers(index: &Index) -> impl PartialEq + std::fmt::Debug {
+            let every: Vec<ObjectRef> = NAMESPACES.iter().flat_map(|ns| NAMES.iter().map(move |n| r(ns, n))).collect();
+            let per_backend: Vec<_> = every
+                .iter()
+                .map(|b| {
+                    let ancestors: Vec<(ObjectRef, Vec<Referrer>)> =
+                        index.ancestors(b).into_iter().map(|a| (a.gateway, a.referrers.iter().collect())).collect();
+                    (
+                        index.backend(b).cloned(),
+                        ancestors,
+                        index.referencing(RefKind::Secret, b),
+                        index.referencing(RefKind::ConfigMap, b),
+                    )
+                })
+                .collect();
+            let hostnames: Vec<_> = ["api.example.com", "x.app", "a.b.infra", "db.certs", "other.net"]
+                .iter()
+                .map(|h| index.backends_with_hostname(h))
+                .collect();
+            let selectors = labels_universe()
+                .iter()
+                .map(|l| NAMESPACES.map(|ns| index.has_matching_pod(ns, l)))
+                .collect::<Vec<_>>();
+            (per_backend, hostnames, index.judged_gateways(), index.namespaces(), selectors)
+        }
+
+        fn labels_universe() -> Vec<BTreeMap<String, String>> {
+            let one = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+            vec![one("app", "web"), one("app", "db"), one("tier", "web")]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+            #[test]
+            fn reverse_maps_agree_with_a_recomputation(ops in prop::collection::vec(op(), 1..40)) {
+                let mut index = Index::new(OURS).guarding(["guarded".to_string()]);
+                let mut live: BTreeMap<(Kind, ObjectRef), Object> = BTreeMap::new();
+                for op in ops {
+                    match op {
+                        Op::Apply(key, object) => {
+                            live.insert((object.kind(), key.clone()), object.clone());
+                            index.apply(key, object);
+                        }
+                        Op::Delete(kind, key) => {
+                            live.remove(&(kind, key.clone()));
+                            index.delete(kind, &key);
+                        }
+                        Op::Retain(kind, keys) => {
+                            let seen: BTreeSet<ObjectRef> = keys.into_iter().filter(|k| live.contains_key(&(kind, k.clone()))).collect();
+                            live.retain(|(k, key), _| *k != kind || seen.contains(key));
+                            index.retain(kind, &seen);
+                        }
+                    }
+                    index.check();
+                }
+                let mut fresh = Index::new(OURS).guarding(["guarded".to_string()]);
+                for ((_, key), object) in live {
+                    fresh.apply(key, object);
+                }
+                prop_assert_eq!(answers(&index), answers(&fresh));
+            }
+        }
     }
 }

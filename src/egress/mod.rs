@@ -1,0 +1,535 @@
+//! Egress policies for Gateway data planes (docs/design.md §6b): what each
+//! judged Gateway may reach, decided once (`decide`, engine-neutral) and
+//! rendered by an `Engine` into the objects one kind of enforcer reads
+//! (NetworkPolicy, AdminNetworkPolicy, ClusterNetworkPolicy). Pure: shared
+//! by `analyze` and the runtime's policy writer.
+
+mod admin;
+mod adminnetworkpolicy;
+mod clusternetworkpolicy;
+mod decide;
+mod hold;
+mod networkpolicy;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::api::XBackendSpec;
+use crate::model::{Ancestor, ObjectRef, Referrer, RouteKind};
+
+pub use adminnetworkpolicy::AdminNetworkPolicy;
+pub use clusternetworkpolicy::ClusterNetworkPolicy;
+pub use decide::{Decision, Decisions, Demand, Round};
+pub use hold::{Held, Hold};
+pub use networkpolicy::NetworkPolicy;
+
+/// Label on every policy object this controller owns; its value is the Gateway's name.
+pub const OWNED_LABEL: &str = "gateway.networking.x-k8s.io/egress-for-gateway";
+/// The Gateway's namespace, on the same objects.
+pub const OWNED_NAMESPACE_LABEL: &str = "gateway.networking.x-k8s.io/egress-for-gateway-namespace";
+/// Annotation that says which XBackend each egress rule serves.
+pub const RULES_ANNOTATION: &str = "gateway.networking.x-k8s.io/egress-rules";
+/// The label GEP-1762 implementations (Istio among them) put on a Gateway's data-plane Pods.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+/// The label every Namespace carries with its own name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// Makes an engine from its settings.
+pub type MakeEngine = fn(&EngineSettings) -> Box<dyn Engine>;
+
+/// The engines, by their `--egress-policy` value: adding one is a module
+/// and a line here.
+pub const ENGINES: [(&str, MakeEngine); 3] = [
+    ("networkpolicy", |_| Box::new(NetworkPolicy)),
+    ("adminnetworkpolicy", |s| Box::new(AdminNetworkPolicy { priority: s.admin_priority })),
+    ("clusternetworkpolicy", |s| Box::new(ClusterNetworkPolicy::new(s.admin_priority, s.served))),
+];
+
+/// What an engine may need beyond the decided rules: the admin tier's
+/// priority, and the versions of its kind the cluster serves (discovery;
+/// empty offline), to write the preferred one.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineSettings<'a> {
+    pub admin_priority: u32,
+    pub served: &'a [String],
+}
+
+/// The engine `name` names, or None.
+pub fn engine(name: &str, settings: &EngineSettings) -> Option<Box<dyn Engine>> {
+    ENGINES.iter().find(|(n, _)| *n == name).map(|(_, make)| make(settings))
+}
+
+/// The kind of object an engine writes and watches.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PolicyKind {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub namespaced: bool,
+}
+
+impl PolicyKind {
+    pub fn api_version(&self) -> String {
+        format!("{}/{}", self.group, self.version)
+    }
+}
+
+/// One way to enforce the decided rules: renders a Gateway's rules into its
+/// objects, reads the XBackend rules of a standing one back (after a
+/// restart), and says what another object of its kind does to ours. What
+/// stands as decided is the same for every engine (`stands`).
+pub trait Engine: Send + Sync {
+    /// The `--egress-policy` value.
+    fn name(&self) -> &'static str;
+    fn kind(&self) -> &'static PolicyKind;
+    /// One Gateway's objects, one at a time (a Gateway with thousands of
+    /// rules is never held as JSON trees all at once). Same rules, same bytes.
+    fn render<'a>(&'a self, rules: Rules<'a>) -> Box<dyn Iterator<Item = Value> + 'a>;
+    /// The XBackend rules of an object this engine rendered; rules it cannot
+    /// read (edited by hand) are left out, and the next write puts them back.
+    fn read_rules(&self, object: &Value) -> Vec<(ObjectRef, Allowed)>;
+    /// Most addresses one hostname may hold in one rule (the API's limits).
+    fn max_addresses_per_host(&self) -> usize {
+        usize::MAX
+    }
+    /// Why `other`, an object of this kind that is not ours, makes `ours`
+    /// moot, if it does.
+    fn widens(&self, ours: &Value, other: &Value) -> Option<String>;
+}
+
+/// Where a Gateway's DNS queries go.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum DnsPeers {
+    /// Cluster DNS Pods: namespace and labels.
+    Pods { namespace: String, labels: BTreeMap<String, String> },
+    /// Resolver addresses (node-local caches), as CIDRs.
+    Cidrs(Vec<ipnet::IpNet>),
+}
+
+impl Default for DnsPeers {
+    fn default() -> Self {
+        DnsPeers::Pods {
+            namespace: "kube-system".into(),
+            labels: BTreeMap::from([("k8s-app".to_string(), "kube-dns".to_string())]),
+        }
+    }
+}
+
+/// How policies are shaped, from the `--egress-*` flags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Allow every Pod in every namespace (routes to Services keep working).
+    pub allow_cluster: bool,
+    pub dns: DnsPeers,
+    /// Where the data planes of a GatewayClass run, when not beside their
+    /// Gateway with GEP-1762's label (`--egress-data-plane`).
+    pub data_planes: BTreeMap<String, DataPlane>,
+    /// The namespaces policies may be written to (`--egress-namespace`);
+    /// None: every namespace.
+    pub namespaces: Option<BTreeSet<String>>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { allow_cluster: true, dns: DnsPeers::default(), data_planes: BTreeMap::new(), namespaces: None }
+    }
+}
+
+/// Which Pods serve a Gateway: a namespace (None: the Gateway's) and labels
+/// whose values may say `{name}` and `{namespace}` (the Gateway's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataPlane {
+    pub namespace: Option<String>,
+    pub labels: Vec<(String, String)>,
+}
+
+impl Default for DataPlane {
+    /// GEP-1762 (Istio among others): beside the Gateway, labelled with its name.
+    fn default() -> Self {
+        DataPlane { namespace: None, labels: vec![(GATEWAY_NAME_LABEL.to_string(), "{name}".to_string())] }
+    }
+}
+
+impl std::str::FromStr for DataPlane {
+    type Err = String;
+
+    /// `NAMESPACE:KEY=VALUE,...`; an empty NAMESPACE means the Gateway's.
+    fn from_str(text: &str) -> Result<DataPlane, String> {
+        let (namespace, labels) = text.split_once(':').ok_or("expected NAMESPACE:KEY=VALUE,...")?;
+        let labels: Vec<(String, String)> = labels
+            .split(',')
+            .map(|pair| pair.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect::<Option<_>>()
+            .ok_or("each label is KEY=VALUE (VALUE may say {name} and {namespace})")?;
+        if labels.is_empty() || labels.iter().any(|(k, _)| k.is_empty()) {
+            return Err("at least one label, none with an empty key".into());
+        }
+        Ok(DataPlane { namespace: (!namespace.is_empty()).then(|| namespace.to_string()), labels })
+    }
+}
+
+impl DataPlane {
+    /// The namespace and labels of `gateway`'s data-plane Pods.
+    pub fn select(&self, gateway: &ObjectRef) -> (String, BTreeMap<String, String>) {
+        let fill = |v: &str| v.replace("{name}", &gateway.name).replace("{namespace}", &gateway.namespace);
+        let labels = self.labels.iter().map(|(k, v)| (k.clone(), fill(v))).collect();
+        (self.namespace.clone().unwrap_or_else(|| gateway.namespace.to_string()), labels)
+    }
+}
+
+/// One Accepted XBackend behind a Gateway, as the policy needs it. Cheap to
+/// copy (shared name and addresses): the state, each decision's inputs and
+/// the writer all hold one per XBackend and Gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Allowed {
+    pub backend: ObjectRef,
+    pub destination: Destination,
+    pub port: u16,
+    /// Used from a UDPRoute through this Gateway: UDP besides TCP.
+    pub udp: bool,
+}
+
+impl Allowed {
+    /// A rule with no peer would allow every destination: an XBackend with
+    /// no vetted address yet (or an empty selector) gets no rule at all.
+    pub fn has_peers(&self) -> bool {
+        match &self.destination {
+            Destination::Addresses { addresses, .. } => !addresses.is_empty(),
+            Destination::Pods { labels } => !labels.is_empty(),
+        }
+    }
+
+    /// The protocols its port is allowed for.
+    pub fn protocols(&self) -> &'static [&'static str] {
+        if self.udp { &["TCP", "UDP"] } else { &["TCP"] }
+    }
+
+    /// What the rules annotation says of it (read back by `read_note`).
+    pub fn note(&self) -> String {
+        let what = match &self.destination {
+            Destination::Addresses { hostname, addresses } => {
+                let plural = if addresses.len() == 1 { "" } else { "es" };
+                format!("{hostname} ({} address{plural})", addresses.len())
+            }
+            Destination::Pods { .. } => "its Pods".to_string(),
+        };
+        format!("XBackend {} {what}, port {}", self.backend, self.port)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Destination {
+    /// ExternalHostname: the vetted addresses, sorted and distinct (hold-down
+    /// applied by the caller; see `address_list`).
+    Addresses { hostname: Arc<str>, addresses: Arc<[IpAddr]> },
+    /// EndpointSelector: Pods of the XBackend's namespace with these labels.
+    Pods { labels: BTreeMap<String, String> },
+}
+
+/// Addresses as `Destination::Addresses` keeps them: sorted, each once.
+pub fn address_list(addresses: impl IntoIterator<Item = IpAddr>) -> Arc<[IpAddr]> {
+    addresses.into_iter().collect::<BTreeSet<IpAddr>>().into_iter().collect()
+}
+
+/// What one XBackend adds to the policies of the Gateways it is Accepted
+/// behind: `accepted` pairs each ancestor with its entry's Accepted status;
+/// `addresses` are the vetted (and held) ones of an ExternalHostname. A
+/// port outside 1..65535 (an invalid spec is never Accepted) adds nothing.
+pub fn uses<'a>(
+    key: &ObjectRef,
+    spec: &XBackendSpec,
+    accepted: impl IntoIterator<Item = (&'a Ancestor, bool)>,
+    addresses: &BTreeSet<IpAddr>,
+) -> Vec<(ObjectRef, Allowed)> {
+    let Some(port) = spec.port.value().and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0) else {
+        return Vec::new();
+    };
+    let destination = match (&spec.external_hostname, &spec.endpoint_selector) {
+        (Some(external), _) => Destination::Addresses {
+            hostname: crate::names::normalize(&external.hostname).into(),
+            addresses: address_list(addresses.iter().copied()),
+        },
+        (None, Some(selector)) => Destination::Pods { labels: selector.match_labels.clone() },
+        (None, None) => return Vec::new(),
+    };
+    let mut uses: Vec<(ObjectRef, Allowed)> = accepted
+        .into_iter()
+        .filter(|(_, accepted)| *accepted)
+        .map(|(ancestor, _)| {
+            let udp = ancestor.referrers.contains(Referrer::Route(RouteKind::Udp));
+            let allowed = Allowed { backend: key.clone(), destination: destination.clone(), port, udp };
+            (ancestor.gateway.clone(), allowed)
+        })
+        .collect();
+    // The state keeps this per XBackend: no spare capacity (a filtered
+    // collect starts at four).
+    uses.shrink_to_fit();
+    uses
+}
+
+/// One Gateway's decided rules, for an engine to render.
+pub struct Rules<'a> {
+    pub gateway: &'a ObjectRef,
+    /// The Gateway's uid (empty from files): an owner reference where one can point at it.
+    pub uid: &'a str,
+    /// Its data-plane Pods: their namespace and labels.
+    pub namespace: String,
+    pub selector: BTreeMap<String, String>,
+    pub config: &'a Config,
+    /// The XBackends it may reach, each with at least one peer.
+    pub allowed: Vec<&'a Allowed>,
+}
+
+impl<'a> Rules<'a> {
+    /// The rules of `gateway` (of class `class`) allowing `allowed`.
+    pub fn new(gateway: &'a ObjectRef, uid: &'a str, class: &str, allowed: &'a [Allowed], config: &'a Config) -> Self {
+        let (namespace, selector) = config.data_planes.get(class).cloned().unwrap_or_default().select(gateway);
+        let allowed = allowed.iter().filter(|a| a.has_peers()).collect();
+        Rules { gateway, uid, namespace, selector, config, allowed }
+    }
+
+    /// The XBackend rules spread over shards of at most `per_object` (and
+    /// never more than `limit` in one), by a stable hash of the XBackend's
+    /// name, so one XBackend's change rewrites one object. The count is a
+    /// power of two, so every XBackend's shard changes only when the number
+    /// of XBackends doubles or halves; each shard is sorted by name.
+    pub fn shards(&self, per_object: usize, limit: usize) -> Vec<Vec<&'a Allowed>> {
+        let mut count = self.allowed.len().div_ceil(per_object).max(1).next_power_of_two();
+        loop {
+            let mut by_shard: Vec<Vec<&Allowed>> = vec![Vec::new(); count];
+            for a in &self.allowed {
+                by_shard[shard_of(&a.backend, count)].push(a);
+            }
+            // Names chosen to land in one shard cannot make an object the API refuses.
+            if by_shard.iter().all(|members| members.len() <= limit) || count >= self.allowed.len() {
+                by_shard.iter_mut().for_each(|members| members.sort_by(|a, b| a.backend.cmp(&b.backend)));
+                return by_shard;
+            }
+            count *= 2;
+        }
+    }
+
+    /// The labels every object of this Gateway carries.
+    pub fn labels(&self) -> Value {
+        json!({
+            OWNED_LABEL: &*self.gateway.name,
+            OWNED_NAMESPACE_LABEL: &*self.gateway.namespace,
+            "app.kubernetes.io/managed-by": "xbackend-controller",
+        })
+    }
+}
+
+/// FNV-1a over "namespace/name": stable across runs and releases, unlike std's hasher.
+pub fn fnv(key: &ObjectRef) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.namespace.bytes().chain([b'/']).chain(key.name.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+fn shard_of(backend: &ObjectRef, shards: usize) -> usize {
+    (fnv(backend) % shards as u64) as usize
+}
+
+/// A name no longer than 253 characters: a longer one is cut and told apart by a hash.
+pub fn fit_name(name: String, keep_suffix: &str) -> String {
+    if name.len() <= 253 {
+        return name;
+    }
+    let hash = fnv(&ObjectRef::new("", &name));
+    let head = &name[..name.len() - keep_suffix.len()];
+    let mut cut = 200.min(head.len());
+    while !head.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}-{hash:x}{keep_suffix}", &head[..cut])
+}
+
+/// The annotation listing what each rule serves, one line per rule:
+/// "egress[i]: note".
+pub fn rules_annotation(notes: &[String]) -> String {
+    let lines: Vec<String> = notes.iter().enumerate().map(|(i, n)| format!("egress[{i}]: {n}")).collect();
+    lines.join("\n")
+}
+
+/// The annotation's lines that name an XBackend, with the rule index: what
+/// an engine reads rules back from.
+pub fn annotated_backends(object: &Value) -> impl Iterator<Item = (usize, ObjectRef, &str)> {
+    let notes = object["metadata"]["annotations"][RULES_ANNOTATION].as_str().unwrap_or_default();
+    notes.lines().filter_map(|line| {
+        let (index, rest) = line.strip_prefix("egress[")?.split_once("]: XBackend ")?;
+        let mut words = rest.split_whitespace();
+        let (namespace, name) = words.next()?.split_once('/')?;
+        let hostname = words.next()?;
+        Some((index.parse().ok()?, ObjectRef::new(namespace, name), hostname))
+    })
+}
+
+/// A policy object as the writer keeps it: its kind, its metadata as JSON
+/// (a few fields), its spec as canonical JSON text. As a tree of small maps
+/// the spec of thousands of rules costs several times its text, once for
+/// what should stand and once for what does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyObject {
+    pub kind: &'static PolicyKind,
+    pub metadata: Value,
+    spec: Box<str>,
+}
+
+impl PolicyObject {
+    /// From an object as JSON (`metadata` and `spec`; the rest is not kept).
+    /// Of the metadata, only what the writer compares: identity, labels,
+    /// annotations, owners. Not the uid (the writer keeps that apart),
+    /// managedFields (as large as the spec), versions or timestamps, so one
+    /// that stands as built is equal to it.
+    pub fn from_value(kind: &'static PolicyKind, object: &Value) -> PolicyObject {
+        let m = &object["metadata"];
+        let mut metadata = serde_json::Map::new();
+        for field in ["name", "namespace", "labels", "annotations", "ownerReferences"] {
+            if let Some(value) = m.get(field).filter(|v| !v.is_null()) {
+                metadata.insert(field.to_string(), value.clone());
+            }
+        }
+        // serde_json's maps are sorted: the same spec gives the same text.
+        PolicyObject { kind, metadata: Value::Object(metadata), spec: object["spec"].to_string().into() }
+    }
+
+    /// The whole object, as applied and printed.
+    pub fn to_value(&self) -> Value {
+        json!({
+            "apiVersion": self.kind.api_version(),
+            "kind": self.kind.kind,
+            "metadata": self.metadata,
+            "spec": self.spec(),
+        })
+    }
+
+    pub fn spec(&self) -> Value {
+        serde_json::from_str(&self.spec).unwrap_or_default()
+    }
+
+    /// Its namespace/name.
+    pub fn key(&self) -> ObjectRef {
+        let text = |field: &str| self.metadata[field].as_str().unwrap_or_default().to_string();
+        ObjectRef::new(text("namespace"), text("name"))
+    }
+
+    /// The Gateway whose data plane it restricts, from our labels.
+    pub fn gateway(&self) -> Option<ObjectRef> {
+        let labels = &self.metadata["labels"];
+        let name = labels[OWNED_LABEL].as_str()?;
+        let namespace = labels[OWNED_NAMESPACE_LABEL].as_str().or(self.metadata["namespace"].as_str())?;
+        Some(ObjectRef::new(namespace, name))
+    }
+}
+
+/// Policy objects by namespace/name, shared: a Gateway's unchanged policies
+/// pass from one decision to the next without being copied.
+pub type Policies = BTreeMap<ObjectRef, Arc<PolicyObject>>;
+
+/// True when `current` already says what `desired` says: the same spec, and
+/// our labels, annotation and owner reference among its own (others may add
+/// theirs; comparing those would rewrite forever).
+pub fn stands(desired: &PolicyObject, current: &PolicyObject) -> bool {
+    let contains = |field: &str| {
+        let (want, have) = (&desired.metadata[field], &current.metadata[field]);
+        want.as_object().into_iter().flatten().all(|(k, v)| &have[k] == v)
+    };
+    let owners = |p: &PolicyObject| -> Vec<(Value, Value)> {
+        p.metadata["ownerReferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| (o["uid"].clone(), o["kind"].clone()))
+            .collect()
+    };
+    desired.kind == current.kind
+        && desired.spec == current.spec
+        && contains("labels")
+        && contains("annotations")
+        && owners(desired).iter().all(|o| owners(current).contains(o))
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    pub fn external(name: &str, addresses: &[&str]) -> Allowed {
+        Allowed {
+            backend: ObjectRef::new("app", name),
+            destination: Destination::Addresses {
+                hostname: format!("{name}.example.com").into(),
+                addresses: address_list(addresses.iter().map(|a| ip(a))),
+            },
+            port: 443,
+            udp: false,
+        }
+    }
+
+    pub fn pods(name: &str, labels: &[(&str, &str)]) -> Allowed {
+        Allowed {
+            destination: Destination::Pods {
+                labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            },
+            port: 8080,
+            ..external(name, &[])
+        }
+    }
+
+    pub fn gw() -> ObjectRef {
+        ObjectRef::new("infra", "gw")
+    }
+
+    /// The objects `engine` renders for `gw` with `allowed`.
+    pub fn render(engine: &dyn Engine, allowed: &[Allowed], config: &Config) -> Vec<Value> {
+        let gateway = gw();
+        engine.render(Rules::new(&gateway, "", "ours", allowed, config)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+
+    /// Names chosen to land in one shard still make objects within the limit.
+    #[test]
+    fn a_crowded_shard_splits_until_every_object_fits() {
+        let allowed: Vec<Allowed> = (0..200).map(|i| external(&format!("b{i}"), &["192.0.2.1"])).collect();
+        let crowd: Vec<Allowed> = allowed.iter().filter(|a| shard_of(&a.backend, 4) == 0).take(30).cloned().collect();
+        let (gateway, config) = (gw(), Config::default());
+        let rules = Rules::new(&gateway, "", "ours", &crowd, &config);
+        let shards = rules.shards(16, 20);
+        assert!(shards.len() > 2, "two shards of 16 would hold them, but not with at most 20 in each");
+        assert!(shards.iter().all(|s| s.len() <= 20));
+        assert_eq!(shards.iter().map(Vec::len).sum::<usize>(), 30);
+    }
+
+    #[test]
+    fn long_names_are_cut_and_told_apart() {
+        let long = format!("xbackend-egress-{}", "g".repeat(253));
+        let cut = fit_name(format!("{long}-3"), "-3");
+        assert!(cut.len() <= 253 && cut.ends_with("-3"), "{cut}");
+        assert_ne!(fit_name(long.clone(), ""), fit_name(format!("{long}h"), ""));
+        assert_eq!(fit_name("short".into(), ""), "short");
+    }
+
+    #[test]
+    fn every_engine_is_found_by_its_name() {
+        let settings = EngineSettings { admin_priority: 100, served: &[] };
+        for (name, _) in ENGINES {
+            assert_eq!(engine(name, &settings).unwrap().name(), name);
+        }
+        assert!(engine("ciliumnetworkpolicy", &settings).is_none());
+    }
+}
