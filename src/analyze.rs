@@ -120,6 +120,19 @@ pub struct Report {
     pub notes: Vec<String>,
     /// With --egress-policy: the policy objects `run` would write.
     pub policies: Vec<Value>,
+    /// With --egress-policy: what each judged Gateway's data plane may reach
+    /// in the cluster, and the references that allow nothing (findings).
+    pub egress: Vec<GatewayEgress>,
+}
+
+/// One judged Gateway's in-cluster egress, as `analyze` reports it.
+pub struct GatewayEgress {
+    pub gateway: ObjectRef,
+    /// routes, all or none.
+    pub mode: &'static str,
+    /// Each rule with what it serves (which route, which reference).
+    pub rules: Vec<String>,
+    pub refused: Vec<String>,
 }
 
 pub struct Analyzed {
@@ -131,7 +144,7 @@ pub struct Analyzed {
 
 impl Report {
     pub fn is_clean(&self) -> bool {
-        self.backends.iter().all(|b| b.judgement.is_clean())
+        self.backends.iter().all(|b| b.judgement.is_clean()) && self.egress.iter().all(|g| g.refused.is_empty())
     }
 
     /// Multi-document YAML, one XBackend per document, then the NetworkPolicies.
@@ -191,6 +204,17 @@ impl Report {
             clean,
             self.backends.len() - clean
         ));
+        for g in &self.egress {
+            lines.push(format!(
+                "Gateway {}  egress in the cluster: {}, {} destination(s), {} refused",
+                g.gateway,
+                g.mode,
+                g.rules.len(),
+                g.refused.len()
+            ));
+            lines.extend(g.rules.iter().map(|r| format!("  allows {r}")));
+            lines.extend(g.refused.iter().map(|r| format!("  refused: {r}")));
+        }
         for p in &self.policies {
             let rules = p["spec"]["egress"].as_array().map_or(0, Vec::len);
             let namespace = p["metadata"]["namespace"].as_str().map(|ns| format!("{ns}/")).unwrap_or_default();
@@ -228,7 +252,9 @@ pub fn analyze(
     resolve: &dyn Fn(&str) -> Option<Resolution>,
 ) -> Report {
     let controller_name = options.controller_name;
-    let mut index = Index::new(controller_name).guarding(options.gateway_classes.iter().cloned());
+    let mut index = Index::new(controller_name)
+        .guarding(options.gateway_classes.iter().cloned())
+        .tracking_services(options.egress.is_some());
     let mut notes = Vec::new();
     let mut secrets: BTreeMap<ObjectRef, Secret> = BTreeMap::new();
     let mut config_maps: BTreeMap<ObjectRef, ConfigMap> = BTreeMap::new();
@@ -331,33 +357,12 @@ pub fn analyze(
         analyzed.push(Analyzed { key, object, judgement });
     }
     // The policy writer's own decision, from nothing standing: what `run` would write first.
-    let policies = match &options.egress {
+    let (policies, egress) = match &options.egress {
         Some((config, engine)) => {
-            let gateways = (index.judged_gateways().into_iter())
-                .map(|gw| {
-                    let g = index.gateway(&gw).cloned().unwrap_or_default();
-                    (gw, g.uid, g.class_name)
-                })
-                .collect();
-            let demand = crate::egress::Demand { gateways, behind, unknown: Default::default() };
-            let round = crate::egress::Round {
-                now: 0,
-                hold: crate::egress::Hold::default(),
-                config,
-                engine: &**engine,
-                denied: &|_| false,
-                rebuild: true,
-            };
-            let decision = crate::egress::Decisions::default().decide(&demand, &BTreeMap::new(), &round);
-            let kind = engine.kind().kind;
-            notes.extend(decision.unwritable.iter().map(|(gw, ns)| {
-                format!(
-                    "no {kind} for Gateway {gw}: its data plane runs in namespace {ns}, not one of --egress-namespace"
-                )
-            }));
-            decision.policies.into_values().map(|p| p.to_value()).collect()
+            let (policies, egress) = decide_egress(&index, config, &**engine, policy, behind, resolve, &mut notes);
+            (policies, egress)
         }
-        None => Vec::new(),
+        None => (Vec::new(), Vec::new()),
     };
     notes.extend(assumed.into_iter().map(|(target, users)| {
         let (kind, name) = match &target {
@@ -367,7 +372,68 @@ pub fn analyze(
         let users = users.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
         format!("assumed {kind} {name} exists and is valid (not in the input; --assume-refs-exist), referenced by XBackend {users}")
     }));
-    Report { backends: analyzed, notes, policies }
+    Report { backends: analyzed, notes, policies, egress }
+}
+
+/// The egress decision `run` would make first, from nothing standing: the
+/// policy objects, and per judged Gateway what it may reach in the cluster.
+fn decide_egress(
+    index: &Index,
+    config: &crate::egress::Config,
+    engine: &dyn crate::egress::Engine,
+    policy: &Policy,
+    behind: BTreeMap<ObjectRef, Vec<crate::egress::Allowed>>,
+    resolve: &dyn Fn(&str) -> Option<Resolution>,
+    notes: &mut Vec<String>,
+) -> (Vec<Value>, Vec<GatewayEgress>) {
+    use crate::egress::{ClusterMode, Decisions, Demand, GatewayInfo, Hold, Round};
+    let gateways: Vec<GatewayInfo> = (index.judged_gateways().into_iter())
+        .map(|key| {
+            let g = index.gateway(&key).cloned().unwrap_or_default();
+            let controller = index.gateway_class(&g.class_name).map(|c| c.controller_name.clone()).unwrap_or_default();
+            GatewayInfo { key, uid: g.uid, class: g.class_name, controller }
+        })
+        .collect();
+    let answer = |hostname: &str| resolve(hostname).map(std::sync::Arc::new);
+    let namespaces = index.namespaces();
+    let mut demand = Demand { gateways: gateways.clone(), behind, ..Demand::default() };
+    let mut refused: BTreeMap<ObjectRef, Vec<String>> = BTreeMap::new();
+    for gateway in &gateways {
+        let found = crate::reach::targets(index, &gateway.key);
+        let judged = crate::reach::judge(&found, policy, &*namespaces, &answer);
+        refused.insert(gateway.key.clone(), judged.refused.into_iter().map(|r| r.message).collect());
+        demand.reach.insert(gateway.key.clone(), judged.allowed);
+    }
+    let round = Round { now: 0, hold: Hold::default(), config, engine, denied: &|_| false, rebuild: true };
+    let decision = Decisions::default().decide(&demand, &BTreeMap::new(), &round);
+    let kind = engine.kind().kind;
+    notes.extend(decision.unwritable.iter().map(|(gw, ns)| {
+        format!("no {kind} for Gateway {gw}: its data plane runs in namespace {ns}, not one of --egress-namespace")
+    }));
+    notes.extend(decision.open.iter().map(|g| format!(
+        "Gateway {}'s data plane may reach every Pod of the cluster: nothing says what class {} (controller {:?}) needs itself; pass --egress-needs {}=... or --egress-cluster",
+        g.key, g.class, g.controller, g.class
+    )));
+    notes.extend(decision.cut_off.iter().map(|(g, mode)| format!(
+        "--egress-cluster {} allows Gateway {}'s control plane nothing: nothing says what class {} needs itself; pass --egress-needs {}=...",
+        mode.name(), g.key, g.class, g.class
+    )));
+    let open: std::collections::BTreeSet<&ObjectRef> = decision.open.iter().map(|g| &g.key).collect();
+    let egress = gateways
+        .iter()
+        .map(|g| {
+            let mode = match config.cluster {
+                Some(mode) => mode,
+                None if open.contains(&g.key) => ClusterMode::All,
+                None => ClusterMode::Routes,
+            };
+            let routes = mode == ClusterMode::Routes;
+            let rules = demand.reach.get(&g.key).filter(|_| routes).into_iter().flatten().map(|a| a.note()).collect();
+            let refused = if routes { refused.remove(&g.key).unwrap_or_default() } else { Vec::new() };
+            GatewayEgress { gateway: g.key.clone(), mode: mode.name(), rules, refused }
+        })
+        .collect();
+    (decision.policies.into_values().map(|p| p.to_value()).collect(), egress)
 }
 
 /// A manifest without `metadata.generation` is judged as the apiserver would

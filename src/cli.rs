@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::collections::BTreeMap;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::policy::PolicyConfig;
@@ -88,9 +90,15 @@ pub struct EgressArgs {
     /// The admin tier's priority (adminnetworkpolicy, clusternetworkpolicy): each Gateway's Accepts at N, its final Deny at N+1 (lower numbers are evaluated first; OVN-Kubernetes supports 0-99).
     #[arg(long, value_name = "N", default_value_t = 90, value_parser = clap::value_parser!(u32).range(0..1000))]
     pub egress_admin_priority: u32,
-    /// Let the data plane reach every Pod of every namespace (routes to Services keep working); false for operators who add their own rules.
-    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
-    pub egress_policy_allow_cluster: bool,
+    /// What each judged Gateway's data plane may reach inside the cluster: routes (exactly what its routes name: each referenced Service's Pods on the target port, a selectorless Service's vetted EndpointSlice addresses, an ExternalName Service's vetted answers; plus what the data plane needs itself), all (every Pod of every namespace) or none (nothing beyond DNS, XBackends and the data plane's needs). Default: routes for Gateways whose class has a preset (Istio, Envoy Gateway) or --egress-needs, all for the others (with a Warning Event on the Gateway).
+    #[arg(long, value_name = "MODE", value_parser = ["routes", "all", "none"])]
+    pub egress_cluster: Option<String>,
+    /// Deprecated: --egress-cluster all (true) or none (false). Default: unset.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, conflicts_with = "egress_cluster")]
+    pub egress_policy_allow_cluster: Option<bool>,
+    /// What a GatewayClass's data planes need themselves, instead of their controller's preset (repeatable, accumulates per class): CLASS=NAMESPACE/KEY=VALUE[,KEY=VALUE]:PORTS (Pods), CLASS=CIDR[,CIDR]:PORTS (networks) or CLASS=none; PORTS is PORT[/udp][,...]. Presets: istio.io/gateway-controller (istiod, istio-system/app=istiod:15012; every Pods rule also on 15008 for ambient's HBONE) and gateway.envoyproxy.io/gatewayclass-controller (envoy-gateway-system/control-plane=envoy-gateway:18000). Default: the presets only.
+    #[arg(long = "egress-needs", value_name = "CLASS=DESTINATION", value_parser = crate::egress::presets::parse)]
+    pub egress_needs: Vec<(String, Vec<crate::egress::Allowed>)>,
     /// How long an address stays allowed after an answer last held it (clients cache longer than TTLs), e.g. 1h, 30m, 90s.
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
     pub egress_address_hold: std::time::Duration,
@@ -172,14 +180,42 @@ impl EgressArgs {
     }
 
     pub fn config(&self) -> crate::egress::Config {
-        let dns = if self.egress_dns_cidrs.is_empty() {
+        let peers = if self.egress_dns_cidrs.is_empty() {
             crate::egress::DnsPeers::default()
         } else {
             crate::egress::DnsPeers::Cidrs(self.egress_dns_cidrs.clone())
         };
         let data_planes = self.egress_data_planes.iter().cloned().collect();
         let namespaces = (!self.egress_namespaces.is_empty()).then(|| self.egress_namespaces.iter().cloned().collect());
-        crate::egress::Config { allow_cluster: self.egress_policy_allow_cluster, dns, data_planes, namespaces }
+        let mut needs: BTreeMap<String, Vec<crate::egress::Allowed>> = BTreeMap::new();
+        for (class, rules) in &self.egress_needs {
+            needs.entry(class.clone()).or_default().extend(rules.iter().cloned());
+        }
+        crate::egress::Config {
+            cluster: self.cluster_mode(),
+            dns: crate::egress::Dns { peers, port: 53 },
+            data_planes,
+            needs,
+            namespaces,
+        }
+    }
+
+    /// `--egress-cluster`, or what the deprecated `--egress-policy-allow-cluster` means.
+    pub fn cluster_mode(&self) -> Option<crate::egress::ClusterMode> {
+        use crate::egress::ClusterMode;
+        match (&self.egress_cluster, self.egress_policy_allow_cluster) {
+            (Some(mode), _) => mode.parse().ok(),
+            (None, Some(true)) => Some(ClusterMode::All),
+            (None, Some(false)) => Some(ClusterMode::None),
+            (None, None) => None,
+        }
+    }
+
+    /// The warning for a deprecated flag, when given.
+    pub fn deprecation(&self) -> Option<String> {
+        let allow = self.egress_policy_allow_cluster?;
+        let mode = if allow { "all" } else { "none" };
+        Some(format!("--egress-policy-allow-cluster is deprecated: use --egress-cluster {mode}"))
     }
 }
 

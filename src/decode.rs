@@ -12,8 +12,8 @@ use serde_json::value::RawValue;
 
 use crate::api::{self, GATEWAY_GROUP, XBackendSpec};
 use crate::model::{
-    Backend, Gateway, GatewayClass, GrantFrom, GrantTo, Kind, Object, ObjectRef, Pod, ReferenceGrant, Refs, Route,
-    StoredStatus,
+    Backend, EndpointSlice, Gateway, GatewayClass, GrantFrom, GrantTo, Kind, Object, ObjectRef, Pod, PortRef, Protocol,
+    ReferenceGrant, Refs, Route, Service, ServicePort, ServiceRef, StoredStatus,
 };
 
 /// Namespace given to namespaced objects that carry none, as `kubectl apply`
@@ -48,6 +48,8 @@ pub fn decode(kind: Kind, object: &Value) -> Result<(ObjectRef, Object), String>
         }),
         Kind::Pod => Object::Pod(decode_pod(object)),
         Kind::Namespace => Object::Namespace,
+        Kind::Service => Object::Service(decode_service(spec)),
+        Kind::EndpointSlice => Object::EndpointSlice(decode_endpoint_slice(namespace, object)),
     };
     Ok((key, decoded))
 }
@@ -77,15 +79,21 @@ fn with_uid(object: Object, uid: Option<&str>) -> Object {
 fn decode_spec(kind: Kind, namespace: &str, spec: &Value) -> Object {
     match kind {
         Kind::Route(route_kind) => Object::Route(route_kind, decode_route(namespace, spec)),
-        Kind::Gateway => Object::Gateway(Gateway {
-            class_name: string_at(spec, "gatewayClassName"),
-            uid: String::new(),
-            external_auth: listener_auth_targets(namespace, spec),
-        }),
+        Kind::Gateway => {
+            let mut named = listener_auth_targets(namespace, spec);
+            Object::Gateway(Gateway {
+                class_name: string_at(spec, "gatewayClassName"),
+                uid: String::new(),
+                external_auth: named.backends(),
+                external_auth_services: named.services(),
+            })
+        }
         Kind::ListenerSet => Object::ListenerSet(decode_listener_set(namespace, spec)),
         Kind::GatewayClass => Object::GatewayClass(GatewayClass { controller_name: string_at(spec, "controllerName") }),
         Kind::ReferenceGrant => Object::ReferenceGrant(decode_grant(spec)),
-        Kind::XBackend | Kind::Pod | Kind::Namespace => unreachable!("{kind:?} is not decoded from its spec alone"),
+        Kind::XBackend | Kind::Pod | Kind::Namespace | Kind::Service | Kind::EndpointSlice => {
+            unreachable!("{kind:?} is not decoded from its spec alone")
+        }
     }
 }
 
@@ -230,7 +238,13 @@ pub fn decode_watched(kind: Kind, object: &Watched) -> Result<(ObjectRef, Object
             let spec: Value = spec.and_then(|s| serde_json::from_str(s).ok()).unwrap_or(Value::Null);
             with_uid(decode_spec(kind, &key.namespace, &spec), meta.uid.as_deref())
         }
-        Kind::Pod | Kind::Namespace => return Err(format!("{kind:?} is watched by metadata only")),
+        Kind::Service => {
+            let spec: Value = spec.and_then(|s| serde_json::from_str(s).ok()).unwrap_or(Value::Null);
+            Object::Service(decode_service(&spec))
+        }
+        Kind::Pod | Kind::Namespace | Kind::EndpointSlice => {
+            return Err(format!("{kind:?} is not watched as a lean object"));
+        }
     };
     Ok((key, decoded))
 }
@@ -280,25 +294,79 @@ fn items<'a>(value: &'a Value, field: &str) -> impl Iterator<Item = &'a Value> {
     value.get(field).and_then(Value::as_array).into_iter().flatten()
 }
 
+/// What the reference sites of one object name: XBackends of its own
+/// namespace (GEP-4894 lets routes use no other), and core Services.
+#[derive(Default)]
+struct Named {
+    backends: Vec<ObjectRef>,
+    services: Vec<ServiceRef>,
+}
+
+impl Named {
+    fn backends(&mut self) -> Refs {
+        Refs::from_iter(std::mem::take(&mut self.backends))
+    }
+
+    fn services(&mut self) -> Box<[ServiceRef]> {
+        let mut services = std::mem::take(&mut self.services);
+        services.sort();
+        services.dedup();
+        services.into_boxed_slice()
+    }
+
+    /// One backendRef: an XBackend in `namespace`, or a core Service in any
+    /// namespace (with the port it names); other kinds are not ours to read.
+    fn add(&mut self, backend_ref: &Value, namespace: &str) {
+        let group = optional_string_at(backend_ref, "group").unwrap_or_default();
+        let kind = optional_string_at(backend_ref, "kind").unwrap_or("Service");
+        let name = optional_string_at(backend_ref, "name").unwrap_or_default();
+        let target = optional_string_at(backend_ref, "namespace").filter(|ns| !ns.is_empty());
+        if name.is_empty() {
+            return;
+        }
+        if group == api::GROUP && kind == api::KIND {
+            if target.is_none_or(|ns| ns == namespace) {
+                self.backends.push(ObjectRef::new(namespace, name));
+            }
+        } else if matches!(group, "" | "core") && kind == "Service" {
+            let port = backend_ref.get("port").and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok());
+            let service = ObjectRef::new(target.unwrap_or(namespace), name);
+            self.services.push(ServiceRef { service, port: port.unwrap_or(0) });
+        }
+    }
+
+    /// The backendRef of each RequestMirror and ExternalAuth filter.
+    fn add_filters<'a>(&mut self, filters: impl Iterator<Item = &'a Value>, namespace: &str) {
+        for filter in filters {
+            for pointer in ["/requestMirror/backendRef", "/externalAuth/backendRef"] {
+                if let Some(backend_ref) = filter.pointer(pointer) {
+                    self.add(backend_ref, namespace);
+                }
+            }
+        }
+    }
+}
+
 /// Every route kind shares the fields read here; the filters exist only in
 /// HTTPRoute (ExternalAuth, RequestMirror) and GRPCRoute (RequestMirror).
 fn decode_route(namespace: &str, spec: &Value) -> Route {
     let gateways = items(spec, "parentRefs").filter_map(|parent| gateway_of(parent, namespace));
-    let mut backends = Vec::new();
+    let mut named = Named::default();
     for rule in items(spec, "rules") {
-        filter_targets(items(rule, "filters"), namespace, &mut backends);
+        named.add_filters(items(rule, "filters"), namespace);
         for backend_ref in items(rule, "backendRefs") {
-            add_backend(backend_ref, namespace, &mut backends);
-            filter_targets(items(backend_ref, "filters"), namespace, &mut backends);
+            named.add(backend_ref, namespace);
+            named.add_filters(items(backend_ref, "filters"), namespace);
         }
     }
-    Route { gateways: Refs::from_iter(gateways), backends: Refs::from_iter(backends) }
+    Route { gateways: Refs::from_iter(gateways), backends: named.backends(), services: named.services() }
 }
 
 /// A ListenerSet is indexed like a route whose one parent is its Gateway.
 fn decode_listener_set(namespace: &str, spec: &Value) -> Route {
     let parent = spec.get("parentRef").and_then(|parent| gateway_of(parent, namespace));
-    Route { gateways: parent.into_iter().collect(), backends: listener_auth_targets(namespace, spec) }
+    let mut named = listener_auth_targets(namespace, spec);
+    Route { gateways: parent.into_iter().collect(), backends: named.backends(), services: named.services() }
 }
 
 /// The Gateway a parentRef names (group and kind defaulted as in a
@@ -315,44 +383,63 @@ fn gateway_of(parent: &Value, namespace: &str) -> Option<ObjectRef> {
 }
 
 /// `spec.listeners[].filters.requests[].externalAuth.backendRef` of a Gateway or ListenerSet.
-fn listener_auth_targets(namespace: &str, spec: &Value) -> Refs {
-    let mut backends = Vec::new();
+fn listener_auth_targets(namespace: &str, spec: &Value) -> Named {
+    let mut named = Named::default();
     for listener in items(spec, "listeners") {
-        filter_targets(
-            listener.get("filters").into_iter().flat_map(|f| items(f, "requests")),
-            namespace,
-            &mut backends,
-        );
+        named.add_filters(listener.get("filters").into_iter().flat_map(|f| items(f, "requests")), namespace);
     }
-    Refs::from_iter(backends)
+    named
 }
 
-/// The backendRef of each RequestMirror and ExternalAuth filter.
-fn filter_targets<'a>(filters: impl Iterator<Item = &'a Value>, namespace: &str, backends: &mut Vec<ObjectRef>) {
-    for filter in filters {
-        for pointer in ["/requestMirror/backendRef", "/externalAuth/backendRef"] {
-            if let Some(backend_ref) = filter.pointer(pointer) {
-                add_backend(backend_ref, namespace, backends);
-            }
-        }
-    }
+/// A Service's selector, type, external name and ports (ports of an unknown
+/// protocol are left out: nothing can be allowed for them).
+fn decode_service(spec: &Value) -> Service {
+    let selector = spec.get("selector").and_then(Value::as_object).into_iter().flatten();
+    let selector = selector.filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect();
+    let external_name = (optional_string_at(spec, "type") == Some("ExternalName"))
+        .then(|| optional_string_at(spec, "externalName").unwrap_or_default().to_string());
+    let ports = items(spec, "ports")
+        .filter_map(|p| {
+            let port = u16::try_from(p.get("port")?.as_u64()?).ok()?;
+            let target = match p.get("targetPort") {
+                Some(Value::String(name)) => PortRef::Name(name.as_str().into()),
+                Some(Value::Number(n)) => PortRef::Number(u16::try_from(n.as_u64()?).ok()?),
+                _ => PortRef::Number(port),
+            };
+            let protocol = Protocol::parse(optional_string_at(p, "protocol"))?;
+            Some(ServicePort { name: string_at(p, "name").into(), port, target, protocol })
+        })
+        .collect();
+    Service { selector, external_name, ports }
 }
 
-/// Keeps a backendRef only when it is an XBackend in the route's namespace:
-/// GEP-4894 does not let routes use Backends of other namespaces.
-fn add_backend(backend_ref: &Value, namespace: &str, backends: &mut Vec<ObjectRef>) {
-    let group = optional_string_at(backend_ref, "group").unwrap_or_default();
-    let kind = optional_string_at(backend_ref, "kind").unwrap_or("Service");
-    let name = optional_string_at(backend_ref, "name").unwrap_or_default();
-    if group != api::GROUP || kind != api::KIND || name.is_empty() {
-        return;
-    }
-    match optional_string_at(backend_ref, "namespace") {
-        None => {}
-        Some(ns) if ns == namespace => {}
-        Some(_) => return,
-    }
-    backends.push(ObjectRef::new(namespace, name));
+/// An EndpointSlice's Service (label kubernetes.io/service-name), its ready
+/// addresses (serving when none is ready, as kube-proxy does), and its ports.
+fn decode_endpoint_slice(namespace: &str, object: &Value) -> EndpointSlice {
+    let service = object.pointer("/metadata/labels/kubernetes.io~1service-name").and_then(Value::as_str);
+    let endpoints: Vec<&Value> = items(object, "endpoints").collect();
+    let condition = |e: &Value, which: &str| e.pointer(&format!("/conditions/{which}")).and_then(Value::as_bool);
+    // A missing `ready` means ready (the API's rule for unknown state).
+    let ready: Vec<&Value> = endpoints.iter().copied().filter(|e| condition(e, "ready") != Some(false)).collect();
+    let usable = if ready.is_empty() {
+        endpoints.iter().copied().filter(|e| condition(e, "serving") == Some(true)).collect()
+    } else {
+        ready
+    };
+    let addresses = usable
+        .iter()
+        .flat_map(|e| items(e, "addresses"))
+        .filter_map(|a| a.as_str()?.parse::<std::net::IpAddr>().ok())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let ports = items(object, "ports")
+        .filter_map(|p| {
+            let port = u16::try_from(p.get("port")?.as_u64()?).ok()?;
+            Some((string_at(p, "name").into(), port, Protocol::parse(optional_string_at(p, "protocol"))?))
+        })
+        .collect();
+    EndpointSlice { service: service.map(|name| ObjectRef::new(namespace, name)), addresses, ports }
 }
 
 /// Labels and liveness. The controller watches Pods by metadata only, with a
@@ -428,7 +515,7 @@ mod tests {
         assert_eq!(Kind::of("gateway.networking.k8s.io/v1", "ListenerSet"), Some(Kind::ListenerSet));
         assert_eq!(Kind::of("gateway.networking.x-k8s.io/v1alpha1", "XListenerSet"), None);
         assert_eq!(Kind::of("gateway.networking.k8s.io/v1", "BackendTLSPolicy"), None);
-        assert_eq!(Kind::of("v1", "Service"), None);
+        assert_eq!(Kind::of("v1", "Service"), Some(Kind::Service));
         assert_eq!(Kind::of("gateway.networking.k8s.io/", "Gateway"), None);
         assert_eq!(Kind::of("", ""), None);
         assert_eq!(Kind::of("networking.k8s.io/v1", "Gateway"), None);
@@ -539,7 +626,10 @@ mod tests {
             }
         };
         let local = set(json!({"name": "gw"}));
-        assert_eq!(local, Route { gateways: refs(&[("app", "gw")]), backends: refs(&[("app", "authz")]) });
+        assert_eq!(
+            local,
+            Route { gateways: refs(&[("app", "gw")]), backends: refs(&[("app", "authz")]), services: Box::default() }
+        );
         let across =
             set(json!({"name": "gw", "namespace": "infra", "kind": "Gateway", "group": "gateway.networking.k8s.io"}));
         assert_eq!(across.gateways, refs(&[("infra", "gw")]));

@@ -132,8 +132,7 @@ impl Found {
         self.listed.send_replace(true);
     }
 
-    /// The servers asked now.
-    #[cfg(test)]
+    /// The servers asked now (the egress DNS rule follows their port).
     pub fn servers(&self) -> Vec<SocketAddr> {
         self.servers.lock().expect("dns servers lock").keys().copied().collect()
     }

@@ -20,6 +20,13 @@ pub trait Namespaces {
     fn contains(&self, name: &str) -> bool;
 }
 
+/// The cluster's Namespaces, as the index shares them.
+impl Namespaces for std::collections::BTreeSet<String> {
+    fn contains(&self, name: &str) -> bool {
+        std::collections::BTreeSet::contains(self, name)
+    }
+}
+
 /// No cluster to ask: nothing is a Namespace.
 pub struct NoNamespaces;
 
@@ -158,7 +165,7 @@ mod tests {
     fn allow_private_suffix_permits_only_that_suffix() {
         let config = PolicyConfig { allowed_suffixes: vec!["corp".into(), ".Internal.".into()], ..Default::default() };
         let p = Policy::new(config).unwrap();
-        let none = BTreeSet::new();
+        let none: BTreeSet<&str> = BTreeSet::new();
         assert_eq!(check_egress("git.corp", &p, &none), Ok(()));
         assert_eq!(check_egress("db.internal", &p, &none), Ok(()));
         assert!(check_egress("nas.lan", &p, &none).is_err());

@@ -18,6 +18,7 @@ pub mod model;
 pub mod names;
 pub mod object;
 pub mod policy;
+pub mod reach;
 pub mod refs;
 pub mod runtime;
 pub mod status;

@@ -2,6 +2,7 @@
 //! API objects so that one malformed object never stops a watch.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::api::XBackendSpec;
 pub use crate::object::{Kind, ObjectRef, RefKind, RouteKind};
@@ -103,6 +104,14 @@ impl<'a> IntoIterator for &'a Refs {
     }
 }
 
+/// A reference to a core Service from a route's (or a listener's) reference
+/// site, with the Service port it names (0 when absent: the CRDs require one).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceRef {
+    pub service: ObjectRef,
+    pub port: u16,
+}
+
 /// What the index needs of a route, or of anything indexed like one
 /// (`Referrer`): the Gateways it attaches to and the XBackends (in its own
 /// namespace) it sends, mirrors or hands authorization to.
@@ -114,6 +123,9 @@ pub struct Route {
     /// XBackends from every site docs/design.md §3 lists, only those in the
     /// object's namespace.
     pub backends: Refs,
+    /// Core Services from the same sites, in any namespace (a ReferenceGrant
+    /// decides), sorted and distinct; kept only for `--egress-cluster routes`.
+    pub services: Box<[ServiceRef]>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -123,6 +135,8 @@ pub struct Gateway {
     pub uid: String,
     /// XBackends its listeners' ExternalAuth filters name (in its namespace).
     pub external_auth: Refs,
+    /// Services its listeners' ExternalAuth filters name.
+    pub external_auth_services: Box<[ServiceRef]>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -161,6 +175,82 @@ pub struct Pod {
     pub live: bool,
 }
 
+/// A transport protocol of a Service or EndpointSlice port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// From the API's spelling; None for one this controller does not know.
+    pub fn parse(text: Option<&str>) -> Option<Protocol> {
+        match text.unwrap_or("TCP") {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+}
+
+/// A port by number or by name (a Pod's named container port).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PortRef {
+    Number(u16),
+    Name(Arc<str>),
+}
+
+impl std::fmt::Display for PortRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PortRef::Number(n) => write!(f, "{n}"),
+            PortRef::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// One port of a Service: the port routes name, and where it sends (the
+/// target port on the Pods, a number or a name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: Box<str>,
+    pub port: u16,
+    pub target: PortRef,
+    pub protocol: Protocol,
+}
+
+/// What `--egress-cluster routes` reads of a Service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// Empty: no selector (its EndpointSlices are written by hand, or by another controller).
+    pub selector: BTreeMap<String, String>,
+    /// type ExternalName: the name it aliases.
+    pub external_name: Option<String>,
+    pub ports: Box<[ServicePort]>,
+}
+
+/// What the index keeps of an EndpointSlice no controller manages: the
+/// Service it belongs to, its ready addresses and its ports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointSlice {
+    /// From the label kubernetes.io/service-name (None: it belongs to no Service).
+    pub service: Option<ObjectRef>,
+    pub addresses: Box<[std::net::IpAddr]>,
+    /// Name, number, protocol.
+    pub ports: Box<[(Box<str>, u16, Protocol)]>,
+}
+
 /// One decoded object of some kind: what a watch event or an `analyze` file
 /// gives the index.
 // Objects live only between a watch event and the index, so boxing the large
@@ -177,6 +267,8 @@ pub enum Object {
     XBackend(Backend),
     Pod(Pod),
     Namespace,
+    Service(Service),
+    EndpointSlice(EndpointSlice),
 }
 
 impl Object {
@@ -190,6 +282,8 @@ impl Object {
             Object::XBackend(_) => Kind::XBackend,
             Object::Pod(_) => Kind::Pod,
             Object::Namespace => Kind::Namespace,
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
         }
     }
 }

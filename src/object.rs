@@ -66,6 +66,10 @@ pub enum Kind {
     Pod,
     /// Watched by metadata only; only names matter (cluster-aware guardrails).
     Namespace,
+    /// What `--egress-cluster routes` reads of the Services routes name.
+    Service,
+    /// Only those no controller manages: a selectorless Service's addresses.
+    EndpointSlice,
 }
 
 /// One row of the kind table.
@@ -83,7 +87,7 @@ const fn row(kind: Kind, name: &'static str, group: &'static str, version: Optio
 }
 
 /// The table: every name, group and version the controller spells.
-const TABLE: [Row; 12] = [
+const TABLE: [Row; 14] = [
     row(Kind::Route(RouteKind::Http), "HTTPRoute", GATEWAY_GROUP, None),
     row(Kind::Route(RouteKind::Grpc), "GRPCRoute", GATEWAY_GROUP, None),
     row(Kind::Route(RouteKind::Tcp), "TCPRoute", GATEWAY_GROUP, None),
@@ -96,6 +100,8 @@ const TABLE: [Row; 12] = [
     row(Kind::XBackend, "XBackend", XBACKEND_GROUP, Some("v1alpha1")),
     row(Kind::Pod, "Pod", "", Some("v1")),
     Row { namespaced: false, ..row(Kind::Namespace, "Namespace", "", Some("v1")) },
+    row(Kind::Service, "Service", "", Some("v1")),
+    row(Kind::EndpointSlice, "EndpointSlice", "discovery.k8s.io", Some("v1")),
 ];
 
 impl Kind {
@@ -187,6 +193,7 @@ mod tests {
         assert_eq!(Kind::of("apps/v1", "Pod"), None);
         assert_eq!(Kind::of("gateway.networking.k8s.io/", "Gateway"), None, "no version");
         assert_eq!(Kind::of("v1", "Secret"), None, "not an index kind");
+        assert_eq!(Kind::of("discovery.k8s.io/v1", "EndpointSlice"), Some(Kind::EndpointSlice));
         assert!(!Kind::GatewayClass.namespaced() && !Kind::Namespace.namespaced() && Kind::Gateway.namespaced());
     }
 }

@@ -82,18 +82,30 @@ pub fn cross_namespace_target(backend: &ObjectRef, spec: &XBackendSpec) -> Optio
 /// True when one of `grants` (those of `to.namespace`) lets XBackends from
 /// `from_namespace` reference the object (`group`, `kind`, `to.name`).
 pub fn grants_permit<'a>(
-    mut grants: impl Iterator<Item = &'a ReferenceGrant>,
+    grants: impl Iterator<Item = &'a ReferenceGrant>,
     from_namespace: &str,
+    group: &str,
+    kind: &str,
+    to: &ObjectRef,
+) -> bool {
+    let from = (crate::api::GROUP, crate::api::KIND, from_namespace);
+    grants_allow(grants, from, group, kind, to)
+}
+
+/// True when one of `grants` (those of `to.namespace`) lets objects of
+/// `from` (group, kind, namespace) reference the object (`group`, `kind`,
+/// `to.name`): the ReferenceGrant rule, for any referring kind.
+pub fn grants_allow<'a>(
+    mut grants: impl Iterator<Item = &'a ReferenceGrant>,
+    (from_group, from_kind, from_namespace): (&str, &str, &str),
     group: &str,
     kind: &str,
     to: &ObjectRef,
 ) -> bool {
     let same_group = |a: &str, b: &str| a == b || (is_core_group(Some(a)) && is_core_group(Some(b)));
     grants.any(|grant| {
-        let from_ok = grant
-            .from
-            .iter()
-            .any(|f| f.group == crate::api::GROUP && f.kind == crate::api::KIND && f.namespace == from_namespace);
+        let from_ok =
+            grant.from.iter().any(|f| f.group == from_group && f.kind == from_kind && f.namespace == from_namespace);
         let to_ok = grant
             .to
             .iter()

@@ -491,7 +491,7 @@ fn name_problems(base: &str, name: &str, out: &mut Vec<Violation>) {
 }
 
 /// Why an externalHostname hostname is not allowed by the API, most specific first.
-fn external_hostname_problem(hostname: &str, policy: &Policy) -> Option<String> {
+pub fn external_hostname_problem(hostname: &str, policy: &Policy) -> Option<String> {
     if hostname.is_empty() {
         return Some("is empty; set the destination's DNS name".into());
     }

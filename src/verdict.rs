@@ -87,6 +87,21 @@ pub fn accepted(spec: Result<&XBackendSpec, &str>, policy: &Policy, context: Con
     conditions::accepted()
 }
 
+/// A name a data plane would connect to outside an XBackend (an
+/// ExternalName Service's), judged with every rule an XBackend hostname
+/// gets: the API's (no IP literal, not in the cluster domain, ...), the name
+/// guardrails, and its resolved addresses when `context` has an answer.
+pub fn hostname(hostname: &str, policy: &Policy, context: Context<'_>) -> Result<(), String> {
+    if let Some(problem) = crate::validate::external_hostname_problem(hostname, policy) {
+        return Err(format!("{hostname:?} {problem}."));
+    }
+    guardrails::check_egress(hostname, policy, context.namespaces)?;
+    if let Some(resolution) = context.resolution {
+        addresses::check_resolution(hostname, resolution, policy, context.namespaces)?;
+    }
+    Ok(())
+}
+
 /// The hostname the DNS check resolves for this spec: one that passes the API
 /// rules and the name guardrails (docs/design.md §5c), normalized.
 pub fn hostname_to_resolve(spec: &XBackendSpec, policy: &Policy, namespaces: &dyn Namespaces) -> Option<String> {

@@ -551,7 +551,6 @@ golden_runs! {
         verdicts: &[("default/openai-api", 1, OK, REFS_OK)],
         says: &[
             "note: bundle.yaml (document 5): Deployment (apps/v1) default/app ignored",
-            "note: bundle.yaml (document 6): Service (v1) default/app ignored",
             "note: bundle.yaml (document 7): Widget (example.com/v1) default/w ignored",
             "note: bundle.yaml (document 8): object without apiVersion/kind",
         ],

@@ -2,9 +2,9 @@
 //! engines: cluster-scoped objects whose subject is one Gateway's data-plane
 //! Pods, evaluated before any NetworkPolicy, so a namespace owner cannot
 //! widen them. Each Gateway gets accept objects at `--egress-admin-priority`
-//! P (DNS, the vetted addresses, the allowed Pods) and one last object at
-//! P + 1 that Passes in-cluster traffic to NetworkPolicies (with
-//! `--egress-policy-allow-cluster`) and then Denies `0.0.0.0/0` and `::/0`.
+//! P (DNS, what the data plane needs, the vetted addresses, the allowed
+//! Pods) and one last object at P + 1 that Passes in-cluster traffic to
+//! NetworkPolicies (`--egress-cluster all`) and then Denies `0.0.0.0/0` and `::/0`.
 //! Every Gateway's Accepts are at P and every Deny at P + 1: whatever the
 //! sharding, and even where two Gateways' data planes are the same Pods, no
 //! Deny is evaluated before any Accept.
@@ -15,10 +15,10 @@ use ipnet::IpNet;
 use serde_json::{Value, json};
 
 use super::{
-    Allowed, Destination, DnsPeers, NAMESPACE_NAME_LABEL, PolicyKind, Rules, address_list, annotated_backends,
-    fit_name, rules_annotation,
+    Allowed, ClusterMode, Destination, Dns, DnsPeers, NAMESPACE_NAME_LABEL, PolicyKind, Protocols, Rules, Source,
+    address_list, annotated, annotated_source, fit_name, rules_annotation,
 };
-use crate::model::ObjectRef;
+use crate::model::{ObjectRef, PortRef, Protocol};
 
 /// How one admin-tier API spells the same rules.
 pub struct Dialect {
@@ -31,12 +31,13 @@ pub struct Dialect {
     pub max_rules: usize,
     pub max_peers: usize,
     pub max_networks: usize,
-    /// A destination port as the API writes it.
-    pub port: fn(protocol: &str, port: u16) -> Value,
+    /// A destination port as the API writes it (a name: a named port of the
+    /// destination Pods, without protocol).
+    pub port: fn(protocol: Protocol, port: &PortRef) -> Value,
     /// The field that holds a rule's ports (`ports`, `protocols`).
     pub ports_field: &'static str,
     /// Reads one entry of `ports_field` back: (protocol, port).
-    pub read_port: fn(&Value) -> Option<(String, u16)>,
+    pub read_port: fn(&Value) -> Option<(Protocol, PortRef)>,
 }
 
 /// Most addresses one XBackend's rule can hold: peers per rule times
@@ -45,10 +46,10 @@ pub fn max_addresses(dialect: &Dialect) -> usize {
     dialect.max_peers * dialect.max_networks
 }
 
-/// XBackends per accept object, and the most one may hold when names crowd a shard.
-fn per_object(dialect: &Dialect) -> (usize, usize) {
-    // Shard 0 also carries the DNS rule.
-    let limit = dialect.max_rules - 1;
+/// Rules per accept object, and the most one may hold when names crowd a
+/// shard; `fixed` rules (DNS, the data plane's needs) share shard 0.
+fn per_object(dialect: &Dialect, fixed: usize) -> (usize, usize) {
+    let limit = dialect.max_rules.saturating_sub(fixed).max(2);
     // About two thirds full on average, a power of two (64 of 99, 16 of 24).
     let target = limit * 2 / 3;
     (1 << (usize::BITS - 1 - target.leading_zeros()), limit)
@@ -60,8 +61,16 @@ fn object_name(gateway: &ObjectRef, role: &str) -> String {
     fit_name(format!("xbackend-egress-{role}.{}.{}", gateway.namespace, gateway.name), "")
 }
 
-fn ports(dialect: &Dialect, protocols: &[&str], port: u16) -> Value {
-    Value::Array(protocols.iter().map(|p| (dialect.port)(p, port)).collect())
+fn ports(dialect: &Dialect, ports: &[(Protocol, PortRef)]) -> Value {
+    let mut out: Vec<Value> = Vec::new();
+    for (protocol, port) in ports {
+        let entry = (dialect.port)(*protocol, port);
+        // A named port has no protocol: one entry serves them all.
+        if !out.contains(&entry) {
+            out.push(entry);
+        }
+    }
+    Value::Array(out)
 }
 
 fn networks_peers(dialect: &Dialect, networks: impl IntoIterator<Item = IpNet>) -> Vec<Value> {
@@ -85,32 +94,41 @@ fn rule_name(name: String) -> String {
     name[..end].to_string()
 }
 
-fn dns_rule(dialect: &Dialect, dns: &DnsPeers) -> Value {
-    let to = match dns {
+fn dns_rule(dialect: &Dialect, dns: &Dns) -> Value {
+    let to = match &dns.peers {
         DnsPeers::Pods { namespace, labels } => vec![pods_peer(namespace, labels)],
         DnsPeers::Cidrs(cidrs) => networks_peers(dialect, cidrs.iter().copied()),
     };
-    json!({"name": "dns", "action": dialect.accept, "to": to, dialect.ports_field: ports(dialect, &["UDP", "TCP"], 53)})
+    let port = PortRef::Number(dns.port);
+    let dns_ports = ports(dialect, &[(Protocol::Udp, port.clone()), (Protocol::Tcp, port)]);
+    json!({"name": "dns", "action": dialect.accept, "to": to, dialect.ports_field: dns_ports})
 }
 
-fn backend_rule(dialect: &Dialect, a: &Allowed) -> Value {
+fn rule(dialect: &Dialect, rules: &Rules, a: &Allowed) -> Value {
     let to = match &a.destination {
         Destination::Addresses { addresses, .. } => {
             networks_peers(dialect, addresses.iter().map(|ip| IpNet::from(*ip)))
         }
-        Destination::Pods { labels } => vec![pods_peer(&a.backend.namespace, labels)],
+        Destination::Networks(networks) => networks_peers(dialect, networks.iter().copied()),
+        Destination::Pods { labels } => vec![pods_peer(a.namespace(), labels)],
+    };
+    let key = a.source.key();
+    let kind = match &a.source {
+        Source::XBackend(_) => "xbackend",
+        Source::Service { .. } => "service",
+        Source::Need(_) => "needs",
     };
     json!({
-        "name": rule_name(format!("xbackend-{}-{}", a.backend.namespace, a.backend.name)),
+        "name": rule_name(format!("{kind}-{}-{}", key.namespace, key.name)),
         "action": dialect.accept,
         "to": to,
-        dialect.ports_field: ports(dialect, a.protocols(), a.port),
+        dialect.ports_field: ports(dialect, &rules.ports(a)),
     })
 }
 
 /// The objects of one Gateway: accept shards at P, the final one at P + 1.
 pub fn render<'a>(dialect: &'a Dialect, priority: u32, rules: Rules<'a>) -> impl Iterator<Item = Value> + 'a {
-    let (per, limit) = per_object(dialect);
+    let (per, limit) = per_object(dialect, 1 + rules.needs.len());
     let shards = rules.shards(per, limit);
     let subject = json!({"pods": {
         "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: &rules.namespace}},
@@ -140,11 +158,15 @@ pub fn render<'a>(dialect: &'a Dialect, priority: u32, rules: Rules<'a>) -> impl
             let mut egress = Vec::new();
             let mut notes = Vec::new();
             if shard == 0 {
-                egress.push(dns_rule(dialect, &rules.config.dns));
+                egress.push(dns_rule(dialect, rules.dns));
                 notes.push("DNS".to_string());
+                for need in &rules.needs {
+                    egress.push(rule(dialect, &rules, need));
+                    notes.push(need.note());
+                }
             }
             for a in members {
-                egress.push(backend_rule(dialect, a));
+                egress.push(rule(dialect, &rules, a));
                 notes.push(a.note());
             }
             object(&rules, object_name(rules.gateway, &shard.to_string()), priority, egress, notes)
@@ -152,9 +174,9 @@ pub fn render<'a>(dialect: &'a Dialect, priority: u32, rules: Rules<'a>) -> impl
         .collect();
     let mut last = Vec::new();
     let mut notes = Vec::new();
-    if rules.config.allow_cluster {
+    if rules.cluster == ClusterMode::All {
         last.push(json!({"name": "cluster-to-networkpolicy", "action": "Pass", "to": [{"namespaces": {}}]}));
-        notes.push("every Pod of the cluster: NetworkPolicies decide (--egress-policy-allow-cluster)".to_string());
+        notes.push("every Pod of the cluster: NetworkPolicies decide (--egress-cluster all)".to_string());
     }
     last.push(json!({"name": "deny-everything-else", "action": "Deny", "to": [{"networks": ["0.0.0.0/0", "::/0"]}]}));
     notes.push("everything else: denied".to_string());
@@ -162,33 +184,35 @@ pub fn render<'a>(dialect: &'a Dialect, priority: u32, rules: Rules<'a>) -> impl
     accepts.into_iter().chain([deny])
 }
 
-/// The XBackend rules of an object `render` made, read back.
-pub fn read_rules(dialect: &Dialect, object: &Value) -> Vec<(ObjectRef, Allowed)> {
+/// The XBackend and Service rules of an object `render` made, read back.
+pub fn read_rules(dialect: &Dialect, object: &Value) -> Vec<Allowed> {
     let rules = object["spec"]["egress"].as_array().map(Vec::as_slice).unwrap_or_default();
-    let read = |(index, backend, hostname): (usize, ObjectRef, &str)| {
+    let read = |(index, kind, key, hostname, via): (usize, &str, ObjectRef, &str, Option<&str>)| {
         let rule = rules.get(index)?;
-        let ports: Vec<(String, u16)> =
+        let ports: Vec<(Protocol, PortRef)> =
             rule[dialect.ports_field].as_array()?.iter().filter_map(dialect.read_port).collect();
-        let port = ports.first()?.1;
-        let udp = ports.iter().any(|(protocol, _)| protocol == "UDP");
+        let port = ports.first()?.1.clone();
+        let protocols = (ports.iter()).filter(|(_, p)| *p == port).map(|(protocol, _)| *protocol);
+        let protocols = protocols.fold(Protocols::default(), Protocols::with);
         let to = rule["to"].as_array()?;
+        let networks = || {
+            to.iter()
+                .flat_map(|peer| peer["networks"].as_array().into_iter().flatten())
+                .filter_map(|cidr| cidr.as_str()?.parse::<IpNet>().ok())
+        };
         let destination = match to.first()?.get("pods") {
             Some(pods) => {
                 Destination::Pods { labels: serde_json::from_value(pods["podSelector"]["matchLabels"].clone()).ok()? }
             }
+            None if hostname.starts_with('(') => Destination::Networks(networks().collect()),
             None => Destination::Addresses {
                 hostname: hostname.into(),
-                addresses: address_list(
-                    to.iter()
-                        .flat_map(|peer| peer["networks"].as_array().into_iter().flatten())
-                        .filter_map(|cidr| cidr.as_str()?.parse::<IpNet>().ok())
-                        .map(|n| n.addr()),
-                ),
+                addresses: address_list(networks().map(|n| n.addr())),
             },
         };
-        Some((backend.clone(), Allowed { backend, destination, port, udp }))
+        Some(Allowed { source: annotated_source(kind, key, via), destination, port, protocols })
     };
-    annotated_backends(object).filter_map(read).collect()
+    annotated(object).filter_map(read).collect()
 }
 
 /// Why `other`, an admin-tier object that is not ours, makes `ours` moot:
@@ -290,7 +314,10 @@ mod tests {
             for rule in object["spec"]["egress"].as_array().unwrap() {
                 let ports = rule[dialect.ports_field].as_array();
                 let port_ok = ports.is_none_or(|ports| {
-                    ports.iter().filter_map(dialect.read_port).any(|(p, n)| p == packet.protocol && n == packet.port)
+                    ports
+                        .iter()
+                        .filter_map(dialect.read_port)
+                        .any(|(p, n)| p.name() == packet.protocol && n == PortRef::Number(packet.port))
                 });
                 let peer_ok = rule["to"].as_array().unwrap().iter().any(|peer| {
                     if let Some(networks) = peer["networks"].as_array() {
@@ -346,7 +373,8 @@ mod tests {
     fn each_rule_does_what_the_admin_tier_promises() {
         for (engine, dialect, accept) in dialects() {
             for allow_cluster in [true, false] {
-                let config = Config { allow_cluster, ..Config::default() };
+                let mode = if allow_cluster { super::super::ClusterMode::All } else { super::super::ClusterMode::None };
+                let config = Config { cluster: Some(mode), ..Config::default() };
                 let objects = out(&*engine, &config);
                 let verdict = |p: Packet| evaluate(dialect, &objects, &p);
                 let in_cluster = if allow_cluster { "Pass" } else { "Deny" };
@@ -444,11 +472,10 @@ mod tests {
     #[test]
     fn rules_read_back_as_they_were_built() {
         for (engine, _, _) in dialects() {
-            let mut udp = external("stun", &["192.0.2.16"]);
-            udp.udp = true;
-            let allowed = vec![external("api", &["192.0.2.10", "2001:db8::10"]), udp, pods("web", &[("app", "web")])];
+            let stun = super::super::testing::udp(external("stun", &["192.0.2.16"]));
+            let allowed = vec![external("api", &["192.0.2.10", "2001:db8::10"]), stun, pods("web", &[("app", "web")])];
             let objects = rendered(&*engine, &allowed, &Config::default());
-            let read: Vec<Allowed> = objects.iter().flat_map(|o| engine.read_rules(o)).map(|(_, a)| a).collect();
+            let read: Vec<Allowed> = objects.iter().flat_map(|o| engine.read_rules(o)).collect();
             assert_eq!(read, allowed, "{}", engine.name());
         }
     }

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::admin::{self, Dialect};
 use super::{Allowed, Engine, PolicyKind, Rules};
-use crate::model::ObjectRef;
+use crate::model::{PortRef, Protocol};
 
 pub static KIND: PolicyKind = PolicyKind {
     group: "policy.networking.k8s.io",
@@ -23,11 +23,18 @@ pub(super) static DIALECT: Dialect = Dialect {
     max_rules: 100,
     max_peers: 100,
     max_networks: 25,
-    port: |protocol, port| json!({"portNumber": {"protocol": protocol, "port": port}}),
+    port: |protocol, port| match port {
+        PortRef::Number(n) => json!({"portNumber": {"protocol": protocol.name(), "port": n}}),
+        PortRef::Name(name) => json!({"namedPort": &**name}),
+    },
     ports_field: "ports",
-    read_port: |entry| {
-        let number = &entry["portNumber"];
-        Some((number["protocol"].as_str().unwrap_or("TCP").to_string(), u16::try_from(number["port"].as_u64()?).ok()?))
+    read_port: |entry| match (entry.get("portNumber"), entry["namedPort"].as_str()) {
+        (Some(number), _) => Some((
+            Protocol::parse(number["protocol"].as_str())?,
+            PortRef::Number(u16::try_from(number["port"].as_u64()?).ok()?),
+        )),
+        (None, Some(name)) => Some((Protocol::Tcp, PortRef::Name(name.into()))),
+        _ => None,
     },
 };
 
@@ -49,7 +56,7 @@ impl Engine for AdminNetworkPolicy {
         Box::new(admin::render(&DIALECT, self.priority, rules))
     }
 
-    fn read_rules(&self, object: &Value) -> Vec<(ObjectRef, Allowed)> {
+    fn read_rules(&self, object: &Value) -> Vec<Allowed> {
         admin::read_rules(&DIALECT, object)
     }
 

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::admin::{self, Dialect};
 use super::{Allowed, Engine, PolicyKind, Rules};
-use crate::model::ObjectRef;
+use crate::model::{PortRef, Protocol};
 
 pub static KIND_V1BETA1: PolicyKind = PolicyKind {
     group: "policy.networking.k8s.io",
@@ -29,11 +29,18 @@ macro_rules! dialect {
             max_rules: 25,
             max_peers: 25,
             max_networks: 25,
-            port: |protocol, port| json!({protocol.to_ascii_lowercase(): {"destinationPort": {"number": port}}}),
+            port: |protocol, port| match port {
+                PortRef::Number(n) => json!({protocol.name().to_ascii_lowercase(): {"destinationPort": {"number": n}}}),
+                PortRef::Name(name) => json!({"destinationNamedPort": &**name}),
+            },
             ports_field: "protocols",
             read_port: |entry| {
+                if let Some(name) = entry["destinationNamedPort"].as_str() {
+                    return Some((Protocol::Tcp, PortRef::Name(name.into())));
+                }
                 let (protocol, port) = entry.as_object()?.iter().next()?;
-                Some((protocol.to_ascii_uppercase(), u16::try_from(port["destinationPort"]["number"].as_u64()?).ok()?))
+                let number = u16::try_from(port["destinationPort"]["number"].as_u64()?).ok()?;
+                Some((Protocol::parse(Some(&protocol.to_ascii_uppercase()))?, PortRef::Number(number)))
             },
         }
     };
@@ -69,7 +76,7 @@ impl Engine for ClusterNetworkPolicy {
         Box::new(admin::render(self.dialect, self.priority, rules))
     }
 
-    fn read_rules(&self, object: &Value) -> Vec<(ObjectRef, Allowed)> {
+    fn read_rules(&self, object: &Value) -> Vec<Allowed> {
         admin::read_rules(self.dialect, object)
     }
 

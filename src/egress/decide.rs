@@ -1,37 +1,59 @@
 //! The decision (docs/design.md §6b), the same for every engine: what each
-//! judged Gateway's data plane may reach, addresses through the hold-down,
-//! rules of XBackends not judged yet kept as they stand, and each Gateway
-//! built again only when what it was built from changed.
+//! judged Gateway's data plane may reach (its XBackends, what its routes
+//! name, what it needs itself, DNS), addresses through the hold-down, rules
+//! of XBackends not judged yet kept as they stand, and each Gateway built
+//! again only when what it was built from changed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::{Allowed, Config, Destination, Engine, Held, Hold, Policies, PolicyObject, Rules};
+use super::presets::{self, Needs};
+use super::{
+    Allowed, ClusterMode, Config, Destination, Dns, Engine, Held, Hold, Policies, PolicyObject, Rules, Source,
+};
 use crate::model::ObjectRef;
 
-/// What the policies of a cluster depend on: every judged Gateway (with
-/// its uid, for the owner reference, and its class), the Accepted XBackends
-/// behind each (addresses as last answered; empty when no answer), and the
-/// XBackends not judged yet, whose rules are kept as they stand.
+/// A judged Gateway as the decision needs it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GatewayInfo {
+    pub key: ObjectRef,
+    /// For the owner reference (empty from files).
+    pub uid: String,
+    pub class: String,
+    /// Its class's controllerName (empty when the class is not known): the preset.
+    pub controller: String,
+}
+
+/// What the policies of a cluster depend on: every judged Gateway, the
+/// Accepted XBackends behind each (addresses as last answered; empty when no
+/// answer), what each one's routes let it reach in the cluster (judged), the
+/// XBackends not judged yet, whose rules are kept as they stand, and where
+/// DNS answers when the DNS Service says (else the flags').
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Demand {
-    /// Each judged Gateway with its uid and class name.
-    pub gateways: Vec<(ObjectRef, String, String)>,
+    pub gateways: Vec<GatewayInfo>,
     pub behind: BTreeMap<ObjectRef, Vec<Allowed>>,
+    pub reach: BTreeMap<ObjectRef, Vec<Allowed>>,
     pub unknown: BTreeSet<ObjectRef>,
+    pub dns: Option<Dns>,
 }
 
 /// What one decision gives: the policies that should stand, how many held
 /// addresses the cap evicted, the Gateways whose data plane runs in a
 /// namespace the controller may not write to (`Config::namespaces`), with
-/// that namespace, and how many addresses each Gateway's policies allow.
+/// that namespace, how many addresses each Gateway's policies allow, and
+/// the Gateways to warn about: open to the whole cluster because their class
+/// has neither preset nor `--egress-needs` (`open`), or held to what their
+/// routes name with nothing allowed for their control plane (`cut_off`).
 #[derive(Debug, Default)]
 pub struct Decision {
     pub policies: Policies,
     pub evicted: usize,
     pub unwritable: Vec<(ObjectRef, String)>,
     pub addresses: BTreeMap<ObjectRef, usize>,
+    pub open: Vec<GatewayInfo>,
+    pub cut_off: Vec<(GatewayInfo, ClusterMode)>,
 }
 
 /// The policy writer's memory between decisions: the hold-down, and each
@@ -45,18 +67,27 @@ pub struct Decisions {
 
 #[derive(Debug)]
 struct Built {
-    /// A digest of what they were built from (`Demand`): uid, class, the
-    /// XBackends behind it (addresses as answered) and those kept. Keeping
-    /// the inputs themselves would cost another copy of every rule; two
-    /// different inputs with the same 64-bit digest (about one in 2^64) would
-    /// keep stale policies until the next full rebuild, at most `HOLD_TICK`.
+    /// A digest of what they were built from (`Given`). Keeping the inputs
+    /// themselves would cost another copy of every rule; two different inputs
+    /// with the same 64-bit digest (about one in 2^64) would keep stale
+    /// policies until the next full rebuild, at most `HOLD_TICK`.
     digest: u64,
     policies: Vec<(ObjectRef, Arc<PolicyObject>)>,
     /// Addresses (and resolver ranges) its policies allow.
     addresses: usize,
 }
 
-type Given = (String, String, Vec<Allowed>, Vec<Allowed>);
+/// Everything one Gateway's policies are built from.
+#[derive(Hash)]
+struct Given {
+    gateway: GatewayInfo,
+    mode: ClusterMode,
+    needs: Needs,
+    dns: Dns,
+    /// Its XBackends and route targets (addresses as answered), and the rules kept.
+    given: Vec<Allowed>,
+    kept: Vec<Allowed>,
+}
 
 fn digest(from: &Given) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -77,21 +108,37 @@ pub struct Round<'a> {
     pub rebuild: bool,
 }
 
+/// A Gateway's cluster mode and needs: `--egress-needs` for its class, else
+/// its controller's preset; `--egress-cluster`, else `routes` where one of
+/// those says what the data plane needs and `all` where nothing does.
+/// Returns whether something said what it needs.
+fn mode_and_needs(config: &Config, gateway: &GatewayInfo) -> (ClusterMode, Needs, bool) {
+    let preset = presets::preset(&gateway.controller);
+    let configured = config.needs.get(&gateway.class);
+    let known = preset.is_some() || configured.is_some();
+    let mut needs = preset.unwrap_or_default();
+    if let Some(rules) = configured {
+        needs.rules = rules.clone();
+    }
+    let mode = config.cluster.unwrap_or(if known { ClusterMode::Routes } else { ClusterMode::All });
+    (mode, needs, known)
+}
+
 impl Decisions {
     /// The policies that should stand, given those that do (`current`, ours
     /// by label). Addresses go through the hold-down; an XBackend in
     /// `demand.unknown` keeps the rule `current` has for it, so a restart or
     /// a failed reconcile never cuts a destination. A Gateway whose inputs
     /// are those of the last decision keeps its policies, unless `rebuild`.
-    pub fn decide(&mut self, demand: &Demand, current: &Policies, settings: &Round) -> Decision {
-        let engine = settings.engine;
+    pub fn decide(&mut self, demand: &Demand, current: &Policies, round: &Round) -> Decision {
+        let engine = round.engine;
         let held = &mut self.held;
         // The first time, what stands is held as if seen now: a restart extends
-        // a hold, never cuts one.
+        // a hold, never cuts one (an ExternalName's answers as an XBackend's).
         if !std::mem::replace(&mut held.seeded, true) {
-            for (_, allowed) in current.values().flat_map(|p| engine.read_rules(&p.to_value())) {
+            for allowed in current.values().flat_map(|p| engine.read_rules(&p.to_value())) {
                 if let Destination::Addresses { hostname, addresses } = allowed.destination {
-                    held.seed(&hostname, addresses.iter().copied(), settings.now);
+                    held.seed(&hostname, addresses.iter().copied(), round.now);
                 }
             }
         }
@@ -100,8 +147,8 @@ impl Decisions {
         if !demand.unknown.is_empty() {
             for policy in current.values() {
                 let Some(gateway) = policy.gateway() else { continue };
-                for (backend, allowed) in engine.read_rules(&policy.to_value()) {
-                    if demand.unknown.contains(&backend) {
+                for allowed in engine.read_rules(&policy.to_value()) {
+                    if matches!(&allowed.source, Source::XBackend(key) if demand.unknown.contains(key)) {
                         kept.entry(gateway.clone()).or_default().push(allowed);
                     }
                 }
@@ -111,42 +158,55 @@ impl Decisions {
         let mut live: BTreeSet<String> = BTreeSet::new();
         let mut decision = Decision::default();
         let mut built = BTreeMap::new();
-        for (gateway, uid, class) in &demand.gateways {
-            let given = demand.behind.get(gateway).cloned().unwrap_or_default();
-            let kept = kept.remove(gateway).unwrap_or_default();
+        for gateway in &demand.gateways {
+            let key = &gateway.key;
+            let (mode, needs, known) = mode_and_needs(round.config, gateway);
+            if !known {
+                match round.config.cluster {
+                    None => decision.open.push(gateway.clone()),
+                    Some(ClusterMode::All) => {}
+                    Some(mode) => decision.cut_off.push((gateway.clone(), mode)),
+                }
+            }
+            let mut given = demand.behind.get(key).cloned().unwrap_or_default();
+            if mode == ClusterMode::Routes {
+                given.extend(demand.reach.get(key).into_iter().flatten().cloned());
+            }
+            let kept = kept.remove(key).unwrap_or_default();
             for a in given.iter().chain(&kept) {
                 if let Destination::Addresses { hostname, .. } = &a.destination {
                     live.insert(hostname.to_string());
                 }
             }
-            let from = (uid.clone(), class.clone(), given, kept);
+            let dns = demand.dns.clone().unwrap_or_else(|| round.config.dns.clone());
+            let from = Given { gateway: gateway.clone(), mode, needs, dns, given, kept };
             let digest = digest(&from);
-            let done = match self.built.remove(gateway) {
-                Some(done) if !settings.rebuild && done.digest == digest => done,
+            let done = match self.built.remove(key) {
+                Some(done) if !round.rebuild && done.digest == digest => done,
                 before => {
                     let before = before.map(|b| b.policies).unwrap_or_default();
                     let known = Known { before: &before, current };
-                    let (policies, addresses, evicted) = build(gateway, &from, known, held, settings);
+                    let (policies, addresses, evicted) = build(&from, known, held, round);
                     decision.evicted += evicted;
                     Built { digest, policies, addresses }
                 }
             };
             let mut written = false;
-            for (key, policy) in &done.policies {
-                match &settings.config.namespaces {
-                    Some(writable) if engine.kind().namespaced && !writable.contains(&*key.namespace) => {
-                        decision.unwritable.push((gateway.clone(), key.namespace.to_string()));
+            for (object, policy) in &done.policies {
+                match &round.config.namespaces {
+                    Some(writable) if engine.kind().namespaced && !writable.contains(&*object.namespace) => {
+                        decision.unwritable.push((key.clone(), object.namespace.to_string()));
                     }
                     _ => {
                         written = true;
-                        decision.policies.insert(key.clone(), policy.clone());
+                        decision.policies.insert(object.clone(), policy.clone());
                     }
                 }
             }
             if written {
-                decision.addresses.insert(gateway.clone(), done.addresses);
+                decision.addresses.insert(key.clone(), done.addresses);
             }
-            built.insert(gateway.clone(), done);
+            built.insert(key.clone(), done);
         }
         decision.unwritable.dedup();
         self.built = built;
@@ -180,29 +240,28 @@ impl Known<'_> {
 /// rebuild that changes nothing, or a first decision after a restart, holds
 /// one copy, and the writer sees the pointer it confirmed.
 fn build(
-    gateway: &ObjectRef,
-    (uid, class, given, kept): &Given,
+    from: &Given,
     known: Known,
     held: &mut Held,
-    settings: &Round,
+    round: &Round,
 ) -> (Vec<(ObjectRef, Arc<PolicyObject>)>, usize, usize) {
-    let (now, hold) = (settings.now, settings.hold);
+    let (now, hold) = (round.now, round.hold);
     let mut evicted = 0;
-    let mut allowed = given.clone();
+    let mut allowed = from.given.clone();
     for a in &mut allowed {
         if let Destination::Addresses { hostname, addresses } = &mut a.destination {
             let now_held = if addresses.is_empty() {
                 held.held(hostname, now, hold)
             } else {
-                let (now_held, cap) = held.observe(hostname, addresses, now, hold, settings.denied);
+                let (now_held, cap) = held.observe(hostname, addresses, now, hold, round.denied);
                 evicted += cap;
                 now_held
             };
             *addresses = now_held.into_iter().collect();
         }
     }
-    allowed.extend(kept.iter().cloned());
-    let dns_ranges = match &settings.config.dns {
+    allowed.extend(from.kept.iter().cloned());
+    let dns_ranges = match &from.dns.peers {
         super::DnsPeers::Cidrs(cidrs) => cidrs.len(),
         super::DnsPeers::Pods { .. } => 0,
     };
@@ -210,12 +269,18 @@ fn build(
         + (allowed.iter())
             .map(|a| match &a.destination {
                 Destination::Addresses { addresses, .. } => addresses.len(),
+                Destination::Networks(networks) => networks.len(),
                 Destination::Pods { .. } => 0,
             })
             .sum::<usize>();
-    let rules = Rules::new(gateway, uid, class, &allowed, settings.config);
-    let policies = settings.engine.render(rules).map(|object| {
-        let policy = PolicyObject::from_value(settings.engine.kind(), &object);
+    let gateway = &from.gateway;
+    let mut rules = Rules::new(&gateway.key, &gateway.uid, &gateway.class, &allowed, round.config);
+    rules.cluster = from.mode;
+    rules.dns = &from.dns;
+    rules.needs = from.needs.rules.iter().collect();
+    rules.pod_ports = &from.needs.pod_ports;
+    let policies = round.engine.render(rules).map(|object| {
+        let policy = PolicyObject::from_value(round.engine.kind(), &object);
         let key = policy.key();
         let known = known.find(&key, &policy);
         (key, known.unwrap_or_else(|| Arc::new(policy)))
@@ -231,11 +296,16 @@ mod tests {
     use super::super::{NetworkPolicy, stands};
     use super::*;
 
+    fn info(key: ObjectRef, uid: &str, class: &str) -> GatewayInfo {
+        GatewayInfo { key, uid: uid.into(), class: class.into(), controller: String::new() }
+    }
+
     fn demand(behind: Vec<Allowed>, unknown: &[&str]) -> Demand {
         Demand {
-            gateways: vec![(gw(), "uid-gw".into(), "ours".into())],
+            gateways: vec![info(gw(), "uid-gw", "ours")],
             behind: BTreeMap::from([(gw(), behind)]),
             unknown: unknown.iter().map(|n| ObjectRef::new("app", *n)).collect(),
+            ..Demand::default()
         }
     }
 
@@ -283,12 +353,12 @@ mod tests {
     fn an_unchanged_gateway_keeps_its_policies_until_a_rebuild() {
         let other = ObjectRef::new("infra", "gw2");
         let two = |api: &str| Demand {
-            gateways: vec![(gw(), "uid-gw".into(), "ours".into()), (other.clone(), "uid-2".into(), "ours".into())],
+            gateways: vec![info(gw(), "uid-gw", "ours"), info(other.clone(), "uid-2", "ours")],
             behind: BTreeMap::from([
                 (gw(), vec![external("api", &[api])]),
                 (other.clone(), vec![external("b", &["192.0.2.99"])]),
             ]),
-            unknown: BTreeSet::new(),
+            ..Demand::default()
         };
         let config = Config::default();
         let hold = Hold::default();
@@ -320,7 +390,7 @@ mod tests {
     fn only_writable_namespaces_get_policies() {
         let elsewhere = ObjectRef::new("team-b", "gw");
         let demand = Demand {
-            gateways: vec![(gw(), "u1".into(), "ours".into()), (elsewhere.clone(), "u2".into(), "ours".into())],
+            gateways: vec![info(gw(), "u1", "ours"), info(elsewhere.clone(), "u2", "ours")],
             ..Demand::default()
         };
         let config = Config { namespaces: Some(BTreeSet::from(["infra".to_string()])), ..Config::default() };
@@ -350,11 +420,89 @@ mod tests {
         let envoy: super::super::DataPlane =
             "envoy-gateway-system:gateway.envoyproxy.io/owning-gateway-name={name}".parse().unwrap();
         let config = Config { data_planes: BTreeMap::from([("eg".to_string(), envoy)]), ..Config::default() };
-        let demand = Demand { gateways: vec![(gw(), "uid".into(), "eg".into())], ..Demand::default() };
+        let demand = Demand { gateways: vec![info(gw(), "uid", "eg")], ..Demand::default() };
         let decision = Decisions::default().decide(&demand, &BTreeMap::new(), &settings(0, &config));
         let policy = decision.policies.values().next().unwrap();
         assert!(policy.metadata.get("ownerReferences").is_none(), "no owner across namespaces");
         assert_eq!(policy.gateway(), Some(gw()));
         assert_eq!(policy.to_value()["metadata"]["namespace"], json!("envoy-gateway-system"));
+    }
+
+    /// `--egress-cluster` unset: a class with a preset (Istio) or with
+    /// `--egress-needs` gets `routes` (what its routes name, its needs); any
+    /// other gets `all`, and the decision names it for a warning. Set to
+    /// `routes` for a class nothing describes, the decision names it too.
+    #[test]
+    fn routes_where_the_data_plane_is_known_all_elsewhere_and_both_told() {
+        let mut istio = info(ObjectRef::new("infra", "mesh"), "u1", "istio");
+        istio.controller = super::super::presets::ISTIO.into();
+        let (plain, told) = (
+            info(ObjectRef::new("infra", "plain"), "u2", "plain"),
+            info(ObjectRef::new("infra", "told"), "u3", "told"),
+        );
+        let web = service("web", &[("app", "web")], crate::model::PortRef::Number(8080));
+        let reach = BTreeMap::from([
+            (istio.key.clone(), vec![web.clone()]),
+            (plain.key.clone(), vec![web.clone()]),
+            (told.key.clone(), vec![web]),
+        ]);
+        let demand = Demand { gateways: vec![istio.clone(), plain.clone(), told.clone()], reach, ..Demand::default() };
+        let (_, extra) = super::super::presets::parse("told=10.0.0.0/24:4317").unwrap();
+        let config =
+            Config { cluster: None, needs: BTreeMap::from([("told".to_string(), extra)]), ..Config::default() };
+        let decision = Decisions::default().decide(&demand, &BTreeMap::new(), &settings(0, &config));
+        let egress = |name: &str| {
+            decision.policies[&ObjectRef::new("infra", format!("xbackend-egress-{name}"))].spec()["egress"].clone()
+        };
+        let mesh = egress("mesh");
+        assert_eq!(mesh.as_array().unwrap().len(), 3, "DNS, istiod, the Service: {mesh:#}");
+        assert_eq!(mesh[1]["ports"], json!([{"protocol": "TCP", "port": 15012}, {"protocol": "TCP", "port": 15008}]));
+        assert_eq!(
+            mesh[2]["ports"],
+            json!([{"protocol": "TCP", "port": 8080}, {"protocol": "TCP", "port": 15008}]),
+            "sidecar and ambient"
+        );
+        let open = egress("plain");
+        assert_eq!(open[1], json!({"to": [{"namespaceSelector": {}}]}), "all: the cluster rule");
+        assert_eq!(open.as_array().unwrap().len(), 2, "and no route rule (all covers them)");
+        let told_rules = egress("told");
+        assert_eq!(told_rules[1]["to"][0]["ipBlock"]["cidr"], "10.0.0.0/24", "its own needs");
+        assert_eq!(told_rules.as_array().unwrap().len(), 3);
+        assert_eq!(decision.open, std::slice::from_ref(&plain), "the open one is named");
+        assert!(decision.cut_off.is_empty());
+        // Asked for routes everywhere: the class nothing describes is named as cut off.
+        let config = Config { cluster: Some(ClusterMode::Routes), ..config };
+        let decision = Decisions::default().decide(&demand, &BTreeMap::new(), &settings(0, &config));
+        assert!(decision.open.is_empty());
+        assert_eq!(decision.cut_off, [(plain, ClusterMode::Routes)]);
+    }
+
+    /// An ExternalName Service's answers go through the hold-down like an
+    /// XBackend's: a rotated-out address stays, and after a restart the
+    /// standing rule is kept until an answer comes.
+    #[test]
+    fn external_names_are_held_like_xbackend_hostnames() {
+        let named = |addresses: &[&str]| Allowed {
+            source: Source::Service { service: ObjectRef::new("app", "ext"), via: "HTTPRoute app/r".into() },
+            destination: Destination::Addresses {
+                hostname: "api.example.org".into(),
+                addresses: super::super::address_list(addresses.iter().map(|a| ip(a))),
+            },
+            port: crate::model::PortRef::Number(443),
+            protocols: super::super::Protocols::TCP,
+        };
+        let config = Config { cluster: Some(ClusterMode::Routes), ..Config::default() };
+        let with = |a: Allowed| Demand {
+            gateways: vec![info(gw(), "u", "ours")],
+            reach: BTreeMap::from([(gw(), vec![a])]),
+            ..Demand::default()
+        };
+        let mut decisions = Decisions::default();
+        let first = decisions.decide(&with(named(&["192.0.2.7"])), &BTreeMap::new(), &settings(0, &config)).policies;
+        let second = decisions.decide(&with(named(&["192.0.2.8"])), &first, &settings(10, &config)).policies;
+        let addresses = |p: &Policies| p.values().next().unwrap().spec()["egress"][1]["to"].as_array().unwrap().len();
+        assert_eq!(addresses(&second), 2, "held");
+        let restarted = Decisions::default().decide(&with(named(&[])), &second, &settings(20, &config)).policies;
+        assert!(restarted.iter().all(|(k, p)| Arc::ptr_eq(p, &second[k])), "no answer yet: what stands stands");
     }
 }

@@ -10,6 +10,7 @@ mod clusternetworkpolicy;
 mod decide;
 mod hold;
 mod networkpolicy;
+pub mod presets;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -18,11 +19,11 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::api::XBackendSpec;
-use crate::model::{Ancestor, ObjectRef, Referrer, RouteKind};
+use crate::model::{Ancestor, ObjectRef, PortRef, Protocol, Referrer, RouteKind};
 
 pub use adminnetworkpolicy::AdminNetworkPolicy;
 pub use clusternetworkpolicy::ClusterNetworkPolicy;
-pub use decide::{Decision, Decisions, Demand, Round};
+pub use decide::{Decision, Decisions, Demand, GatewayInfo, Round};
 pub use hold::{Held, Hold};
 pub use networkpolicy::NetworkPolicy;
 
@@ -89,9 +90,10 @@ pub trait Engine: Send + Sync {
     /// One Gateway's objects, one at a time (a Gateway with thousands of
     /// rules is never held as JSON trees all at once). Same rules, same bytes.
     fn render<'a>(&'a self, rules: Rules<'a>) -> Box<dyn Iterator<Item = Value> + 'a>;
-    /// The XBackend rules of an object this engine rendered; rules it cannot
-    /// read (edited by hand) are left out, and the next write puts them back.
-    fn read_rules(&self, object: &Value) -> Vec<(ObjectRef, Allowed)>;
+    /// The XBackend and Service rules of an object this engine rendered;
+    /// rules it cannot read (edited by hand) are left out, and the next
+    /// write puts them back.
+    fn read_rules(&self, object: &Value) -> Vec<Allowed>;
     /// Most addresses one hostname may hold in one rule (the API's limits).
     fn max_addresses_per_host(&self) -> usize {
         usize::MAX
@@ -119,15 +121,66 @@ impl Default for DnsPeers {
     }
 }
 
+/// Where DNS answers: the peers and the port (53 unless the DNS Service's
+/// EndpointSlices say otherwise).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Dns {
+    pub peers: DnsPeers,
+    pub port: u16,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns { peers: DnsPeers::default(), port: 53 }
+    }
+}
+
+/// What a data plane may reach in the cluster (`--egress-cluster`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ClusterMode {
+    /// Exactly what its routes name (and its own needs).
+    Routes,
+    /// Every Pod of every namespace.
+    All,
+    /// Nothing beyond DNS, XBackends and its own needs.
+    None,
+}
+
+impl ClusterMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClusterMode::Routes => "routes",
+            ClusterMode::All => "all",
+            ClusterMode::None => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for ClusterMode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<ClusterMode, String> {
+        match text {
+            "routes" => Ok(ClusterMode::Routes),
+            "all" => Ok(ClusterMode::All),
+            "none" => Ok(ClusterMode::None),
+            _ => Err(format!("{text:?} is not routes, all or none")),
+        }
+    }
+}
+
 /// How policies are shaped, from the `--egress-*` flags.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Allow every Pod in every namespace (routes to Services keep working).
-    pub allow_cluster: bool,
-    pub dns: DnsPeers,
+    /// `--egress-cluster`; None: `routes` for a Gateway whose class has a
+    /// preset or `--egress-needs`, `all` for the others (with a warning).
+    pub cluster: Option<ClusterMode>,
+    pub dns: Dns,
     /// Where the data planes of a GatewayClass run, when not beside their
     /// Gateway with GEP-1762's label (`--egress-data-plane`).
     pub data_planes: BTreeMap<String, DataPlane>,
+    /// What a GatewayClass's data planes need themselves (`--egress-needs`),
+    /// instead of its controller's preset.
+    pub needs: BTreeMap<String, Vec<Allowed>>,
     /// The namespaces policies may be written to (`--egress-namespace`);
     /// None: every namespace.
     pub namespaces: Option<BTreeSet<String>>,
@@ -135,7 +188,13 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { allow_cluster: true, dns: DnsPeers::default(), data_planes: BTreeMap::new(), namespaces: None }
+        Config {
+            cluster: Some(ClusterMode::All),
+            dns: Dns::default(),
+            data_planes: BTreeMap::new(),
+            needs: BTreeMap::new(),
+            namespaces: None,
+        }
     }
 }
 
@@ -181,34 +240,90 @@ impl DataPlane {
     }
 }
 
-/// One Accepted XBackend behind a Gateway, as the policy needs it. Cheap to
-/// copy (shared name and addresses): the state, each decision's inputs and
-/// the writer all hold one per XBackend and Gateway.
+/// The transport protocols a rule's port is allowed for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Protocols(u8);
+
+impl Protocols {
+    pub const TCP: Protocols = Protocols(1);
+    pub const TCP_UDP: Protocols = Protocols(3);
+
+    pub fn of(protocol: Protocol) -> Protocols {
+        Protocols(match protocol {
+            Protocol::Tcp => 1,
+            Protocol::Udp => 2,
+            Protocol::Sctp => 4,
+        })
+    }
+
+    /// In the API's order: TCP, UDP, SCTP.
+    pub fn iter(self) -> impl Iterator<Item = Protocol> {
+        [Protocol::Tcp, Protocol::Udp, Protocol::Sctp].into_iter().filter(move |p| self.0 & Protocols::of(*p).0 != 0)
+    }
+
+    pub fn with(self, protocol: Protocol) -> Protocols {
+        Protocols(self.0 | Protocols::of(protocol).0)
+    }
+}
+
+/// What a rule serves: its source also decides its shard and its namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    /// An Accepted XBackend behind the Gateway.
+    XBackend(ObjectRef),
+    /// A Service that a route of the Gateway names (`--egress-cluster
+    /// routes`); `via` names the route, for the annotation.
+    Service { service: ObjectRef, via: Arc<str> },
+    /// What the data plane itself needs, by namespace and name.
+    Need(ObjectRef),
+}
+
+impl Source {
+    /// Its namespace (a Pods destination's) and name.
+    pub fn key(&self) -> &ObjectRef {
+        match self {
+            Source::XBackend(key) | Source::Need(key) => key,
+            Source::Service { service, .. } => service,
+        }
+    }
+}
+
+/// One destination a Gateway's data plane may reach, as the policy needs
+/// it. Cheap to copy (shared names and addresses): the state, each
+/// decision's inputs and the writer all hold one per XBackend and Gateway.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Allowed {
-    pub backend: ObjectRef,
+    pub source: Source,
     pub destination: Destination,
-    pub port: u16,
-    /// Used from a UDPRoute through this Gateway: UDP besides TCP.
-    pub udp: bool,
+    pub port: PortRef,
+    /// TCP, and UDP besides when a UDPRoute uses an XBackend through this Gateway.
+    pub protocols: Protocols,
 }
 
 impl Allowed {
+    /// An XBackend's rule: its port, TCP (and UDP).
+    pub fn xbackend(key: ObjectRef, destination: Destination, port: u16, udp: bool) -> Allowed {
+        let protocols = if udp { Protocols::TCP_UDP } else { Protocols::TCP };
+        Allowed { source: Source::XBackend(key), destination, port: PortRef::Number(port), protocols }
+    }
+
     /// A rule with no peer would allow every destination: an XBackend with
     /// no vetted address yet (or an empty selector) gets no rule at all.
     pub fn has_peers(&self) -> bool {
         match &self.destination {
             Destination::Addresses { addresses, .. } => !addresses.is_empty(),
             Destination::Pods { labels } => !labels.is_empty(),
+            Destination::Networks(networks) => !networks.is_empty(),
         }
     }
 
-    /// The protocols its port is allowed for.
-    pub fn protocols(&self) -> &'static [&'static str] {
-        if self.udp { &["TCP", "UDP"] } else { &["TCP"] }
+    /// The namespace of a Pods destination.
+    pub fn namespace(&self) -> &str {
+        &self.source.key().namespace
     }
 
-    /// What the rules annotation says of it (read back by `read_note`).
+    /// What the rules annotation says of it: "KIND ns/name WHAT, port P",
+    /// read back by `annotated`.
     pub fn note(&self) -> String {
         let what = match &self.destination {
             Destination::Addresses { hostname, addresses } => {
@@ -216,18 +331,30 @@ impl Allowed {
                 format!("{hostname} ({} address{plural})", addresses.len())
             }
             Destination::Pods { .. } => "its Pods".to_string(),
+            Destination::Networks(networks) => {
+                let plural = if networks.len() == 1 { "" } else { "s" };
+                format!("({} network{plural})", networks.len())
+            }
         };
-        format!("XBackend {} {what}, port {}", self.backend, self.port)
+        let port = &self.port;
+        match &self.source {
+            Source::XBackend(key) => format!("XBackend {key} {what}, port {port}"),
+            Source::Service { service, via } => format!("Service {service} {what}, port {port}, for {via}"),
+            Source::Need(key) => format!("data plane needs {key} {what}, port {port}"),
+        }
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Destination {
-    /// ExternalHostname: the vetted addresses, sorted and distinct (hold-down
-    /// applied by the caller; see `address_list`).
+    /// An ExternalHostname (or an ExternalName Service): the vetted
+    /// addresses, sorted and distinct (hold-down applied by the caller; see
+    /// `address_list`).
     Addresses { hostname: Arc<str>, addresses: Arc<[IpAddr]> },
-    /// EndpointSelector: Pods of the XBackend's namespace with these labels.
+    /// Pods of the source's namespace with these labels.
     Pods { labels: BTreeMap<String, String> },
+    /// Networks (a selectorless Service's vetted addresses, a need's ranges).
+    Networks(Arc<[ipnet::IpNet]>),
 }
 
 /// Addresses as `Destination::Addresses` keeps them: sorted, each once.
@@ -261,8 +388,7 @@ pub fn uses<'a>(
         .filter(|(_, accepted)| *accepted)
         .map(|(ancestor, _)| {
             let udp = ancestor.referrers.contains(Referrer::Route(RouteKind::Udp));
-            let allowed = Allowed { backend: key.clone(), destination: destination.clone(), port, udp };
-            (ancestor.gateway.clone(), allowed)
+            (ancestor.gateway.clone(), Allowed::xbackend(key.clone(), destination.clone(), port, udp))
         })
         .collect();
     // The state keeps this per XBackend: no spare capacity (a filtered
@@ -279,34 +405,67 @@ pub struct Rules<'a> {
     /// Its data-plane Pods: their namespace and labels.
     pub namespace: String,
     pub selector: BTreeMap<String, String>,
-    pub config: &'a Config,
-    /// The XBackends it may reach, each with at least one peer.
+    pub dns: &'a Dns,
+    pub cluster: ClusterMode,
+    /// What the data plane itself needs (shard 0, after DNS).
+    pub needs: Vec<&'a Allowed>,
+    /// Ports every Pods destination gets besides its own (Istio ambient's
+    /// HBONE port).
+    pub pod_ports: &'a [(Protocol, u16)],
+    /// The XBackends and Services it may reach, each with at least one peer.
     pub allowed: Vec<&'a Allowed>,
 }
 
 impl<'a> Rules<'a> {
-    /// The rules of `gateway` (of class `class`) allowing `allowed`.
+    /// The rules of `gateway` (of class `class`) allowing `allowed`, its
+    /// cluster rule as `config` says, and no needs.
     pub fn new(gateway: &'a ObjectRef, uid: &'a str, class: &str, allowed: &'a [Allowed], config: &'a Config) -> Self {
         let (namespace, selector) = config.data_planes.get(class).cloned().unwrap_or_default().select(gateway);
         let allowed = allowed.iter().filter(|a| a.has_peers()).collect();
-        Rules { gateway, uid, namespace, selector, config, allowed }
+        let cluster = config.cluster.unwrap_or(ClusterMode::All);
+        Rules {
+            gateway,
+            uid,
+            namespace,
+            selector,
+            dns: &config.dns,
+            cluster,
+            needs: Vec::new(),
+            pod_ports: &[],
+            allowed,
+        }
     }
 
-    /// The XBackend rules spread over shards of at most `per_object` (and
-    /// never more than `limit` in one), by a stable hash of the XBackend's
-    /// name, so one XBackend's change rewrites one object. The count is a
-    /// power of two, so every XBackend's shard changes only when the number
-    /// of XBackends doubles or halves; each shard is sorted by name.
+    /// The ports of a rule: its own for each protocol, and for Pods the
+    /// data plane's extra ones.
+    pub fn ports(&self, a: &Allowed) -> Vec<(Protocol, PortRef)> {
+        let mut ports: Vec<(Protocol, PortRef)> = a.protocols.iter().map(|p| (p, a.port.clone())).collect();
+        if matches!(a.destination, Destination::Pods { .. }) {
+            for (protocol, port) in self.pod_ports {
+                let extra = (*protocol, PortRef::Number(*port));
+                if !ports.contains(&extra) {
+                    ports.push(extra);
+                }
+            }
+        }
+        ports
+    }
+
+    /// The rules spread over shards of at most `per_object` (and never more
+    /// than `limit` in one), by a stable hash of their source's name, so one
+    /// XBackend's or Service's change rewrites one object. The count is a
+    /// power of two, so every source's shard changes only when their number
+    /// doubles or halves; each shard is sorted by source.
     pub fn shards(&self, per_object: usize, limit: usize) -> Vec<Vec<&'a Allowed>> {
         let mut count = self.allowed.len().div_ceil(per_object).max(1).next_power_of_two();
         loop {
             let mut by_shard: Vec<Vec<&Allowed>> = vec![Vec::new(); count];
             for a in &self.allowed {
-                by_shard[shard_of(&a.backend, count)].push(a);
+                by_shard[shard_of(a.source.key(), count)].push(a);
             }
             // Names chosen to land in one shard cannot make an object the API refuses.
             if by_shard.iter().all(|members| members.len() <= limit) || count >= self.allowed.len() {
-                by_shard.iter_mut().for_each(|members| members.sort_by(|a, b| a.backend.cmp(&b.backend)));
+                by_shard.iter_mut().for_each(|members| members.sort_by(|a, b| a.source.cmp(&b.source)));
                 return by_shard;
             }
             count *= 2;
@@ -358,17 +517,29 @@ pub fn rules_annotation(notes: &[String]) -> String {
     lines.join("\n")
 }
 
-/// The annotation's lines that name an XBackend, with the rule index: what
-/// an engine reads rules back from.
-pub fn annotated_backends(object: &Value) -> impl Iterator<Item = (usize, ObjectRef, &str)> {
+/// The annotation's lines that name an XBackend or a Service, with the
+/// rule index, the source and the second word (an address rule's hostname):
+/// what an engine reads rules back from.
+pub fn annotated(object: &Value) -> impl Iterator<Item = (usize, &'static str, ObjectRef, &str, Option<&str>)> {
     let notes = object["metadata"]["annotations"][RULES_ANNOTATION].as_str().unwrap_or_default();
     notes.lines().filter_map(|line| {
-        let (index, rest) = line.strip_prefix("egress[")?.split_once("]: XBackend ")?;
+        let (index, rest) = line.strip_prefix("egress[")?.split_once("]: ")?;
+        let (kind, rest) =
+            ["XBackend", "Service"].into_iter().find_map(|k| Some((k, rest.strip_prefix(k)?.strip_prefix(' ')?)))?;
         let mut words = rest.split_whitespace();
         let (namespace, name) = words.next()?.split_once('/')?;
         let hostname = words.next()?;
-        Some((index.parse().ok()?, ObjectRef::new(namespace, name), hostname))
+        let via = rest.split_once(", for ").map(|(_, via)| via);
+        Some((index.parse().ok()?, kind, ObjectRef::new(namespace, name), hostname, via))
     })
+}
+
+/// The source an annotation line names.
+pub fn annotated_source(kind: &str, key: ObjectRef, via: Option<&str>) -> Source {
+    match kind {
+        "Service" => Source::Service { service: key, via: via.unwrap_or_default().into() },
+        _ => Source::XBackend(key),
+    }
 }
 
 /// A policy object as the writer keeps it: its kind, its metadata as JSON
@@ -465,25 +636,33 @@ pub(crate) mod testing {
     }
 
     pub fn external(name: &str, addresses: &[&str]) -> Allowed {
-        Allowed {
-            backend: ObjectRef::new("app", name),
-            destination: Destination::Addresses {
-                hostname: format!("{name}.example.com").into(),
-                addresses: address_list(addresses.iter().map(|a| ip(a))),
-            },
-            port: 443,
-            udp: false,
-        }
+        let destination = Destination::Addresses {
+            hostname: format!("{name}.example.com").into(),
+            addresses: address_list(addresses.iter().map(|a| ip(a))),
+        };
+        Allowed::xbackend(ObjectRef::new("app", name), destination, 443, false)
     }
 
     pub fn pods(name: &str, labels: &[(&str, &str)]) -> Allowed {
-        Allowed {
-            destination: Destination::Pods {
-                labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            },
-            port: 8080,
-            ..external(name, &[])
-        }
+        let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Allowed::xbackend(ObjectRef::new("app", name), Destination::Pods { labels }, 8080, false)
+    }
+
+    /// A Service a route names: its Pods on a target port.
+    pub fn service(name: &str, labels: &[(&str, &str)], port: PortRef) -> Allowed {
+        let labels = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let source = Source::Service { service: ObjectRef::new("web", name), via: "HTTPRoute app/r".into() };
+        Allowed { source, destination: Destination::Pods { labels }, port, protocols: Protocols::TCP }
+    }
+
+    pub fn udp(mut allowed: Allowed) -> Allowed {
+        allowed.protocols = Protocols::TCP_UDP;
+        allowed
+    }
+
+    pub fn on_port(mut allowed: Allowed, port: u16) -> Allowed {
+        allowed.port = PortRef::Number(port);
+        allowed
     }
 
     pub fn gw() -> ObjectRef {
@@ -506,7 +685,8 @@ mod tests {
     #[test]
     fn a_crowded_shard_splits_until_every_object_fits() {
         let allowed: Vec<Allowed> = (0..200).map(|i| external(&format!("b{i}"), &["192.0.2.1"])).collect();
-        let crowd: Vec<Allowed> = allowed.iter().filter(|a| shard_of(&a.backend, 4) == 0).take(30).cloned().collect();
+        let crowd: Vec<Allowed> =
+            allowed.iter().filter(|a| shard_of(a.source.key(), 4) == 0).take(30).cloned().collect();
         let (gateway, config) = (gw(), Config::default());
         let rules = Rules::new(&gateway, "", "ours", &crowd, &config);
         let shards = rules.shards(16, 20);

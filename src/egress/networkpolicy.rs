@@ -7,9 +7,10 @@ use ipnet::IpNet;
 use serde_json::{Value, json};
 
 use super::{
-    Allowed, Destination, DnsPeers, Engine, PolicyKind, Rules, address_list, annotated_backends, rules_annotation,
+    Allowed, ClusterMode, Destination, Dns, DnsPeers, Engine, PolicyKind, Protocols, Rules, address_list, annotated,
+    annotated_source, rules_annotation,
 };
-use crate::model::ObjectRef;
+use crate::model::{ObjectRef, PortRef, Protocol};
 
 /// XBackends per object: 64 hosts of at most 64 addresses each stay far under 512 KiB.
 pub const BACKENDS_PER_OBJECT: usize = 64;
@@ -33,9 +34,9 @@ impl Engine for NetworkPolicy {
         &KIND
     }
 
-    /// Shard 0 carries DNS and the cluster rule; a Gateway with no Accepted
-    /// XBackend still gets it: its data plane may reach DNS (and the
-    /// cluster) and nothing outside.
+    /// Shard 0 carries DNS, the cluster rule and what the data plane needs;
+    /// a Gateway with no Accepted XBackend still gets it: its data plane may
+    /// reach DNS (and the cluster) and nothing outside.
     fn render<'a>(&'a self, rules: Rules<'a>) -> Box<dyn Iterator<Item = Value> + 'a> {
         // In a namespace shared by many Gateways' data planes, the name says whose.
         let gateway = rules.gateway;
@@ -49,15 +50,19 @@ impl Engine for NetworkPolicy {
             let mut egress = Vec::new();
             let mut notes = Vec::new();
             if shard == 0 {
-                egress.push(dns_rule(&rules.config.dns));
+                egress.push(dns_rule(rules.dns));
                 notes.push("DNS".to_string());
-                if rules.config.allow_cluster {
+                if rules.cluster == ClusterMode::All {
                     egress.push(json!({"to": [{"namespaceSelector": {}}]}));
-                    notes.push("every Pod of the cluster (--egress-policy-allow-cluster)".to_string());
+                    notes.push("every Pod of the cluster (--egress-cluster all)".to_string());
+                }
+                for need in &rules.needs {
+                    egress.push(rule(&rules, need));
+                    notes.push(need.note());
                 }
             }
             for a in members {
-                egress.push(backend_rule(a));
+                egress.push(rule(&rules, a));
                 notes.push(a.note());
             }
             let mut object = json!({
@@ -89,30 +94,31 @@ impl Engine for NetworkPolicy {
         }))
     }
 
-    fn read_rules(&self, object: &Value) -> Vec<(ObjectRef, Allowed)> {
+    fn read_rules(&self, object: &Value) -> Vec<Allowed> {
         let rules = object["spec"]["egress"].as_array().map(Vec::as_slice).unwrap_or_default();
-        let read = |(index, backend, hostname): (usize, ObjectRef, &str)| {
+        let read = |(index, kind, key, hostname, via): (usize, &str, ObjectRef, &str, Option<&str>)| {
             let rule = rules.get(index)?;
             let ports = rule["ports"].as_array()?;
-            let port = u16::try_from(ports.first()?["port"].as_u64()?).ok()?;
-            let udp = ports.iter().any(|p| p["protocol"] == "UDP");
+            let port = port_ref(&ports.first()?["port"])?;
+            let protocols = (ports.iter())
+                .filter(|p| port_ref(&p["port"]).as_ref() == Some(&port))
+                .filter_map(|p| Protocol::parse(p["protocol"].as_str()))
+                .fold(Protocols::default(), Protocols::with);
             let to = rule["to"].as_array()?;
+            let cidrs = || to.iter().filter_map(|peer| peer["ipBlock"]["cidr"].as_str()?.parse::<IpNet>().ok());
             let destination = match to.first()?.get("podSelector") {
                 Some(selector) => {
                     Destination::Pods { labels: serde_json::from_value(selector["matchLabels"].clone()).ok()? }
                 }
+                None if hostname.starts_with('(') => Destination::Networks(cidrs().collect()),
                 None => Destination::Addresses {
                     hostname: hostname.into(),
-                    addresses: address_list(
-                        to.iter()
-                            .filter_map(|peer| peer["ipBlock"]["cidr"].as_str()?.parse::<IpNet>().ok())
-                            .map(|n| n.addr()),
-                    ),
+                    addresses: address_list(cidrs().map(|n| n.addr())),
                 },
             };
-            Some((backend.clone(), Allowed { backend, destination, port, udp }))
+            Some(Allowed { source: annotated_source(kind, key, via), destination, port, protocols })
         };
-        annotated_backends(object).filter_map(read).collect()
+        annotated(object).filter_map(read).collect()
     }
 
     /// NetworkPolicies add up: one that selects the same data-plane Pods
@@ -174,9 +180,9 @@ fn object_name(gateway: &str, shard: usize) -> String {
     format!("xbackend-egress-{}-{hash:x}{suffix}", &gateway[..200])
 }
 
-fn dns_rule(dns: &DnsPeers) -> Value {
-    let ports = json!([{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]);
-    let to: Vec<Value> = match dns {
+fn dns_rule(dns: &Dns) -> Value {
+    let ports = json!([{"protocol": "UDP", "port": dns.port}, {"protocol": "TCP", "port": dns.port}]);
+    let to: Vec<Value> = match &dns.peers {
         DnsPeers::Pods { namespace, labels } => vec![json!({
             "namespaceSelector": {"matchLabels": {super::NAMESPACE_NAME_LABEL: namespace}},
             "podSelector": {"matchLabels": labels},
@@ -186,18 +192,35 @@ fn dns_rule(dns: &DnsPeers) -> Value {
     json!({"to": to, "ports": ports})
 }
 
-fn backend_rule(a: &Allowed) -> Value {
-    let ports: Vec<Value> = a.protocols().iter().map(|p| json!({"protocol": p, "port": a.port})).collect();
+fn rule(rules: &Rules, a: &Allowed) -> Value {
+    let port = |port: &PortRef| match port {
+        PortRef::Number(n) => json!(n),
+        PortRef::Name(name) => json!(&**name),
+    };
+    let ports: Vec<Value> =
+        rules.ports(a).iter().map(|(p, n)| json!({"protocol": p.name(), "port": port(n)})).collect();
     let to: Vec<Value> = match &a.destination {
         Destination::Addresses { addresses, .. } => {
             addresses.iter().map(|ip| json!({"ipBlock": {"cidr": IpNet::from(*ip).to_string()}})).collect()
         }
+        Destination::Networks(networks) => {
+            networks.iter().map(|net| json!({"ipBlock": {"cidr": net.to_string()}})).collect()
+        }
         Destination::Pods { labels } => vec![json!({
-            "namespaceSelector": {"matchLabels": {super::NAMESPACE_NAME_LABEL: &*a.backend.namespace}},
+            "namespaceSelector": {"matchLabels": {super::NAMESPACE_NAME_LABEL: a.namespace()}},
             "podSelector": {"matchLabels": labels},
         })],
     };
     json!({"to": to, "ports": ports})
+}
+
+/// A port as the API writes it: a number or a name.
+fn port_ref(port: &Value) -> Option<PortRef> {
+    match port {
+        Value::Number(n) => Some(PortRef::Number(u16::try_from(n.as_u64()?).ok()?)),
+        Value::String(name) => Some(PortRef::Name(name.as_str().into())),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -218,9 +241,7 @@ mod tests {
     #[test]
     fn one_policy_selects_the_data_plane_and_allows_exactly_what_is_vetted() {
         let web = pods("web", &[("app", "web")]);
-        let mut dns = external("dns", &["192.0.2.53"]);
-        dns.udp = true;
-        dns.port = 53;
+        let dns = udp(on_port(external("dns", &["192.0.2.53"]), 53));
         let allowed = [external("api", &["192.0.2.10", "2001:db8::10"]), web, dns];
         let out = policies(&allowed, &Config::default());
         assert_eq!(out.len(), 1);
@@ -249,8 +270,8 @@ mod tests {
 
     #[test]
     fn without_the_cluster_rule_and_with_resolver_addresses() {
-        let dns = DnsPeers::Cidrs(vec!["169.254.20.10/32".parse().unwrap()]);
-        let config = Config { allow_cluster: false, dns, ..Config::default() };
+        let dns = super::super::Dns { peers: DnsPeers::Cidrs(vec!["169.254.20.10/32".parse().unwrap()]), port: 53 };
+        let config = Config { cluster: Some(ClusterMode::None), dns, ..Config::default() };
         let out = policies(&[], &config);
         assert_eq!(
             out[0]["spec"]["egress"],
@@ -296,11 +317,13 @@ mod tests {
 
     #[test]
     fn rules_read_back_as_they_were_built() {
-        let mut udp = external("stun", &["192.0.2.16"]);
-        udp.udp = true;
-        let allowed = vec![external("api", &["192.0.2.10", "2001:db8::10"]), udp, pods("web", &[("app", "web")])];
+        let stun = udp(external("stun", &["192.0.2.16"]));
+        let named = service("web", &[("app", "web")], PortRef::Name("http".into()));
+        let allowed =
+            vec![external("api", &["192.0.2.10", "2001:db8::10"]), stun, pods("web", &[("app", "web")]), named];
         let out = policies(&allowed, &Config::default());
-        let read: Vec<Allowed> = NetworkPolicy.read_rules(&out[0]).into_iter().map(|(_, a)| a).collect();
+        let mut read: Vec<Allowed> = NetworkPolicy.read_rules(&out[0]);
+        read.sort_by(|a, b| a.source.cmp(&b.source));
         assert_eq!(read, allowed);
         let mut edited = out[0].clone();
         edited["spec"]["egress"] = json!([]);
@@ -337,8 +360,7 @@ mod tests {
     /// text as what was built: otherwise every round would write again.
     #[test]
     fn a_policy_read_back_from_the_api_stands_as_built() {
-        let mut web = pods("web", &[("app", "web")]);
-        web.udp = true;
+        let web = udp(pods("web", &[("app", "web")]));
         let config = Config::default();
         let gateway = gw();
         let allowed = [external("api", &["192.0.2.10", "2001:db8::1"]), web];
@@ -400,5 +422,55 @@ mod tests {
         let mut moved = other(all_pods, json!(["Egress"]), open);
         moved["metadata"]["namespace"] = json!("app");
         assert!(widens(&moved).is_none(), "another namespace");
+    }
+
+    /// A route's Service: its Pods on the target port (a name stays a name),
+    /// in the Service's namespace, with the protocol; Istio ambient's HBONE
+    /// port joins every Pods rule; what the data plane needs comes after DNS.
+    #[test]
+    fn route_services_and_needs_are_rules_of_their_own() {
+        let named = service("web", &[("app", "web")], PortRef::Name("http".into()));
+        let mut numbered = service("db", &[("app", "db")], PortRef::Number(5432));
+        numbered.protocols = Protocols::of(Protocol::Udp);
+        let istiod = Allowed {
+            source: super::super::Source::Need(ObjectRef::new("istio-system", "istiod")),
+            destination: Destination::Pods { labels: BTreeMap::from([("app".into(), "istiod".into())]) },
+            port: PortRef::Number(15012),
+            protocols: Protocols::TCP,
+        };
+        let config = Config { cluster: Some(ClusterMode::Routes), ..Config::default() };
+        let (gateway, allowed) = (gw(), [named, numbered]);
+        let mut rules = Rules::new(&gateway, "", "ours", &allowed, &config);
+        rules.needs = vec![&istiod];
+        let hbone = [(Protocol::Tcp, 15008)];
+        rules.pod_ports = &hbone;
+        let out: Vec<Value> = NetworkPolicy.render(rules).collect();
+        let egress = out[0]["spec"]["egress"].as_array().unwrap();
+        assert_eq!(egress.len(), 4, "DNS, istiod, then the two Services (no cluster rule): {egress:#?}");
+        assert_eq!(
+            egress[1]["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "istio-system"
+        );
+        assert_eq!(egress[1]["ports"], json!([{"protocol": "TCP", "port": 15012}, {"protocol": "TCP", "port": 15008}]));
+        assert_eq!(egress[2]["ports"], json!([{"protocol": "UDP", "port": 5432}, {"protocol": "TCP", "port": 15008}]));
+        assert_eq!(egress[3]["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], "web");
+        assert_eq!(
+            egress[3]["ports"],
+            json!([{"protocol": "TCP", "port": "http"}, {"protocol": "TCP", "port": 15008}])
+        );
+        let notes = out[0]["metadata"]["annotations"][RULES_ANNOTATION].as_str().unwrap();
+        assert!(notes.contains("egress[1]: data plane needs istio-system/istiod its Pods, port 15012"), "{notes}");
+        assert!(notes.contains("egress[3]: Service web/web its Pods, port http, for HTTPRoute app/r"), "{notes}");
+    }
+
+    /// With --dns-service, the DNS rule follows the port DNS answers on.
+    #[test]
+    fn the_dns_rule_follows_the_dns_port() {
+        let config = Config { dns: super::super::Dns { port: 1053, ..Default::default() }, ..Config::default() };
+        let out = policies(&[], &config);
+        assert_eq!(
+            out[0]["spec"]["egress"][0]["ports"],
+            json!([{"protocol": "UDP", "port": 1053}, {"protocol": "TCP", "port": 1053}])
+        );
     }
 }

@@ -80,6 +80,10 @@ impl Gateways {
         self.gateways.get(gateway)
     }
 
+    pub fn class(&self, name: &str) -> Option<&GatewayClass> {
+        self.classes.get(name)
+    }
+
     pub fn keys(&self) -> Vec<ObjectRef> {
         self.gateways.keys().cloned().collect()
     }

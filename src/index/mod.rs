@@ -1,6 +1,6 @@
 //! In-memory index of the watched objects, in parts that each own their
 //! records and reverse maps (routes, Gateways and classes, XBackends, Pods
-//! and Namespaces, grants) behind one face. Watches feed it (apply / delete /
+//! and Namespaces, grants, Services) behind one face. Watches feed it (apply / delete /
 //! retain after a re-list); each call returns the XBackends whose status may
 //! have changed, found through the reverse maps without a scan.
 
@@ -10,6 +10,7 @@ mod gateways;
 mod grants;
 mod members;
 mod routes;
+mod services;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use cluster::{Cluster, selects};
 use gateways::Gateways;
 use grants::Grants;
 use routes::{RouteKey, Routes};
+use services::Services;
 
 /// The face over the parts. Each part keeps its own reverse maps; the face
 /// turns a change into the XBackends it affects, asking the other parts.
@@ -36,6 +38,10 @@ pub struct Index {
     backends: Backends,
     cluster: Cluster,
     grants: Grants,
+    services: Services,
+    /// Keep routes' Service references (`--egress-cluster routes` needs them):
+    /// most routes name only Services, so without it they are not kept.
+    track_services: bool,
 }
 
 impl guardrails::Namespaces for Index {
@@ -67,6 +73,13 @@ impl Index {
         self
     }
 
+    /// Keeps what routes' Service references need (`--egress-cluster
+    /// routes`). Call on an empty index.
+    pub fn tracking_services(mut self, track: bool) -> Self {
+        self.track_services = track;
+        self
+    }
+
     /// Adds or replaces one object (cluster-scoped kinds use an empty namespace).
     ///
     /// An XBackend always returns itself, even when its spec is unchanged: a
@@ -86,6 +99,16 @@ impl Index {
             }
             Object::Pod(pod) => self.put_pod(&key, pod.live.then_some(pod.labels)),
             Object::Namespace => self.put_namespace(&key.name, true),
+            // Services and their EndpointSlices change no verdict: only the
+            // egress decision reads them.
+            Object::Service(service) => {
+                self.services.put_service(&key, Some(service));
+                BTreeSet::new()
+            }
+            Object::EndpointSlice(slice) => {
+                self.services.put_slice(&key, Some(slice));
+                BTreeSet::new()
+            }
         }
     }
 
@@ -104,6 +127,14 @@ impl Index {
             }
             Kind::Pod => self.put_pod(key, None),
             Kind::Namespace => self.put_namespace(&key.name, false),
+            Kind::Service => {
+                self.services.put_service(key, None);
+                BTreeSet::new()
+            }
+            Kind::EndpointSlice => {
+                self.services.put_slice(key, None);
+                BTreeSet::new()
+            }
         }
     }
 
@@ -205,7 +236,40 @@ impl Index {
             Kind::XBackend => self.backends.keys(),
             Kind::Namespace => self.cluster.namespaces().iter().map(|name| ObjectRef::new("", name)).collect(),
             Kind::Pod => self.cluster.pod_keys(),
+            Kind::Service => self.services.service_keys(),
+            Kind::EndpointSlice => self.services.slice_keys(),
         }
+    }
+
+    /// The referrers (routes, Gateways, ListenerSets) attached to `gateway`,
+    /// with what they name.
+    pub fn referrers_of<'a>(&'a self, gateway: &ObjectRef) -> impl Iterator<Item = (&'a RouteKey, &'a Route)> + 'a {
+        self.routes.attached_to(gateway).filter_map(|key| Some((key, self.routes.get(key)?)))
+    }
+
+    pub fn service(&self, key: &ObjectRef) -> Option<&crate::model::Service> {
+        self.services.service(key)
+    }
+
+    /// The EndpointSlices (no controller manages) of a Service.
+    pub fn slices_of<'a>(&'a self, service: &ObjectRef) -> impl Iterator<Item = &'a crate::model::EndpointSlice> + 'a {
+        self.services.slices_of(service)
+    }
+
+    /// True when a ReferenceGrant in `to.namespace` lets objects of kind
+    /// `from_kind` (group `from_group`) in `from_namespace` reference `to`
+    /// (`group`, `kind`).
+    pub fn grant_allows(&self, from: (&str, &str, &str), group: &str, kind: &str, to: &ObjectRef) -> bool {
+        refs::grants_allow(self.grants.in_namespace(&to.namespace), from, group, kind, to)
+    }
+
+    /// Whether an ExternalName Service names `hostname` (normalized).
+    pub fn external_name_in_use(&self, hostname: &str) -> bool {
+        self.services.external_name_in_use(hostname)
+    }
+
+    pub fn gateway_class(&self, name: &str) -> Option<&crate::model::GatewayClass> {
+        self.gateways.class(name)
     }
 
     /// A Namespace coming or going affects exactly the XBackends whose
@@ -239,12 +303,14 @@ impl Index {
 
     fn put_route(&mut self, referrer: Referrer, key: ObjectRef, route: Option<Route>) -> BTreeSet<ObjectRef> {
         // GEP-4894: a route only ever sends to XBackends of its own namespace.
+        let track = self.track_services;
         let new = route
             .map(|r| Route {
                 backends: r.backends.iter().filter(|b| b.namespace == key.namespace).cloned().collect(),
+                services: if track { r.services } else { Box::default() },
                 ..r
             })
-            .filter(|r| !r.backends.is_empty());
+            .filter(|r| !r.backends.is_empty() || !r.services.is_empty());
         let route_key: RouteKey = (referrer, key);
         let old = self.routes.put(route_key, new.clone());
         if old == new {
@@ -271,14 +337,20 @@ impl Index {
     /// whether it is judged, and (through its listeners' ExternalAuth
     /// filters) a referrer whose one Gateway is itself.
     fn put_gateway(&mut self, key: ObjectRef, mut gateway: Option<Gateway>) -> BTreeSet<ObjectRef> {
-        let external_auth = gateway.as_mut().map(|g| std::mem::take(&mut g.external_auth));
+        let external_auth = gateway
+            .as_mut()
+            .map(|g| (std::mem::take(&mut g.external_auth), std::mem::take(&mut g.external_auth_services)));
         let was_judged = self.gateways.put_gateway(&key, gateway);
         let mut affected = if was_judged == self.gateways.is_judged(&key) {
             BTreeSet::new()
         } else {
             self.backends_behind_gateway(&key)
         };
-        let referrer = external_auth.map(|backends| Route { gateways: [key.clone()].into_iter().collect(), backends });
+        let referrer = external_auth.map(|(backends, services)| Route {
+            gateways: [key.clone()].into_iter().collect(),
+            backends,
+            services,
+        });
         affected.extend(self.put_route(Referrer::Gateway, key, referrer));
         affected
     }
@@ -320,6 +392,7 @@ impl Index {
         self.gateways.check();
         self.backends.check();
         self.cluster.check();
+        self.services.check();
     }
 }
 
@@ -487,6 +560,7 @@ mod tests {
         let route = Route {
             gateways: set(&[("infra", "gw")]).into_iter().collect(),
             backends: set(&[("app", "b")]).into_iter().collect(),
+            services: Box::default(),
         };
         assert!(index.apply(r("other", "hand"), Object::Route(RouteKind::Http, route)).is_empty());
         assert!(gateways(&index, &r("app", "b")).is_empty());
@@ -769,7 +843,11 @@ mod tests {
         let route = |gateways: &[(&str, &str)], backends: &[(&str, &str)]| {
             Object::Route(
                 RouteKind::Http,
-                Route { gateways: set(gateways).into_iter().collect(), backends: set(backends).into_iter().collect() },
+                Route {
+                    gateways: set(gateways).into_iter().collect(),
+                    backends: set(backends).into_iter().collect(),
+                    services: Box::default(),
+                },
             )
         };
         // r1 unchanged, r2 gone.
@@ -1185,11 +1263,22 @@ mod tests {
             let route_kind = prop::sample::select(&RouteKind::ALL[..]);
             let grant = (prop::sample::select(&NAMESPACES[..]), prop::option::of(prop::sample::select(&NAMES[..])));
             prop_oneof![
-                (route_kind, refs(), refs())
-                    .prop_map(|(k, gateways, backends)| Object::Route(k, Route { gateways, backends })),
-                (refs(), refs()).prop_map(|(gateways, backends)| Object::ListenerSet(Route { gateways, backends })),
+                (route_kind, refs(), refs()).prop_map(|(k, gateways, backends)| Object::Route(
+                    k,
+                    Route { gateways, backends, services: Box::default() }
+                )),
+                (refs(), refs()).prop_map(|(gateways, backends)| Object::ListenerSet(Route {
+                    gateways,
+                    backends,
+                    services: Box::default()
+                })),
                 (prop::sample::select(&CLASSES[..]), refs()).prop_map(|(class, external_auth)| Object::Gateway(
-                    Gateway { class_name: class.into(), uid: String::new(), external_auth }
+                    Gateway {
+                        class_name: class.into(),
+                        uid: String::new(),
+                        external_auth,
+                        external_auth_services: Box::default()
+                    }
                 )),
                 prop::sample::select(&[OURS, THEIRS][..])
                     .prop_map(|c| Object::GatewayClass(GatewayClass { controller_name: c.into() })),

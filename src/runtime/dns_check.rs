@@ -154,6 +154,23 @@ impl DnsCheck {
         }
     }
 
+    /// The latest answer for `hostname` (normalized) without waiting: the
+    /// egress decider's view of an ExternalName Service's name. The first
+    /// call schedules its first lookup; its answer wakes the decider.
+    pub fn cached(&self, hostname: &str) -> Option<Arc<Resolution>> {
+        let mut hosts = self.hosts.lock().expect("dns hosts lock");
+        match hosts.get(hostname) {
+            Some(lookup) => lookup.answer.clone(),
+            None => {
+                hosts.insert(hostname.into(), Host { waited_out: true, ..Host::default() });
+                self.metrics.dns_hostnames.set(hosts.len() as i64);
+                drop(hosts);
+                self.schedule_at(self.started, hostname.into());
+                None
+            }
+        }
+    }
+
     fn schedule_at(&self, at: Instant, hostname: Box<str>) {
         self.due.lock().expect("dns schedule lock").insert((at, hostname));
         self.wake.notify_one();
@@ -170,7 +187,7 @@ impl DnsCheck {
 
     /// One lookup of `hostname`; schedules the next unless no XBackend names it any more.
     async fn lookup(self: Arc<Self>, hostname: Box<str>, permit: OwnedSemaphorePermit) {
-        if self.state.backends_with_hostname(&hostname).is_empty() {
+        if self.state.backends_with_hostname(&hostname).is_empty() && !self.state.external_name_in_use(&hostname) {
             let mut hosts = self.hosts.lock().expect("dns hosts lock");
             hosts.remove(&hostname);
             self.metrics.dns_hostnames.set(hosts.len() as i64);
@@ -193,6 +210,10 @@ impl DnsCheck {
         };
         if requeue {
             self.queue.extend(self.state.backends_with_hostname(&hostname));
+            // An ExternalName Service's answer feeds the egress policies directly.
+            if self.state.external_name_in_use(&hostname) {
+                self.state.egress_changed.notify_one();
+            }
         }
         // The server set changed meanwhile (recheck_all could not reschedule a
         // lookup in flight): ask the new set now.

@@ -34,7 +34,7 @@ use tracing::{error, info, warn};
 
 use crate::cli::{LogFormat, RunArgs};
 use crate::index::Index;
-use crate::model::{Kind, RefKind};
+use crate::model::{Kind, ObjectRef, RefKind};
 use crate::policy::Policy;
 
 pub use error::{Error, chain};
@@ -127,7 +127,9 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     }
     let identity = identity();
     let metrics = Arc::new(Metrics::default());
-    let index = Index::new(&args.controller_name).guarding(args.guard.gateway_classes.clone());
+    let index = Index::new(&args.controller_name)
+        .guarding(args.guard.gateway_classes.clone())
+        .tracking_services(engine.is_some());
     let state = Arc::new(State::new(index, metrics.clone(), Synced::open()));
     let feeds = Feeds { client: client.clone(), state: state.clone(), queue: Arc::default(), metrics: metrics.clone() };
     let mut tasks = Tasks::new(metrics.clone());
@@ -140,13 +142,26 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         let reporter = Reporter { controller: "xbackend-controller".into(), instance: Some(identity.clone()) };
         Recorder::new(client.clone(), reporter)
     };
+    let found_dns = watched.resolver.as_ref().and_then(|r| r.found());
+    let dns = watched.resolver.map(|resolver| {
+        let ttls = (Duration::from_secs(args.dns.dns_min_ttl), Duration::from_secs(args.dns.dns_max_ttl));
+        let (state, queue, metrics) = (state.clone(), feeds.queue.clone(), metrics.clone());
+        dns_check::DnsCheck::start(resolver, ttls, state, queue, metrics, Some(&mut tasks))
+    });
     // The egress policy watches are the last to register for readiness.
     let egress_queue = engine.map(|engine| {
+        if let Some(warning) = args.egress.deprecation() {
+            warn!("{warning}");
+        }
+        let dns_service =
+            args.dns_service.clone().zip(found_dns).map(|((ns, name), found)| (ObjectRef::new(ns, name), found));
         let egress = egress::Egress {
             engine,
             config: args.egress.config(),
             hold: args.egress.hold(),
-            addresses: policy.addresses.clone(),
+            policy: policy.clone(),
+            dns: dns.clone(),
+            dns_service,
         };
         let mut watches = Starter { feeds: &feeds, tasks: &mut tasks };
         egress.start(&mut watches, &client, &state, &leadership, &metrics, recorder(), &stop)
@@ -159,11 +174,6 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         }
     });
     let writers = Writers { feeds: &feeds, leadership: &leadership, stop: &stop };
-    let dns = watched.resolver.map(|resolver| {
-        let ttls = (Duration::from_secs(args.dns.dns_min_ttl), Duration::from_secs(args.dns.dns_max_ttl));
-        let (state, queue, metrics) = (state.clone(), feeds.queue.clone(), metrics.clone());
-        dns_check::DnsCheck::start(resolver, ttls, state, queue, metrics, Some(&mut tasks))
-    });
     let api = reconcile::Kube { recorder: recorder(), client: client.clone(), xbackend };
     let reconciler = Reconciler {
         api,

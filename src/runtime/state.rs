@@ -4,7 +4,7 @@
 //! `report` and the write guard (`begin_write`). The egress policy writer
 //! only reads (`egress_pending`, `egress_demand`), woken by `egress_changed`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -13,11 +13,12 @@ use tokio::sync::watch as channel;
 use super::metrics::{AcceptedLabel, Metrics, ReasonLabel};
 use super::queue::Queue;
 use crate::conditions::Verdict;
-use crate::egress::{Allowed, Demand};
+use crate::egress::{Allowed, Demand, GatewayInfo};
 use crate::index::Index;
 use crate::judge::Snapshot;
 use crate::model::ObjectRef;
 use crate::model::{Kind, Object, RefKind};
+use crate::reach;
 use crate::status::{EventNote, Shape};
 
 /// What a reconcile last did for one XBackend (object `uid`): reconciles
@@ -95,7 +96,9 @@ impl State {
                 echo = !reread && (r.writing || r.written.as_deref() == Some(new.resource_version.as_str()));
             }
         }
-        if matches!(object, Object::Gateway(_) | Object::GatewayClass(_)) {
+        // What the egress policies read: Gateways and classes, and (for
+        // `--egress-cluster routes`) routes, grants, Services and their slices.
+        if !matches!(object, Object::XBackend(_) | Object::Pod(_) | Object::Namespace) {
             self.egress_changed.notify_one();
         }
         let mut affected = inner.index.apply(key.clone(), object);
@@ -120,7 +123,7 @@ impl State {
 
     /// Drops what was reported for XBackends that are gone, with their gauge.
     fn sweep(&self, inner: &mut Inner, kind: Kind, affected: BTreeSet<ObjectRef>) -> BTreeSet<ObjectRef> {
-        if matches!(kind, Kind::Gateway | Kind::GatewayClass | Kind::XBackend) {
+        if !matches!(kind, Kind::Pod | Kind::Namespace) {
             self.egress_changed.notify_one();
         }
         if kind != Kind::XBackend {
@@ -202,29 +205,48 @@ impl State {
         inner.index.backend_count().saturating_sub(known)
     }
 
-    /// A copy of what the egress policies depend on (docs/design.md §6b).
-    pub fn egress_demand(&self) -> Demand {
+    /// A copy of what the egress policies depend on (docs/design.md §6b):
+    /// the demand (without `reach` and `dns`, which the decider judges and
+    /// finds outside the lock), what each judged Gateway's routes' Service
+    /// references lead to, and the cluster's Namespaces (to judge names).
+    pub fn egress_demand(&self) -> (Demand, BTreeMap<ObjectRef, Vec<reach::Found>>, Arc<BTreeSet<String>>) {
         let inner = self.lock();
-        let gateways = (inner.index.judged_gateways().into_iter())
-            .map(|gw| {
-                let g = inner.index.gateway(&gw).cloned().unwrap_or_default();
-                (gw, g.uid, g.class_name)
+        let index = &inner.index;
+        let gateways: Vec<GatewayInfo> = (index.judged_gateways().into_iter())
+            .map(|key| {
+                let g = index.gateway(&key).cloned().unwrap_or_default();
+                let controller =
+                    index.gateway_class(&g.class_name).map(|c| c.controller_name.clone()).unwrap_or_default();
+                GatewayInfo { key, uid: g.uid, class: g.class_name, controller }
             })
             .collect();
-        let mut inputs = Demand { gateways, ..Demand::default() };
-        for key in inner.index.backend_keys() {
+        let targets = gateways.iter().map(|g| (g.key.clone(), reach::targets(index, &g.key))).collect();
+        let mut demand = Demand { gateways, ..Demand::default() };
+        for key in index.backend_keys() {
             match inner.reported.get(&key).and_then(|r| r.uses.as_ref()) {
                 Some(uses) => {
                     for (gateway, allowed) in uses {
-                        inputs.behind.entry(gateway.clone()).or_default().push(allowed.clone());
+                        demand.behind.entry(gateway.clone()).or_default().push(allowed.clone());
                     }
                 }
                 None => {
-                    inputs.unknown.insert(key);
+                    demand.unknown.insert(key);
                 }
             }
         }
-        inputs
+        (demand, targets, index.namespaces())
+    }
+
+    /// The selector of a Service (the DNS Service's Pods), when it has one.
+    pub fn service_selector(&self, key: &ObjectRef) -> Option<BTreeMap<String, String>> {
+        let inner = self.lock();
+        inner.index.service(key).map(|s| s.selector.clone()).filter(|s| !s.is_empty())
+    }
+
+    /// Whether an ExternalName Service of the index names `hostname` (the
+    /// DNS check keeps asking for it).
+    pub fn external_name_in_use(&self, hostname: &str) -> bool {
+        self.lock().index.external_name_in_use(hostname)
     }
 
     /// A status patch of the XBackend with `uid` is about to be sent: until

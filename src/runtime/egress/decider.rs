@@ -14,9 +14,12 @@ use tracing::{error, info};
 
 use super::standing::{Plan, Standing};
 use super::warnings::{self, Warnings};
-use crate::egress::{Config, Decisions, Engine, Hold, Policies};
+use crate::dns::Found;
+use crate::egress::{Config, Decisions, Dns, DnsPeers, Engine, Hold, Policies};
 use crate::model::ObjectRef;
-use crate::policy::AddressPolicy;
+use crate::policy::Policy;
+use crate::reach::{self, Refusal};
+use crate::runtime::dns_check::DnsCheck;
 use crate::runtime::leader::Leadership;
 use crate::runtime::metrics::{Metrics, TaskLabel};
 use crate::runtime::queue::Queue;
@@ -49,9 +52,14 @@ pub struct Decider {
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
     pub hold: Hold,
-    /// Held addresses now in a denied range leave at once.
-    pub addresses: Arc<AddressPolicy>,
-    /// Warnings on Gateways whose policies do not hold.
+    /// Judges route targets as XBackends are judged; held addresses now in a
+    /// denied range leave at once.
+    pub policy: Arc<Policy>,
+    /// The DNS check, for ExternalName Services' names.
+    pub dns: Option<Arc<DnsCheck>>,
+    /// `--dns-service`: its key and the servers its EndpointSlices name.
+    pub dns_service: Option<(ObjectRef, Arc<Found>)>,
+    /// Warnings on Gateways and routes whose egress does not hold.
     pub recorder: Recorder,
 }
 
@@ -125,11 +133,23 @@ impl Decider {
         // its worker are not held up for that long.
         let work = {
             let (state, standing, engine) = (self.state.clone(), self.standing.clone(), self.engine.clone());
-            let (config, addresses, hold) = (self.config.clone(), self.addresses.clone(), self.hold);
+            let (config, policy, hold, dns) = (self.config.clone(), self.policy.clone(), self.hold, self.dns.clone());
+            let dns_service = self.dns_service.clone();
             move || {
-                let demand = state.egress_demand();
+                let (mut demand, targets, namespaces) = state.egress_demand();
+                // What routes name, judged outside the lock; ExternalName answers from the DNS check.
+                let answer = |hostname: &str| dns.as_ref().and_then(|dns| dns.cached(hostname));
+                let mut refused: Vec<Refusal> = Vec::new();
+                if config.cluster.is_none_or(|mode| mode == crate::egress::ClusterMode::Routes) {
+                    for (gateway, found) in targets {
+                        let judged = reach::judge(&found, &policy, &*namespaces, &answer);
+                        refused.extend(judged.refused);
+                        demand.reach.insert(gateway, judged.allowed);
+                    }
+                }
+                demand.dns = dns_service.and_then(|(service, found)| dns_at(&state, &service, &found));
                 let current = standing.ours().clone();
-                let denied = |ip: IpAddr| crate::addresses::denied(ip, &addresses).is_some();
+                let denied = |ip: IpAddr| crate::addresses::denied(ip, &policy.addresses).is_some();
                 let settings = crate::egress::Round {
                     now: unix_now(),
                     hold,
@@ -139,12 +159,11 @@ impl Decider {
                     rebuild,
                 };
                 let decision = memory.decisions.decide(&demand, &current, &settings);
-                let uids: BTreeMap<ObjectRef, String> =
-                    demand.gateways.into_iter().map(|(gateway, uid, _)| (gateway, uid)).collect();
-                (memory, decision, current, uids)
+                let uids: BTreeMap<ObjectRef, String> = demand.gateways.into_iter().map(|g| (g.key, g.uid)).collect();
+                (memory, decision, current, uids, refused)
             }
         };
-        let (mut memory, decision, current, uids) = match tokio::task::spawn_blocking(work).await {
+        let (mut memory, decision, current, uids, refused) = match tokio::task::spawn_blocking(work).await {
             Ok(done) => done,
             Err(e) => {
                 self.metrics.panics.get_or_create(&TaskLabel::of("egress-decision")).inc();
@@ -166,7 +185,7 @@ impl Decider {
         if before.is_none() {
             info!(objects = desired.len(), kind = self.engine.kind().kind, "egress policies decided");
         }
-        let (warnings, widened) = warnings::find(&*self.engine, &decision, &self.standing.others());
+        let (warnings, widened) = warnings::find(&*self.engine, &decision, &self.standing.others(), &refused);
         self.metrics.egress_widened_gateways.set(widened as i64);
         warnings::publish(&self.recorder, &uids, &warnings, &memory.warned).await;
         memory.warned = warnings;
@@ -198,6 +217,14 @@ fn changed(before: Option<&Policies>, desired: &Policies, current: &Policies) ->
     let moved = desired.iter().filter(|(key, p)| before.get(*key).is_none_or(|b| !Arc::ptr_eq(b, p)));
     let gone = before.keys().filter(|key| !desired.contains_key(*key));
     moved.map(|(key, _)| key).chain(gone).cloned().collect()
+}
+
+/// Where DNS answers with `--dns-service`: the Service's Pods (its
+/// selector) on the port its EndpointSlices give (the first server's).
+fn dns_at(state: &State, service: &ObjectRef, found: &Found) -> Option<Dns> {
+    let labels = state.service_selector(service)?;
+    let port = found.servers().first().map_or(53, |server| server.port());
+    Some(Dns { peers: DnsPeers::Pods { namespace: service.namespace.to_string(), labels }, port })
 }
 
 fn unix_now() -> i64 {

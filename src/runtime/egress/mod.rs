@@ -19,14 +19,17 @@ use tokio::sync::watch as channel;
 use tracing::info;
 
 use super::Error;
+use super::dns_check::DnsCheck;
 use super::leader::Leadership;
 use super::metrics::Metrics;
 use super::queue::Queue;
 use super::runner::Runner;
 use super::state::State;
 use super::watch::Starter;
+use crate::dns::Found;
 use crate::egress::{Config, Engine, EngineSettings, Hold, PolicyKind};
-use crate::policy::AddressPolicy;
+use crate::model::ObjectRef;
+use crate::policy::Policy;
 
 pub use decider::Decider;
 pub use standing::{Plan, PolicyWatch, Standing};
@@ -72,7 +75,10 @@ pub struct Egress {
     pub engine: Arc<dyn Engine>,
     pub config: Config,
     pub hold: Hold,
-    pub addresses: AddressPolicy,
+    pub policy: Policy,
+    pub dns: Option<Arc<DnsCheck>>,
+    /// `--dns-service`: its key and the servers its EndpointSlices name.
+    pub dns_service: Option<(ObjectRef, Arc<Found>)>,
 }
 
 impl Egress {
@@ -112,6 +118,10 @@ impl Egress {
                 watches.start(watch);
             }
         }
+        // What `--egress-cluster routes` reads: Services, and the EndpointSlices no controller manages.
+        let services = kube::discovery::ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&());
+        watches.start(super::watch::Objects { kind: crate::model::Kind::Service, resource: services, relists: None });
+        watches.start(super::watch::HandSlices);
         let decider = Arc::new(Decider {
             engine: self.engine,
             standing: standing.clone(),
@@ -122,7 +132,9 @@ impl Egress {
             metrics: metrics.clone(),
             config: Arc::new(self.config),
             hold: self.hold,
-            addresses: Arc::new(self.addresses),
+            policy: Arc::new(self.policy),
+            dns: self.dns,
+            dns_service: self.dns_service,
             recorder,
         });
         watches.tasks.spawn("egress-decider", move || decider.clone().run());

@@ -1,7 +1,10 @@
-//! Warning Events on Gateways whose egress policy does not hold: another
-//! object makes it moot (`Engine::widens`), or its data plane runs where
-//! the controller may not write (`--egress-namespace`). Each is recorded
-//! once while it lasts.
+//! Warning Events about egress that does not hold as it should: on a
+//! Gateway, another object makes its policy moot (`Engine::widens`), its
+//! data plane runs where the controller may not write (`--egress-namespace`),
+//! it may reach the whole cluster because nothing says what its data plane
+//! needs, or it is held to its routes with nothing allowed for its control
+//! plane; on a route, a Service reference that allows nothing. Each is
+//! recorded once while it lasts.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,14 +15,25 @@ use tracing::warn;
 
 use crate::egress::{Decision, Engine, Policies};
 use crate::model::ObjectRef;
+use crate::reach::Refusal;
 use crate::runtime::timeouts::API_TIMEOUT;
 
-/// Warnings by (Gateway, what it is about), with reason and message.
-pub type Warnings = BTreeMap<(ObjectRef, String), (&'static str, String)>;
+pub const WIDENED: &str = "EgressPolicyWidened";
+pub const NOT_WRITTEN: &str = "EgressPolicyNotWritten";
+pub const CLUSTER_OPEN: &str = "EgressClusterOpen";
+pub const CONTROL_PLANE_CUT_OFF: &str = "EgressDataPlaneNeedsUnknown";
+pub const REFERENCE_REFUSED: &str = "EgressReferenceRefused";
 
-/// What to warn each Gateway about, and how many Gateways another object widens.
-pub fn find(engine: &dyn Engine, decision: &Decision, others: &Policies) -> (Warnings, usize) {
+/// The object an Event is about: its kind and key.
+pub type Involved = (&'static str, ObjectRef);
+
+/// Warnings by (object, what it is about), with reason and message.
+pub type Warnings = BTreeMap<(Involved, String), (&'static str, String)>;
+
+/// What to warn about, and how many Gateways another object widens.
+pub fn find(engine: &dyn Engine, decision: &Decision, others: &Policies, refused: &[Refusal]) -> (Warnings, usize) {
     let mut now = Warnings::new();
+    let gateway = |key: &ObjectRef| ("Gateway", key.clone());
     // With no other object there is nothing to compare ours with (and no need to parse them).
     if !others.is_empty() {
         let others: Vec<(&ObjectRef, Value)> = others.iter().map(|(key, p)| (key, p.to_value())).collect();
@@ -29,48 +43,70 @@ pub fn find(engine: &dyn Engine, decision: &Decision, others: &Policies) -> (War
                 ours.entry(gateway).or_default().push(policy.to_value());
             }
         }
-        for (gateway, policies) in &ours {
-            for (key, other) in &others {
-                if let Some(message) = policies.iter().find_map(|ours| engine.widens(ours, other)) {
-                    now.insert((gateway.clone(), key.to_string()), ("EgressPolicyWidened", message));
+        for (key, policies) in &ours {
+            for (other, value) in &others {
+                if let Some(message) = policies.iter().find_map(|ours| engine.widens(ours, value)) {
+                    now.insert((gateway(key), other.to_string()), (WIDENED, message));
                 }
             }
         }
     }
-    let widened = now.keys().map(|(gw, _)| gw).collect::<BTreeSet<_>>().len();
+    let widened = now.keys().map(|((_, gw), _)| gw).collect::<BTreeSet<_>>().len();
     let kind = engine.kind().kind;
-    for (gateway, namespace) in &decision.unwritable {
+    for (key, namespace) in &decision.unwritable {
         let message = format!(
             "This Gateway's data plane runs in namespace {namespace}, where xbackend-controller may not write {kind}s (--egress-namespace): its egress is not restricted."
         );
-        now.insert((gateway.clone(), format!("namespace {namespace}")), ("EgressPolicyNotWritten", message));
+        now.insert((gateway(key), format!("namespace {namespace}")), (NOT_WRITTEN, message));
+    }
+    for info in &decision.open {
+        let message = format!(
+            "This Gateway's data plane may reach every Pod of the cluster: nothing says what the data plane of class {} (controller {:?}) needs itself, so it cannot be held to what its routes name. Pass --egress-needs {}=... (its control plane; none if it needs nothing) or choose --egress-cluster.",
+            info.class, info.controller, info.class
+        );
+        now.insert((gateway(&info.key), "cluster".into()), (CLUSTER_OPEN, message));
+    }
+    for (info, mode) in &decision.cut_off {
+        let message = format!(
+            "--egress-cluster {} holds this Gateway's data plane to what its routes name, but nothing says what the data plane of class {} (controller {:?}) needs itself, so its control plane is not allowed. Pass --egress-needs {}=... (or {}=none if it needs nothing).",
+            mode.name(),
+            info.class,
+            info.controller,
+            info.class,
+            info.class
+        );
+        now.insert((gateway(&info.key), "needs".into()), (CONTROL_PLANE_CUT_OFF, message));
+    }
+    for refusal in refused {
+        let involved = (refusal.via.kind.kind(), refusal.via.key.clone());
+        now.insert((involved, refusal.message.clone()), (REFERENCE_REFUSED, refusal.message.clone()));
     }
     (now, widened)
 }
 
-/// A Warning Event on the Gateway for each warning not given last time.
+/// A Warning Event for each warning not given last time.
 pub async fn publish(recorder: &Recorder, uids: &BTreeMap<ObjectRef, String>, now: &Warnings, before: &Warnings) {
-    for ((gateway, about), (reason, message)) in now {
-        if before.get(&(gateway.clone(), about.clone())) == Some(&(*reason, message.clone())) {
+    for (((kind, key), about), (reason, message)) in now {
+        if before.get(&((*kind, key.clone()), about.clone())) == Some(&(*reason, message.clone())) {
             continue;
         }
         let reference = ObjectReference {
             api_version: Some("gateway.networking.k8s.io/v1".into()),
-            kind: Some("Gateway".into()),
-            namespace: Some(gateway.namespace.to_string()),
-            name: Some(gateway.name.to_string()),
-            uid: uids.get(gateway).filter(|u| !u.is_empty()).cloned(),
+            kind: Some(kind.to_string()),
+            namespace: Some(key.namespace.to_string()),
+            name: Some(key.name.to_string()),
+            uid: uids.get(key).filter(|u| *kind == "Gateway" && !u.is_empty()).cloned(),
             ..ObjectReference::default()
         };
         let event = Event {
             type_: EventType::Warning,
             reason: (*reason).into(),
-            note: Some(message.clone()),
+            note: Some(message.chars().take(1000).collect()),
             action: "Enforce".into(),
             secondary: None,
         };
         match tokio::time::timeout(API_TIMEOUT, recorder.publish(&event, &reference)).await {
-            Ok(Ok(())) => warn!(gateway = %gateway, about, reason, "{message}"),
+            Ok(Ok(())) => warn!(kind, object = %key, reason, "{message}"),
             Ok(Err(e)) => warn!(error = %e, "could not record Event"),
             Err(_) => warn!("recording an Event timed out"),
         }

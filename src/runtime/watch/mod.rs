@@ -11,6 +11,7 @@ mod dns_service;
 mod metadata;
 mod objects;
 mod references;
+mod slices;
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
@@ -36,6 +37,7 @@ pub use dns_service::DnsService;
 pub use metadata::{LIVE_PODS, Metadata};
 pub use objects::Objects;
 pub use references::References;
+pub use slices::HandSlices;
 
 /// What every watch feeds.
 #[derive(Clone)]
