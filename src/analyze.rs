@@ -81,7 +81,10 @@ pub fn main(args: AnalyzeArgs) -> ExitCode {
         controller_name: &args.controller_name,
         gateway_classes: &args.guard.gateway_classes,
         assume_refs_exist: args.assume_refs_exist,
-        egress: engine.map(|engine| (args.egress.config(), engine)),
+        egress: engine.map(|engine| {
+            let controller = crate::egress::controller_label(&args.controller_name);
+            (crate::egress::Config { controller, ..args.egress.config() }, engine)
+        }),
     };
     let report = analyze(docs, &policy, &options, &crate::judge::now_rfc3339(), &resolve);
     let mut stdout = std::io::stdout().lock();

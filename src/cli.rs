@@ -197,6 +197,7 @@ impl EgressArgs {
             data_planes,
             needs,
             namespaces,
+            controller: String::new(),
         }
     }
 

@@ -212,3 +212,153 @@ async fn check_with_nca(policies: &Api<NetworkPolicy>, ns: &str) {
         assert_eq!(got, want, "{what}; nca map:\n{}", map.text);
     }
 }
+
+/// The Events with `reason` about object `name`, as their notes.
+async fn event_notes(client: &kube::Client, ns: &str, reason: &str, name: &str, at_least: usize) -> Vec<String> {
+    let events = support::dynamic(client, ns, "events.k8s.io", "v1", "Event");
+    let found = support::eventually(Duration::from_secs(30), || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        let notes: Vec<String> = (list.items.iter())
+            .filter(|e| e.data["reason"] == reason && e.data["regarding"]["name"] == name)
+            .filter_map(|e| e.data["note"].as_str().map(str::to_string))
+            .collect();
+        (notes.len() >= at_least).then_some(notes)
+    })
+    .await;
+    found.unwrap_or_default()
+}
+
+/// `--egress-cluster routes` (issue 28): the Gateway's data plane may reach
+/// exactly what its route names: a Service's Pods on the target port (a
+/// named one stays named), an ExternalName's vetted answer, a selectorless
+/// Service's vetted EndpointSlice address; what is refused (a Pod address by
+/// hand, a missing Service or port, another namespace without a grant)
+/// allows nothing and is told on the route. No rule for the whole cluster.
+#[tokio::test]
+async fn routes_mode_allows_what_the_routes_name_and_tells_what_it_refuses() {
+    let cp = ControlPlane::shared(Channel::Standard);
+    let (client, ns) = cp.namespace("egress-routes").await;
+    let (_, other) = cp.namespace("egress-routes-other").await;
+    support::install_crd(&client).await;
+    let gw = TestGateway::create(&client, &ns, &["gw"]).await;
+    let dns = DnsServer::start().await;
+    dns.set("ext.example.net", answer("93.184.215.40"));
+    let services = "
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {selector: {app: web}, ports: [{name: http, port: 80, targetPort: http}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext}
+spec: {type: ExternalName, externalName: ext.example.net, ports: [{port: 443}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hand}
+spec: {ports: [{name: https, port: 443, targetPort: 8443}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: hand-1, labels: {kubernetes.io/service-name: hand}}
+addressType: IPv4
+endpoints: [{addresses: [93.184.215.50]}, {addresses: [10.244.9.9]}]
+ports: [{name: https, port: 8443, protocol: TCP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shop}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - backendRefs: [{name: web, port: 80}, {name: ext, port: 443}, {name: hand, port: 443}]
+  - backendRefs: [{name: missing, port: 80}, {name: web, port: 81}]
+";
+    let elsewhere = format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: far}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - backendRefs: [{{name: db, namespace: {other}, port: 5432}}]\n"
+    );
+    apply_yaml(&client, Some(&ns), &format!("{services}{elsewhere}")).await;
+    let db = "---\napiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec: {selector: {app: db}, ports: [{port: 5432}]}\n";
+    apply_yaml(&client, Some(&other), db).await;
+
+    let server = dns.flag();
+    let needs = format!("{}=none", gw.class);
+    let args = [
+        "--controller-name",
+        &gw.controller_name,
+        "--dns-check",
+        "--dns-server",
+        &server,
+        "--dns-min-ttl",
+        "1",
+        "--dns-max-ttl",
+        "2",
+        "--egress-policy",
+        "networkpolicy",
+        "--egress-cluster",
+        "routes",
+        "--egress-needs",
+        &needs,
+    ];
+    let ctl = Controller::start(&cp.kubeconfig, &args);
+    ctl.wait_ready().await;
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+    let both = |p: &NetworkPolicy| cidrs(p) == ["93.184.215.40/32", "93.184.215.50/32"];
+    let policy =
+        wait_policy(&policies, "xbackend-egress-gw", "the ExternalName's and the slice's addresses", &ctl, both).await;
+    let value = serde_json::to_value(&policy).unwrap();
+    let rules = value["spec"]["egress"].as_array().unwrap().clone();
+    assert!(
+        rules.iter().all(|r| r["to"] != json!([{"namespaceSelector": {}}])),
+        "no rule for the whole cluster: {rules:#?}"
+    );
+    let web = rules.iter().find(|r| r["to"][0]["podSelector"]["matchLabels"]["app"] == "web").expect("web's Pods");
+    assert_eq!(web["ports"], json!([{"port": "http", "protocol": "TCP"}]), "the named target port");
+    assert_eq!(web["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], json!(ns));
+    let ext = rules.iter().find(|r| cidrs_of(r) == ["93.184.215.40/32"]).unwrap();
+    assert_eq!(ext["ports"], json!([{"port": 443, "protocol": "TCP"}]), "the referenced port");
+    let hand = rules.iter().find(|r| cidrs_of(r) == ["93.184.215.50/32"]).unwrap();
+    assert_eq!(hand["ports"], json!([{"port": 8443, "protocol": "TCP"}]), "the slice's port");
+    assert!(!serde_json::to_string(&value).unwrap().contains("10.244.9.9"), "the Pod address by hand is refused");
+
+    let refused = event_notes(&client, &ns, "EgressReferenceRefused", "shop", 1).await;
+    let said = |what: &str| refused.iter().any(|n| n.contains(what));
+    assert!(
+        said("10.244.9.9") && said("which does not exist") && said("no such port"),
+        "{refused:#?}; log:\n{}",
+        ctl.log_tail()
+    );
+    let far = event_notes(&client, &ns, "EgressReferenceRefused", "far", 1).await;
+    assert!(far.iter().any(|n| n.contains("no ReferenceGrant")), "{far:#?}");
+
+    // A grant opens the other namespace; the ExternalName rebinding to the
+    // metadata address closes its rule; deleting the route closes the rest.
+    let grant = format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {{name: routes}}\nspec:\n  from: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: {ns}}}]\n  to: [{{group: \"\", kind: Service}}]\n"
+    );
+    apply_yaml(&client, Some(&other), &grant).await;
+    let to_db = |p: &NetworkPolicy| {
+        let v = serde_json::to_value(p).unwrap();
+        v["spec"]["egress"].as_array().unwrap().iter().any(|r| r["to"][0]["podSelector"]["matchLabels"]["app"] == "db")
+    };
+    wait_policy(&policies, "xbackend-egress-gw", "db's Pods once granted", &ctl, to_db).await;
+    dns.set("ext.example.net", answer("169.254.169.254"));
+    wait_policy(&policies, "xbackend-egress-gw", "the rebound name's address gone", &ctl, |p| {
+        cidrs(p) == ["93.184.215.50/32"]
+    })
+    .await;
+    support::dynamic(&client, &ns, "gateway.networking.k8s.io", "v1", "HTTPRoute")
+        .delete("shop", &DeleteParams::default())
+        .await
+        .unwrap();
+    let only_far = |p: &NetworkPolicy| cidrs(p).is_empty() && to_db(p);
+    wait_policy(&policies, "xbackend-egress-gw", "only the far route's Service left", &ctl, only_far).await;
+}
+
+/// The CIDRs of one rule's ipBlocks.
+fn cidrs_of(rule: &serde_json::Value) -> Vec<String> {
+    let peers = rule["to"].as_array().cloned().unwrap_or_default();
+    peers.iter().filter_map(|p| p["ipBlock"]["cidr"].as_str().map(str::to_string)).collect()
+}

@@ -31,6 +31,23 @@ pub use networkpolicy::NetworkPolicy;
 pub const OWNED_LABEL: &str = "gateway.networking.x-k8s.io/egress-for-gateway";
 /// The Gateway's namespace, on the same objects.
 pub const OWNED_NAMESPACE_LABEL: &str = "gateway.networking.x-k8s.io/egress-for-gateway-namespace";
+/// Which install wrote them (`--controller-name`, as a label value): two
+/// installs in one cluster never take each other's objects for strays.
+pub const CONTROLLER_LABEL: &str = "gateway.networking.x-k8s.io/egress-controller";
+
+/// A controller name as a label value: characters other than letters,
+/// digits, `.`, `-` and `_` become `.`; a longer one than 63 is cut and told
+/// apart by a hash.
+pub fn controller_label(name: &str) -> String {
+    let value: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '.' }).collect();
+    let value = value.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_string();
+    if value.len() <= 63 {
+        return value;
+    }
+    let hash = fnv(&ObjectRef::new("", name));
+    format!("{}-{hash:016x}", value[..46].trim_end_matches(|c: char| !c.is_ascii_alphanumeric()))
+}
 /// Annotation that says which XBackend each egress rule serves.
 pub const RULES_ANNOTATION: &str = "gateway.networking.x-k8s.io/egress-rules";
 /// The label GEP-1762 implementations (Istio among them) put on a Gateway's data-plane Pods.
@@ -184,6 +201,8 @@ pub struct Config {
     /// The namespaces policies may be written to (`--egress-namespace`);
     /// None: every namespace.
     pub namespaces: Option<BTreeSet<String>>,
+    /// This install, as `CONTROLLER_LABEL`'s value (`controller_label`).
+    pub controller: String,
 }
 
 impl Default for Config {
@@ -194,6 +213,7 @@ impl Default for Config {
             data_planes: BTreeMap::new(),
             needs: BTreeMap::new(),
             namespaces: None,
+            controller: String::new(),
         }
     }
 }
@@ -414,6 +434,8 @@ pub struct Rules<'a> {
     pub pod_ports: &'a [(Protocol, u16)],
     /// The XBackends and Services it may reach, each with at least one peer.
     pub allowed: Vec<&'a Allowed>,
+    /// This install (`CONTROLLER_LABEL`), when known.
+    pub controller: &'a str,
 }
 
 impl<'a> Rules<'a> {
@@ -433,6 +455,7 @@ impl<'a> Rules<'a> {
             needs: Vec::new(),
             pod_ports: &[],
             allowed,
+            controller: &config.controller,
         }
     }
 
@@ -474,11 +497,15 @@ impl<'a> Rules<'a> {
 
     /// The labels every object of this Gateway carries.
     pub fn labels(&self) -> Value {
-        json!({
+        let mut labels = json!({
             OWNED_LABEL: &*self.gateway.name,
             OWNED_NAMESPACE_LABEL: &*self.gateway.namespace,
             "app.kubernetes.io/managed-by": "xbackend-controller",
-        })
+        });
+        if !self.controller.is_empty() {
+            labels[CONTROLLER_LABEL] = json!(self.controller);
+        }
+        labels
     }
 }
 
@@ -693,6 +720,14 @@ mod tests {
         assert!(shards.len() > 2, "two shards of 16 would hold them, but not with at most 20 in each");
         assert!(shards.iter().all(|s| s.len() <= 20));
         assert_eq!(shards.iter().map(Vec::len).sum::<usize>(), 30);
+    }
+
+    #[test]
+    fn controller_names_become_label_values() {
+        assert_eq!(controller_label("example.com/xbackend-controller"), "example.com.xbackend-controller");
+        let long = controller_label(&format!("example.com/{}", "x".repeat(80)));
+        assert!(long.len() <= 63 && long.starts_with("example.com.x"), "{long}");
+        assert_ne!(long, controller_label(&format!("example.com/{}y", "x".repeat(80))));
     }
 
     #[test]

@@ -155,9 +155,13 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         }
         let dns_service =
             args.dns_service.clone().zip(found_dns).map(|((ns, name), found)| (ObjectRef::new(ns, name), found));
+        let config = crate::egress::Config {
+            controller: crate::egress::controller_label(&args.controller_name),
+            ..args.egress.config()
+        };
         let egress = egress::Egress {
             engine,
-            config: args.egress.config(),
+            config,
             hold: args.egress.hold(),
             policy: policy.clone(),
             dns: dns.clone(),

@@ -106,7 +106,7 @@ impl Egress {
         };
         for namespace in namespaces {
             for ours in [true, false] {
-                let watch = PolicyWatch::new(
+                let mut watch = PolicyWatch::new(
                     standing.clone(),
                     plan.clone(),
                     queue.clone(),
@@ -115,6 +115,7 @@ impl Egress {
                     ours,
                     namespace.clone(),
                 );
+                watch.controller = self.config.controller.clone();
                 watches.start(watch);
             }
         }

@@ -12,7 +12,7 @@ use kube::discovery::ApiResource;
 use kube::runtime::watcher;
 use tokio::sync::Notify;
 
-use crate::egress::{OWNED_LABEL, Policies, PolicyKind, PolicyObject};
+use crate::egress::{CONTROLLER_LABEL, OWNED_LABEL, Policies, PolicyKind, PolicyObject};
 use crate::model::ObjectRef;
 use crate::runtime::queue::Queue;
 use crate::runtime::state::State;
@@ -91,6 +91,8 @@ pub struct PolicyWatch {
     pub resource: ApiResource,
     pub ours: bool,
     pub namespace: Option<String>,
+    /// This install's `CONTROLLER_LABEL` value: ours carry it.
+    pub controller: String,
     name: &'static str,
 }
 
@@ -113,7 +115,7 @@ impl PolicyWatch {
             Some(ns) => format!("{which} in {ns}"),
         };
         let name: &'static str = Box::leak(name.into_boxed_str());
-        PolicyWatch { standing, plan, queue, kind, resource, ours, namespace, name }
+        PolicyWatch { standing, plan, queue, kind, resource, ours, namespace, controller: String::new(), name }
     }
 
     fn map(&self) -> MutexGuard<'_, Policies> {
@@ -149,7 +151,14 @@ impl Indexer for PolicyWatch {
         // 16 keeps one page's objects in memory, not all of them.
         crate::runtime::watch::config().labels(&selector).page_size(16)
     }
-    fn apply(&self, _: &State, key: ObjectRef, object: &DynamicObject) -> Result<Affected, String> {
+    fn apply(&self, state: &State, key: ObjectRef, object: &DynamicObject) -> Result<Affected, String> {
+        // Another install's objects are neither ours nor others'; ours from
+        // before the label existed are ours (the next write adds it).
+        let labels = object.metadata.labels.as_ref();
+        let install = labels.and_then(|l| l.get(CONTROLLER_LABEL));
+        if self.ours && install.is_some_and(|i| *i != self.controller) {
+            return Ok(self.delete(state, &key));
+        }
         let value = serde_json::json!({"metadata": object.metadata, "spec": object.data.get("spec")});
         let policy = PolicyObject::from_value(self.kind, &value);
         if self.ours {

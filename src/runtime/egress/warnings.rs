@@ -77,9 +77,16 @@ pub fn find(engine: &dyn Engine, decision: &Decision, others: &Policies, refused
         );
         now.insert((gateway(&info.key), "needs".into()), (CONTROL_PLANE_CUT_OFF, message));
     }
+    // One Event per route, listing every refused reference: Events of one
+    // object with the same reason are folded into one by the recorder.
+    let mut by_route: BTreeMap<Involved, BTreeSet<&str>> = BTreeMap::new();
     for refusal in refused {
         let involved = (refusal.via.kind.kind(), refusal.via.key.clone());
-        now.insert((involved, refusal.message.clone()), (REFERENCE_REFUSED, refusal.message.clone()));
+        by_route.entry(involved).or_default().insert(&refusal.message);
+    }
+    for (involved, messages) in by_route {
+        let message = messages.into_iter().collect::<Vec<_>>().join(" ");
+        now.insert((involved, "references".into()), (REFERENCE_REFUSED, message));
     }
     (now, widened)
 }
