@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::cli::{AnalyzeArgs, OutputFormat};
 use crate::decode;
-use crate::dns::{Resolution, Resolver};
+use crate::dns::{LookupError, Resolution, Resolver};
 use crate::index::Index;
 use crate::judge::{Judgement, Settings, judge};
 use crate::model::ObjectRef;
@@ -40,6 +40,9 @@ pub struct Document {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct InputError(String);
+
+/// `--dns-check`'s lookup of one hostname.
+pub type Resolve<'a> = &'a dyn Fn(&str) -> Result<Resolution, LookupError>;
 
 pub fn main(args: AnalyzeArgs) -> ExitCode {
     let policy = match Policy::new(args.policy.to_config()) {
@@ -73,9 +76,9 @@ pub fn main(args: AnalyzeArgs) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_INPUT);
     }
-    let resolve = |hostname: &str| -> Option<Resolution> {
-        let (runtime, resolver) = dns.as_ref()?;
-        runtime.block_on(resolver.resolve(hostname)).ok()
+    let resolve = |hostname: &str| -> Result<Resolution, LookupError> {
+        let (runtime, resolver) = dns.as_ref().ok_or(LookupError::NoServer)?;
+        runtime.block_on(resolver.resolve(hostname))
     };
     let options = Options {
         controller_name: &args.controller_name,
@@ -83,10 +86,14 @@ pub fn main(args: AnalyzeArgs) -> ExitCode {
         assume_refs_exist: args.assume_refs_exist,
         egress: engine.map(|engine| {
             let controller = crate::egress::controller_label(&args.controller_name);
-            (crate::egress::Config { controller, ..args.egress.config() }, engine)
+            let hold = args.egress.hold(std::time::Duration::from_secs(3600));
+            (crate::egress::Config { controller, ..args.egress.config() }, engine, hold)
         }),
+        gateway_api: &args.gateway_api_version,
     };
-    let report = analyze(docs, &policy, &options, &crate::judge::now_rfc3339(), &resolve);
+    let resolve: Option<Resolve> = args.dns_check.then_some(&resolve);
+    let mut report = analyze(docs, &policy, &options, &crate::judge::now_rfc3339(), resolve);
+    report.notes.extend(args.run_only.notes());
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr().lock();
     let printed = match args.output {
@@ -126,6 +133,10 @@ pub struct Report {
     /// With --egress-policy: what each judged Gateway's data plane may reach
     /// in the cluster, and the references that allow nothing (findings).
     pub egress: Vec<GatewayEgress>,
+    /// What the cluster would refuse or cannot honour, beyond the XBackends'
+    /// own verdicts: references to XBackends the input does not hold, what
+    /// the chosen Gateway API release's CRDs refuse, failed DNS lookups.
+    pub findings: Vec<String>,
 }
 
 /// One judged Gateway's in-cluster egress, as `analyze` reports it.
@@ -147,7 +158,9 @@ pub struct Analyzed {
 
 impl Report {
     pub fn is_clean(&self) -> bool {
-        self.backends.iter().all(|b| b.judgement.is_clean()) && self.egress.iter().all(|g| g.refused.is_empty())
+        self.backends.iter().all(|b| b.judgement.is_clean())
+            && self.egress.iter().all(|g| g.refused.is_empty())
+            && self.findings.is_empty()
     }
 
     /// Multi-document YAML, one XBackend per document, then the NetworkPolicies.
@@ -227,6 +240,7 @@ impl Report {
                 p["metadata"]["name"].as_str().unwrap_or_default()
             ));
         }
+        lines.extend(self.findings.iter().map(|f| format!("finding: {f}")));
         lines.extend(self.notes.iter().map(|n| format!("note: {n}")));
         lines.join("\n")
     }
@@ -241,23 +255,40 @@ pub struct Options<'a> {
     /// Referenced Secrets and ConfigMaps the bundle does not hold count as
     /// present and valid (made at run time by cert-manager and the like).
     pub assume_refs_exist: bool,
-    /// Build the egress policies too (docs/design.md §6b), with this engine.
-    pub egress: Option<(crate::egress::Config, Box<dyn crate::egress::Engine>)>,
+    /// Build the egress policies too (docs/design.md §6b), with this engine
+    /// and cap of addresses per hostname.
+    pub egress: Option<(crate::egress::Config, Box<dyn crate::egress::Engine>, crate::egress::Hold)>,
+    /// The Gateway API release whose CRDs would validate the bundle.
+    pub gateway_api: &'a str,
 }
 
-/// Runs the controller's logic over the objects of a bundle.
-/// `resolve` answers the DNS check for a hostname (None: judge by name only).
+/// Runs the controller's logic over the objects of a bundle. `resolve`
+/// answers the DNS check for a hostname (None: no DNS check, names only; a
+/// failed lookup is a finding).
 pub fn analyze(
     docs: Vec<Document>,
     policy: &Policy,
     options: &Options<'_>,
     now: &str,
-    resolve: &dyn Fn(&str) -> Option<Resolution>,
+    resolve: Option<Resolve>,
 ) -> Report {
     let controller_name = options.controller_name;
-    let mut index = Index::new(controller_name)
-        .guarding(options.gateway_classes.iter().cloned())
-        .tracking_services(options.egress.is_some());
+    // Services are read whatever the flags: a route's ExternalName or
+    // selectorless Service is worth a note.
+    let mut index =
+        Index::new(controller_name).guarding(options.gateway_classes.iter().cloned()).tracking_services(true);
+    let mut findings = Vec::new();
+    // The raw routes, Gateways and ListenerSets: what their CRDs would refuse.
+    let mut referrers: Vec<(String, ObjectRef, Value)> = Vec::new();
+    // Kinds that name destinations no guardrail here checks.
+    let mut unchecked: Vec<String> = Vec::new();
+    // DNS answers, asked once per hostname; failures are findings.
+    let answers: std::cell::RefCell<BTreeMap<String, Result<Resolution, LookupError>>> = Default::default();
+    let resolve_once = |hostname: &str| -> Option<Resolution> {
+        let resolve = resolve?;
+        let answer = answers.borrow_mut().entry(hostname.to_string()).or_insert_with(|| resolve(hostname)).clone();
+        answer.ok()
+    };
     let mut notes = Vec::new();
     let mut secrets: BTreeMap<ObjectRef, Secret> = BTreeMap::new();
     let mut config_maps: BTreeMap<ObjectRef, ConfigMap> = BTreeMap::new();
@@ -297,6 +328,9 @@ pub fn analyze(
             _ => match Kind::of(&api_version, &kind_str) {
                 Some(kind) => match decode::decode(kind, &as_created(kind, value.clone())) {
                     Ok((k, object)) => {
+                        if matches!(kind, Kind::Route(_) | Kind::Gateway | Kind::ListenerSet) {
+                            referrers.push((kind_str.clone(), k.clone(), value.clone()));
+                        }
                         if kind == Kind::XBackend {
                             backends.insert(k.clone(), value);
                         }
@@ -304,11 +338,14 @@ pub fn analyze(
                     }
                     Err(e) => notes.push(format!("{}: {kind_str} {key} ignored: {e}", doc.source)),
                 },
-                None => notes.push(format!(
-                    "{}: {} {key} ignored (not a kind the controller reads)",
-                    doc.source,
-                    display_kind(&api_version, &kind_str)
-                )),
+                None => match unchecked_kind(api_group(&api_version), &kind_str) {
+                    Some(why) => unchecked.push(format!("{}: {kind_str} {key}: {why}", doc.source)),
+                    None => notes.push(format!(
+                        "{}: {} {key} ignored (not a kind the controller reads)",
+                        doc.source,
+                        display_kind(&api_version, &kind_str)
+                    )),
+                },
             },
         }
     }
@@ -330,7 +367,7 @@ pub fn analyze(
             .backend(&key)
             .and_then(|b| b.spec.as_ref().ok())
             .and_then(|spec| crate::verdict::hostname_to_resolve(spec, policy, &index));
-        fetched.resolution = hostname.as_deref().and_then(resolve).map(std::sync::Arc::new);
+        fetched.resolution = hostname.as_deref().and_then(&resolve_once).map(std::sync::Arc::new);
         for target in targets {
             let found = match &target {
                 RefTarget::Secret(r) => secrets.get(r).map(|s| fetched.secrets.insert(r.clone(), s.clone())).is_some(),
@@ -359,14 +396,34 @@ pub fn analyze(
         }
         analyzed.push(Analyzed { key, object, judgement });
     }
+    findings.extend(missing_backends(&index));
+    findings.extend(crate::routecel::refused(&referrers, options.gateway_api));
+    notes.extend(unchecked);
+    notes.extend(risky_services(&index));
+    notes.extend(nothing_judged(&index, controller_name));
     // The policy writer's own decision, from nothing standing: what `run` would write first.
-    let (policies, egress) = match &options.egress {
-        Some((config, engine)) => {
-            let (policies, egress) = decide_egress(&index, config, &**engine, policy, behind, resolve, &mut notes);
-            (policies, egress)
+    let (mut policies, egress) = match &options.egress {
+        Some((config, engine, hold)) => {
+            let resolve = |hostname: &str| resolve_once(hostname);
+            decide_egress(&index, config, &**engine, *hold, policy, behind, &resolve, &mut notes)
         }
         None => (Vec::new(), Vec::new()),
     };
+    // A lookup that failed: the XBackends naming it are left out of the policies.
+    for (hostname, answer) in answers.borrow().iter() {
+        let Err(why) = answer else { continue };
+        let named: Vec<String> = index.backends_with_hostname(hostname).iter().map(ToString::to_string).collect();
+        let absent = format!("XBackend {} ({hostname}): its DNS lookup failed ({why})", named.join(", XBackend "));
+        findings.push(format!(
+            "the DNS lookup of {hostname} failed ({why}): its addresses are not judged, and XBackend {} is absent from the egress policies",
+            named.join(", XBackend ")
+        ));
+        for policy in &mut policies {
+            let annotations = &mut policy["metadata"]["annotations"];
+            let before = annotations[ABSENT_ANNOTATION].as_str().map(|a| format!("{a}\n")).unwrap_or_default();
+            annotations[ABSENT_ANNOTATION] = Value::String(format!("{before}{absent}"));
+        }
+    }
     notes.extend(assumed.into_iter().map(|(target, users)| {
         let (kind, name) = match &target {
             RefTarget::Secret(r) => ("Secret", r),
@@ -375,21 +432,92 @@ pub fn analyze(
         let users = users.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
         format!("assumed {kind} {name} exists and is valid (not in the input; --assume-refs-exist), referenced by XBackend {users}")
     }));
-    Report { backends: analyzed, notes, policies, egress }
+    Report { backends: analyzed, notes, policies, egress, findings }
+}
+
+/// On the policy objects `analyze` prints: the XBackends left out, and why.
+pub const ABSENT_ANNOTATION: &str = "gateway.networking.x-k8s.io/egress-absent";
+
+/// Kinds that name destinations as XBackend does, which nothing here checks.
+fn unchecked_kind(group: &str, kind: &str) -> Option<&'static str> {
+    match (group, kind) {
+        ("gateway.envoyproxy.io", "Backend") => Some(
+            "Envoy Gateway's Backend names FQDN, IP or Unix-socket endpoints that no guardrail here checks (the CVE-2021-25740 path XBackend closes); use an XBackend, or hold its Gateway's data plane with --egress-policy",
+        ),
+        ("networking.istio.io", "ServiceEntry") => Some(
+            "Istio's ServiceEntry adds hosts and addresses to the mesh that no guardrail here checks; use an XBackend, or hold its Gateway's data plane with --egress-policy",
+        ),
+        _ => None,
+    }
+}
+
+/// A reference to an XBackend the input does not hold: the route would
+/// point at nothing (and `run` would have nothing to judge).
+fn missing_backends(index: &Index) -> Vec<String> {
+    let mut findings = Vec::new();
+    for ((referrer, key), route) in index.referrers() {
+        for backend in route.backends.iter().filter(|b| index.backend(b).is_none()) {
+            findings.push(format!(
+                "{} {key} references XBackend {backend}, which the input does not hold",
+                referrer.kind()
+            ));
+        }
+    }
+    findings.sort();
+    findings
+}
+
+/// Routes' references to ExternalName Services or selectorless ones: the
+/// path XBackend replaces (CVE-2021-25740).
+fn risky_services(index: &Index) -> Vec<String> {
+    let mut notes = std::collections::BTreeSet::new();
+    for ((referrer, key), route) in index.referrers() {
+        for reference in route.services.iter() {
+            let Some(service) = index.service(&reference.service) else { continue };
+            let what = match (&service.external_name, service.selector.is_empty()) {
+                (Some(name), _) => format!("an ExternalName Service (to {name})"),
+                (None, true) => "a Service without a selector (its EndpointSlices are written by hand)".to_string(),
+                (None, false) => continue,
+            };
+            notes.insert(format!(
+                "{} {key} names Service {}, {what}: the path XBackend replaces (CVE-2021-25740); it is judged only with --egress-policy and --egress-cluster routes (name, DNS answers and addresses as an XBackend's); an XBackend says the same with every check",
+                referrer.kind(),
+                reference.service
+            ));
+        }
+    }
+    notes.into_iter().collect()
+}
+
+/// Why nothing was judged, and what to pass.
+fn nothing_judged(index: &Index, controller_name: &str) -> Vec<String> {
+    if index.backend_count() == 0 {
+        return vec!["the input holds no XBackend: nothing to judge".to_string()];
+    }
+    if !index.judged_gateways().is_empty() || index.gateway_count() == 0 {
+        return Vec::new();
+    }
+    let classes = index.gateway_classes_in_use();
+    vec![format!(
+        "no Gateway of the input is judged: none has a GatewayClass whose controllerName is {controller_name}; pass --controller-name, or --gateway-class NAME for another implementation's Gateways (guard mode; classes in the input: {})",
+        if classes.is_empty() { "none".to_string() } else { classes.join(", ") }
+    )]
 }
 
 /// The egress decision `run` would make first, from nothing standing: the
 /// policy objects, and per judged Gateway what it may reach in the cluster.
+#[allow(clippy::too_many_arguments)]
 fn decide_egress(
     index: &Index,
     config: &crate::egress::Config,
     engine: &dyn crate::egress::Engine,
+    hold: crate::egress::Hold,
     policy: &Policy,
     behind: BTreeMap<ObjectRef, Vec<crate::egress::Allowed>>,
     resolve: &dyn Fn(&str) -> Option<Resolution>,
     notes: &mut Vec<String>,
 ) -> (Vec<Value>, Vec<GatewayEgress>) {
-    use crate::egress::{ClusterMode, Decisions, Demand, GatewayInfo, Hold, Round};
+    use crate::egress::{ClusterMode, Decisions, Demand, GatewayInfo, Round};
     let gateways: Vec<GatewayInfo> = (index.judged_gateways().into_iter())
         .map(|key| {
             let g = index.gateway(&key).cloned().unwrap_or_default();
@@ -407,7 +535,7 @@ fn decide_egress(
         refused.insert(gateway.key.clone(), judged.refused.into_iter().map(|r| r.message).collect());
         demand.reach.insert(gateway.key.clone(), judged.allowed);
     }
-    let round = Round { now: 0, hold: Hold::default(), config, engine, denied: &|_| false, rebuild: true };
+    let round = Round { now: 0, hold, config, engine, denied: &|_| false, rebuild: true };
     let decision = Decisions::default().decide(&demand, &BTreeMap::new(), &round);
     let kind = engine.kind().kind;
     notes.extend(decision.unwritable.iter().map(|(gw, ns)| {

@@ -99,13 +99,10 @@ pub struct EgressArgs {
     /// What a GatewayClass's data planes need themselves, instead of their controller's preset (repeatable, accumulates per class): CLASS=NAMESPACE/KEY=VALUE[,KEY=VALUE]:PORTS (Pods), CLASS=CIDR[,CIDR]:PORTS (networks) or CLASS=none; PORTS is PORT[/udp][,...]. Presets: istio.io/gateway-controller (istiod, istio-system/app=istiod:15012; every Pods rule also on 15008 for ambient's HBONE) and gateway.envoyproxy.io/gatewayclass-controller (envoy-gateway-system/control-plane=envoy-gateway:18000). Default: the presets only.
     #[arg(long = "egress-needs", value_name = "CLASS=DESTINATION", value_parser = crate::egress::presets::parse)]
     pub egress_needs: Vec<(String, Vec<crate::egress::Allowed>)>,
-    /// How long an address stays allowed after an answer last held it (clients cache longer than TTLs), e.g. 1h, 30m, 90s.
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
-    pub egress_address_hold: std::time::Duration,
     /// At most this many addresses per hostname; the least recently seen leave first.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub egress_max_addresses_per_host: u16,
-    /// Allow DNS to these resolver ranges (repeatable; node-local caches) instead of the cluster DNS Pods (kube-system, k8s-app=kube-dns).
+    /// Allow DNS to these resolver ranges (repeatable; node-local caches) instead of the cluster DNS Pods. Default: none (the Pods of kube-system labelled k8s-app=kube-dns, or of --dns-service).
     #[arg(long = "egress-dns-cidr", value_name = "CIDR")]
     pub egress_dns_cidrs: Vec<ipnet::IpNet>,
     /// Where a GatewayClass's data-plane Pods run, as CLASS=NAMESPACE:KEY=VALUE,... (repeatable; VALUE may say {name} and {namespace}, the Gateway's; an empty NAMESPACE is the Gateway's). Envoy Gateway: eg=envoy-gateway-system:gateway.envoyproxy.io/owning-gateway-name={name},gateway.envoyproxy.io/owning-gateway-namespace={namespace}. Default: the Gateway's namespace, label gateway.networking.k8s.io/gateway-name={name} (GEP-1762; Istio).
@@ -172,9 +169,10 @@ impl EgressArgs {
         Ok(())
     }
 
-    pub fn hold(&self) -> crate::egress::Hold {
+    /// The hold-down: `hold` as `run` keeps addresses (`analyze` decides once).
+    pub fn hold(&self, hold: std::time::Duration) -> crate::egress::Hold {
         crate::egress::Hold {
-            seconds: i64::try_from(self.egress_address_hold.as_secs()).unwrap_or(i64::MAX),
+            seconds: i64::try_from(hold.as_secs()).unwrap_or(i64::MAX),
             max_per_host: usize::from(self.egress_max_addresses_per_host),
         }
     }
@@ -220,18 +218,26 @@ impl EgressArgs {
     }
 }
 
-/// Where and how often the resolved-address guardrail asks DNS.
+/// Where the resolved-address guardrail asks DNS.
 #[derive(Args, Debug, Clone)]
 pub struct DnsArgs {
     /// DNS server to ask, as ADDR:PORT (repeatable). Default: the system resolver configuration (/etc/resolv.conf).
     #[arg(long = "dns-server", value_name = "ADDR:PORT")]
     pub dns_servers: Vec<SocketAddr>,
+}
+
+/// How often `run` asks again (`analyze` asks once).
+#[derive(Args, Debug, Clone)]
+pub struct TtlArgs {
     /// Re-resolve a hostname no sooner than this many seconds, whatever its TTL.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub dns_min_ttl: u64,
     /// Re-resolve a hostname at least this often (seconds), whatever its TTL.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub dns_max_ttl: u64,
+    /// How long an address stays allowed in the egress policies after an answer last held it (clients cache longer than TTLs), e.g. 1h, 30m, 90s.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub egress_address_hold: std::time::Duration,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -274,7 +280,9 @@ pub struct RunArgs {
     pub no_dns_check: bool,
     #[command(flatten)]
     pub dns: DnsArgs,
-    /// Ask every ready endpoint of this Service, as NAMESPACE/NAME (kube-system/kube-dns), followed through its EndpointSlices, instead of the system resolver (--dns-server still adds servers): replicas can answer differently, and the data plane may ask any of them. Needs the DNS check.
+    #[command(flatten)]
+    pub ttl: TtlArgs,
+    /// Ask every ready endpoint of this Service, as NAMESPACE/NAME (kube-system/kube-dns), followed through its EndpointSlices, instead of the system resolver (--dns-server still adds servers): replicas can answer differently, and the data plane may ask any of them; the egress DNS rule then allows that Service's Pods on the port they answer on. Needs the DNS check. Default: none (the system resolver, or --dns-server).
     #[arg(long = "dns-service", value_name = "NAMESPACE/NAME", value_parser = parse_service)]
     pub dns_service: Option<(String, String)>,
     #[command(flatten)]
@@ -339,13 +347,52 @@ pub struct AnalyzeArgs {
     #[command(flatten)]
     pub egress: EgressArgs,
 
-    /// Count Secrets and ConfigMaps that XBackends reference but the input does not hold as present and valid, for bundles whose certificates cert-manager, external-secrets or a CSI driver create at run time; the summary lists each one assumed. Objects in the input, reference kinds and ReferenceGrants are still checked. Default: off (an absent reference is a finding).
+    /// Count Secrets and ConfigMaps that XBackends reference but the input does not hold as present and valid, for bundles whose certificates cert-manager, external-secrets or a CSI driver create at run time; the summary lists each one assumed. Objects in the input, reference kinds and ReferenceGrants are still checked. It does not cover XBackends: a route's reference to an XBackend the input does not hold is always a finding (pass every file that defines them with -f). Default: off (an absent reference is a finding).
     #[arg(long)]
     pub assume_refs_exist: bool,
 
-    /// yaml or json: the XBackends with the status the controller would write (then, with --egress-policy networkpolicy, the NetworkPolicies it would write); table: one line per XBackend and ancestor.
+    /// The Gateway API release whose route, Gateway and ListenerSet CRDs the bundle is applied to: what their validation rules refuse about backend references is a finding (every release: a Service reference without a port; v1.7.0, experimental channel where XBackend is: an XBackend reference with one; v1.6.3: listener filters, which it does not have).
+    #[arg(long, value_name = "VERSION", default_value = "v1.7.0", value_parser = ["v1.6.3", "v1.7.0"])]
+    pub gateway_api_version: String,
+
+    #[command(flatten)]
+    pub run_only: RunOnlyArgs,
+
+    /// yaml or json: the XBackends with the status the controller would write (then, with --egress-policy, the policy objects it would write); table: one line per XBackend and ancestor, then each judged Gateway's egress. The summary (table, or stderr) ends with the findings and notes.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Yaml)]
     pub output: OutputFormat,
+}
+
+/// `run`'s flags about time, which `analyze` accepts so one flag set serves
+/// both (DESIGN §8 lists `--egress-address-hold` for both), but does not
+/// offer: it asks DNS and decides once, and a first decision holds every
+/// address it allows (a restart extends a hold, never cuts one).
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunOnlyArgs {
+    #[arg(long, value_name = "SECS", hide = true)]
+    pub dns_min_ttl: Option<u64>,
+    #[arg(long, value_name = "SECS", hide = true)]
+    pub dns_max_ttl: Option<u64>,
+    #[arg(long, value_name = "DURATION", hide = true, value_parser = humantime::parse_duration)]
+    pub egress_address_hold: Option<std::time::Duration>,
+}
+
+impl RunOnlyArgs {
+    /// One note per flag given, saying why it changes nothing here.
+    pub fn notes(&self) -> Vec<String> {
+        let given = [
+            ("--dns-min-ttl", self.dns_min_ttl.is_some(), "analyze asks DNS once per hostname"),
+            ("--dns-max-ttl", self.dns_max_ttl.is_some(), "analyze asks DNS once per hostname"),
+            (
+                "--egress-address-hold",
+                self.egress_address_hold.is_some(),
+                "analyze decides once, and a first decision drops no address it allows",
+            ),
+        ];
+        (given.into_iter().filter(|(_, given, _)| *given))
+            .map(|(flag, _, why)| format!("{flag} has no effect on analyze: {why} (run uses it)"))
+            .collect()
+    }
 }
 
 #[cfg(test)]

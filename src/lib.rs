@@ -20,6 +20,7 @@ pub mod object;
 pub mod policy;
 pub mod reach;
 pub mod refs;
+pub mod routecel;
 pub mod runtime;
 pub mod status;
 #[cfg(test)]

@@ -253,7 +253,9 @@ impl Run {
         let count =
             format!("{} XBackend(s): {} clean, {findings} with findings", expected.len(), expected.len() - findings);
         assert!(summary.contains(&count), "want {count:?}; {context}");
-        assert_eq!(self.exit == 3, findings > 0, "exit 3 exactly when there are findings; {context}");
+        // Beyond the XBackends' verdicts: the bundle's findings and refused destinations.
+        let others = summary.lines().filter(|l| l.starts_with("finding: ") || l.starts_with("  refused: ")).count();
+        assert_eq!(self.exit == 3, findings + others > 0, "exit 3 exactly when there are findings; {context}");
     }
 
     /// The printed XBackends carry exactly the entries and conditions of the summary.
@@ -553,6 +555,57 @@ golden_runs! {
             "note: bundle.yaml (document 5): Deployment (apps/v1) default/app ignored",
             "note: bundle.yaml (document 7): Widget (example.com/v1) default/w ignored",
             "note: bundle.yaml (document 8): object without apiVersion/kind",
+        ],
+    };
+    references_the_cluster_would_refuse_or_miss: Run {
+        name: "findings", dir: "findings", args: &["-f", "bundle.yaml"], stdin: None, exit: 3,
+        verdicts: &[("default/api", 1, OK, REFS_OK)],
+        says: &[
+            "finding: HTTPRoute default/dangling references XBackend default/ghost, which the input does not hold",
+            "finding: HTTPRoute default/dangling references XBackend default/phantom, which the input does not hold",
+            "finding: HTTPRoute default/with-port: spec.rules[0].backendRefs[0]: Must not have port for Backend reference",
+            "note: HTTPRoute default/legacy names Service default/metadata-alias, an ExternalName Service (to metadata.google.internal)",
+            "note: HTTPRoute default/legacy names Service default/manual, a Service without a selector",
+            "note: bundle.yaml (document 9): Backend default/eg-backend: Envoy Gateway's Backend names FQDN, IP or Unix-socket endpoints that no guardrail here checks",
+            "note: bundle.yaml (document 10): ServiceEntry default/istio-entry: Istio's ServiceEntry adds hosts and addresses to the mesh that no guardrail here checks",
+        ],
+    };
+    references_findings_in_json: Run {
+        name: "findings-json", dir: "findings", args: &["-f", "bundle.yaml", "-o", "json"], stdin: None, exit: 3,
+        verdicts: &[("default/api", 1, OK, REFS_OK)],
+        says: &["finding: HTTPRoute default/dangling references XBackend default/ghost"],
+    };
+    references_findings_in_table: Run {
+        name: "findings-table", dir: "findings", args: &["-f", "bundle.yaml", "-o", "table"], stdin: None, exit: 3,
+        verdicts: &[("default/api", 1, OK, REFS_OK)],
+        says: &["finding: HTTPRoute default/dangling references XBackend default/ghost"],
+    };
+    port_on_an_xbackend_reference_is_refused_by_v1_7_0: Run {
+        name: "port-v17", dir: "findings", args: &["-f", "port-only.yaml"], stdin: None, exit: 3,
+        verdicts: &[("default/api", 1, OK, REFS_OK)],
+        says: &["finding: HTTPRoute default/with-port: spec.rules[0].backendRefs[0]: Must not have port for Backend reference"],
+    };
+    port_on_an_xbackend_reference_passes_v1_6_3: Run {
+        name: "port-v163", dir: "findings", args: &["-f", "port-only.yaml", "--gateway-api-version", "v1.6.3"], stdin: None, exit: 0,
+        verdicts: &[("default/api", 1, OK, REFS_OK)],
+        says: &[],
+    };
+    nothing_judged_says_which_flag_to_pass: Run {
+        name: "istio", dir: "findings", args: &["-f", "istio.yaml"], stdin: None, exit: 0,
+        verdicts: &[("default/api", 0, OK, REFS_OK)],
+        says: &["note: no Gateway of the input is judged: none has a GatewayClass whose controllerName is gateway.networking.x-k8s.io/xbackend-controller; pass --controller-name, or --gateway-class NAME", "classes in the input: istio (istio.io/gateway-controller)"],
+    };
+    nothing_judged_without_xbackends: Run {
+        name: "no-xbackends", dir: "findings", args: &["-f", "no-xbackends.yaml"], stdin: None, exit: 0,
+        verdicts: &[],
+        says: &["note: the input holds no XBackend: nothing to judge"],
+    };
+    flags_of_run_only_are_accepted_with_a_note: Run {
+        name: "run-only-flags", dir: "findings", args: &["-f", "port-only.yaml", "--gateway-api-version", "v1.6.3", "--dns-min-ttl", "5", "--dns-max-ttl", "60", "--egress-address-hold", "10m"], stdin: None, exit: 0,
+        verdicts: &[("default/api", 1, OK, REFS_OK)],
+        says: &[
+            "note: --dns-min-ttl has no effect on analyze: analyze asks DNS once per hostname (run uses it)",
+            "note: --egress-address-hold has no effect on analyze",
         ],
     };
     duplicates_later_wins: Run {
@@ -1118,3 +1171,83 @@ fn every_resolver_is_asked_and_their_answers_joined() {
         .collect();
     assert_eq!(cidrs, ["93.184.215.14/32", "93.184.215.15/32"], "both answers for api, nothing of split");
 }
+
+/// Issue 30, items 3 and 4: under `--dns-check` a lookup that fails or
+/// times out is a finding naming the hostname, and the printed policy says
+/// which XBackend it leaves out and why; `--egress-cluster routes` refusals
+/// are findings; `--egress-max-addresses-per-host` acts. With every answer
+/// good and the cluster rule `all`, the same bundle is clean.
+#[test]
+fn dns_failures_and_refused_destinations_are_findings() {
+    use support::dns::{Answer, DnsServer};
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let dns = runtime.block_on(DnsServer::start());
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+    let three = vec![ip("93.184.215.14"), ip("93.184.215.15"), ip("93.184.215.16")];
+    dns.set("ok.example.net", Answer::Addresses(three.clone(), 30));
+    dns.set("servfail.example.net", Answer::ServFail);
+    dns.set("gone.example.net", Answer::NxDomain);
+    dns.set("slow.example.net", Answer::Silence);
+    dns.set("meta.example.net", Answer::Addresses(vec![ip("169.254.169.254")], 30));
+    let dir = support::tempdir("analyze-dns-findings");
+    let backend = |name: &str| {
+        format!(
+            "---\napiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackend\nmetadata: {{name: {name}}}\nspec:\n  type: ExternalHostname\n  port: {{number: 443}}\n  externalHostname: {{hostname: {name}.example.net}}\n  tls: {{mode: ServerOnly, validation: {{hostname: {name}.example.net}}}}\n"
+        )
+    };
+    let names = ["ok", "servfail", "gone", "slow"];
+    let refs: Vec<String> =
+        names.iter().map(|n| format!("{{group: gateway.networking.x-k8s.io, kind: XBackend, name: {n}}}")).collect();
+    let bundle = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: ours}}\nspec: {{controllerName: gateway.networking.x-k8s.io/xbackend-controller}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec: {{gatewayClassName: ours, listeners: [{{name: http, protocol: HTTP, port: 80}}]}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules: [{{backendRefs: [{}, {{name: meta, port: 80}}]}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: meta}}\nspec: {{type: ExternalName, externalName: meta.example.net}}\n{}",
+        refs.join(", "),
+        names.map(backend).concat()
+    );
+    std::fs::write(dir.join("bundle.yaml"), bundle).unwrap();
+    let server = dns.flag();
+    let base = ["-f", "bundle.yaml", "--dns-check", "--dns-server", &server, "--egress-policy", "networkpolicy"];
+    let args = |extra: &[&'static str]| -> Vec<&str> { base.iter().copied().chain(extra.iter().copied()).collect() };
+
+    let out = analyze(&dir, &args(&["--egress-cluster", "routes", "--egress-max-addresses-per-host", "2"]), None);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    for host in ["servfail.example.net", "gone.example.net", "slow.example.net"] {
+        let finding = out.stderr.lines().find(|l| l.starts_with(&format!("finding: the DNS lookup of {host} failed")));
+        assert!(finding.is_some(), "a finding for {host}: {}", out.stderr);
+    }
+    assert!(!out.stderr.contains("lookup of ok.example.net"), "{}", out.stderr);
+    let refused: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("  refused: ")).collect();
+    assert_eq!(refused.len(), 1, "{}", out.stderr);
+    assert!(refused[0].contains("default/meta") && refused[0].contains("169.254.169.254"), "{}", out.stderr);
+
+    let policies: Vec<Value> =
+        output_documents(&out.stdout, false).into_iter().filter(|d| d["kind"] == "NetworkPolicy").collect();
+    assert_eq!(policies.len(), 1, "{}", out.stdout);
+    let absent = policies[0]["metadata"]["annotations"][ABSENT].as_str().unwrap_or_default();
+    for name in ["servfail", "gone", "slow"] {
+        assert!(
+            absent.contains(&format!("XBackend default/{name} ({name}.example.net): its DNS lookup failed")),
+            "{absent}"
+        );
+    }
+    let text = policies[0]["spec"]["egress"].to_string();
+    assert!(!text.contains("169.254.169.254"), "the refused ExternalName is not allowed: {text}");
+    let vetted = three.iter().filter(|a| text.contains(&format!("{a}/32"))).count();
+    assert_eq!(vetted, 2, "at most 2 addresses per hostname: {text}");
+
+    // Every answer good and the cluster rule `all`: clean.
+    dns.set("servfail.example.net", Answer::Addresses(vec![ip("93.184.215.17")], 30));
+    dns.set("gone.example.net", Answer::Addresses(vec![ip("93.184.215.18")], 30));
+    dns.set("slow.example.net", Answer::Addresses(vec![ip("93.184.215.19")], 30));
+    let clean = analyze(&dir, &args(&["--egress-cluster", "all"]), None);
+    assert_eq!(clean.code, 0, "{}", clean.stderr);
+    assert!(!clean.stderr.contains("finding:"), "{}", clean.stderr);
+    let policies: Vec<Value> =
+        output_documents(&clean.stdout, false).into_iter().filter(|d| d["kind"] == "NetworkPolicy").collect();
+    assert!(policies[0]["metadata"]["annotations"].get(ABSENT).is_none(), "{}", clean.stdout);
+    let vetted =
+        three.iter().filter(|a| policies[0]["spec"]["egress"].to_string().contains(&format!("{a}/32"))).count();
+    assert_eq!(vetted, 3, "the default cap keeps all three");
+}
+
+/// The annotation a printed policy carries for each XBackend it leaves out.
+const ABSENT: &str = "gateway.networking.x-k8s.io/egress-absent";

@@ -34,7 +34,7 @@ spec:
   parentRefs: [{name: edge}]
   rules:
   - backendRefs:
-    - {group: gateway.networking.x-k8s.io, kind: XBackend, name: openai-api, port: 443}
+    - {group: gateway.networking.x-k8s.io, kind: XBackend, name: openai-api}
 "#,
     )
     .await;

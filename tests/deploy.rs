@@ -1165,7 +1165,7 @@ async fn controller_under_the_chart_service_account_leads_and_converges_status()
     let (ca, _) = certificate("ca.example.com", true);
     let route = |name: &str, backend: &str| {
         format!(
-            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}}}\nspec:\n  parentRefs: [{{name: edge}}]\n  rules:\n  - backendRefs: [{{group: gateway.networking.x-k8s.io, kind: XBackend, name: {backend}, port: 443}}]\n"
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}}}\nspec:\n  parentRefs: [{{name: edge}}]\n  rules:\n  - backendRefs: [{{group: gateway.networking.x-k8s.io, kind: XBackend, name: {backend}}}]\n"
         )
     };
     let mut yaml = format!(

@@ -478,7 +478,7 @@ async fn resource_versions(api: &Api<DynamicObject>) -> BTreeMap<String, String>
 #[tokio::test]
 async fn grpc_routes_make_ancestors_like_http_routes() {
     let (cp, client, ns, gw) = setup("grpc", &["gw"]).await;
-    let grpc_route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{group: gateway.networking.x-k8s.io, kind: XBackend, name: b, port: 443}]\n";
+    let grpc_route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g}\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - backendRefs: [{group: gateway.networking.x-k8s.io, kind: XBackend, name: b}]\n";
     apply_yaml(&client, Some(&ns), &(xbackend_yaml("b", "grpc.example.com") + grpc_route)).await;
     let ctl = Controller::start(&cp.kubeconfig, &["--controller-name", &gw.controller_name]);
     ctl.wait_ready().await;

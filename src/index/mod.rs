@@ -241,6 +241,30 @@ impl Index {
         }
     }
 
+    /// Every referrer (route, Gateway, ListenerSet) that names an XBackend or a Service.
+    pub fn referrers(&self) -> impl Iterator<Item = (&RouteKey, &Route)> {
+        self.routes.iter()
+    }
+
+    pub fn gateway_count(&self) -> usize {
+        self.gateways.keys().len()
+    }
+
+    /// The classes the Gateways use, with their controllerName where known.
+    pub fn gateway_classes_in_use(&self) -> Vec<String> {
+        let mut classes: Vec<String> = (self.gateways.keys().iter())
+            .filter_map(|key| self.gateways.get(key))
+            .filter(|g| !g.class_name.is_empty())
+            .map(|g| match self.gateways.class(&g.class_name) {
+                Some(class) => format!("{} ({})", g.class_name, class.controller_name),
+                None => g.class_name.clone(),
+            })
+            .collect();
+        classes.sort();
+        classes.dedup();
+        classes
+    }
+
     /// The referrers (routes, Gateways, ListenerSets) attached to `gateway`,
     /// with what they name.
     pub fn referrers_of<'a>(&'a self, gateway: &ObjectRef) -> impl Iterator<Item = (&'a RouteKey, &'a Route)> + 'a {

@@ -49,6 +49,10 @@ impl Routes {
         old
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = (&RouteKey, &Route)> {
+        self.routes.iter()
+    }
+
     pub fn get(&self, key: &RouteKey) -> Option<&Route> {
         self.routes.get(key)
     }

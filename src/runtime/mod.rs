@@ -144,7 +144,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     };
     let found_dns = watched.resolver.as_ref().and_then(|r| r.found());
     let dns = watched.resolver.map(|resolver| {
-        let ttls = (Duration::from_secs(args.dns.dns_min_ttl), Duration::from_secs(args.dns.dns_max_ttl));
+        let ttls = (Duration::from_secs(args.ttl.dns_min_ttl), Duration::from_secs(args.ttl.dns_max_ttl));
         let (state, queue, metrics) = (state.clone(), feeds.queue.clone(), metrics.clone());
         dns_check::DnsCheck::start(resolver, ttls, state, queue, metrics, Some(&mut tasks))
     });
@@ -162,7 +162,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         let egress = egress::Egress {
             engine,
             config,
-            hold: args.egress.hold(),
+            hold: args.egress.hold(args.ttl.egress_address_hold),
             policy: policy.clone(),
             dns: dns.clone(),
             dns_service,

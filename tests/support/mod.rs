@@ -5,6 +5,7 @@
 pub mod dns;
 pub mod nca;
 pub mod relay;
+pub mod route_cel;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -432,7 +433,7 @@ pub fn gateway_yaml(name: &str, class: &str) -> String {
 pub fn route_yaml(name: &str, gateways: &[&str], backend: &str) -> String {
     let parents: Vec<String> = gateways.iter().map(|g| format!("{{name: {g}}}")).collect();
     format!(
-        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}}}\nspec:\n  parentRefs: [{}]\n  rules:\n  - backendRefs: [{{group: gateway.networking.x-k8s.io, kind: XBackend, name: {backend}, port: 443}}]\n",
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}}}\nspec:\n  parentRefs: [{}]\n  rules:\n  - backendRefs: [{{group: gateway.networking.x-k8s.io, kind: XBackend, name: {backend}}}]\n",
         parents.join(", ")
     )
 }
