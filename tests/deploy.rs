@@ -129,7 +129,8 @@ controller:
   denyCIDRs: [10.244.0.0/16]
   allowCIDRs: [10.8.0.0/16]
   egress:
-    policy: networkpolicy
+    policy: adminnetworkpolicy
+    adminPriority: 40
     allowCluster: false
     addressHold: 30m
     maxAddressesPerHost: 16
@@ -266,7 +267,8 @@ fn every_value_reaches_the_rendered_flags_and_objects() {
             "--allow-private-suffix=corp",
             "--deny-cidr=10.244.0.0/16",
             "--allow-cidr=10.8.0.0/16",
-            "--egress-policy=networkpolicy",
+            "--egress-policy=adminnetworkpolicy",
+            "--egress-admin-priority=40",
             "--egress-policy-allow-cluster=false",
             "--egress-address-hold=30m",
             "--egress-max-addresses-per-host=16",
@@ -350,6 +352,21 @@ fn chart_refuses_values_that_would_break_the_controller() {
     assert!(err.contains("/controller/concurrency"), "{err}");
     let err = try_render("x", "default", &["--set", "serviceAccount.create=false"]).unwrap_err();
     assert!(err.contains("serviceAccount.name is required"), "{err}");
+    let err = try_render("x", "default", &["--set", "controller.egress.policy=ciliumnetworkpolicy"]).unwrap_err();
+    assert!(err.contains("/controller/egress/policy"), "only the binary's engines: {err}");
+    let err = try_render("x", "default", &["--set", "controller.egress.adminPriority=1000"]).unwrap_err();
+    assert!(err.contains("/controller/egress/adminPriority"), "the Deny at N+1 must fit 0..1000: {err}");
+    for engine in ["adminnetworkpolicy", "clusternetworkpolicy"] {
+        let policy = format!("controller.egress.policy={engine}");
+        let err = try_render("x", "default", &["--set", &policy, "--set", "controller.egress.namespaces={gw}"]);
+        let err = err.unwrap_err();
+        assert!(
+            err.contains("controller.egress.namespaces is for controller.egress.policy=networkpolicy only"),
+            "{err}"
+        );
+        let err = try_render("x", "default", &["--set", &policy, "--set", "controller.dns.check=false"]).unwrap_err();
+        assert!(err.contains(&format!("controller.egress.policy={engine} needs controller.dns.check=true")), "{err}");
+    }
 }
 
 /// The ClusterRole and Role, rule by rule: exactly what the controller's
@@ -434,8 +451,8 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
         }
     }
     assert_eq!(
-        rules_seen, 15,
-        "ten ClusterRole rules, one more with egress policies in every namespace, one for a listed namespace, one for --dns-service, and two Role rules"
+        rules_seen, 17,
+        "ten ClusterRole rules, one more for each engine's kind (NetworkPolicies in every namespace, AdminNetworkPolicies, ClusterNetworkPolicies), one for a listed namespace, one for --dns-service, and two Role rules"
     );
 
     // --egress-policy networkpolicy adds exactly the NetworkPolicy writes.
@@ -478,6 +495,34 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
     assert!(
         args.contains(&"--egress-namespace=gw-a".to_string()) && args.contains(&"--egress-namespace=gw-b".to_string())
     );
+
+    // An admin engine adds exactly its own kind's writes, cluster-wide, and
+    // nothing for NetworkPolicies or the other engine's kind.
+    let defaults = one(&docs, "ClusterRole")["rules"].as_array().unwrap().clone();
+    for (engine, resource) in
+        [("adminnetworkpolicy", "adminnetworkpolicies"), ("clusternetworkpolicy", "clusternetworkpolicies")]
+    {
+        let rendered = self::docs(&render("x", "default", &["--set", &format!("controller.egress.policy={engine}")]));
+        let rules = one(&rendered, "ClusterRole")["rules"].as_array().unwrap();
+        let extra: Vec<&Value> = rules.iter().filter(|r| !defaults.contains(r)).collect();
+        assert_eq!(
+            extra,
+            [
+                &json!({"apiGroups": ["policy.networking.k8s.io"], "resources": [resource], "verbs": ["list", "watch", "create", "patch", "delete"]})
+            ],
+            "{engine}"
+        );
+        assert_eq!(rules.len(), defaults.len() + 1, "{engine}: no default rule lost");
+        let egress_roles =
+            (rendered.iter()).filter(|d| d["metadata"]["name"] == "x-xbackend-controller-egress").count();
+        assert_eq!(egress_roles, 0, "{engine}: no namespaced Role");
+        let args = args_of(&rendered);
+        assert!(
+            args.contains(&format!("--egress-policy={engine}")) && args.contains(&"--egress-admin-priority=90".into())
+        );
+    }
+    let args = args_of(&egress);
+    assert!(!args.iter().any(|a| a.starts_with("--egress-admin-priority")), "networkpolicy has no priority: {args:?}");
 
     let refused = try_render(
         "x",
@@ -1090,9 +1135,14 @@ async fn chart_service_account_is_allowed_exactly_what_the_controller_needs() {
         ask("patch", g, "httproutes", "", o, "r"),
         ask("get", g, "httproutes", "", o, "r"),
         ask("create", g, "referencegrants", "", o, ""),
-        // No NetworkPolicies unless controller.egress.policy=networkpolicy.
+        // No NetworkPolicies unless controller.egress.policy=networkpolicy,
+        // no admin-tier objects unless it names their engine.
         ask("list", "networking.k8s.io", "networkpolicies", "", None, ""),
         ask("patch", "networking.k8s.io", "networkpolicies", "", o, "p"),
+        ask("list", "policy.networking.k8s.io", "adminnetworkpolicies", "", None, ""),
+        ask("patch", "policy.networking.k8s.io", "adminnetworkpolicies", "", None, "p"),
+        ask("list", "policy.networking.k8s.io", "clusternetworkpolicies", "", None, ""),
+        ask("patch", "policy.networking.k8s.io", "clusternetworkpolicies", "", None, "p"),
         // No EndpointSlices unless controller.dns.service names a DNS Service.
         ask("list", "discovery.k8s.io", "endpointslices", "", None, ""),
         ask("watch", "discovery.k8s.io", "endpointslices", "", Some("kube-system"), ""),
@@ -1417,6 +1467,137 @@ async fn egress_rbac_is_cluster_wide_or_only_in_listed_namespaces_and_the_contro
     assert!(theirs.list(&ListParams::default()).await.unwrap().items.is_empty(), "nothing written in {elsewhere}");
     let log = ctl.log();
     assert!(!log.to_ascii_lowercase().contains("forbidden"), "RBAC refused a request:\n{log}");
+}
+
+/// The admin engines under the chart's RBAC: with controller.egress.policy
+/// naming one, its ServiceAccount may list, watch, create, patch and delete
+/// that engine's kind (cluster-scoped) and nothing of the other engines'
+/// kinds, NetworkPolicies included. The controller, given only that token
+/// and the chart's egress flags, writes its objects (an apply that creates,
+/// one that changes) and deletes them when the Gateway goes, with no request
+/// refused.
+async fn admin_engine_writes_its_kind_under_the_chart_rbac(
+    engine: &str,
+    crd: support::PolicyCrd,
+    version: &str,
+    kind: &str,
+    plural: &str,
+) {
+    let cp = ControlPlane::shared(Channel::Standard);
+    let (client, ns) = cp.namespace(&format!("deploy-{engine}")).await;
+    support::install_crd(&client).await;
+    support::install_policy_crd(&client, crd).await;
+    let release = support::unique_name(engine);
+    let policy = format!("controller.egress.policy={engine}");
+    let rendered = install_release(&client, &release, &ns, &["--set", &policy]).await;
+    let token = support::service_account_token(&client, &ns, &format!("{release}-xbackend-controller")).await;
+    let me = support::client_with_token(&cp.kubeconfig, &token).await;
+
+    let p = "policy.networking.k8s.io";
+    let allowed: Vec<Ask> = ["list", "watch", "create", "patch", "delete"]
+        .into_iter()
+        .map(|verb| Ask::new(verb, p, plural, "", None, if verb == "patch" || verb == "delete" { "x" } else { "" }))
+        .collect();
+    let others = ["adminnetworkpolicies", "clusternetworkpolicies", "baselineadminnetworkpolicies"];
+    let denied: Vec<Ask> =
+        [Ask::new("get", p, plural, "", None, "x"), Ask::new("update", p, plural, "", None, "x")]
+            .into_iter()
+            .chain([Ask::new("deletecollection", p, plural, "", None, "")])
+            .chain(others.into_iter().filter(|other| *other != plural).flat_map(|other| {
+                ["list", "create", "patch", "delete"].map(|verb| Ask::new(verb, p, other, "", None, ""))
+            }))
+            .chain(["list", "watch"].map(|verb| Ask::new(verb, "networking.k8s.io", "networkpolicies", "", None, "")))
+            .chain(
+                ["create", "patch", "delete"]
+                    .map(|verb| Ask::new(verb, "networking.k8s.io", "networkpolicies", "", Some(ns.as_str()), "")),
+            )
+            .collect();
+    let wrong = access_mismatches(&me, &allowed, &denied).await;
+    assert!(wrong.is_empty(), "{engine} RBAC:\n{}", wrong.join("\n"));
+
+    // The controller under that ServiceAccount.
+    let gw = TestGateway::create(&client, &ns, &["edge"]).await;
+    let yaml = support::xbackend_yaml("api", "api.example.net") + &support::route_yaml("api", &["edge"], "api");
+    apply_yaml(&client, Some(&ns), &yaml).await;
+    let dns = DnsServer::start().await;
+    dns.set("api.example.net", Answer::Addresses(vec!["93.184.215.14".parse().unwrap()], 1));
+    let kubeconfig = support::token_kubeconfig(&cp.kubeconfig, &token, Some(&ns));
+    let port = support::free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xbackend-controller"));
+    let chart_egress_flags: Vec<String> =
+        args_of(&rendered).into_iter().filter(|a| a.starts_with("--egress")).collect();
+    assert!(chart_egress_flags.contains(&format!("--egress-policy={engine}")), "{chart_egress_flags:?}");
+    cmd.args(["run", "--metrics-addr", &format!("127.0.0.1:{port}"), "--no-leader-election"])
+        .args(["--controller-name", &gw.controller_name, "--dns-check", "--dns-server", &dns.flag()])
+        .args(["--dns-min-ttl", "1", "--dns-max-ttl", "2"])
+        .args(&chart_egress_flags)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "info");
+    let mut ctl = Proc::spawn(cmd, port);
+    ctl.wait_ready().await;
+    let resource = kube::discovery::ApiResource {
+        group: p.into(),
+        version: version.into(),
+        api_version: format!("{p}/{version}"),
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let (accepts, deny) = (format!("xbackend-egress-0.{ns}.edge"), format!("xbackend-egress-deny.{ns}.edge"));
+    let holds = |address: &'static str| {
+        let (api, accepts, deny) = (&api, &accepts, &deny);
+        async move {
+            api.get_opt(deny).await.ok()??;
+            let object = api.get_opt(accepts).await.ok()??;
+            serde_json::to_string(&object).unwrap().contains(address).then_some(())
+        }
+    };
+    let written = eventually(Duration::from_secs(60), || holds("93.184.215.14/32")).await;
+    assert!(written.is_some(), "no {kind} {accepts} with the vetted address; log:\n{}", ctl.log());
+    // A new address: the same object applied again (patch).
+    dns.set("api.example.net", Answer::Addresses(vec!["93.184.215.15".parse().unwrap()], 1));
+    let changed = eventually(Duration::from_secs(60), || holds("93.184.215.15/32")).await;
+    assert!(changed.is_some(), "{accepts} never got the new address; log:\n{}", ctl.log());
+    // The Gateway goes: its objects go (delete).
+    support::dynamic(&client, &ns, "gateway.networking.k8s.io", "v1", "Gateway")
+        .delete("edge", &Default::default())
+        .await
+        .unwrap();
+    let gone = eventually(Duration::from_secs(60), || async {
+        let none = api.get_opt(&accepts).await.ok()?.is_none() && api.get_opt(&deny).await.ok()?.is_none();
+        none.then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "{accepts} and {deny} outlive their Gateway; log:\n{}", ctl.log());
+    let log = ctl.log();
+    assert!(!log.to_ascii_lowercase().contains("forbidden"), "RBAC refused a request:\n{log}");
+    assert!(log.contains("egress policy written"), "{log}");
+}
+
+#[tokio::test]
+async fn adminnetworkpolicy_engine_writes_its_kind_only_under_the_chart_rbac() {
+    let crd = support::ANP_EXPERIMENTAL;
+    admin_engine_writes_its_kind_under_the_chart_rbac(
+        "adminnetworkpolicy",
+        crd,
+        "v1alpha1",
+        "AdminNetworkPolicy",
+        "adminnetworkpolicies",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn clusternetworkpolicy_engine_writes_its_kind_only_under_the_chart_rbac() {
+    let crd = support::CNP_STANDARD;
+    admin_engine_writes_its_kind_under_the_chart_rbac(
+        "clusternetworkpolicy",
+        crd,
+        "v1beta1",
+        "ClusterNetworkPolicy",
+        "clusternetworkpolicies",
+    )
+    .await;
 }
 
 /// The image's binary in the image's conditions: a root with no libc, run as

@@ -1,17 +1,27 @@
-//! Egress enforcement on a real enforcer (issue 19): SIG Network's
+//! Egress enforcement on a real enforcer (issues 19 and 29): SIG Network's
 //! kube-network-policies (pinned, hack/install-kube-network-policies.sh)
-//! enforces the NetworkPolicies the controller writes (in guard mode: the
-//! Gateways are other implementations', one with its proxy beside it as
-//! Istio runs it, one in the implementation's namespace as Envoy Gateway
-//! does: deploy/README.md's two recipes), for a "gateway Pod"
-//! that is a network namespace this test creates, registered through the API.
+//! enforces the objects the controller writes, for a "gateway Pod" that is a
+//! network namespace this test creates, registered through the API, in guard
+//! mode (the Gateways are other implementations').
+//!
+//! - `--egress-policy networkpolicy`: NetworkPolicies, for a Gateway with its
+//!   proxy beside it as Istio runs it and one in the implementation's
+//!   namespace as Envoy Gateway does (deploy/README.md's two recipes); a
+//!   NetworkPolicy of the namespace's owner that allows more widens them
+//!   (NetworkPolicies add up), and the Gateway is told.
+//! - `--egress-policy adminnetworkpolicy` (the enforcer with
+//!   `--admin-network-policy`): the same promises hold although a
+//!   NetworkPolicy allows the gateway Pod every destination: the admin tier
+//!   is evaluated first and its Deny is final.
+//!
 //! "External hosts" are network namespaces with the addresses the test's DNS
 //! server hands out. Nothing outside these namespaces and 127.0.0.1 is used.
 //!
-//! Topology: every namespace hangs off a "node" namespace by a veth pair; the
-//! node routes between them (forwarding on inside it only) and runs the
-//! enforcer, which reaches the apiserver on the host's 127.0.0.1 through a
-//! unix-socket bridge. Needs root (network namespaces, iptables).
+//! Topology (one per test, `Net`): every namespace hangs off a "node"
+//! namespace by a veth pair; the node routes between them (forwarding on
+//! inside it only) and runs the enforcer, which reaches the apiserver on the
+//! host's 127.0.0.1 through a unix-socket bridge. Needs root (network
+//! namespaces, iptables).
 
 mod support;
 
@@ -21,12 +31,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::discovery::ApiResource;
 use serde_json::json;
 use support::dns::{Answer, DnsServer};
 use support::{Channel, ControlPlane, Controller, TestGateway, apply_yaml, route_yaml, xbackend_yaml};
 
-const QUEUE: &str = "100";
+/// The enforcer's NFQUEUE (in each test's own node namespace).
+const QUEUE: u16 = 100;
 const NODE_NAME: &str = "test-node";
 
 /// Accepts and closes TCP connections on each port given (an "external host").
@@ -69,6 +81,23 @@ while True:
     c, _ = l.accept(); threading.Thread(target=handle, args=(c,), daemon=True).start()
 "#;
 
+/// Binds NFQUEUE queue argv[1] in this network namespace (a raw
+/// NETLINK_NETFILTER socket: NFQNL_MSG_CONFIG, NFQNL_CFG_CMD_BIND) and holds
+/// it without reading, so that another process's bind of it fails.
+const HOLD_QUEUE: &str = r#"
+import socket, struct, sys, threading
+q = int(sys.argv[1])
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)
+s.bind((0, 0))
+attr = struct.pack("=HHBBH", 8, 1, 1, 0, socket.htons(socket.AF_INET))
+body = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(q)) + attr
+s.send(struct.pack("=IHHII", 16 + len(body), (3 << 8) | 2, 0x1 | 0x4, 1, 0) + body)
+err = struct.unpack("=i", s.recv(4096)[16:20])[0]
+if err != 0:
+    sys.exit(f"bind queue {q}: errno {-err}")
+threading.Event().wait()
+"#;
+
 fn sh(args: &[&str]) -> std::process::Output {
     Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("run {args:?}: {e}"))
 }
@@ -78,14 +107,51 @@ fn must(args: &[&str]) {
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// The network namespaces, processes and folders of one run; all removed on drop.
+/// One test's network namespaces, processes and folders; all removed on drop.
+///
+/// Namespaces are named `xbe<pid><tag>-<leaf>`, so the tests of one binary
+/// never share one. Pods get addresses in `10.<octet>.0.0/16`, an octet per
+/// test: the tests of one binary share one apiserver, and an enforcer finds
+/// the Pod a packet comes from or goes to by its address among every Pod of
+/// the cluster, so two tests must never register Pods with one address.
 struct Net {
     prefix: String,
+    octet: u8,
+    leaves: Vec<String>,
     children: Vec<Child>,
     dir: PathBuf,
 }
 
 impl Net {
+    /// The node namespace, routing between its leaves, with new connections
+    /// from this test's Pods diverted to the enforcer's queue.
+    fn new(tag: &str, octet: u8) -> Net {
+        let net = Net {
+            prefix: format!("xbe{}{tag}", std::process::id()),
+            octet,
+            leaves: Vec::new(),
+            children: Vec::new(),
+            dir: support::tempdir(&format!("enforce-{tag}")),
+        };
+        must(&["ip", "netns", "add", &net.ns("node")]);
+        net.run("node", &["ip", "link", "set", "lo", "up"]);
+        net.run("node", &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        // kube-network-policies queues new connections with an nftables
+        // `queue` rule; where the kernel lacks nft_queue (this machine's
+        // does) that rule fails, so the same diversion is made with the
+        // xtables NFQUEUE target. Every verdict is still the enforcer's.
+        let pods = format!("10.{octet}.0.0/16");
+        let queue = QUEUE.to_string();
+        let established = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"];
+        let divert = ["-s", pods.as_str(), "-j", "NFQUEUE", "--queue-num", queue.as_str()];
+        for rule in [&established[..], &divert[..]] {
+            let mut args = vec!["iptables", "-t", "mangle", "-A", "POSTROUTING"];
+            args.extend(rule);
+            net.run("node", &args);
+        }
+        net
+    }
+
     fn ns(&self, name: &str) -> String {
         format!("{}-{name}", self.prefix)
     }
@@ -107,11 +173,25 @@ impl Net {
         self.children.push(child);
     }
 
-    /// A leaf namespace on its own /24, `address` inside, `.1` on the node side.
-    fn leaf(&self, name: &str, address: &str, gateway: &str, prefix: u8) {
+    /// The address of this test's Pod on subnet `subnet`.
+    fn pod_ip(&self, subnet: u8) -> String {
+        format!("10.{}.{subnet}.2", self.octet)
+    }
+
+    /// A Pod's namespace, alone on `10.<octet>.<subnet>.0/24`; its address.
+    fn pod(&mut self, name: &str, subnet: u8) -> String {
+        let ip = self.pod_ip(subnet);
+        self.leaf(name, &ip, &format!("10.{}.{subnet}.1", self.octet), 24);
+        ip
+    }
+
+    /// A leaf namespace on its own subnet, `address` inside, `gateway` on the node side.
+    fn leaf(&mut self, name: &str, address: &str, gateway: &str, prefix: u8) {
         must(&["ip", "netns", "add", &self.ns(name)]);
+        self.leaves.push(name.to_string());
         self.run(name, &["ip", "link", "set", "lo", "up"]);
-        let node_side = format!("v{}", name);
+        // Made inside the node namespace: tests running at once may use the same names.
+        let node_side = format!("v{name}");
         must(&[
             "ip",
             "link",
@@ -134,6 +214,14 @@ impl Net {
         self.run(name, &["ip", "route", "add", "default", "via", gateway]);
     }
 
+    /// Accept connections on `ports` inside the leaf `name`.
+    fn listen(&mut self, name: &str, ports: &[u16]) {
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let mut args = vec!["python3", "-c", LISTENER];
+        args.extend(ports.iter().map(String::as_str));
+        self.spawn(name, &args, &format!("listen-{name}.log"));
+    }
+
     /// Whether a TCP connection from the gateway Pod to `ip:port` is made.
     fn connects(&self, ip: &str, port: u16) -> bool {
         self.connects_from("gwpod", ip, port)
@@ -143,6 +231,63 @@ impl Net {
     fn connects_from(&self, from: &str, ip: &str, port: u16) -> bool {
         self.exec(from, &["python3", "-c", PROBE, ip, &port.to_string()]).output().unwrap().status.success()
     }
+
+    /// Waits until NFQUEUE queue `queue` is bound in the node namespace.
+    async fn queue_bound(&self, queue: u16) -> bool {
+        let queue = queue.to_string();
+        let bound = support::eventually(Duration::from_secs(30), || async {
+            let out = self.exec("node", &["cat", "/proc/net/netfilter/nfnetlink_queue"]).output().ok()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            text.lines().any(|l| l.split_whitespace().next() == Some(queue.as_str())).then_some(())
+        })
+        .await;
+        bound.is_some()
+    }
+
+    /// Starts kube-network-policies in the node namespace as if in-cluster
+    /// (a service account token and CA under a private /run, the apiserver
+    /// at 127.0.0.1 of the node through the bridge), with `extra` flags;
+    /// returns once it has bound its queue.
+    async fn start_enforcer(&mut self, cp: &ControlPlane, extra: &[&str]) {
+        let knp = support::tool("kube-network-policies");
+        if extra.contains(&"--admin-network-policy") {
+            // With AdminNetworkPolicies on, v0.8.0 also opens queue QUEUE+1
+            // for a DNS cache (for `domainNames` peers, which the controller
+            // never writes) behind an nftables `queue` rule. Without
+            // nft_queue that rule fails, the cache closes its socket and
+            // its receive loop spins on the closed descriptor: more than a
+            // core and 20 MB/s of log. With the queue already bound the
+            // cache's bind fails first and it never starts; queue QUEUE is
+            // untouched.
+            let next = QUEUE + 1;
+            self.spawn("node", &["python3", "-c", HOLD_QUEUE, &next.to_string()], "hold-queue.log");
+            assert!(self.queue_bound(next).await, "queue {next} never held: {}", self.read_log("hold-queue.log"));
+        }
+        let (api_port, token, ca) = credentials(&cp.kubeconfig);
+        let sa = self.dir.join("run/secrets/kubernetes.io/serviceaccount");
+        std::fs::create_dir_all(&sa).unwrap();
+        std::fs::write(sa.join("token"), token).unwrap();
+        std::fs::write(sa.join("ca.crt"), ca).unwrap();
+        let socket = self.dir.join("api.sock");
+        tokio::spawn(serve_bridge(socket.clone(), api_port));
+        self.spawn("node", &["python3", "-c", BRIDGE, &api_port.to_string(), socket.to_str().unwrap()], "bridge.log");
+        let script = format!(
+            "mount --bind '{}' /run && exec env KUBERNETES_SERVICE_HOST=127.0.0.1 KUBERNETES_SERVICE_PORT={api_port} '{}' --hostname-override={NODE_NAME} --nfqueue-id={QUEUE} --metrics-bind-address=127.0.0.1:9080 --netfilter-bug-1766-fix=false -v=2 {}",
+            self.dir.join("run").display(),
+            knp.display(),
+            extra.join(" ")
+        );
+        self.spawn("node", &["unshare", "-m", "sh", "-c", &script], "kube-network-policies.log");
+        assert!(self.queue_bound(QUEUE).await, "the enforcer never bound its queue:\n{}", self.enforcer_log());
+    }
+
+    fn read_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    fn enforcer_log(&self) -> String {
+        self.read_log("kube-network-policies.log")
+    }
 }
 
 impl Drop for Net {
@@ -151,7 +296,7 @@ impl Drop for Net {
             let _ = child.kill();
             let _ = child.wait();
         }
-        for name in ["gwpod", "egpod", "web", "ext1", "ext2", "meta", "node"] {
+        for name in self.leaves.iter().map(String::as_str).chain(["node"]) {
             let ns = self.ns(name);
             // Processes left in a namespace would keep it alive.
             if let Ok(out) = Command::new("ip").args(["netns", "pids", &ns]).output() {
@@ -221,137 +366,92 @@ async fn until(net: &Net, ip: &str, port: u16, open: bool, what: &str, ctl: &Con
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    panic!("{what}: {ip}:{port} never became {}; log:\n{}", if open { "reachable" } else { "blocked" }, ctl.log_tail());
+    panic!(
+        "{what}: {ip}:{port} never became {}; controller log:\n{}\nenforcer log (tail):\n{}",
+        if open { "reachable" } else { "blocked" },
+        ctl.log_tail(),
+        tail(&net.enforcer_log(), 30)
+    );
 }
 
-#[tokio::test]
-async fn the_enforcer_allows_vetted_addresses_only_and_refuses_a_rebinding() {
-    assert!(
-        sh(&["id", "-u"]).stdout.starts_with(b"0"),
-        "this test creates network namespaces and needs root (as `make test` runs here)"
-    );
-    let knp = support::tool("kube-network-policies");
-    let cp = ControlPlane::shared(Channel::Standard);
-    let (client, ns) = cp.namespace("enforce").await;
-    support::install_crd(&client).await;
-    // Guard mode: the Gateway belongs to another implementation's class.
-    let gw = TestGateway::create(&client, &ns, &[]).await;
-    let foreign = foreign_gateway(&client, &ns, "mesh", "istio.io/gateway-controller", "gw").await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    register_pod(&pods, "gw-pod", json!({"gateway.networking.k8s.io/gateway-name": "gw"}), "10.244.1.2").await;
-    register_pod(&pods, "web-0", json!({"app": "web"}), "10.244.2.2").await;
-    // deploy/README.md's Envoy Gateway recipe: a Gateway "edge" of another
-    // class whose proxy runs in the implementation's own namespace.
-    let (_, eg_system) = cp.namespace("enforce-eg").await;
-    let eg = foreign_gateway(&client, &ns, "eg", "gateway.envoyproxy.io/gatewayclass-controller", "edge").await;
-    let envoy_labels = json!({"gateway.envoyproxy.io/owning-gateway-name": "edge", "gateway.envoyproxy.io/owning-gateway-namespace": ns});
-    register_pod(&Api::namespaced(client.clone(), &eg_system), "envoy-edge", envoy_labels, "10.244.3.2").await;
-    let eg_plane = format!(
-        "{eg}={eg_system}:gateway.envoyproxy.io/owning-gateway-name={{name}},gateway.envoyproxy.io/owning-gateway-namespace={{namespace}}"
-    );
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
 
-    // ---- the network ----
-    let mut net =
-        Net { prefix: format!("xbe{}", std::process::id()), children: Vec::new(), dir: support::tempdir("enforce") };
-    must(&["ip", "netns", "add", &net.ns("node")]);
-    net.run("node", &["ip", "link", "set", "lo", "up"]);
-    net.run("node", &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    net.leaf("gwpod", "10.244.1.2", "10.244.1.1", 24);
-    net.leaf("egpod", "10.244.3.2", "10.244.3.1", 24);
-    net.leaf("web", "10.244.2.2", "10.244.2.1", 24);
-    net.leaf("ext1", "192.0.2.10", "192.0.2.1", 24);
-    net.leaf("ext2", "198.51.100.10", "198.51.100.1", 24);
-    net.leaf("meta", "169.254.169.254", "169.254.169.1", 24);
-    for (leaf, ports) in
-        [("ext1", vec!["443", "8443"]), ("ext2", vec!["443"]), ("meta", vec!["443"]), ("web", vec!["8080"])]
-    {
-        let mut args = vec!["python3", "-c", LISTENER];
-        args.extend(ports);
-        net.spawn(leaf, &args, &format!("listen-{leaf}.log"));
-    }
-    // kube-network-policies queues new connections with an nftables `queue`
-    // rule; where the kernel lacks nft_queue (this machine's does) that rule
-    // fails, so the same diversion is made with the xtables NFQUEUE target.
-    // Every verdict is still the enforcer's.
-    for args in [
-        vec![
-            "iptables",
-            "-t",
-            "mangle",
-            "-A",
-            "POSTROUTING",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "ESTABLISHED,RELATED",
-            "-j",
-            "ACCEPT",
-        ],
-        vec![
-            "iptables",
-            "-t",
-            "mangle",
-            "-A",
-            "POSTROUTING",
-            "-s",
-            "10.244.0.0/16",
-            "-j",
-            "NFQUEUE",
-            "--queue-num",
-            QUEUE,
-        ],
-    ] {
-        net.run("node", &args);
+/// The label GEP-1762 implementations put on a Gateway's data-plane Pods.
+const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
+
+/// What each test starts from, in a namespace of its own: a Gateway `gw` of
+/// another implementation's class (guard mode); its data-plane Pod
+/// (`gwpod`) and an EndpointSelector's Pod (`web`, port 8080), registered
+/// through the API with this test's addresses and present as network
+/// namespaces; three external hosts (ext1 192.0.2.10 on 443 and 8443, ext2
+/// 198.51.100.10 and the metadata address 169.254.169.254 on 443); and a
+/// DNS server that says api.example.net is 192.0.2.10. `web` also answers
+/// on 9090, which no XBackend names.
+struct Scene {
+    cp: &'static ControlPlane,
+    client: kube::Client,
+    ns: String,
+    gw: TestGateway,
+    foreign: String,
+    net: Net,
+    dns: DnsServer,
+    web_ip: String,
+}
+
+impl Scene {
+    async fn new(test: &str, tag: &str, octet: u8) -> Scene {
+        assert!(
+            sh(&["id", "-u"]).stdout.starts_with(b"0"),
+            "this test creates network namespaces and needs root (as `make test` runs here)"
+        );
+        let cp = ControlPlane::shared(Channel::Standard);
+        let (client, ns) = cp.namespace(test).await;
+        support::install_crd(&client).await;
+        let gw = TestGateway::create(&client, &ns, &[]).await;
+        let foreign = foreign_gateway(&client, &ns, "mesh", "istio.io/gateway-controller", "gw").await;
+        let mut net = Net::new(tag, octet);
+        let gw_ip = net.pod("gwpod", 1);
+        let web_ip = net.pod("web", 2);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        register_pod(&pods, "gw-pod", json!({GATEWAY_NAME: "gw"}), &gw_ip).await;
+        register_pod(&pods, "web-0", json!({"app": "web"}), &web_ip).await;
+        net.leaf("ext1", "192.0.2.10", "192.0.2.1", 24);
+        net.leaf("ext2", "198.51.100.10", "198.51.100.1", 24);
+        net.leaf("meta", "169.254.169.254", "169.254.169.1", 24);
+        for (leaf, ports) in [("ext1", &[443, 8443][..]), ("ext2", &[443]), ("meta", &[443]), ("web", &[8080, 9090])] {
+            net.listen(leaf, ports);
+        }
+        let dns = DnsServer::start().await;
+        dns.set("api.example.net", Answer::Addresses(vec!["192.0.2.10".parse().unwrap()], 1));
+        Scene { cp, client, ns, gw, foreign, net, dns, web_ip }
     }
 
-    // ---- the enforcer, in the node namespace, as if in-cluster ----
-    let (api_port, token, ca) = credentials(&cp.kubeconfig);
-    let sa = net.dir.join("run/secrets/kubernetes.io/serviceaccount");
-    std::fs::create_dir_all(&sa).unwrap();
-    std::fs::write(sa.join("token"), token).unwrap();
-    std::fs::write(sa.join("ca.crt"), ca).unwrap();
-    let socket = net.dir.join("api.sock");
-    tokio::spawn(serve_bridge(socket.clone(), api_port));
-    net.spawn("node", &["python3", "-c", BRIDGE, &api_port.to_string(), socket.to_str().unwrap()], "bridge.log");
-    let script = format!(
-        "mount --bind '{}' /run && exec env KUBERNETES_SERVICE_HOST=127.0.0.1 KUBERNETES_SERVICE_PORT={api_port} '{}' --hostname-override={NODE_NAME} --nfqueue-id={QUEUE} --metrics-bind-address=127.0.0.1:9080 --netfilter-bug-1766-fix=false -v=2",
-        net.dir.join("run").display(),
-        knp.display()
-    );
-    net.spawn("node", &["unshare", "-m", "sh", "-c", &script], "kube-network-policies.log");
-    let bound = support::eventually(Duration::from_secs(30), || async {
-        let out = net.exec("node", &["cat", "/proc/net/netfilter/nfnetlink_queue"]).output().ok()?;
-        String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().next() == Some(QUEUE)).then_some(())
-    })
-    .await;
-    let enforcer_log = || std::fs::read_to_string(net.dir.join("kube-network-policies.log")).unwrap_or_default();
-    assert!(bound.is_some(), "the enforcer never bound its queue:\n{}", enforcer_log());
+    /// XBackends `api` (api.example.net:443) and `web` (EndpointSelector
+    /// app=web, 8080), each behind `gw` by an HTTPRoute.
+    async fn backends(&self) {
+        let web = "---\napiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackend\nmetadata: {name: web}\nspec:\n  type: EndpointSelector\n  port: {number: 8080}\n  endpointSelector: {matchLabels: {app: web}}\n";
+        let yaml = [
+            xbackend_yaml("api", "api.example.net"),
+            route_yaml("api", &["gw"], "api"),
+            web.to_string(),
+            route_yaml("web", &["gw"], "web"),
+        ]
+        .concat();
+        apply_yaml(&self.client, Some(&self.ns), &yaml).await;
+    }
 
-    // ---- the controller, its XBackends and their addresses ----
-    let dns = DnsServer::start().await;
-    dns.set("api.example.net", Answer::Addresses(vec!["192.0.2.10".parse().unwrap()], 1));
-    let web = "---\napiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackend\nmetadata: {name: web}\nspec:\n  type: EndpointSelector\n  port: {number: 8080}\n  endpointSelector: {matchLabels: {app: web}}\n";
-    let yaml = [
-        xbackend_yaml("api", "api.example.net"),
-        route_yaml("api", &["gw"], "api"),
-        route_yaml("api-edge", &["edge"], "api"),
-        web.to_string(),
-        route_yaml("web", &["gw"], "web"),
-    ]
-    .concat();
-    apply_yaml(&client, Some(&ns), &yaml).await;
-    let server = dns.flag();
-    let ctl = Controller::start(
-        &cp.kubeconfig,
-        &[
+    /// The controller in guard mode for `gw`'s class, asking the test's DNS
+    /// server, with `extra` flags (the engine and its options).
+    fn controller(&self, extra: &[&str]) -> Controller {
+        let server = self.dns.flag();
+        let mut args = vec![
             "--controller-name",
-            &gw.controller_name,
+            &self.gw.controller_name,
             "--gateway-class",
-            &foreign,
-            "--gateway-class",
-            &eg,
-            "--egress-data-plane",
-            &eg_plane,
+            &self.foreign,
             "--dns-check",
             "--dns-server",
             &server,
@@ -364,11 +464,63 @@ async fn the_enforcer_allows_vetted_addresses_only_and_refuses_a_rebinding() {
             "192.0.2.0/24",
             "--allow-cidr",
             "198.51.100.0/24",
-            "--egress-policy",
-            "networkpolicy",
-            "--egress-policy-allow-cluster=false",
-        ],
+        ];
+        args.extend_from_slice(extra);
+        Controller::start(&self.cp.kubeconfig, &args)
+    }
+
+    /// The namespace owner's NetworkPolicy `owner` for the gateway Pod:
+    /// `egress` as given (absent: it allows no egress at all).
+    async fn owners_policy(&self, egress: Option<serde_json::Value>) {
+        let mut spec = json!({"podSelector": {"matchLabels": {GATEWAY_NAME: "gw"}}, "policyTypes": ["Egress"]});
+        if let Some(egress) = egress {
+            spec["egress"] = egress;
+        }
+        let policy = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "owner"}, "spec": spec});
+        apply_yaml(&self.client, Some(&self.ns), &policy.to_string()).await;
+    }
+
+    /// The first Event in the test's namespace with `reason` about `name`,
+    /// waited for up to a minute.
+    async fn event_about(&self, reason: &str, name: &str) -> Option<DynamicObject> {
+        let events = support::dynamic(&self.client, &self.ns, "events.k8s.io", "v1", "Event");
+        support::eventually(Duration::from_secs(60), || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find(|e| e.data["reason"] == reason && e.data["regarding"]["name"] == name)
+        })
+        .await
+    }
+}
+
+#[tokio::test]
+async fn the_enforcer_allows_vetted_addresses_only_and_refuses_a_rebinding() {
+    let mut scene = Scene::new("enforce", "np", 244).await;
+    let (client, ns) = (scene.client.clone(), scene.ns.clone());
+    // deploy/README.md's Envoy Gateway recipe: a Gateway "edge" of another
+    // class whose proxy runs in the implementation's own namespace.
+    let (_, eg_system) = scene.cp.namespace("enforce-eg").await;
+    let eg = foreign_gateway(&client, &ns, "eg", "gateway.envoyproxy.io/gatewayclass-controller", "edge").await;
+    let envoy_ip = scene.net.pod("egpod", 3);
+    let envoy_labels = json!({"gateway.envoyproxy.io/owning-gateway-name": "edge", "gateway.envoyproxy.io/owning-gateway-namespace": ns});
+    register_pod(&Api::namespaced(client.clone(), &eg_system), "envoy-edge", envoy_labels, &envoy_ip).await;
+    let eg_plane = format!(
+        "{eg}={eg_system}:gateway.envoyproxy.io/owning-gateway-name={{name}},gateway.envoyproxy.io/owning-gateway-namespace={{namespace}}"
     );
+    scene.net.start_enforcer(scene.cp, &[]).await;
+
+    scene.backends().await;
+    apply_yaml(&client, Some(&ns), &route_yaml("api-edge", &["edge"], "api")).await;
+    let ctl = scene.controller(&[
+        "--gateway-class",
+        &eg,
+        "--egress-data-plane",
+        &eg_plane,
+        "--egress-policy",
+        "networkpolicy",
+        "--egress-policy-allow-cluster=false",
+    ]);
+    let net = &scene.net;
+    let web_ip = scene.web_ip.as_str();
     // The premise: with no policy yet, every listener answers.
     for (ip, port) in [("192.0.2.10", 8443), ("198.51.100.10", 443), ("169.254.169.254", 443)] {
         assert!(net.connects(ip, port), "{ip}:{port} answers before any policy");
@@ -384,7 +536,7 @@ async fn the_enforcer_allows_vetted_addresses_only_and_refuses_a_rebinding() {
     assert!(written.is_some(), "the controller wrote the policy; log:\n{}", ctl.log_tail());
     let xbackends = support::xbackend_api(&client, &ns);
     support::wait_for_xbackend(&xbackends, "api", "our entries for the foreign classes' Gateways", |o| {
-        let ours = support::entries_of(o, "ancestors", &gw.controller_name);
+        let ours = support::entries_of(o, "ancestors", &scene.gw.controller_name);
         let accepted_behind = |name: &str| {
             ours.iter().any(|e| e["ancestorRef"]["name"] == name && e["conditions"][0]["status"] == "True")
         };
@@ -392,11 +544,11 @@ async fn the_enforcer_allows_vetted_addresses_only_and_refuses_a_rebinding() {
     })
     .await;
     // The enforcer has it once another Pod's address stops answering.
-    until(&net, "198.51.100.10", 443, false, "an address the policy never held", &ctl).await;
+    until(net, "198.51.100.10", 443, false, "an address the policy never held", &ctl).await;
 
     // Vetted address on its port: reachable; the rest: not.
-    until(&net, "192.0.2.10", 443, true, "api's vetted address", &ctl).await;
-    until(&net, "10.244.2.2", 8080, true, "the EndpointSelector's Pod", &ctl).await;
+    until(net, "192.0.2.10", 443, true, "api's vetted address", &ctl).await;
+    until(net, web_ip, 8080, true, "the EndpointSelector's Pod", &ctl).await;
     assert!(!net.connects("192.0.2.10", 8443), "the same host on another port");
     assert!(!net.connects("198.51.100.10", 443), "an address the policy never held");
     assert!(!net.connects("169.254.169.254", 443), "the metadata address");
@@ -425,19 +577,136 @@ async fn the_enforcer_allows_vetted_addresses_only_and_refuses_a_rebinding() {
 
     // The record rebinds to the metadata address: whatever the proxy resolves,
     // the enforcer refuses it at once, asking nobody (before the controller reacts).
-    dns.set("api.example.net", Answer::Addresses(vec!["169.254.169.254".parse().unwrap()], 1));
+    scene.dns.set("api.example.net", Answer::Addresses(vec!["169.254.169.254".parse().unwrap()], 1));
     assert!(!net.connects("169.254.169.254", 443), "the rebound address, before the controller reacts");
     // Then the XBackend is rejected and its address leaves the policy.
-    until(&net, "192.0.2.10", 443, false, "a rejected XBackend's address", &ctl).await;
+    until(net, "192.0.2.10", 443, false, "a rejected XBackend's address", &ctl).await;
     assert!(!net.connects("169.254.169.254", 443), "the rebound address, after");
 
     // Flipping back opens it again; deleting the XBackend closes it.
-    dns.set("api.example.net", Answer::Addresses(vec!["192.0.2.10".parse().unwrap()], 1));
-    until(&net, "192.0.2.10", 443, true, "api back", &ctl).await;
+    scene.dns.set("api.example.net", Answer::Addresses(vec!["192.0.2.10".parse().unwrap()], 1));
+    until(net, "192.0.2.10", 443, true, "api back", &ctl).await;
     support::xbackend_api(&client, &ns).delete("api", &DeleteParams::default()).await.unwrap();
-    until(&net, "192.0.2.10", 443, false, "a deleted XBackend's address", &ctl).await;
-    assert!(net.connects("10.244.2.2", 8080), "the other XBackend keeps its rule");
+    until(net, "192.0.2.10", 443, false, "a deleted XBackend's address", &ctl).await;
+    assert!(net.connects(web_ip, 8080), "the other XBackend keeps its rule");
 
-    let log = enforcer_log();
+    let log = net.enforcer_log();
     assert!(log.contains("verdict=\"drop\""), "the enforcer made the drops:\n{log}");
+
+    // What the admin tier (the next test) is for: NetworkPolicies add up, so
+    // the namespace owner's policy allowing the gateway Pod every
+    // destination reopens what ours closed, and the Gateway is told.
+    scene.owners_policy(Some(json!([{}]))).await;
+    until(
+        net,
+        "198.51.100.10",
+        443,
+        true,
+        "an address never vetted, once another NetworkPolicy allows all egress",
+        &ctl,
+    )
+    .await;
+    assert!(net.connects("169.254.169.254", 443), "and the metadata address");
+    let warned = scene.event_about("EgressPolicyWidened", "gw").await;
+    let warned = warned.unwrap_or_else(|| panic!("no EgressPolicyWidened Event on gw; log:\n{}", ctl.log_tail()));
+    assert_eq!(warned.data["type"], "Warning");
+    let note = warned.data["note"].as_str().unwrap_or_default();
+    assert!(note.contains("NetworkPolicy owner") && note.contains("every destination"), "{note}");
+}
+
+/// `--egress-policy adminnetworkpolicy` on kube-network-policies with
+/// `--admin-network-policy`: the namespace's owner has a NetworkPolicy that
+/// allows the gateway Pod every destination (what widened the NetworkPolicy
+/// engine's policy in the test above), and still the gateway Pod reaches
+/// only the vetted address on its port and the EndpointSelector's Pod: the
+/// AdminNetworkPolicies are evaluated before any NetworkPolicy, and their
+/// Deny is final.
+#[tokio::test]
+async fn admin_network_policies_hold_although_a_network_policy_allows_everything() {
+    let mut scene = Scene::new("enforce-anp", "anp", 245).await;
+    let (client, ns) = (scene.client.clone(), scene.ns.clone());
+    // The enforcer's informer lists AdminNetworkPolicies: without the CRD it
+    // never syncs and never opens its queue.
+    support::install_policy_crd(&client, support::ANP_EXPERIMENTAL).await;
+    scene.net.start_enforcer(scene.cp, &["--admin-network-policy"]).await;
+    let net = &scene.net;
+
+    // The owner's NetworkPolicy, in two steps, so that the enforcer is known
+    // to have it: first it allows no egress (the enforcer blocks), then
+    // every destination (it lets through again).
+    assert!(net.connects("198.51.100.10", 443), "the premise: no policy, no block");
+    scene.owners_policy(None).await;
+    let blocked =
+        support::eventually(Duration::from_secs(30), || async { (!net.connects("198.51.100.10", 443)).then_some(()) })
+            .await;
+    assert!(blocked.is_some(), "the enforcer applies NetworkPolicies:\n{}", tail(&net.enforcer_log(), 30));
+    scene.owners_policy(Some(json!([{}]))).await;
+    let open =
+        support::eventually(Duration::from_secs(30), || async { net.connects("198.51.100.10", 443).then_some(()) })
+            .await;
+    assert!(open.is_some(), "the owner's NetworkPolicy allows everything:\n{}", tail(&net.enforcer_log(), 30));
+    let web_ip = scene.web_ip.as_str();
+    for (ip, port) in [("192.0.2.10", 8443), ("169.254.169.254", 443), (web_ip, 9090)] {
+        assert!(net.connects(ip, port), "{ip}:{port} answers under the owner's NetworkPolicy");
+    }
+
+    scene.backends().await;
+    let ctl = scene.controller(&["--egress-policy", "adminnetworkpolicy", "--egress-policy-allow-cluster=false"]);
+    ctl.wait_ready().await;
+    let anp = ApiResource {
+        group: "policy.networking.k8s.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "policy.networking.k8s.io/v1alpha1".into(),
+        kind: "AdminNetworkPolicy".into(),
+        plural: "adminnetworkpolicies".into(),
+    };
+    let anps: Api<DynamicObject> = Api::all_with(client.clone(), &anp);
+    let (accepts, deny) = (format!("xbackend-egress-0.{ns}.gw"), format!("xbackend-egress-deny.{ns}.gw"));
+    let written = support::eventually(Duration::from_secs(60), || async {
+        let accepts = anps.get_opt(&accepts).await.ok()??;
+        anps.get_opt(&deny).await.ok()??;
+        serde_json::to_string(&accepts).ok()?.contains("192.0.2.10/32").then_some(())
+    })
+    .await;
+    assert!(written.is_some(), "the controller wrote {accepts} and {deny}; log:\n{}", ctl.log_tail());
+
+    // The enforcer has them once an address never vetted stops answering,
+    // which nothing but the admin tier's Deny can do now.
+    until(net, "198.51.100.10", 443, false, "an address never vetted, under the owner's allow-all", &ctl).await;
+    until(net, "192.0.2.10", 443, true, "api's vetted address", &ctl).await;
+    until(net, web_ip, 8080, true, "the EndpointSelector's Pod", &ctl).await;
+    assert!(!net.connects("192.0.2.10", 8443), "the same host on another port");
+    assert!(!net.connects("169.254.169.254", 443), "the metadata address");
+    assert!(!net.connects(web_ip, 9090), "the EndpointSelector's Pod on another port");
+
+    // The record rebinds to the metadata address: refused at once, then the
+    // XBackend is rejected and its address leaves the accepts.
+    scene.dns.set("api.example.net", Answer::Addresses(vec!["169.254.169.254".parse().unwrap()], 1));
+    assert!(!net.connects("169.254.169.254", 443), "the rebound address, before the controller reacts");
+    until(net, "192.0.2.10", 443, false, "a rejected XBackend's address", &ctl).await;
+    assert!(!net.connects("169.254.169.254", 443), "the rebound address, after");
+
+    // Flipping back opens it again; deleting the XBackend closes it.
+    scene.dns.set("api.example.net", Answer::Addresses(vec!["192.0.2.10".parse().unwrap()], 1));
+    until(net, "192.0.2.10", 443, true, "api back", &ctl).await;
+    support::xbackend_api(&client, &ns).delete("api", &DeleteParams::default()).await.unwrap();
+    until(net, "192.0.2.10", 443, false, "a deleted XBackend's address", &ctl).await;
+    assert!(net.connects(web_ip, 8080), "the other XBackend keeps its rule");
+
+    // The drops were the admin tier's: its Deny, not a NetworkPolicy.
+    let log = net.enforcer_log();
+    assert!(log.contains("verdict=\"drop\""), "the enforcer made the drops:\n{}", tail(&log, 60));
+    assert!(
+        log.lines().any(|l| l.contains("\"Egress AdminNetworkPolicies\"") && l.contains("action=\"Deny\"")),
+        "an AdminNetworkPolicy denied:\n{}",
+        tail(&log, 60)
+    );
+    assert!(
+        log.lines().any(|l| l.contains("\"Egress AdminNetworkPolicies\"") && l.contains("action=\"Allow\"")),
+        "an AdminNetworkPolicy allowed:\n{}",
+        tail(&log, 60)
+    );
+    // The queue held for the DNS cache kept it from spinning.
+    assert!(log.contains("domain cache controller exited"), "{}", tail(&log, 60));
+    assert!(!log.contains("Could not receive message"), "the DNS cache spun:\n{}", tail(&log, 60));
 }

@@ -778,3 +778,101 @@ pub fn tool(name: &str) -> PathBuf {
     installed.insert(name.to_string());
     tools.join(name)
 }
+
+// ---- policy.networking.k8s.io CRDs (hack/install-policy-crds.sh) ----
+
+/// One CRD file of `sigs.k8s.io/network-policy-api` that
+/// hack/install-policy-crds.sh copies into target/tools/policy-crds.
+#[derive(Clone, Copy, Debug)]
+pub struct PolicyCrd {
+    /// The module version (the script pins the same ones).
+    pub version: &'static str,
+    /// standard or experimental.
+    pub channel: &'static str,
+    pub file: &'static str,
+}
+
+/// AdminNetworkPolicy v1alpha1, experimental channel (the `networks` peer),
+/// at the version kube-network-policies v0.8.0 pins.
+pub const ANP_EXPERIMENTAL: PolicyCrd = PolicyCrd {
+    version: "v0.1.6-0.20250401132235-45061d10895e",
+    channel: "experimental",
+    file: "policy.networking.k8s.io_adminnetworkpolicies.yaml",
+};
+/// ClusterNetworkPolicy v1beta1 (storage) and v1alpha2, standard channel.
+pub const CNP_STANDARD: PolicyCrd =
+    PolicyCrd { version: "v0.3.1", channel: "standard", file: "policy.networking.k8s.io_clusternetworkpolicies.yaml" };
+/// The same, experimental channel (named ports, `nodes`, `domainNames`).
+pub const CNP_EXPERIMENTAL: PolicyCrd = PolicyCrd { channel: "experimental", ..CNP_STANDARD };
+
+impl PolicyCrd {
+    /// The file, installed on first use.
+    pub fn path(&self) -> PathBuf {
+        tool("policy-crds").join(self.version).join(self.channel).join(self.file)
+    }
+
+    /// The CRD as JSON.
+    pub fn crd(&self) -> serde_json::Value {
+        let path = self.path();
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// `network-policy-api v0.3.1 standard`, for messages.
+    pub fn describe(&self) -> String {
+        format!("{} (network-policy-api {} {})", self.file, self.version, self.channel)
+    }
+}
+
+/// Applies a CRD from target/tools/policy-crds and waits until it is served.
+pub async fn install_policy_crd(client: &Client, crd: PolicyCrd) {
+    apply_crd(client, &crd.crd()).await;
+}
+
+/// Applies `crd` (a CustomResourceDefinition, possibly replacing one of the
+/// same name) and waits until discovery serves exactly its served versions.
+pub async fn apply_crd(client: &Client, crd: &serde_json::Value) {
+    apply_yaml(client, None, &serde_json::to_string(crd).unwrap()).await;
+    let name = crd["metadata"]["name"].as_str().expect("a CRD name");
+    wait_for_crd(client, name).await;
+    let versions = crd["spec"]["versions"].as_array().expect("spec.versions");
+    let want: BTreeSet<String> =
+        versions.iter().filter(|v| v["served"] == true).map(|v| v["name"].as_str().unwrap().to_string()).collect();
+    let (group, kind) = (crd["spec"]["group"].as_str().unwrap(), crd["spec"]["names"]["kind"].as_str().unwrap());
+    let served = eventually(Duration::from_secs(30), || async {
+        let now = served_versions(client, group, kind).await;
+        (now == want).then_some(())
+    })
+    .await;
+    if served.is_none() {
+        let now = served_versions(client, group, kind).await;
+        panic!("{kind}.{group}: discovery serves {now:?}, not {want:?}");
+    }
+}
+
+/// The versions of `group` that serve `kind`, as discovery says now.
+pub async fn served_versions(client: &Client, group: &str, kind: &str) -> BTreeSet<String> {
+    let Ok(discovery) = Discovery::new(client.clone()).filter(&[group]).run().await else { return BTreeSet::new() };
+    let Some(found) = discovery.get(group) else { return BTreeSet::new() };
+    found
+        .versions()
+        .filter(|v| found.versioned_resources(v).iter().any(|(ar, _)| ar.kind == kind))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Deletes the CRD `name` (with every object of its kind) and waits until it
+/// is gone and discovery no longer serves `kind`.
+pub async fn delete_crd(client: &Client, name: &str) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let Some(crd) = api.get_opt(name).await.expect("read CRD") else { return };
+    let (group, kind) = (crd.spec.group.clone(), crd.spec.names.kind.clone());
+    let _ = api.delete(name, &Default::default()).await;
+    let gone = eventually(Duration::from_secs(60), || async {
+        let absent = api.get_opt(name).await.ok()?.is_none();
+        (absent && served_versions(client, &group, &kind).await.is_empty()).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "CRD {name} still there a minute after its delete");
+}

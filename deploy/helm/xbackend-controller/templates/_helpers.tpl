@@ -71,6 +71,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* "true" when controller.egress.policy is an admin-tier engine (cluster-scoped objects), else "". */}}
+{{- define "xbackend-controller.adminEngine" -}}
+{{- if has .Values.controller.egress.policy (list "adminnetworkpolicy" "clusternetworkpolicy") }}true{{ end }}
+{{- end }}
+
 {{/* The `run` arguments, one flag per value. */}}
 {{- define "xbackend-controller.args" -}}
 - run
@@ -99,11 +104,19 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- range .Values.controller.allowCIDRs }}
 - {{ printf "--allow-cidr=%s" . | quote }}
 {{- end }}
-{{- if eq .Values.controller.egress.policy "networkpolicy" }}
+{{- $engine := .Values.controller.egress.policy }}
+{{- if ne $engine "off" }}
 {{- if not .Values.controller.dns.check }}
-{{- fail "controller.egress.policy=networkpolicy needs controller.dns.check=true: the policies allow the addresses names resolve to" }}
+{{- fail (printf "controller.egress.policy=%s needs controller.dns.check=true: the policies allow the addresses names resolve to" $engine) }}
 {{- end }}
-- --egress-policy=networkpolicy
+{{- $admin := include "xbackend-controller.adminEngine" . }}
+{{- if and $admin .Values.controller.egress.namespaces }}
+{{- fail (printf "controller.egress.namespaces is for controller.egress.policy=networkpolicy only: %s objects are cluster-scoped (a ClusterRole rule), so there is no namespace to keep them in" $engine) }}
+{{- end }}
+- {{ printf "--egress-policy=%s" $engine | quote }}
+{{- if $admin }}
+- {{ printf "--egress-admin-priority=%d" (int .Values.controller.egress.adminPriority) | quote }}
+{{- end }}
 - {{ printf "--egress-policy-allow-cluster=%t" .Values.controller.egress.allowCluster | quote }}
 - {{ printf "--egress-address-hold=%s" .Values.controller.egress.addressHold | quote }}
 - {{ printf "--egress-max-addresses-per-host=%d" (int .Values.controller.egress.maxAddressesPerHost) | quote }}
