@@ -22,7 +22,6 @@ use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessR
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::discovery::Discovery;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::dns::{Answer, DnsServer};
@@ -131,7 +130,8 @@ controller:
   egress:
     policy: adminnetworkpolicy
     adminPriority: 40
-    allowCluster: false
+    cluster: routes
+    needs: {istio: ["istio-system/app=istiod:15012", "observability/app=otel:4317"]}
     addressHold: 30m
     maxAddressesPerHost: 16
     dnsCIDRs: [169.254.20.10/32]
@@ -269,7 +269,9 @@ fn every_value_reaches_the_rendered_flags_and_objects() {
             "--allow-cidr=10.8.0.0/16",
             "--egress-policy=adminnetworkpolicy",
             "--egress-admin-priority=40",
-            "--egress-policy-allow-cluster=false",
+            "--egress-cluster=routes",
+            "--egress-needs=istio=istio-system/app=istiod:15012",
+            "--egress-needs=istio=observability/app=otel:4317",
             "--egress-address-hold=30m",
             "--egress-max-addresses-per-host=16",
             "--egress-dns-cidr=169.254.20.10/32",
@@ -451,8 +453,8 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
         }
     }
     assert_eq!(
-        rules_seen, 17,
-        "ten ClusterRole rules, one more for each engine's kind (NetworkPolicies in every namespace, AdminNetworkPolicies, ClusterNetworkPolicies), one for a listed namespace, one for --dns-service, and two Role rules"
+        rules_seen, 19,
+        "ten ClusterRole rules, one more for each engine's kind (NetworkPolicies in every namespace, AdminNetworkPolicies, ClusterNetworkPolicies), two for the Services and EndpointSlices of --egress-cluster routes, one for a listed namespace, one for --dns-service, and two Role rules"
     );
 
     // --egress-policy networkpolicy adds exactly the NetworkPolicy writes.
@@ -508,11 +510,13 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
         assert_eq!(
             extra,
             [
-                &json!({"apiGroups": ["policy.networking.k8s.io"], "resources": [resource], "verbs": ["list", "watch", "create", "patch", "delete"]})
+                &json!({"apiGroups": ["policy.networking.k8s.io"], "resources": [resource], "verbs": ["list", "watch", "create", "patch", "delete"]}),
+                &json!({"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]}),
+                &json!({"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}),
             ],
-            "{engine}"
+            "{engine}: its kind, and what the default cluster mode (routes where a class has a preset) reads"
         );
-        assert_eq!(rules.len(), defaults.len() + 1, "{engine}: no default rule lost");
+        assert_eq!(rules.len(), defaults.len() + 3, "{engine}: no default rule lost");
         let egress_roles =
             (rendered.iter()).filter(|d| d["metadata"]["name"] == "x-xbackend-controller-egress").count();
         assert_eq!(egress_roles, 0, "{engine}: no namespaced Role");
@@ -523,6 +527,33 @@ fn rbac_is_exactly_the_least_privilege_rule_set_and_every_rule_says_why() {
     }
     let args = args_of(&egress);
     assert!(!args.iter().any(|a| a.starts_with("--egress-admin-priority")), "networkpolicy has no priority: {args:?}");
+    // Services and EndpointSlices are read only where a Gateway may be held to its routes.
+    let reads_services = |set: &[&str]| {
+        let mut args = vec!["--set", "controller.egress.policy=networkpolicy"];
+        args.extend(set.iter().flat_map(|s| ["--set", *s]));
+        let docs = self::docs(&render("x", "default", &args));
+        let rules = one(&docs, "ClusterRole")["rules"].as_array().unwrap().clone();
+        (rules.iter().any(|r| r["resources"] == json!(["services"])), args_of(&docs))
+    };
+    for (set, reads, flag) in [
+        (&[][..], true, None),
+        (&["controller.egress.cluster=routes"][..], true, Some("--egress-cluster=routes")),
+        (&["controller.egress.cluster=all"][..], false, Some("--egress-cluster=all")),
+        (&["controller.egress.cluster=none"][..], false, Some("--egress-cluster=none")),
+        (&["controller.egress.allowCluster=true"][..], false, Some("--egress-cluster=all")),
+        (&["controller.egress.allowCluster=false"][..], false, Some("--egress-cluster=none")),
+        (
+            &["controller.egress.allowCluster=false", "controller.egress.cluster=routes"][..],
+            true,
+            Some("--egress-cluster=routes"),
+        ),
+    ] {
+        let (granted, args) = reads_services(set);
+        assert_eq!(granted, reads, "{set:?}");
+        let given: Vec<&String> = args.iter().filter(|a| a.starts_with("--egress-cluster")).collect();
+        assert_eq!(given.first().map(|a| a.as_str()), flag, "{set:?}: {args:?}");
+        assert!(!args.iter().any(|a| a.contains("allow-cluster")), "the deprecated flag is never rendered: {args:?}");
+    }
 
     let refused = try_render(
         "x",
@@ -921,7 +952,7 @@ async fn deploy_manifests_apply_server_side_and_every_object_is_accepted() {
     let out = run(kubectl(cp).args(["apply", "--server-side", "-f"]).arg(&manifest));
     assert!(out.status.success(), "kubectl apply:\n{}{}", text(&out.stdout), text(&out.stderr));
     assert!(!text(&out.stderr).contains("Warning"), "no admission warnings: {}", text(&out.stderr));
-    let discovery = Discovery::new(client.clone()).run().await.unwrap();
+    let discovery = support::discover(&client).await;
     for doc in docs(&std::fs::read_to_string(&manifest).unwrap()) {
         let obj: DynamicObject = serde_json::from_value(doc.clone()).unwrap();
         let (api, _) = support::dynamic_api(&client, &discovery, &obj, None);

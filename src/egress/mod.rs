@@ -164,6 +164,12 @@ pub enum ClusterMode {
 }
 
 impl ClusterMode {
+    /// Whether Gateways under `mode` (None: each by its class) may be held to
+    /// what their routes name: only then are Services and EndpointSlices read.
+    pub fn reads_services(mode: Option<ClusterMode>) -> bool {
+        matches!(mode, Some(ClusterMode::Routes) | None)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             ClusterMode::Routes => "routes",

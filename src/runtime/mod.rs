@@ -129,7 +129,7 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::default());
     let index = Index::new(&args.controller_name)
         .guarding(args.guard.gateway_classes.clone())
-        .tracking_services(engine.is_some());
+        .tracking_services(engine.is_some() && crate::egress::ClusterMode::reads_services(args.egress.cluster_mode()));
     let state = Arc::new(State::new(index, metrics.clone(), Synced::open()));
     let feeds = Feeds { client: client.clone(), state: state.clone(), queue: Arc::default(), metrics: metrics.clone() };
     let mut tasks = Tasks::new(metrics.clone());

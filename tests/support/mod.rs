@@ -149,10 +149,24 @@ fn is_stale(bin: &Path, src: &Path) -> bool {
     newest > built
 }
 
+/// Discovery of every group, again when a group goes between the list of
+/// groups and its own read (another test of the binary deleted its CRD).
+pub async fn discover(client: &Client) -> Discovery {
+    let mut tries = 0;
+    loop {
+        match Discovery::new(client.clone()).run().await {
+            Ok(discovery) => return discovery,
+            Err(kube::Error::Api(status)) if status.code == 404 && tries < 10 => tries += 1,
+            Err(e) => panic!("discovery: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Applies every document of a YAML stream with server-side apply (like
 /// `kubectl apply --server-side`), defaulting namespaced objects to `ns`.
 pub async fn apply_yaml(client: &Client, ns: Option<&str>, yaml: &str) -> Vec<DynamicObject> {
-    let discovery = Discovery::new(client.clone()).run().await.expect("discovery");
+    let discovery = discover(client).await;
     let mut out = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
         let value = <serde_json::Value as serde::Deserialize>::deserialize(doc).expect("yaml");

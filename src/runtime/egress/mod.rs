@@ -120,9 +120,15 @@ impl Egress {
             }
         }
         // What `--egress-cluster routes` reads: Services, and the EndpointSlices no controller manages.
-        let services = kube::discovery::ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&());
-        watches.start(super::watch::Objects { kind: crate::model::Kind::Service, resource: services, relists: None });
-        watches.start(super::watch::HandSlices);
+        if crate::egress::ClusterMode::reads_services(self.config.cluster) {
+            let services = kube::discovery::ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&());
+            watches.start(super::watch::Objects {
+                kind: crate::model::Kind::Service,
+                resource: services,
+                relists: None,
+            });
+            watches.start(super::watch::HandSlices);
+        }
         let decider = Arc::new(Decider {
             engine: self.engine,
             standing: standing.clone(),

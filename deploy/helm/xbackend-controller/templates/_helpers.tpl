@@ -71,6 +71,22 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* --egress-cluster: controller.egress.cluster, else what the deprecated allowCluster means, else "" (each class by its preset). */}}
+{{- define "xbackend-controller.egressCluster" -}}
+{{- $egress := .Values.controller.egress }}
+{{- if $egress.cluster }}{{ $egress.cluster }}
+{{- else if eq (toString $egress.allowCluster) "true" }}all
+{{- else if eq (toString $egress.allowCluster) "false" }}none
+{{- end }}
+{{- end }}
+
+{{/* "true" when Services and EndpointSlices are read: an engine, and a cluster mode that may be routes. */}}
+{{- define "xbackend-controller.readsServices" -}}
+{{- if ne .Values.controller.egress.policy "off" }}
+{{- if not (has (include "xbackend-controller.egressCluster" .) (list "all" "none")) }}true{{ end }}
+{{- end }}
+{{- end }}
+
 {{/* "true" when controller.egress.policy is an admin-tier engine (cluster-scoped objects), else "". */}}
 {{- define "xbackend-controller.adminEngine" -}}
 {{- if has .Values.controller.egress.policy (list "adminnetworkpolicy" "clusternetworkpolicy") }}true{{ end }}
@@ -117,7 +133,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if $admin }}
 - {{ printf "--egress-admin-priority=%d" (int .Values.controller.egress.adminPriority) | quote }}
 {{- end }}
-- {{ printf "--egress-policy-allow-cluster=%t" .Values.controller.egress.allowCluster | quote }}
+{{- $cluster := include "xbackend-controller.egressCluster" . }}
+{{- if $cluster }}
+- {{ printf "--egress-cluster=%s" $cluster | quote }}
+{{- end }}
+{{- range $class, $needs := .Values.controller.egress.needs }}
+{{- range $needs }}
+- {{ printf "--egress-needs=%s=%s" $class . | quote }}
+{{- end }}
+{{- end }}
 - {{ printf "--egress-address-hold=%s" .Values.controller.egress.addressHold | quote }}
 - {{ printf "--egress-max-addresses-per-host=%d" (int .Values.controller.egress.maxAddressesPerHost) | quote }}
 {{- range .Values.controller.egress.dnsCIDRs }}
