@@ -121,6 +121,8 @@ fn follow(index: &Index, via: &Via, service: &ObjectRef, port: u16) -> Result<Ve
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Refusal {
     pub via: Via,
+    /// The Service referred to (the Event's related object).
+    pub service: ObjectRef,
     pub message: String,
 }
 
@@ -154,7 +156,7 @@ pub fn judge(
         rules.entry(id).or_insert_with(|| (allowed, BTreeSet::new())).1.insert(via.clone());
     };
     for f in found {
-        let refuse = |message: String| Refusal { via: f.via.clone(), message };
+        let refuse = |message: String| Refusal { via: f.via.clone(), service: f.service.clone(), message };
         let targets = match &f.target {
             Ok(targets) => targets,
             Err(why) => {

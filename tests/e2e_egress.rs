@@ -220,6 +220,7 @@ async fn event_notes(client: &kube::Client, ns: &str, reason: &str, name: &str, 
         let list = events.list(&Default::default()).await.ok()?;
         let notes: Vec<String> = (list.items.iter())
             .filter(|e| e.data["reason"] == reason && e.data["regarding"]["name"] == name)
+            .filter(|e| reason != "EgressReferenceRefused" || e.data["related"]["kind"] == "Service")
             .filter_map(|e| e.data["note"].as_str().map(str::to_string))
             .collect();
         (notes.len() >= at_least).then_some(notes)
@@ -323,7 +324,9 @@ spec:
     assert_eq!(hand["ports"], json!([{"port": 8443, "protocol": "TCP"}]), "the slice's port");
     assert!(!serde_json::to_string(&value).unwrap().contains("10.244.9.9"), "the Pod address by hand is refused");
 
-    let refused = event_notes(&client, &ns, "EgressReferenceRefused", "shop", 1).await;
+    // One Event per refused Service, related to it: the recorder folds
+    // Events of one object, reason and related object, first note kept.
+    let refused = event_notes(&client, &ns, "EgressReferenceRefused", "shop", 3).await;
     let said = |what: &str| refused.iter().any(|n| n.contains(what));
     assert!(
         said("10.244.9.9") && said("which does not exist") && said("no such port"),

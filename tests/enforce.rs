@@ -9,6 +9,10 @@
 //!   namespace as Envoy Gateway does (deploy/README.md's two recipes); a
 //!   NetworkPolicy of the namespace's owner that allows more widens them
 //!   (NetworkPolicies add up), and the Gateway is told.
+//! - `--egress-cluster routes`: in the cluster, the gateway Pod reaches only
+//!   the Services its routes name (through the ClusterIP and directly, on
+//!   the target port), ExternalName Services' vetted answers and its
+//!   control plane (Istio's preset); neither vector of CVE-2021-25740.
 //! - `--egress-policy adminnetworkpolicy` (the enforcer with
 //!   `--admin-network-policy`): the same promises hold although a
 //!   NetworkPolicy allows the gateway Pod every destination: the admin tier
@@ -348,9 +352,20 @@ async fn foreign_gateway(client: &kube::Client, ns: &str, prefix: &str, controll
 }
 
 async fn register_pod(pods: &Api<Pod>, name: &str, labels: serde_json::Value, ip: &str) {
+    register_pod_with_ports(pods, name, labels, ip, json!([])).await;
+}
+
+/// A Pod whose container declares `ports` (named ports a Service's targetPort names).
+async fn register_pod_with_ports(
+    pods: &Api<Pod>,
+    name: &str,
+    labels: serde_json::Value,
+    ip: &str,
+    ports: serde_json::Value,
+) {
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": name, "labels": labels},
-        "spec": {"nodeName": NODE_NAME, "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}
+        "spec": {"nodeName": NODE_NAME, "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10", "ports": ports}]}
     }))
     .unwrap();
     pods.create(&Default::default(), &pod).await.unwrap_or_else(|e| panic!("create Pod {name}: {e}"));
@@ -709,4 +724,165 @@ async fn admin_network_policies_hold_although_a_network_policy_allows_everything
     // The queue held for the DNS cache kept it from spinning.
     assert!(log.contains("domain cache controller exited"), "{}", tail(&log, 60));
     assert!(!log.contains("Could not receive message"), "the DNS cache spun:\n{}", tail(&log, 60));
+}
+
+/// Issue 28: `--egress-cluster routes` on the enforcer. The gateway Pod of an
+/// Istio-class Gateway reaches, in the cluster, exactly what its routes name
+/// and what its data plane needs (istiod, Istio's preset): a Service's Pod
+/// on the target port (a named one), through its ClusterIP (a DNAT rule as
+/// kube-proxy installs) and directly, plus 15008 (ambient's HBONE); not that
+/// Pod's other port, a Pod no route names, an XBackend resolving to a Pod,
+/// a Service in another namespace until a ReferenceGrant allows it, an
+/// ExternalName to the metadata address, or a selectorless Service whose
+/// hand-written EndpointSlice points at another namespace's Pod (both
+/// vectors of CVE-2021-25740). Deleting the route closes its Service.
+#[tokio::test]
+async fn routes_mode_reaches_what_the_routes_name_and_nothing_else() {
+    let mut scene = Scene::new("enforce-routes", "rt", 246).await;
+    let (client, ns) = (scene.client.clone(), scene.ns.clone());
+    let (_, far) = scene.cp.namespace("enforce-far").await;
+    // Istio's preset: istiod in istio-system, app=istiod, 15012.
+    let system: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let istio = json!({"metadata": {"name": "istio-system"}});
+    let _ = system.create(&Default::default(), &serde_json::from_value(istio).unwrap()).await;
+    let istiod_ip = scene.net.pod("istiod", 5);
+    let istiod = support::unique_name("istiod");
+    register_pod(&Api::namespaced(client.clone(), "istio-system"), &istiod, json!({"app": "istiod"}), &istiod_ip).await;
+    let db_ip = scene.net.pod("db", 3);
+    register_pod(&Api::namespaced(client.clone(), &ns), "db-0", json!({"app": "db"}), &db_ip).await;
+    let far_ip = scene.net.pod("far", 4);
+    register_pod(&Api::namespaced(client.clone(), &far), "far-0", json!({"app": "far"}), &far_ip).await;
+    // web-0 (Scene) declares the named port its Service targets.
+    let web_ip = scene.web_ip.clone();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.delete("web-0", &DeleteParams::default().grace_period(0)).await.unwrap();
+    support::eventually(Duration::from_secs(30), || async {
+        pods.get_opt("web-0").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let http = json!([{"name": "http", "containerPort": 8080}]);
+    register_pod_with_ports(&pods, "web-0", json!({"app": "web"}), &web_ip, http).await;
+    for (leaf, ports) in [("istiod", &[15012, 15010][..]), ("db", &[5432]), ("far", &[8080])] {
+        scene.net.listen(leaf, ports);
+    }
+    scene.net.listen("web", &[15008]);
+    scene.dns.set("db.example.net", Answer::Addresses(vec![db_ip.parse().unwrap()], 1));
+    scene.dns.set("meta.example.net", Answer::Addresses(vec!["169.254.169.254".parse().unwrap()], 1));
+
+    let services = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  selector: {{app: web}}\n  ports: [{{port: 80, targetPort: http}}]\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: api}}\nspec: {{type: ExternalName, externalName: api.example.net}}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: meta}}\nspec: {{type: ExternalName, externalName: meta.example.net}}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: manual}}\nspec:\n  ports: [{{port: 80, targetPort: 8080}}]\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: manual-1, labels: {{kubernetes.io/service-name: manual}}}}\naddressType: IPv4\n\
+         endpoints: [{{addresses: [\"{far_ip}\"], conditions: {{ready: true}}}}]\nports: [{{name: \"\", port: 8080, protocol: TCP}}]\n\
+         ---\napiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackend\nmetadata: {{name: db}}\nspec:\n  type: ExternalHostname\n  port: {{number: 5432}}\n  externalHostname: {{hostname: db.example.net}}\n  tls: {{mode: ServerOnly, validation: {{hostname: db.example.net}}}}\n"
+    );
+    apply_yaml(&client, Some(&ns), &services).await;
+    let far_service = "apiVersion: v1\nkind: Service\nmetadata: {name: far}\nspec:\n  selector: {app: far}\n  ports: [{port: 80, targetPort: 8080}]\n";
+    apply_yaml(&client, Some(&far), far_service).await;
+    let route = |name: &str, refs: &str| {
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - backendRefs: [{refs}]\n"
+        )
+    };
+    let routes = [
+        route("web", "{name: web, port: 80}"),
+        route("legacy", "{name: api, port: 443}, {name: meta, port: 443}, {name: manual, port: 80}"),
+        route("far", &format!("{{name: far, namespace: {far}, port: 80}}")),
+        route("db", "{group: gateway.networking.x-k8s.io, kind: XBackend, name: db}"),
+    ]
+    .concat();
+    apply_yaml(&client, Some(&ns), &routes).await;
+    // The ClusterIP, as kube-proxy would translate it on the node.
+    let web: k8s_openapi::api::core::v1::Service = Api::namespaced(client.clone(), &ns).get("web").await.unwrap();
+    let cluster_ip = web.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
+    let to = format!("{web_ip}:8080");
+    scene.net.run(
+        "node",
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-d",
+            &cluster_ip,
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &to,
+        ],
+    );
+
+    scene.net.start_enforcer(scene.cp, &[]).await;
+    let net = &scene.net;
+    // The premise: before any policy every listener answers.
+    for (ip, port) in
+        [(db_ip.as_str(), 5432), (far_ip.as_str(), 8080), ("169.254.169.254", 443), (web_ip.as_str(), 9090)]
+    {
+        assert!(net.connects(ip, port), "{ip}:{port} answers before any policy");
+    }
+    assert!(net.connects(&cluster_ip, 80), "the ClusterIP leads to web-0");
+
+    let ctl = scene.controller(&["--egress-policy", "networkpolicy", "--egress-cluster", "routes"]);
+    ctl.wait_ready().await;
+    // The enforcer has the policy once a Pod no route names stops answering.
+    until(net, &db_ip, 5432, false, "a Pod no route names (an XBackend resolving to it is refused)", &ctl).await;
+    until(net, &web_ip, 8080, true, "the named Service's Pod on its target port", &ctl).await;
+    assert!(net.connects(&cluster_ip, 80), "the same through the ClusterIP");
+    assert!(net.connects(&web_ip, 15008), "the same Pod on 15008 (Istio ambient's HBONE)");
+    assert!(!net.connects(&web_ip, 9090), "the same Pod on a port no Service targets");
+    assert!(net.connects(&istiod_ip, 15012), "istiod's xDS (Istio's preset)");
+    assert!(!net.connects(&istiod_ip, 15010), "istiod on a port the preset does not name");
+    assert!(net.connects("192.0.2.10", 443), "an ExternalName's vetted answer, on the referenced port");
+    assert!(!net.connects("192.0.2.10", 8443), "that address on another port");
+    assert!(!net.connects("169.254.169.254", 443), "an ExternalName to the metadata address");
+    assert!(
+        !net.connects(&far_ip, 8080),
+        "another namespace's Pod: by its Service without a grant, or a hand-written slice"
+    );
+    let xbackends = support::xbackend_api(&client, &ns);
+    support::wait_for_xbackend(&xbackends, "db", "db refused for its Pod address", |o| {
+        let ours = support::entries_of(o, "ancestors", &scene.gw.controller_name);
+        ours.iter().any(|e| e["conditions"][0]["reason"] == "AddressNotAllowed")
+    })
+    .await;
+    // The route is told, one Event per refused Service.
+    let events = support::dynamic(&client, &ns, "events.k8s.io", "v1", "Event");
+    let told = support::eventually(Duration::from_secs(60), || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        let related: std::collections::BTreeSet<String> = (list.items.iter())
+            .filter(|e| e.data["reason"] == "EgressReferenceRefused" && e.data["regarding"]["name"] == "legacy")
+            .filter_map(|e| e.data["related"]["name"].as_str().map(str::to_string))
+            .collect();
+        (related.contains("meta") && related.contains("manual")).then_some(related)
+    })
+    .await;
+    assert!(
+        told.is_some_and(|r| r.len() == 2),
+        "Events for meta and manual on the route; log:
+{}",
+        ctl.log_tail()
+    );
+
+    // A ReferenceGrant in `far` opens its Service; the hand-written slice stays refused.
+    let grant = format!(
+        "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {{name: routes}}\nspec:\n  from: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: {ns}}}]\n  to: [{{group: \"\", kind: Service, name: far}}]\n"
+    );
+    apply_yaml(&client, Some(&far), &grant).await;
+    until(net, &far_ip, 8080, true, "another namespace's Service, once granted", &ctl).await;
+
+    // Deleting the route closes its Service's Pod, ClusterIP and all.
+    let http_routes = support::dynamic(&client, &ns, "gateway.networking.k8s.io", "v1", "HTTPRoute");
+    http_routes.delete("web", &DeleteParams::default()).await.unwrap();
+    until(net, &web_ip, 8080, false, "the Service of a deleted route", &ctl).await;
+    assert!(!net.connects(&cluster_ip, 80), "its ClusterIP too");
+    assert!(net.connects(&istiod_ip, 15012), "the control plane stays");
+    let log = net.enforcer_log();
+    assert!(log.contains("verdict=\"drop\""), "the enforcer made the drops:\n{}", tail(&log, 30));
 }

@@ -27,8 +27,24 @@ pub const REFERENCE_REFUSED: &str = "EgressReferenceRefused";
 /// The object an Event is about: its kind and key.
 pub type Involved = (&'static str, ObjectRef);
 
-/// Warnings by (object, what it is about), with reason and message.
-pub type Warnings = BTreeMap<(Involved, String), (&'static str, String)>;
+/// One warning: its reason, its message, and the Service it is about, if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    pub reason: &'static str,
+    pub message: String,
+    /// The Event's related object: Events of one object with one reason are
+    /// folded into one (note and all) unless their related objects differ.
+    pub service: Option<ObjectRef>,
+}
+
+impl Warning {
+    fn new(reason: &'static str, message: String) -> Warning {
+        Warning { reason, message, service: None }
+    }
+}
+
+/// Warnings by (object, what it is about).
+pub type Warnings = BTreeMap<(Involved, String), Warning>;
 
 /// What to warn about, and how many Gateways another object widens.
 pub fn find(engine: &dyn Engine, decision: &Decision, others: &Policies, refused: &[Refusal]) -> (Warnings, usize) {
@@ -46,7 +62,7 @@ pub fn find(engine: &dyn Engine, decision: &Decision, others: &Policies, refused
         for (key, policies) in &ours {
             for (other, value) in &others {
                 if let Some(message) = policies.iter().find_map(|ours| engine.widens(ours, value)) {
-                    now.insert((gateway(key), other.to_string()), (WIDENED, message));
+                    now.insert((gateway(key), other.to_string()), Warning::new(WIDENED, message));
                 }
             }
         }
@@ -57,14 +73,14 @@ pub fn find(engine: &dyn Engine, decision: &Decision, others: &Policies, refused
         let message = format!(
             "This Gateway's data plane runs in namespace {namespace}, where xbackend-controller may not write {kind}s (--egress-namespace): its egress is not restricted."
         );
-        now.insert((gateway(key), format!("namespace {namespace}")), (NOT_WRITTEN, message));
+        now.insert((gateway(key), format!("namespace {namespace}")), Warning::new(NOT_WRITTEN, message));
     }
     for info in &decision.open {
         let message = format!(
             "This Gateway's data plane may reach every Pod of the cluster: nothing says what the data plane of class {} (controller {:?}) needs itself, so it cannot be held to what its routes name. Pass --egress-needs {}=... (its control plane; none if it needs nothing) or choose --egress-cluster.",
             info.class, info.controller, info.class
         );
-        now.insert((gateway(&info.key), "cluster".into()), (CLUSTER_OPEN, message));
+        now.insert((gateway(&info.key), "cluster".into()), Warning::new(CLUSTER_OPEN, message));
     }
     for (info, mode) in &decision.cut_off {
         let message = format!(
@@ -75,28 +91,31 @@ pub fn find(engine: &dyn Engine, decision: &Decision, others: &Policies, refused
             info.class,
             info.class
         );
-        now.insert((gateway(&info.key), "needs".into()), (CONTROL_PLANE_CUT_OFF, message));
+        now.insert((gateway(&info.key), "needs".into()), Warning::new(CONTROL_PLANE_CUT_OFF, message));
     }
-    // One Event per route, listing every refused reference: Events of one
-    // object with the same reason are folded into one by the recorder.
-    let mut by_route: BTreeMap<Involved, BTreeSet<&str>> = BTreeMap::new();
+    // One Event per route and Service, with the Service as related object:
+    // the recorder folds Events of one object, reason and related object
+    // into one, keeping the first note.
+    let mut by_reference: BTreeMap<(Involved, &ObjectRef), BTreeSet<&str>> = BTreeMap::new();
     for refusal in refused {
         let involved = (refusal.via.kind.kind(), refusal.via.key.clone());
-        by_route.entry(involved).or_default().insert(&refusal.message);
+        by_reference.entry((involved, &refusal.service)).or_default().insert(&refusal.message);
     }
-    for (involved, messages) in by_route {
+    for ((involved, service), messages) in by_reference {
         let message = messages.into_iter().collect::<Vec<_>>().join(" ");
-        now.insert((involved, "references".into()), (REFERENCE_REFUSED, message));
+        let warning = Warning { reason: REFERENCE_REFUSED, message, service: Some(service.clone()) };
+        now.insert((involved, format!("Service {service}")), warning);
     }
     (now, widened)
 }
 
 /// A Warning Event for each warning not given last time.
 pub async fn publish(recorder: &Recorder, uids: &BTreeMap<ObjectRef, String>, now: &Warnings, before: &Warnings) {
-    for (((kind, key), about), (reason, message)) in now {
-        if before.get(&((*kind, key.clone()), about.clone())) == Some(&(*reason, message.clone())) {
+    for (((kind, key), about), warning) in now {
+        if before.get(&((*kind, key.clone()), about.clone())) == Some(warning) {
             continue;
         }
+        let Warning { reason, message, service } = warning;
         let reference = ObjectReference {
             api_version: Some("gateway.networking.k8s.io/v1".into()),
             kind: Some(kind.to_string()),
@@ -110,7 +129,13 @@ pub async fn publish(recorder: &Recorder, uids: &BTreeMap<ObjectRef, String>, no
             reason: (*reason).into(),
             note: Some(message.chars().take(1000).collect()),
             action: "Enforce".into(),
-            secondary: None,
+            secondary: service.as_ref().map(|service| ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Service".into()),
+                namespace: Some(service.namespace.to_string()),
+                name: Some(service.name.to_string()),
+                ..ObjectReference::default()
+            }),
         };
         match tokio::time::timeout(API_TIMEOUT, recorder.publish(&event, &reference)).await {
             Ok(Ok(())) => warn!(kind, object = %key, reason, "{message}"),
