@@ -35,6 +35,7 @@ crds:
 
 bench: controlplane
 	$(CARGO) build --release --bin xbackend-controller
+	hack/install-policy-crds.sh
 	N=$(N) hack/bench.sh
 
 # ---- Deploy: Helm chart, plain manifests, image (deploy/README.md) ----

@@ -324,10 +324,24 @@ static DNS_SERVER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::ne
 /// TTL of the benchmark's DNS answers: the idle phase sees every hostname re-resolved.
 const DNS_TTL: u32 = 30;
 
-/// Egress enforcement (`--egress-policy networkpolicy`), unless BENCH_EGRESS=0
-/// or BENCH_DNS=0 (it needs the DNS check).
+/// Egress enforcement (`--egress-policy`), unless BENCH_EGRESS=0 or
+/// BENCH_DNS=0 (it needs the DNS check).
 fn egress() -> bool {
     std::env::var("BENCH_EGRESS").as_deref() != Ok("0") && matches!(DNS_SERVER.get(), Some(Some(_)))
+}
+
+/// The engine (BENCH_ENGINE: networkpolicy, adminnetworkpolicy or
+/// clusternetworkpolicy; default networkpolicy).
+fn engine() -> String {
+    std::env::var("BENCH_ENGINE").unwrap_or_else(|_| "networkpolicy".into())
+}
+
+/// Services referenced by routes, one more backendRef on each of the first
+/// routes (BENCH_SERVICES, default 1,000), with enforcement on: each becomes
+/// a rule of `--egress-cluster routes`.
+fn services(n: usize) -> usize {
+    let wanted = std::env::var("BENCH_SERVICES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    if egress() { wanted.min(n) } else { 0 }
 }
 
 fn start_controller(cp: &ControlPlane) -> Controller {
@@ -362,10 +376,12 @@ fn start_controller_env(cp: &ControlPlane, env: &[(&str, &str)]) -> Controller {
         "--resync-interval",
         RESYNC_SECS,
     ];
+    let engine = engine();
     if let Some(Some(server)) = DNS_SERVER.get() {
         args.extend(["--dns-check", "--dns-server", server]);
         if egress() {
-            args.extend(["--egress-policy", "networkpolicy"]);
+            // Held to what the routes name; the bench class's data plane needs nothing.
+            args.extend(["--egress-policy", &engine, "--egress-cluster", "routes", "--egress-needs", "bench=none"]);
         }
     }
     let mut env = env.to_vec();
@@ -502,20 +518,42 @@ async fn run(n: usize, fsync: bool) {
         })
         .collect();
     let created = create_many(backends).await;
+    let services = services(n);
+    match engine().as_str() {
+        "adminnetworkpolicy" => support::install_policy_crd(&client, support::ANP_EXPERIMENTAL).await,
+        "clusternetworkpolicy" => support::install_policy_crd(&client, support::CNP_STANDARD).await,
+        _ => {}
+    }
+    let service_objects = (0..services)
+        .map(|j| {
+            let o = object(json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": format!("svc-{j}")},
+                "spec": {"selector": {"app": format!("svc-{j}")}, "ports": [{"port": 80, "targetPort": 8080}]}
+            }));
+            (support::dynamic(&client, &ns_of(j), "", "v1", "Service"), o)
+        })
+        .collect();
+    create_many(service_objects).await;
     let routes = (0..n)
         .map(|i| {
+            let mut refs =
+                vec![json!({"group": "gateway.networking.x-k8s.io", "kind": "XBackend", "name": name_of(i)})];
+            if i < services {
+                refs.push(json!({"name": format!("svc-{i}"), "port": 80}));
+            }
             let o = object(json!({
                 "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
                 "metadata": {"name": format!("r-{i}")},
                 "spec": {"parentRefs": [{"name": format!("gw-{}", gw_of(i)), "namespace": GW_NS}],
-                         "rules": [{"backendRefs": [{"group": "gateway.networking.x-k8s.io", "kind": "XBackend", "name": name_of(i), "port": 443}]}]}
+                         "rules": [{"backendRefs": refs}]}
             }));
             (support::dynamic(&client, &ns_of(i), "gateway.networking.k8s.io", "v1", "HTTPRoute"), o)
         })
         .collect();
     create_many(routes).await;
     let setup = t.elapsed();
-    eprintln!("bench: created {n} XBackends and {n} HTTPRoutes in {setup:.1?}");
+    eprintln!("bench: created {n} XBackends, {n} HTTPRoutes and {services} Services in {setup:.1?}");
     let mut rv: HashMap<String, String> = created
         .iter()
         .map(|o| (format!("{}/{}", o.namespace().unwrap(), o.name_any()), o.resource_version().unwrap()))
@@ -736,6 +774,21 @@ async fn run(n: usize, fsync: bool) {
         ),
     ));
 
+    // ---- one Service changes: one policy object is rewritten.
+    let policy_writes_service = if services > 0 {
+        let writes0 = ctl.metric("xbackend_egress_policy_writes_total").unwrap_or(0.0);
+        let patch = json!({"spec": {"ports": [{"port": 80, "targetPort": 8081}]}});
+        support::dynamic(&client, &ns_of(0), "", "v1", "Service")
+            .patch("svc-0", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+        wait_metric(&ctl, "xbackend_egress_policy_writes_total", Duration::from_secs(60), |w| w > writes0).await;
+        quiesce(&ctl, "xbackend_egress_policy_writes_total", Duration::from_secs(3), Duration::from_secs(60)).await
+            - writes0
+    } else {
+        0.0
+    };
+
     // ---- latency: apply -> status seen, one new XBackend at a time.
     let latency = latency_phase(&client, support::client_from(&cp.kubeconfig).await, &ctl, dns.as_ref()).await;
     rows.push(latency.row);
@@ -866,7 +919,8 @@ async fn run(n: usize, fsync: bool) {
         n / GATEWAYS
     );
     println!(
-        "| egress NetworkPolicies: objects / writes cold / idle+resync / restart | {policy_objects} / {policy_writes_cold} / {policy_writes_idle} / {policy_writes_restart} | about one write per object cold; 0 / 0 |"
+        "| egress ({}, {services} Services by routes): objects / writes cold / idle+resync / restart / one Service changed | {policy_objects} / {policy_writes_cold} / {policy_writes_idle} / {policy_writes_restart} / {policy_writes_service} | about one write per object cold; 0 / 0 / 1 |",
+        engine()
     );
     println!("| reaction time | {:.2} s | |", reaction.as_secs_f64());
     println!(
@@ -907,12 +961,13 @@ async fn run(n: usize, fsync: bool) {
     println!("| total bench wall time | {:.0} s | |", total.elapsed().as_secs_f64());
     println!();
     println!(
-        "bench: n={n} ratio={ratio:.2} cold_writes={cold_writes} idle_writes={idle_writes} restart_writes={restart_writes} reaction_writes={reaction_writes} rss_mib={:.0} rss_secrets_delta_mib={:.1} p50_react_ms={:.1} p99_react_ms={:.1} floor_patch_ms={:.1} ctrl_cpu_s={ctrl_cpu:.2} policy_objects={policy_objects} policy_writes_cold={policy_writes_cold} policy_writes_idle={policy_writes_idle} policy_writes_restart={policy_writes_restart}",
+        "bench: n={n} ratio={ratio:.2} cold_writes={cold_writes} idle_writes={idle_writes} restart_writes={restart_writes} reaction_writes={reaction_writes} rss_mib={:.0} rss_secrets_delta_mib={:.1} p50_react_ms={:.1} p99_react_ms={:.1} floor_patch_ms={:.1} ctrl_cpu_s={ctrl_cpu:.2} policy_objects={policy_objects} policy_writes_cold={policy_writes_cold} policy_writes_idle={policy_writes_idle} policy_writes_restart={policy_writes_restart} engine={} services={services} policy_writes_service={policy_writes_service}",
         mib(rss_peak),
         delta / 1024.0,
         latency.p50_ms,
         latency.p99_ms,
-        latency.floor_ms
+        latency.floor_ms,
+        engine()
     );
     cp.stop();
 }

@@ -40,6 +40,20 @@ pub async fn discover(client: &Client) -> Result<Discovered, kube::Error> {
     Ok(Discovered { xbackend: find(crate::api::GROUP, crate::api::KIND), served })
 }
 
+/// Whether the CRD of `resource` is gone (or going): read, not inferred
+/// from discovery. A failed read is not "gone". A list by name, which the
+/// CRD watch's permission (list, watch) covers; a get would need one more.
+async fn crd_gone(client: &Client, resource: &ApiResource) -> bool {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+    let by_name =
+        kube::api::ListParams::default().fields(&format!("metadata.name={}.{}", resource.plural, resource.group));
+    match tokio::time::timeout(super::timeouts::API_TIMEOUT, crds.list_metadata(&by_name)).await {
+        Ok(Ok(list)) => list.items.iter().all(|crd| crd.metadata.deletion_timestamp.is_some()),
+        _ => false,
+    }
+}
+
 /// Owns the watches of the served kinds.
 pub struct Follower {
     feeds: Feeds,
@@ -54,12 +68,23 @@ impl Follower {
 
     /// Starts, moves and stops watches so that exactly `served` is watched.
     /// A stopped kind's objects leave the index at once, re-judging the
-    /// XBackends they made ancestors for.
-    pub fn follow(&mut self, served: &Served) {
-        let stale: Vec<Kind> = (self.running.iter())
-            .filter(|(kind, (resource, _))| served.get(kind).is_none_or(|now| now.api_version != resource.api_version))
-            .map(|(kind, _)| *kind)
-            .collect();
+    /// XBackends they made ancestors for. A kind discovery leaves out is
+    /// stopped only once its CRD is gone: an apiserver that has just
+    /// started serves discovery before it lists every CRD's group, and
+    /// dropping the kinds then would drop every ancestor (statuses cleared,
+    /// egress policies deleted) for the moment it takes to come back.
+    pub async fn follow(&mut self, served: &Served) {
+        let mut stale: Vec<Kind> = Vec::new();
+        for (kind, (resource, _)) in &self.running {
+            match served.get(kind) {
+                Some(now) if now.api_version == resource.api_version => {}
+                Some(_) => stale.push(*kind),
+                None if crd_gone(&self.feeds.client, resource).await => stale.push(*kind),
+                None => {
+                    warn!(kind = kind.name(), "discovery does not list it, but its CRD is there: still watching it")
+                }
+            }
+        }
         for kind in stale {
             let (resource, watch) = self.running.remove(&kind).expect("running");
             watch.abort();
@@ -98,7 +123,7 @@ impl Follower {
             for wait in [Duration::from_millis(500), Duration::from_secs(3), Duration::from_secs(10)] {
                 tokio::time::sleep(wait).await;
                 match discover(&self.feeds.client).await {
-                    Ok(found) => self.follow(&found.served),
+                    Ok(found) => self.follow(&found.served).await,
                     Err(e) => warn!(error = %e, "discovery failed; keeping the watches as they are"),
                 }
             }

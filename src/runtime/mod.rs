@@ -255,7 +255,7 @@ async fn start_watches(
     watches.start(watch::Objects { kind: Kind::XBackend, resource: xbackend, relists: Some(schema_changed) });
     // The Gateway API kinds, each while its CRD is installed.
     let follower = Arc::new(tokio::sync::Mutex::new(kinds::Follower::new(feeds.clone())));
-    follower.lock().await.follow(&found.served);
+    follower.lock().await.follow(&found.served).await;
     let crds_changed = Arc::new(tokio::sync::Notify::new());
     watches.start(watch::GatewayApiCrds { changed: crds_changed.clone() });
     watches.tasks.spawn("follower", move || {
