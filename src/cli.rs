@@ -84,7 +84,7 @@ pub struct GuardArgs {
 /// Egress enforcement: policy objects for the judged Gateways' data planes (docs/design.md §6b).
 #[derive(Args, Debug, Clone)]
 pub struct EgressArgs {
-    /// off, or the engine that enforces: networkpolicy (NetworkPolicies, every CNI; another NetworkPolicy on the same Pods can widen them), adminnetworkpolicy (AdminNetworkPolicy v1alpha1 with the networks peer: OVN-Kubernetes, Calico, Antrea, kube-network-policies) or clusternetworkpolicy (ClusterNetworkPolicy, tier Admin, v1beta1 where served else v1alpha2): the admin tier, which namespace owners cannot widen. Each judged Gateway's data-plane Pods may reach only the vetted addresses of its Accepted XBackends, DNS and (by default) the cluster's Pods. Needs the DNS check.
+    /// off, or the engine that enforces: networkpolicy (NetworkPolicies, every CNI; another NetworkPolicy on the same Pods can widen them), adminnetworkpolicy (AdminNetworkPolicy v1alpha1 with the networks peer: OVN-Kubernetes, Calico, Antrea, kube-network-policies) or clusternetworkpolicy (ClusterNetworkPolicy, tier Admin, v1beta1 where served else v1alpha2): the admin tier, which namespace owners cannot widen. Each judged Gateway's data-plane Pods may reach only DNS, the vetted addresses of its Accepted XBackends, what --egress-cluster allows inside the cluster and what the data plane needs itself. Needs the DNS check.
     #[arg(long, value_name = "ENGINE", default_value = "off", value_parser = engine_names())]
     pub egress_policy: String,
     /// The admin tier's priority (adminnetworkpolicy, clusternetworkpolicy): each Gateway's Accepts at N, its final Deny at N+1 (lower numbers are evaluated first; OVN-Kubernetes supports 0-99).
@@ -102,7 +102,7 @@ pub struct EgressArgs {
     /// At most this many addresses per hostname; the least recently seen leave first.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub egress_max_addresses_per_host: u16,
-    /// Allow DNS to these resolver ranges (repeatable; node-local caches) instead of the cluster DNS Pods. Default: none (the Pods of kube-system labelled k8s-app=kube-dns, or of --dns-service).
+    /// Allow DNS to these resolver ranges (repeatable; node-local caches) instead of the cluster DNS Pods. Default: none (the Pods of kube-system labelled k8s-app=kube-dns, or with run's --dns-service that Service's Pods).
     #[arg(long = "egress-dns-cidr", value_name = "CIDR")]
     pub egress_dns_cidrs: Vec<ipnet::IpNet>,
     /// Where a GatewayClass's data-plane Pods run, as CLASS=NAMESPACE:KEY=VALUE,... (repeatable; VALUE may say {name} and {namespace}, the Gateway's; an empty NAMESPACE is the Gateway's). Envoy Gateway: eg=envoy-gateway-system:gateway.envoyproxy.io/owning-gateway-name={name},gateway.envoyproxy.io/owning-gateway-namespace={namespace}. Default: the Gateway's namespace, label gateway.networking.k8s.io/gateway-name={name} (GEP-1762; Istio).
