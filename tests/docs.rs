@@ -334,8 +334,8 @@ fn named_flags() -> Vec<(String, Option<String>, String)> {
         }
         for text in loose {
             for flag in flags_in(&text) {
-                let context: String = text.chars().take(120).collect();
-                out.push((flag, None, format!("{file}: {context:?}...")));
+                let line = text.lines().find(|l| l.contains(&flag)).unwrap_or_default().trim();
+                out.push((flag, None, format!("{file}: {line:?}")));
             }
         }
     }
@@ -379,7 +379,7 @@ fn every_flag_has_one_entry_in_docs_cli_md_with_the_default_of_help() {
             match found.as_slice() {
                 [(_, default)] => {
                     if let Some(want) = &flag.default
-                        && !default.contains(want.as_str())
+                        && !default.contains(&format!("`{want}`"))
                     {
                         wrong.push(format!(
                             "{sub} {}: docs/cli.md says default {default:?}, --help {want:?}",
@@ -771,41 +771,48 @@ struct HelmCommand {
     line: String,
     release: String,
     namespace: String,
+    /// `helm install` or `upgrade --install`: may be the first install, with nothing to reuse.
+    installs: bool,
     reuse: bool,
     /// `--set`, `--set-string`, `-f` with their values, in order.
     values: Vec<String>,
 }
 
+/// Every `helm install` and `helm upgrade` of a file: in `sh` blocks and in
+/// inline code (the Upgrade section's).
 fn helm_commands(file: &str) -> Vec<HelmCommand> {
-    let (_, blocks) = split_markdown(&read(file));
+    let (prose, blocks) = split_markdown(&read(file));
+    let mut lines: Vec<String> = blocks.iter().filter(|b| b.lang == "sh").flat_map(|b| commands(&b.text).0).collect();
+    lines.extend(code_spans(&prose).0);
     let mut out = Vec::new();
-    for block in blocks.iter().filter(|b| b.lang == "sh") {
-        for command in commands(&block.text).0 {
-            let words = shell_words(&command);
-            if words.first().map(String::as_str) != Some("helm")
-                || !matches!(words.get(1).map(String::as_str), Some("install" | "upgrade"))
-            {
-                continue;
-            }
-            let mut positional = Vec::new();
-            let (mut namespace, mut reuse, mut values) = ("default".to_string(), false, Vec::new());
-            let mut words = words[2..].iter();
-            while let Some(word) = words.next() {
-                match word.as_str() {
-                    "-n" | "--namespace" => namespace = words.next().expect("namespace").clone(),
-                    "--install" | "--create-namespace" | "--wait" | "--atomic" => {}
-                    "--reuse-values" | "--reset-then-reuse-values" => reuse = true,
-                    "--set" | "--set-string" | "--set-file" | "-f" | "--values" => {
-                        values.push(word.clone());
-                        values.push(words.next().expect("a value").clone());
-                    }
-                    flag if flag.starts_with('-') => panic!("{file}: this test does not know helm's {flag}: {command}"),
-                    _ => positional.push(word.clone()),
-                }
-            }
-            assert_eq!(positional.get(1).map(String::as_str), Some(CHART), "{file}: the chart of {command}");
-            out.push(HelmCommand { line: command.clone(), release: positional[0].clone(), namespace, reuse, values });
+    for command in lines {
+        let words = shell_words(&command);
+        if words.first().map(String::as_str) != Some("helm")
+            || !matches!(words.get(1).map(String::as_str), Some("install" | "upgrade"))
+        {
+            continue;
         }
+        let mut positional = Vec::new();
+        let (mut namespace, mut reuse, mut values) = ("default".to_string(), false, Vec::new());
+        let mut installs = words[1] == "install";
+        let mut words = words[2..].iter();
+        while let Some(word) = words.next() {
+            match word.as_str() {
+                "-n" | "--namespace" => namespace = words.next().expect("namespace").clone(),
+                "--install" => installs = true,
+                "--create-namespace" | "--wait" | "--atomic" => {}
+                "--reuse-values" | "--reset-then-reuse-values" => reuse = true,
+                "--set" | "--set-string" | "--set-file" | "-f" | "--values" => {
+                    values.push(word.clone());
+                    values.push(words.next().expect("a value").clone());
+                }
+                flag if flag.starts_with('-') => panic!("{file}: this test does not know helm's {flag}: {command}"),
+                _ => positional.push(word.clone()),
+            }
+        }
+        assert_eq!(positional.get(1).map(String::as_str), Some(CHART), "{file}: the chart of {command}");
+        let release = positional[0].clone();
+        out.push(HelmCommand { line: command.clone(), release, namespace, installs, reuse, values });
     }
     out
 }
@@ -818,8 +825,9 @@ fn image_repository(values: &[String]) -> Option<String> {
 
 /// deploy/README.md's (and README's) `helm install` and `helm upgrade`
 /// commands render as written (`helm template` with the same values; an
-/// upgrade with `--reuse-values` on top of the install's) and keep the image
-/// the reader set, and what they render passes a server-side dry run.
+/// upgrade with `--reuse-values` on top of the install's), set the image the
+/// reader built (one that may install sets it itself), and what they render
+/// passes a server-side dry run.
 #[tokio::test]
 async fn the_helm_commands_of_the_docs_render_with_the_image_and_apply() {
     let commands = helm_commands("deploy/README.md");
@@ -835,8 +843,13 @@ async fn the_helm_commands_of_the_docs_render_with_the_image_and_apply() {
     for command in all {
         let mut values = if command.reuse { install.values.clone() } else { Vec::new() };
         values.extend(command.values.iter().cloned());
-        let repository = image_repository(&values).unwrap_or_else(|| {
-            panic!("no image.repository, set or reused (the default image is not published): {}", command.line)
+        // A command that may install sets the image itself; an upgrade may reuse the install's.
+        let own = image_repository(&command.values);
+        let repository = (if command.installs { own } else { image_repository(&values) }).unwrap_or_else(|| {
+            panic!(
+                "no image.repository (the default image is not published; a first install reuses nothing): {}",
+                command.line
+            )
         });
         let out = run(Command::new(support::tool("helm"))
             .current_dir(repo())
