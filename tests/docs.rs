@@ -866,6 +866,13 @@ async fn the_helm_commands_of_the_docs_render_with_the_image_and_apply() {
         let deployment = docs.iter().find(|d| d["kind"] == "Deployment").expect("a Deployment");
         let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap();
         assert!(image.starts_with(&format!("{repository}:")), "{}: image {image}", command.line);
+        // The binary takes the rendered arguments: clap parses (and checks the
+        // value of) each before it reaches the trailing --help.
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        let args: Vec<&str> = container["args"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        assert_eq!(args.first(), Some(&"run"), "{}", command.line);
+        let parsed = run(Command::new(env!("CARGO_BIN_EXE_xbackend-controller")).args(&args).arg("--help"));
+        assert!(parsed.status.success(), "{}: run refuses {args:?}: {}", command.line, text(&parsed.stderr));
 
         // The rendered objects as the apiserver takes them, written nowhere.
         support::apply_yaml(
