@@ -412,11 +412,14 @@ pub fn analyze(
     // A lookup that failed: the XBackends naming it are left out of the policies.
     for (hostname, answer) in answers.borrow().iter() {
         let Err(why) = answer else { continue };
-        let named: Vec<String> = index.backends_with_hostname(hostname).iter().map(ToString::to_string).collect();
-        let absent = format!("XBackend {} ({hostname}): its DNS lookup failed ({why})", named.join(", XBackend "));
+        // Who names it: XBackends, and ExternalName Services routes name.
+        let named: Vec<String> = (index.backends_with_hostname(hostname).iter().map(|b| format!("XBackend {b}")))
+            .chain(index.services_aliasing(hostname).iter().map(|s| format!("ExternalName Service {s}")))
+            .collect();
+        let named = named.join(", ");
+        let absent = format!("{named} ({hostname}): its DNS lookup failed ({why})");
         findings.push(format!(
-            "the DNS lookup of {hostname} failed ({why}): its addresses are not judged, and XBackend {} is absent from the egress policies",
-            named.join(", XBackend ")
+            "the DNS lookup of {hostname} failed ({why}): its addresses are not judged, and {named} is absent from the egress policies"
         ));
         for policy in &mut policies {
             let annotations = &mut policy["metadata"]["annotations"];

@@ -195,9 +195,13 @@ pub fn judge(
                 }
                 Target::ExternalName { hostname, port, protocol } => {
                     let normalized = crate::names::normalize(hostname);
-                    let resolution = answer(&normalized);
+                    // The name rules first: a name they refuse is never asked for.
+                    let by_name = crate::verdict::Context { namespaces, resolution: None };
+                    let judged_name = crate::verdict::hostname(hostname, policy, by_name);
+                    let resolution = judged_name.is_ok().then(|| answer(&normalized)).flatten();
                     let context = crate::verdict::Context { namespaces, resolution: resolution.as_deref() };
-                    if let Err(message) = crate::verdict::hostname(hostname, policy, context) {
+                    if let Err(message) = judged_name.and_then(|()| crate::verdict::hostname(hostname, policy, context))
+                    {
                         judged.refused.push(refuse(format!(
                             "{} names ExternalName Service {} for {hostname}, which is refused: {message}",
                             f.via, f.service
@@ -383,6 +387,14 @@ mod tests {
         );
         assert!(messages.iter().any(|m| m.contains("ExternalName Service app/meta for metadata.google.internal")));
         assert!(j.refused.iter().all(|r| r.via.to_string() == "HTTPRoute app/r"));
+        // A name the name rules refuse is never looked up (analyze asks DNS for each name it is given).
+        let found = targets(&index, &ObjectRef::new("infra", "gw"));
+        let asked = std::cell::RefCell::new(Vec::new());
+        judge(&found, &Policy::default(), &NoNamespaces, &|name| {
+            asked.borrow_mut().push(name.to_string());
+            None
+        });
+        assert!(asked.borrow().is_empty(), "{:?}", asked.borrow());
     }
 
     #[test]

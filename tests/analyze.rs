@@ -1189,6 +1189,7 @@ fn dns_failures_and_refused_destinations_are_findings() {
     dns.set("gone.example.net", Answer::NxDomain);
     dns.set("slow.example.net", Answer::Silence);
     dns.set("meta.example.net", Answer::Addresses(vec![ip("169.254.169.254")], 30));
+    dns.set("lost.example.net", Answer::NxDomain);
     let dir = support::tempdir("analyze-dns-findings");
     let backend = |name: &str| {
         format!(
@@ -1199,7 +1200,7 @@ fn dns_failures_and_refused_destinations_are_findings() {
     let refs: Vec<String> =
         names.iter().map(|n| format!("{{group: gateway.networking.x-k8s.io, kind: XBackend, name: {n}}}")).collect();
     let bundle = format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: ours}}\nspec: {{controllerName: gateway.networking.x-k8s.io/xbackend-controller}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec: {{gatewayClassName: ours, listeners: [{{name: http, protocol: HTTP, port: 80}}]}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules: [{{backendRefs: [{}, {{name: meta, port: 80}}]}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: meta}}\nspec: {{type: ExternalName, externalName: meta.example.net}}\n{}",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: ours}}\nspec: {{controllerName: gateway.networking.x-k8s.io/xbackend-controller}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec: {{gatewayClassName: ours, listeners: [{{name: http, protocol: HTTP, port: 80}}]}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules: [{{backendRefs: [{}, {{name: meta, port: 80}}, {{name: lost, port: 443}}, {{name: google, port: 80}}]}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: meta}}\nspec: {{type: ExternalName, externalName: meta.example.net}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: lost}}\nspec: {{type: ExternalName, externalName: lost.example.net}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: google}}\nspec: {{type: ExternalName, externalName: metadata.google.internal}}\n{}",
         refs.join(", "),
         names.map(backend).concat()
     );
@@ -1215,9 +1216,13 @@ fn dns_failures_and_refused_destinations_are_findings() {
         assert!(finding.is_some(), "a finding for {host}: {}", out.stderr);
     }
     assert!(!out.stderr.contains("lookup of ok.example.net"), "{}", out.stderr);
+    let lost = "finding: the DNS lookup of lost.example.net failed (the name does not exist (NXDOMAIN)): its addresses are not judged, and ExternalName Service default/lost is absent";
+    assert!(out.stderr.contains(lost), "{}", out.stderr);
     let refused: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("  refused: ")).collect();
-    assert_eq!(refused.len(), 1, "{}", out.stderr);
-    assert!(refused[0].contains("default/meta") && refused[0].contains("169.254.169.254"), "{}", out.stderr);
+    assert_eq!(refused.len(), 2, "{}", out.stderr);
+    assert!(refused.iter().any(|r| r.contains("default/meta") && r.contains("169.254.169.254")), "{}", out.stderr);
+    assert!(refused.iter().any(|r| r.contains("default/google") && r.contains("metadata")), "{}", out.stderr);
+    assert_eq!(dns.queries("metadata.google.internal"), 0, "a name the name rules refuse is never asked for");
 
     let policies: Vec<Value> =
         output_documents(&out.stdout, false).into_iter().filter(|d| d["kind"] == "NetworkPolicy").collect();
@@ -1238,6 +1243,7 @@ fn dns_failures_and_refused_destinations_are_findings() {
     dns.set("servfail.example.net", Answer::Addresses(vec![ip("93.184.215.17")], 30));
     dns.set("gone.example.net", Answer::Addresses(vec![ip("93.184.215.18")], 30));
     dns.set("slow.example.net", Answer::Addresses(vec![ip("93.184.215.19")], 30));
+    dns.set("lost.example.net", Answer::Addresses(vec![ip("93.184.215.20")], 30));
     let clean = analyze(&dir, &args(&["--egress-cluster", "all"]), None);
     assert_eq!(clean.code, 0, "{}", clean.stderr);
     assert!(!clean.stderr.contains("finding:"), "{}", clean.stderr);

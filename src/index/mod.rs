@@ -292,6 +292,11 @@ impl Index {
         self.services.external_name_in_use(hostname)
     }
 
+    /// The ExternalName Services aliasing `hostname` (normalized).
+    pub fn services_aliasing(&self, hostname: &str) -> Vec<ObjectRef> {
+        self.services.aliasing(hostname)
+    }
+
     pub fn gateway_class(&self, name: &str) -> Option<&crate::model::GatewayClass> {
         self.gateways.class(name)
     }

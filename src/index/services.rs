@@ -42,6 +42,11 @@ impl Services {
         self.by_external_name.contains_key(hostname)
     }
 
+    /// The ExternalName Services aliasing `hostname` (normalized).
+    pub fn aliasing(&self, hostname: &str) -> Vec<ObjectRef> {
+        self.by_external_name.get(hostname).into_iter().flatten().cloned().collect()
+    }
+
     /// Stores or removes one EndpointSlice; true when it changed.
     pub fn put_slice(&mut self, key: &ObjectRef, slice: Option<EndpointSlice>) -> bool {
         let old = match slice.clone() {

@@ -18,7 +18,7 @@ pub struct AcceptedLabel {
     pub accepted: String,
 }
 
-/// The outcome of a DNS lookup: ok, nxdomain, no_addresses, servfail, timeout.
+/// The outcome of a DNS lookup: ok, nxdomain, no_addresses, servfail, timeout, no_server.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: String,
