@@ -2,7 +2,8 @@
 //! table for names, API groups and versions. A leaf: it imports nothing of the
 //! crate, so decoding, the index and every watch share it without each other.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 /// The API group of XBackend (Gateway API's experimental group).
 pub const XBACKEND_GROUP: &str = "gateway.networking.x-k8s.io";
@@ -13,6 +14,8 @@ pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 ///
 /// Shared strings: the index keeps the same key in several maps (the record,
 /// reverse indexes, reports, the queue), and a clone costs no allocation.
+/// Keys built apart (an object's own, each route's reference to it, each
+/// watch event's) share their strings too: `new` interns them.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectRef {
     pub namespace: Arc<str>,
@@ -21,7 +24,40 @@ pub struct ObjectRef {
 
 impl ObjectRef {
     pub fn new(namespace: impl AsRef<str>, name: impl AsRef<str>) -> Self {
-        ObjectRef { namespace: namespace.as_ref().into(), name: name.as_ref().into() }
+        ObjectRef { namespace: intern(namespace.as_ref()), name: intern(name.as_ref()) }
+    }
+}
+
+/// Every namespace and name a live key spells, once. At N=10,000 a name was
+/// held in three to five copies (the object's key, each reference to it,
+/// each queued event) at some 48 bytes each.
+static INTERNED: LazyLock<Mutex<Interned>> = LazyLock::new(Mutex::default);
+
+#[derive(Default)]
+struct Interned {
+    strings: HashSet<Arc<str>>,
+    /// The set's size at which strings no key holds any more are dropped:
+    /// twice what was left at the last sweep, so sweeps cost O(1) per call.
+    sweep_at: usize,
+}
+
+fn intern(text: &str) -> Arc<str> {
+    // A panic elsewhere while the lock was held leaves the set consistent.
+    INTERNED.lock().unwrap_or_else(PoisonError::into_inner).get(text)
+}
+
+impl Interned {
+    fn get(&mut self, text: &str) -> Arc<str> {
+        if let Some(shared) = self.strings.get(text) {
+            return shared.clone();
+        }
+        if self.strings.len() >= self.sweep_at {
+            self.strings.retain(|s| Arc::strong_count(s) > 1);
+            self.sweep_at = (2 * self.strings.len()).max(1024);
+        }
+        let shared: Arc<str> = text.into();
+        self.strings.insert(shared.clone());
+        shared
     }
 }
 
@@ -164,6 +200,22 @@ impl RefKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_built_apart_share_their_strings_and_unheld_ones_are_swept() {
+        let (a, b) = (ObjectRef::new("ns-interned", "b-interned"), ObjectRef::new("ns-interned", "b-interned"));
+        assert!(Arc::ptr_eq(&a.name, &b.name) && Arc::ptr_eq(&a.namespace, &b.namespace));
+
+        let mut interned = Interned::default();
+        let held: Vec<Arc<str>> = (0..1000).map(|i| interned.get(&format!("held-{i}"))).collect();
+        for i in 0..5000 {
+            drop(interned.get(&format!("dropped-{i}")));
+        }
+        // Sweeps keep what a key holds, and the dropped never pile up.
+        assert!(held.iter().all(|s| interned.strings.contains(s)));
+        assert!(interned.strings.len() < 1000 + 2048, "{} strings kept", interned.strings.len());
+        assert!(Arc::ptr_eq(&interned.get("held-7"), &held[7]));
+    }
 
     #[test]
     fn one_row_per_kind_and_each_pair_reads_back() {

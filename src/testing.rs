@@ -45,16 +45,16 @@ pub fn ca_ref(name: &str) -> LocalObjectReference {
 
 pub fn tls_spec(client: Option<SecretObjectReference>, cas: Vec<LocalObjectReference>) -> XBackendSpec {
     let mut spec = plain_spec();
-    spec.tls = Some(BackendTls {
+    spec.tls = Some(Box::new(BackendTls {
         mode: if client.is_some() { TlsMode::ClientAndServer } else { TlsMode::ServerOnly },
-        client_certificate_ref: client,
+        client_certificate_ref: client.map(Box::new),
         validation: Some(TlsValidation {
             ca_certificate_refs: (!cas.is_empty()).then_some(cas),
             well_known_ca_certificates: None,
             hostname: "api.example.com".into(),
             subject_alt_names: None,
         }),
-    });
+    }));
     spec
 }
 

@@ -1133,7 +1133,7 @@ mod tests {
         )
             .prop_map(|(mode, client_certificate_ref, validation)| BackendTls {
                 mode,
-                client_certificate_ref,
+                client_certificate_ref: client_certificate_ref.map(Box::new),
                 validation,
             });
         (proptest::option::of(any_text()), any::<i32>(), proptest::option::of(any_text()), proptest::option::of(tls))
@@ -1144,7 +1144,7 @@ mod tests {
                 endpoint_selector: None,
                 session_persistence: None,
                 protocol: None,
-                tls,
+                tls: tls.map(Box::new),
             })
     }
 

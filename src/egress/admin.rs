@@ -127,9 +127,14 @@ fn rule(dialect: &Dialect, rules: &Rules, a: &Allowed) -> Value {
 }
 
 /// The objects of one Gateway: accept shards at P, the final one at P + 1.
+/// Rendered one at a time as the caller asks: a rebuild compares each with
+/// the copy that stands before rendering the next, so a Gateway's objects
+/// never exist twice as trees at once.
 pub fn render<'a>(dialect: &'a Dialect, priority: u32, rules: Rules<'a>) -> impl Iterator<Item = Value> + 'a {
     let (per, limit) = per_object(dialect, 1 + rules.needs.len());
     let shards = rules.shards(per, limit);
+    let count = shards.len();
+    let mut shards = shards.into_iter();
     let subject = json!({"pods": {
         "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: &rules.namespace}},
         "podSelector": {"matchLabels": &rules.selector},
@@ -151,37 +156,34 @@ pub fn render<'a>(dialect: &'a Dialect, priority: u32, rules: Rules<'a>) -> impl
             "spec": spec,
         })
     };
-    let accepts: Vec<Value> = shards
-        .into_iter()
-        .enumerate()
-        .map(|(shard, members)| {
-            let mut egress = Vec::new();
-            let mut notes = Vec::new();
-            if shard == 0 {
-                egress.push(dns_rule(dialect, rules.dns));
-                notes.push("DNS".to_string());
-                for need in &rules.needs {
-                    egress.push(rule(dialect, &rules, need));
-                    notes.push(need.note());
-                }
+    (0..=count).map(move |shard| {
+        let mut egress = Vec::new();
+        let mut notes = Vec::new();
+        let Some(members) = shards.next() else {
+            if rules.cluster == ClusterMode::All {
+                egress.push(json!({"name": "cluster-to-networkpolicy", "action": "Pass", "to": [{"namespaces": {}}]}));
+                notes.push("every Pod of the cluster: NetworkPolicies decide (--egress-cluster all)".to_string());
             }
-            for a in members {
-                egress.push(rule(dialect, &rules, a));
-                notes.push(a.note());
+            egress.push(
+                json!({"name": "deny-everything-else", "action": "Deny", "to": [{"networks": ["0.0.0.0/0", "::/0"]}]}),
+            );
+            notes.push("everything else: denied".to_string());
+            return object(&rules, object_name(rules.gateway, "deny"), priority + 1, egress, notes);
+        };
+        if shard == 0 {
+            egress.push(dns_rule(dialect, rules.dns));
+            notes.push("DNS".to_string());
+            for need in &rules.needs {
+                egress.push(rule(dialect, &rules, need));
+                notes.push(need.note());
             }
-            object(&rules, object_name(rules.gateway, &shard.to_string()), priority, egress, notes)
-        })
-        .collect();
-    let mut last = Vec::new();
-    let mut notes = Vec::new();
-    if rules.cluster == ClusterMode::All {
-        last.push(json!({"name": "cluster-to-networkpolicy", "action": "Pass", "to": [{"namespaces": {}}]}));
-        notes.push("every Pod of the cluster: NetworkPolicies decide (--egress-cluster all)".to_string());
-    }
-    last.push(json!({"name": "deny-everything-else", "action": "Deny", "to": [{"networks": ["0.0.0.0/0", "::/0"]}]}));
-    notes.push("everything else: denied".to_string());
-    let deny = object(&rules, object_name(rules.gateway, "deny"), priority + 1, last, notes);
-    accepts.into_iter().chain([deny])
+        }
+        for a in members {
+            egress.push(rule(dialect, &rules, a));
+            notes.push(a.note());
+        }
+        object(&rules, object_name(rules.gateway, &shard.to_string()), priority, egress, notes)
+    })
 }
 
 /// The XBackend and Service rules of an object `render` made, read back.

@@ -472,14 +472,14 @@ mod tests {
 
     fn mtls_spec(secret_namespace: Option<&str>, secret: &str, config_maps: &[&str]) -> XBackendSpec {
         let mut spec = spec();
-        spec.tls = Some(BackendTls {
+        spec.tls = Some(Box::new(BackendTls {
             mode: TlsMode::ClientAndServer,
-            client_certificate_ref: Some(SecretObjectReference {
+            client_certificate_ref: Some(Box::new(SecretObjectReference {
                 group: None,
                 kind: None,
                 name: secret.into(),
                 namespace: secret_namespace.map(str::to_string),
-            }),
+            })),
             validation: Some(TlsValidation {
                 ca_certificate_refs: Some(
                     config_maps
@@ -495,7 +495,7 @@ mod tests {
                 hostname: "api.example.com".into(),
                 subject_alt_names: None,
             }),
-        });
+        }));
         spec
     }
 
