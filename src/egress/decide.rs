@@ -330,7 +330,7 @@ mod tests {
         let current = run(&first, &BTreeMap::new(), &mut Decisions::default(), 0);
         assert_eq!(current.len(), 1);
         let policy = current.values().next().unwrap();
-        assert_eq!(policy.metadata["ownerReferences"][0]["uid"], "uid-gw");
+        assert_eq!(policy.metadata()["ownerReferences"][0]["uid"], "uid-gw");
         // After a restart nothing is judged yet: the same objects, nothing to write.
         let mut held = Decisions::default();
         let restarted = run(&demand(vec![], &["api", "b"]), &current, &mut held, 10);
@@ -423,7 +423,7 @@ mod tests {
         let demand = Demand { gateways: vec![info(gw(), "uid", "eg")], ..Demand::default() };
         let decision = Decisions::default().decide(&demand, &BTreeMap::new(), &settings(0, &config));
         let policy = decision.policies.values().next().unwrap();
-        assert!(policy.metadata.get("ownerReferences").is_none(), "no owner across namespaces");
+        assert!(policy.metadata().get("ownerReferences").is_none(), "no owner across namespaces");
         assert_eq!(policy.gateway(), Some(gw()));
         assert_eq!(policy.to_value()["metadata"]["namespace"], json!("envoy-gateway-system"));
     }

@@ -575,14 +575,15 @@ pub fn annotated_source(kind: &str, key: ObjectRef, via: Option<&str>) -> Source
     }
 }
 
-/// A policy object as the writer keeps it: its kind, its metadata as JSON
-/// (a few fields), its spec as canonical JSON text. As a tree of small maps
-/// the spec of thousands of rules costs several times its text, once for
-/// what should stand and once for what does.
+/// A policy object as the writer keeps it: its kind and namespace/name, its
+/// metadata (a few fields) and spec as canonical JSON text. As trees of small
+/// maps thousands of objects cost several times their text (a metadata tree
+/// alone about 2 KiB), once for what should stand and once for what does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyObject {
     pub kind: &'static PolicyKind,
-    pub metadata: Value,
+    key: ObjectRef,
+    metadata: Box<str>,
     spec: Box<str>,
 }
 
@@ -600,8 +601,16 @@ impl PolicyObject {
                 metadata.insert(field.to_string(), value.clone());
             }
         }
-        // serde_json's maps are sorted: the same spec gives the same text.
-        PolicyObject { kind, metadata: Value::Object(metadata), spec: object["spec"].to_string().into() }
+        let text = |field: &str| metadata.get(field).and_then(Value::as_str).unwrap_or_default();
+        let key = ObjectRef::new(text("namespace"), text("name"));
+        // serde_json's maps are sorted: the same object gives the same text.
+        let metadata = Value::Object(metadata).to_string().into();
+        PolicyObject { kind, key, metadata, spec: object["spec"].to_string().into() }
+    }
+
+    /// Its metadata: name, namespace, labels, annotations, owners.
+    pub fn metadata(&self) -> Value {
+        serde_json::from_str(&self.metadata).unwrap_or_default()
     }
 
     /// The whole object, as applied and printed.
@@ -609,7 +618,7 @@ impl PolicyObject {
         json!({
             "apiVersion": self.kind.api_version(),
             "kind": self.kind.kind,
-            "metadata": self.metadata,
+            "metadata": self.metadata(),
             "spec": self.spec(),
         })
     }
@@ -620,15 +629,15 @@ impl PolicyObject {
 
     /// Its namespace/name.
     pub fn key(&self) -> ObjectRef {
-        let text = |field: &str| self.metadata[field].as_str().unwrap_or_default().to_string();
-        ObjectRef::new(text("namespace"), text("name"))
+        self.key.clone()
     }
 
     /// The Gateway whose data plane it restricts, from our labels.
     pub fn gateway(&self) -> Option<ObjectRef> {
-        let labels = &self.metadata["labels"];
+        let metadata = self.metadata();
+        let labels = &metadata["labels"];
         let name = labels[OWNED_LABEL].as_str()?;
-        let namespace = labels[OWNED_NAMESPACE_LABEL].as_str().or(self.metadata["namespace"].as_str())?;
+        let namespace = labels[OWNED_NAMESPACE_LABEL].as_str().or(metadata["namespace"].as_str())?;
         Some(ObjectRef::new(namespace, name))
     }
 }
@@ -641,23 +650,23 @@ pub type Policies = BTreeMap<ObjectRef, Arc<PolicyObject>>;
 /// our labels, annotation and owner reference among its own (others may add
 /// theirs; comparing those would rewrite forever).
 pub fn stands(desired: &PolicyObject, current: &PolicyObject) -> bool {
+    if desired.kind != current.kind || desired.spec != current.spec {
+        return false;
+    }
+    let (desired, current) = (desired.metadata(), current.metadata());
     let contains = |field: &str| {
-        let (want, have) = (&desired.metadata[field], &current.metadata[field]);
+        let (want, have) = (&desired[field], &current[field]);
         want.as_object().into_iter().flatten().all(|(k, v)| &have[k] == v)
     };
-    let owners = |p: &PolicyObject| -> Vec<(Value, Value)> {
-        p.metadata["ownerReferences"]
+    let owners = |metadata: &Value| -> Vec<(Value, Value)> {
+        metadata["ownerReferences"]
             .as_array()
             .into_iter()
             .flatten()
             .map(|o| (o["uid"].clone(), o["kind"].clone()))
             .collect()
     };
-    desired.kind == current.kind
-        && desired.spec == current.spec
-        && contains("labels")
-        && contains("annotations")
-        && owners(desired).iter().all(|o| owners(current).contains(o))
+    contains("labels") && contains("annotations") && owners(&desired).iter().all(|o| owners(&current).contains(o))
 }
 
 #[cfg(test)]

@@ -250,7 +250,7 @@ mod tests {
         watch.apply(&state, key.clone(), &edited).unwrap();
         let now = standing.ours()[&key].clone();
         assert!(!Arc::ptr_eq(&now, &decided));
-        assert_eq!(now.metadata["labels"]["team"], "x");
+        assert_eq!(now.metadata()["labels"]["team"], "x");
 
         watch.delete(&state, &key);
         assert!(standing.ours().is_empty() && standing.uid(&key).is_none());

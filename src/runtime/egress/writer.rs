@@ -269,8 +269,9 @@ mod tests {
         s.decide(&[&s.policy]);
         s.settle().await;
         assert!(s.calls().is_empty(), "it stands");
-        let mut edited = (*s.policy).clone();
-        edited.metadata["annotations"] = json!({});
+        let mut edited = s.policy.to_value();
+        edited["metadata"]["annotations"] = json!({});
+        let edited = PolicyObject::from_value(s.policy.kind, &edited);
         s.stands(Some(&edited), "u-1");
         s.settle().await;
         assert_eq!(s.calls(), [("apply", s.key.clone(), None)], "put back");
