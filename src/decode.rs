@@ -38,7 +38,7 @@ pub fn decode(kind: Kind, object: &Value) -> Result<(ObjectRef, Object), String>
         Kind::XBackend => Object::XBackend(Backend {
             generation: object.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0),
             spec: decode_backend_spec(object.get("spec")),
-            uid: object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_string(),
+            uid: object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().into(),
             resource_version: object
                 .pointer("/metadata/resourceVersion")
                 .and_then(Value::as_str)
@@ -230,7 +230,7 @@ pub fn decode_watched(kind: Kind, object: &Watched) -> Result<(ObjectRef, Object
         Kind::XBackend => Object::XBackend(Backend {
             generation: meta.generation.unwrap_or(0),
             spec: backend_spec_from_json(spec),
-            uid: meta.uid.clone().unwrap_or_default(),
+            uid: meta.uid.as_deref().unwrap_or_default().into(),
             resource_version: meta.resource_version.clone().unwrap_or_default(),
             status: object.status.as_deref().map(|s| StoredStatus::from_json(s.get())).unwrap_or_default(),
         }),

@@ -296,38 +296,82 @@ impl Object {
 pub struct Backend {
     pub generation: i64,
     pub spec: Result<XBackendSpec, String>,
-    /// Empty for objects read from files.
-    pub uid: String,
+    /// Empty for objects read from files. Shared with what the runtime
+    /// remembers of its reconciles.
+    pub uid: Arc<str>,
     pub resource_version: String,
     pub status: StoredStatus,
 }
 
-/// The stored `status` as compact JSON text (empty when absent). Only a write
-/// reads it, to merge into it, so it is parsed then: as a `Value` tree it
-/// would cost several times its text in every XBackend's record.
+/// The stored `status`. Only a write reads it, to merge into it. The usual
+/// shape (each entry a Gateway reference, a controller and its conditions)
+/// is kept as shared strings: messages, reasons, times and names repeat
+/// across thousands of XBackends, and as text it was the largest part of
+/// each record (about 500 bytes). Any other shape is kept as the JSON text
+/// the apiserver sent, so what others wrote survives byte for byte.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StoredStatus(Box<str>);
+pub struct StoredStatus(Stored);
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum Stored {
+    #[default]
+    Absent,
+    /// `{<list>: [entries]}` with `<reference>` the entries' reference field.
+    Entries {
+        list: &'static str,
+        reference: &'static str,
+        entries: Box<[StoredEntry]>,
+    },
+    Text(Box<str>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct StoredEntry {
+    /// group, kind, namespace, name.
+    reference: [Arc<str>; 4],
+    controller: Arc<str>,
+    conditions: Box<[StoredCondition]>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct StoredCondition {
+    /// type, status, reason, message, lastTransitionTime.
+    text: [Arc<str>; 5],
+    observed_generation: i64,
+}
+
+const REFERENCE_FIELDS: [&str; 4] = ["group", "kind", "namespace", "name"];
+const CONDITION_FIELDS: [&str; 5] = ["type", "status", "reason", "message", "lastTransitionTime"];
+/// The list fields of the two status shapes, each with its reference field.
+const SHAPES: [(&str, &str); 2] = [("ancestors", "ancestorRef"), ("parents", "parentRef")];
 
 impl StoredStatus {
     pub fn from_value(status: &serde_json::Value) -> Self {
         if status.is_null() {
             return StoredStatus::default();
         }
-        StoredStatus(status.to_string().into_boxed_str())
+        StoredStatus(Stored::entries(status).unwrap_or_else(|| Stored::Text(status.to_string().into_boxed_str())))
     }
 
-    /// The JSON text as the apiserver sent it (null becomes empty).
+    /// From the JSON text as the apiserver sent it (null becomes absent).
     pub fn from_json(text: &str) -> Self {
         let text = text.trim();
-        if text == "null" { StoredStatus::default() } else { StoredStatus(text.into()) }
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Null) => StoredStatus::default(),
+            Ok(status) => StoredStatus(Stored::entries(&status).unwrap_or_else(|| Stored::Text(text.into()))),
+            Err(_) => StoredStatus(Stored::Text(text.into())),
+        }
     }
 
     /// The whole status (Null when absent or not JSON).
     pub fn value(&self) -> serde_json::Value {
-        if self.0.is_empty() {
-            return serde_json::Value::Null;
+        match &self.0 {
+            Stored::Absent => serde_json::Value::Null,
+            Stored::Entries { list, reference, entries } => {
+                serde_json::json!({*list: entries.iter().map(|e| e.value(reference)).collect::<Vec<_>>()})
+            }
+            Stored::Text(text) => serde_json::from_str(text).unwrap_or(serde_json::Value::Null),
         }
-        serde_json::from_str(&self.0).unwrap_or(serde_json::Value::Null)
     }
 
     /// The array at `status.<field>`, when the stored status has one.
@@ -342,13 +386,63 @@ impl StoredStatus {
     }
 }
 
+impl Stored {
+    /// The usual shape as shared strings; None for anything else, or
+    /// anything that would not read back as the same JSON.
+    fn entries(status: &serde_json::Value) -> Option<Stored> {
+        use serde_json::Value;
+        let strings = |object: &serde_json::Map<String, Value>, fields: &[&str]| -> Option<Vec<Arc<str>>> {
+            let exact = object.len() == fields.len();
+            exact.then(|| fields.iter().map(|f| object.get(*f)?.as_str().map(crate::object::intern)).collect())?
+        };
+        let object = status.as_object().filter(|s| s.len() == 1)?;
+        let (list, reference) = SHAPES.into_iter().find(|(list, _)| object.contains_key(*list))?;
+        let entries = object[list].as_array()?.iter().map(|entry| {
+            let entry = entry.as_object().filter(|e| e.len() == 3)?;
+            let conditions = entry.get("conditions")?.as_array()?.iter().map(|condition| {
+                let condition = condition.as_object()?;
+                let mut fields = condition.clone();
+                let observed_generation = fields.remove("observedGeneration")?.as_i64()?;
+                let text = strings(&fields, &CONDITION_FIELDS)?.try_into().ok()?;
+                Some(StoredCondition { text, observed_generation })
+            });
+            Some(StoredEntry {
+                reference: strings(entry.get(reference)?.as_object()?, &REFERENCE_FIELDS)?.try_into().ok()?,
+                controller: crate::object::intern(entry.get("controllerName")?.as_str()?),
+                conditions: conditions.collect::<Option<_>>()?,
+            })
+        });
+        let stored = StoredStatus(Stored::Entries { list, reference, entries: entries.collect::<Option<_>>()? });
+        // What reads back differently (a number that is not an i64) stays text.
+        (stored.value() == *status).then_some(stored.0)
+    }
+}
+
+impl StoredEntry {
+    fn value(&self, reference: &str) -> serde_json::Value {
+        let fields = |names: &[&str], values: &[Arc<str>]| -> serde_json::Map<String, serde_json::Value> {
+            names.iter().zip(values).map(|(n, v)| (n.to_string(), serde_json::Value::from(&**v))).collect()
+        };
+        let conditions = self.conditions.iter().map(|c| {
+            let mut condition = fields(&CONDITION_FIELDS, &c.text);
+            condition.insert("observedGeneration".into(), c.observed_generation.into());
+            serde_json::Value::Object(condition)
+        });
+        serde_json::json!({
+            reference: fields(&REFERENCE_FIELDS, &self.reference),
+            "controllerName": &*self.controller,
+            "conditions": conditions.collect::<Vec<_>>(),
+        })
+    }
+}
+
 impl Backend {
     /// A backend with no identity or status yet, as tests and files build them.
     pub fn new(generation: i64, spec: Result<XBackendSpec, String>) -> Self {
         Backend {
             generation,
             spec,
-            uid: String::new(),
+            uid: Arc::default(),
             resource_version: String::new(),
             status: StoredStatus::default(),
         }
@@ -375,6 +469,60 @@ impl Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn usual(list: &str, reference: &str, message: &str) -> serde_json::Value {
+        let condition = |type_: &str| {
+            serde_json::json!({"type": type_, "status": "True", "reason": type_, "message": message,
+                "lastTransitionTime": "2026-12-07T10:00:00Z", "observedGeneration": 2})
+        };
+        serde_json::json!({list: [{
+            reference: {"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "infra", "name": "gw"},
+            "controllerName": "example.com/ctl",
+            "conditions": [condition("Accepted"), condition("ResolvedRefs")],
+        }]})
+    }
+
+    #[test]
+    fn the_usual_status_is_kept_as_shared_strings_and_reads_back_the_same() {
+        for (list, reference) in SHAPES {
+            let status = usual(list, reference, "fine");
+            let (a, b) = (StoredStatus::from_value(&status), StoredStatus::from_json(&status.to_string()));
+            let Stored::Entries { entries, .. } = &a.0 else { panic!("{list}: kept as text: {a:?}") };
+            assert_eq!(a, b, "{list}");
+            assert_eq!(a.value(), status, "{list}");
+            assert_eq!(a.list(list).as_deref(), status[list].as_array().map(Vec::as_slice), "{list}");
+            assert_eq!(a.list("conditions"), None);
+            let Stored::Entries { entries: others, .. } = &b.0 else { unreachable!() };
+            let message = |e: &[StoredEntry]| e[0].conditions[0].text[3].clone();
+            assert!(Arc::ptr_eq(&message(entries), &message(others)), "one copy of a message");
+        }
+        assert_ne!(
+            StoredStatus::from_value(&usual("ancestors", "ancestorRef", "fine")),
+            StoredStatus::from_value(&usual("ancestors", "ancestorRef", "other"))
+        );
+    }
+
+    #[test]
+    fn any_other_status_is_kept_as_the_text_sent() {
+        let mut section = usual("ancestors", "ancestorRef", "fine");
+        section["ancestors"][0]["ancestorRef"]["sectionName"] = "https".into();
+        let mut vendor = usual("ancestors", "ancestorRef", "fine");
+        vendor["ancestors"][0]["vendorExtension"] = serde_json::json!({"nested": [1, {"z": null}]});
+        let mut float = usual("ancestors", "ancestorRef", "fine");
+        float["ancestors"][0]["conditions"][0]["observedGeneration"] = 1.5.into();
+        let mut beside = usual("ancestors", "ancestorRef", "fine");
+        beside["conditions"] = serde_json::json!([]);
+        let mismatched = usual("ancestors", "parentRef", "fine");
+        for status in [section, vendor, float, beside, mismatched] {
+            let text = format!(" {} ", serde_json::to_string_pretty(&status).unwrap());
+            let stored = StoredStatus::from_json(&text);
+            assert_eq!(stored.0, Stored::Text(text.trim().into()), "byte for byte");
+            assert_eq!(stored.value(), status);
+            assert_eq!(StoredStatus::from_value(&status).value(), status);
+        }
+        assert_eq!(StoredStatus::from_json("null"), StoredStatus::default());
+        assert_eq!(StoredStatus::from_json("{not json").value(), serde_json::Value::Null);
+    }
 
     fn at(version: &str, status: serde_json::Value) -> Backend {
         Backend {

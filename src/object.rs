@@ -41,7 +41,7 @@ struct Interned {
     sweep_at: usize,
 }
 
-fn intern(text: &str) -> Arc<str> {
+pub fn intern(text: &str) -> Arc<str> {
     // A panic elsewhere while the lock was held leaves the set consistent.
     INTERNED.lock().unwrap_or_else(PoisonError::into_inner).get(text)
 }

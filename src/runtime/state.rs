@@ -26,7 +26,8 @@ use crate::status::{EventNote, Shape};
 /// output, not a cache of the cluster.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Reported {
-    pub uid: String,
+    /// The XBackend's, shared with its record.
+    pub uid: Arc<str>,
     /// The Events recorded, so an unchanged set is not recorded again.
     pub events: Vec<EventNote>,
     /// The Accepted verdict (status, reason) counted in the gauges.
@@ -174,13 +175,14 @@ impl State {
         uses: Vec<(ObjectRef, Allowed)>,
     ) -> Vec<EventNote> {
         let accepted = (accepted.status, accepted.reason);
-        let mut inner = self.lock();
-        if inner.index.backend(key).is_none_or(|b| b.uid != uid) {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let Some(backend) = inner.index.backend(key).filter(|b| *b.uid == *uid) else {
             return Vec::new();
-        }
+        };
         let entry = inner.reported.entry(key.clone()).or_default();
-        if entry.uid != uid {
-            *entry = Reported { uid: uid.to_string(), ..Reported::default() };
+        if *entry.uid != *uid {
+            *entry = Reported { uid: backend.uid.clone(), ..Reported::default() };
         }
         let old = entry.accepted.replace(accepted);
         if entry.uses.as_ref() != Some(&uses) {
@@ -254,7 +256,7 @@ impl State {
     /// echo often beats the response). End it with `wrote` or `failed`;
     /// dropping it counts as failed, so no path leaves events held.
     pub fn begin_write<'a>(&'a self, queue: &'a Queue, key: &ObjectRef, uid: &str) -> Write<'a> {
-        if let Some(r) = self.lock().reported.get_mut(key).filter(|r| r.uid == uid) {
+        if let Some(r) = self.lock().reported.get_mut(key).filter(|r| *r.uid == *uid) {
             r.writing = true;
             r.held = None;
         }
@@ -267,7 +269,7 @@ impl State {
     /// from, so any other event came after the echo and is the newest held.
     fn end_write(&self, key: &ObjectRef, uid: &str, written: Option<String>) -> bool {
         let mut inner = self.lock();
-        let Some(r) = inner.reported.get_mut(key).filter(|r| r.uid == uid) else { return false };
+        let Some(r) = inner.reported.get_mut(key).filter(|r| *r.uid == *uid) else { return false };
         r.writing = false;
         let held = r.held.take();
         match written {
