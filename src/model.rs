@@ -303,6 +303,30 @@ pub struct Backend {
     pub status: StoredStatus,
 }
 
+/// The installed CRD's status layout: ours (`ancestors`/`ancestorRef`) or
+/// upstream v1.6 (`parents`/`parentRef`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Shape {
+    #[default]
+    Ancestors,
+    Parents,
+}
+
+impl Shape {
+    pub fn list_field(self) -> &'static str {
+        match self {
+            Shape::Ancestors => "ancestors",
+            Shape::Parents => "parents",
+        }
+    }
+    pub fn ref_field(self) -> &'static str {
+        match self {
+            Shape::Ancestors => "ancestorRef",
+            Shape::Parents => "parentRef",
+        }
+    }
+}
+
 /// The stored `status`. Only a write reads it, to merge into it. The usual
 /// shape (each entry a Gateway reference, a controller and its conditions)
 /// is kept as shared strings: messages, reasons, times and names repeat
@@ -316,10 +340,9 @@ pub struct StoredStatus(Stored);
 enum Stored {
     #[default]
     Absent,
-    /// `{<list>: [entries]}` with `<reference>` the entries' reference field.
+    /// `{<list field>: [entries]}`.
     Entries {
-        list: &'static str,
-        reference: &'static str,
+        shape: Shape,
         entries: Box<[StoredEntry]>,
     },
     Text(Box<str>),
@@ -342,8 +365,6 @@ struct StoredCondition {
 
 const REFERENCE_FIELDS: [&str; 4] = ["group", "kind", "namespace", "name"];
 const CONDITION_FIELDS: [&str; 5] = ["type", "status", "reason", "message", "lastTransitionTime"];
-/// The list fields of the two status shapes, each with its reference field.
-const SHAPES: [(&str, &str); 2] = [("ancestors", "ancestorRef"), ("parents", "parentRef")];
 
 impl StoredStatus {
     pub fn from_value(status: &serde_json::Value) -> Self {
@@ -358,6 +379,7 @@ impl StoredStatus {
         let text = text.trim();
         match serde_json::from_str::<serde_json::Value>(text) {
             Ok(serde_json::Value::Null) => StoredStatus::default(),
+            Err(_) if text.is_empty() => StoredStatus::default(),
             Ok(status) => StoredStatus(Stored::entries(&status).unwrap_or_else(|| Stored::Text(text.into()))),
             Err(_) => StoredStatus(Stored::Text(text.into())),
         }
@@ -367,8 +389,9 @@ impl StoredStatus {
     pub fn value(&self) -> serde_json::Value {
         match &self.0 {
             Stored::Absent => serde_json::Value::Null,
-            Stored::Entries { list, reference, entries } => {
-                serde_json::json!({*list: entries.iter().map(|e| e.value(reference)).collect::<Vec<_>>()})
+            Stored::Entries { shape, entries } => {
+                let entries: Vec<_> = entries.iter().map(|e| e.value(shape.ref_field())).collect();
+                serde_json::json!({shape.list_field(): entries})
             }
             Stored::Text(text) => serde_json::from_str(text).unwrap_or(serde_json::Value::Null),
         }
@@ -387,33 +410,29 @@ impl StoredStatus {
 }
 
 impl Stored {
-    /// The usual shape as shared strings; None for anything else, or
-    /// anything that would not read back as the same JSON.
+    /// The usual shape as shared strings; None for anything else. What
+    /// would not read back as the same JSON (another field, a number that
+    /// is not an i64, another shape) is anything else.
     fn entries(status: &serde_json::Value) -> Option<Stored> {
-        use serde_json::Value;
-        let strings = |object: &serde_json::Map<String, Value>, fields: &[&str]| -> Option<Vec<Arc<str>>> {
-            let exact = object.len() == fields.len();
-            exact.then(|| fields.iter().map(|f| object.get(*f)?.as_str().map(crate::object::intern)).collect())?
+        use crate::object::intern;
+        let strings = |object: &serde_json::Value, fields: &[&str]| -> Option<Vec<Arc<str>>> {
+            fields.iter().map(|f| object.get(*f)?.as_str().map(intern)).collect()
         };
-        let object = status.as_object().filter(|s| s.len() == 1)?;
-        let (list, reference) = SHAPES.into_iter().find(|(list, _)| object.contains_key(*list))?;
-        let entries = object[list].as_array()?.iter().map(|entry| {
-            let entry = entry.as_object().filter(|e| e.len() == 3)?;
+        let shape = [Shape::Ancestors, Shape::Parents].into_iter().find(|s| status.get(s.list_field()).is_some())?;
+        let entries = status[shape.list_field()].as_array()?.iter().map(|entry| {
             let conditions = entry.get("conditions")?.as_array()?.iter().map(|condition| {
-                let condition = condition.as_object()?;
-                let mut fields = condition.clone();
-                let observed_generation = fields.remove("observedGeneration")?.as_i64()?;
-                let text = strings(&fields, &CONDITION_FIELDS)?.try_into().ok()?;
-                Some(StoredCondition { text, observed_generation })
+                Some(StoredCondition {
+                    text: strings(condition, &CONDITION_FIELDS)?.try_into().ok()?,
+                    observed_generation: condition.get("observedGeneration")?.as_i64()?,
+                })
             });
             Some(StoredEntry {
-                reference: strings(entry.get(reference)?.as_object()?, &REFERENCE_FIELDS)?.try_into().ok()?,
-                controller: crate::object::intern(entry.get("controllerName")?.as_str()?),
+                reference: strings(entry.get(shape.ref_field())?, &REFERENCE_FIELDS)?.try_into().ok()?,
+                controller: intern(entry.get("controllerName")?.as_str()?),
                 conditions: conditions.collect::<Option<_>>()?,
             })
         });
-        let stored = StoredStatus(Stored::Entries { list, reference, entries: entries.collect::<Option<_>>()? });
-        // What reads back differently (a number that is not an i64) stays text.
+        let stored = StoredStatus(Stored::Entries { shape, entries: entries.collect::<Option<_>>()? });
         (stored.value() == *status).then_some(stored.0)
     }
 }
@@ -484,7 +503,7 @@ mod tests {
 
     #[test]
     fn the_usual_status_is_kept_as_shared_strings_and_reads_back_the_same() {
-        for (list, reference) in SHAPES {
+        for (list, reference) in [Shape::Ancestors, Shape::Parents].map(|s| (s.list_field(), s.ref_field())) {
             let status = usual(list, reference, "fine");
             let (a, b) = (StoredStatus::from_value(&status), StoredStatus::from_json(&status.to_string()));
             let Stored::Entries { entries, .. } = &a.0 else { panic!("{list}: kept as text: {a:?}") };
@@ -521,6 +540,7 @@ mod tests {
             assert_eq!(StoredStatus::from_value(&status).value(), status);
         }
         assert_eq!(StoredStatus::from_json("null"), StoredStatus::default());
+        assert_eq!(StoredStatus::from_json(" "), StoredStatus::default());
         assert_eq!(StoredStatus::from_json("{not json").value(), serde_json::Value::Null);
     }
 

@@ -5,6 +5,7 @@ use serde_json::{Map, Value, json};
 
 use crate::api::{GATEWAY_GROUP, MAX_ANCESTORS};
 use crate::conditions::{Verdict, reason};
+pub use crate::model::Shape;
 use crate::model::{Backend, ObjectRef};
 use crate::validate;
 use crate::verdict::Verdicts;
@@ -15,30 +16,6 @@ pub const INSECURE_REASON: &str = "Insecure";
 pub const ANCESTORS_TRUNCATED_REASON: &str = "AncestorsTruncated";
 /// The API's limit on a condition message, in bytes.
 const MAX_MESSAGE_BYTES: usize = 32768;
-
-/// The installed CRD's status layout: ours (`ancestors`/`ancestorRef`) or
-/// upstream v1.6 (`parents`/`parentRef`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Shape {
-    #[default]
-    Ancestors,
-    Parents,
-}
-
-impl Shape {
-    pub fn list_field(self) -> &'static str {
-        match self {
-            Shape::Ancestors => "ancestors",
-            Shape::Parents => "parents",
-        }
-    }
-    pub fn ref_field(self) -> &'static str {
-        match self {
-            Shape::Ancestors => "ancestorRef",
-            Shape::Parents => "parentRef",
-        }
-    }
-}
 
 /// A Warning or Normal Event to record on the XBackend.
 #[derive(Clone, Debug, PartialEq, Eq)]
