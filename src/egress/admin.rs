@@ -133,8 +133,6 @@ fn rule(dialect: &Dialect, rules: &Rules, a: &Allowed) -> Value {
 pub fn render<'a>(dialect: &'a Dialect, priority: u32, rules: Rules<'a>) -> impl Iterator<Item = Value> + 'a {
     let (per, limit) = per_object(dialect, 1 + rules.needs.len());
     let shards = rules.shards(per, limit);
-    let count = shards.len();
-    let mut shards = shards.into_iter();
     let subject = json!({"pods": {
         "namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: &rules.namespace}},
         "podSelector": {"matchLabels": &rules.selector},
@@ -156,10 +154,11 @@ pub fn render<'a>(dialect: &'a Dialect, priority: u32, rules: Rules<'a>) -> impl
             "spec": spec,
         })
     };
-    (0..=count).map(move |shard| {
+    // Each accept shard, then None: the final deny.
+    shards.into_iter().map(Some).chain([None]).enumerate().map(move |(shard, members)| {
         let mut egress = Vec::new();
         let mut notes = Vec::new();
-        let Some(members) = shards.next() else {
+        let Some(members) = members else {
             if rules.cluster == ClusterMode::All {
                 egress.push(json!({"name": "cluster-to-networkpolicy", "action": "Pass", "to": [{"namespaces": {}}]}));
                 notes.push("every Pod of the cluster: NetworkPolicies decide (--egress-cluster all)".to_string());
