@@ -413,7 +413,7 @@ fn every_flag_has_one_entry_in_docs_cli_md_with_the_default_of_help() {
             }
         }
     }
-    assert!(wrong.is_empty(), "docs/cli.md and --help disagree:\n{}", wrong.join("\n"));
+    none_wrong("docs/cli.md and --help disagree", wrong);
 }
 
 /// Every `--flag` the docs (and `--help` itself) name exists: on an
@@ -460,11 +460,13 @@ fn every_flag_the_docs_name_exists() {
             wrong.insert(format!("OTHER_TOOLS_FLAGS lists {flag} ({tool}), which no doc names outside its command"));
         }
     }
-    assert!(
-        wrong.is_empty(),
-        "flags the docs name that the binary does not have:\n{}",
-        wrong.into_iter().collect::<Vec<_>>().join("\n")
-    );
+    none_wrong("flags the docs name that the binary does not have", wrong);
+}
+
+/// Fails with every finding, one per line, under `what`.
+fn none_wrong(what: &str, wrong: impl IntoIterator<Item = String>) {
+    let wrong: Vec<String> = wrong.into_iter().collect();
+    assert!(wrong.is_empty(), "{what}:\n{}", wrong.join("\n"));
 }
 
 // ---- Metrics ----
@@ -689,7 +691,7 @@ async fn every_metric_is_documented_and_every_documented_metric_exists() {
             }
         }
     }
-    assert!(wrong.is_empty(), "metrics and their docs disagree:\n{}", wrong.join("\n"));
+    none_wrong("metrics and their docs disagree", wrong);
 }
 
 // ---- Chart values ----
@@ -756,11 +758,7 @@ fn every_chart_value_the_docs_name_is_in_the_schema() {
         }
     }
     assert!(seen > 50, "only {seen} value paths found: is the scan still reading the docs?");
-    assert!(
-        wrong.is_empty(),
-        "chart values the docs name that values.schema.json lacks:\n{}",
-        wrong.into_iter().collect::<Vec<_>>().join("\n")
-    );
+    none_wrong("chart values the docs name that values.schema.json lacks", wrong);
 }
 
 // ---- deploy/README.md's Helm commands ----
