@@ -166,7 +166,7 @@ pub async fn discover(client: &Client) -> Discovery {
 /// Applies every document of a YAML stream with server-side apply (like
 /// `kubectl apply --server-side`), defaulting namespaced objects to `ns`.
 pub async fn apply_yaml(client: &Client, ns: Option<&str>, yaml: &str) -> Vec<DynamicObject> {
-    let discovery = discover(client).await;
+    let mut discovery = discover(client).await;
     let mut out = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
         let value = <serde_json::Value as serde::Deserialize>::deserialize(doc).expect("yaml");
@@ -174,6 +174,15 @@ pub async fn apply_yaml(client: &Client, ns: Option<&str>, yaml: &str) -> Vec<Dy
             continue;
         }
         let obj: DynamicObject = serde_json::from_value(value).expect("object");
+        // A CRD can be Established a moment before discovery serves its
+        // kind: look again for a while before calling the kind unknown.
+        for _ in 0..50 {
+            if discovery.resolve_gvk(&gvk_of(&obj)).is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            discovery = discover(client).await;
+        }
         let (api, _) = dynamic_api(client, &discovery, &obj, ns);
         let pp = PatchParams::apply("xbackend-tests").force();
         out.push(
@@ -185,15 +194,19 @@ pub async fn apply_yaml(client: &Client, ns: Option<&str>, yaml: &str) -> Vec<Dy
     out
 }
 
+fn gvk_of(obj: &DynamicObject) -> kube::api::GroupVersionKind {
+    let tm = obj.types.as_ref().expect("apiVersion and kind");
+    let (group, version) = tm.api_version.split_once('/').unwrap_or(("", &tm.api_version));
+    kube::api::GroupVersionKind::gvk(group, version, &tm.kind)
+}
+
 pub fn dynamic_api(
     client: &Client,
     discovery: &Discovery,
     obj: &DynamicObject,
     ns: Option<&str>,
 ) -> (Api<DynamicObject>, ApiCapabilities) {
-    let tm = obj.types.as_ref().expect("apiVersion and kind");
-    let (group, version) = tm.api_version.split_once('/').unwrap_or(("", &tm.api_version));
-    let gvk = kube::api::GroupVersionKind::gvk(group, version, &tm.kind);
+    let gvk = gvk_of(obj);
     let (ar, caps): (ApiResource, ApiCapabilities) =
         discovery.resolve_gvk(&gvk).unwrap_or_else(|| panic!("unknown kind {gvk:?}"));
     let api = match caps.scope {
