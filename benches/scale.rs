@@ -728,11 +728,12 @@ async fn run(n: usize, fsync: bool) {
         &before,
         &after,
         format!(
-            "{idle_reconciles} reconciles: label on all {n} re-checked in {touch_took:.1?}{} (VmHWM then {:.1} MiB); apiserver restart {apiserver_restart:.1?}, all re-checked {resynced_in:.1?} after it began{} (VmHWM then {:.1} MiB); {resyncs} periodic resyncs (every {RESYNC_SECS} s){}",
+            "{idle_reconciles} reconciles: label on all {n} re-checked in {touch_took:.1?}{} (VmHWM then {:.1} MiB); apiserver restart {apiserver_restart:.1?}, all re-checked {resynced_in:.1?} after it began{} (VmHWM then {:.1} MiB; file pages, mostly code, {:.1} MiB of the RSS then); {resyncs} periodic resyncs (every {RESYNC_SECS} s){}",
             if touched.is_some() { "" } else { " (NOT all)" },
             mib(rss_after_touch),
             if relisted.is_some() { "" } else { " (NOT all)" },
             mib(ctl.peak_rss_kib().unwrap_or(0)),
+            mib(ctl.file_rss_kib().unwrap_or(0)),
             if periodic.is_some() { "" } else { " (NOT completed)" }
         ),
     ));

@@ -697,6 +697,12 @@ impl Controller {
         proc_status_kib(self.child.id(), "VmHWM:")
     }
 
+    /// Resident pages backed by files (RssFile), in KiB: mostly the
+    /// binary's own code, which counts in VmHWM like the heap.
+    pub fn file_rss_kib(&self) -> Option<u64> {
+        proc_status_kib(self.child.id(), "RssFile:")
+    }
+
     /// Current resident set size (VmRSS), in KiB.
     pub fn rss_kib(&self) -> Option<u64> {
         proc_status_kib(self.child.id(), "VmRSS:")
