@@ -59,8 +59,11 @@ for p in sys.argv[1:]:
 threading.Event().wait()
 "#;
 
-/// Connects once (1 s timeout): exit 0 when the connection is made.
-const PROBE: &str = "import socket, sys\nsocket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1).close()";
+/// Connects once: exit 0 when the connection is made. 2.5 s lets the
+/// kernel's first SYN retransmission (at 1 s) through: with 1 s, one SYN
+/// the enforcer's queue answered late on busy cores read as "blocked" in CI.
+/// A dropped connection costs the whole timeout.
+const PROBE: &str = "import socket, sys\nsocket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2.5).close()";
 
 /// 127.0.0.1:PORT inside the node namespace -> a unix socket the test serves.
 const BRIDGE: &str = r#"
